@@ -1,0 +1,29 @@
+//! The one codegen place: compiles `../proto` with protox (no system `protoc` needed), writes the
+//! descriptor set that the server serves through reflection, and generates server traits only when
+//! the `server` feature is on.
+
+use std::{env, path::PathBuf};
+
+use prost::Message;
+
+const PROTO_ROOT: &str = "../proto";
+const PROTOS: &[&str] = &[
+    "strata/v1/common.proto",
+    "strata/v1/admin.proto",
+    "strata/v1/storage.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    let fds = protox::compile(PROTOS, [PROTO_ROOT])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("strata_descriptor.bin"), fds.encode_to_vec())?;
+
+    // Cargo exposes enabled features of the crate being built as CARGO_FEATURE_* variables.
+    let server = env::var_os("CARGO_FEATURE_SERVER").is_some();
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(server)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,2 @@
+DROP TABLE strata.snapshot_tables;
+DROP TABLE strata.snapshots;

@@ -1,0 +1,2 @@
+DROP TABLE strata_snapshot_tables;
+DROP TABLE strata_snapshots;

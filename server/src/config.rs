@@ -1,0 +1,362 @@
+//! Configuration, layered: built-in defaults → TOML file (`--config`) → `STRATA_*` environment
+//! variables → command-line flags. Each setting's doc comment below is its `--help` text.
+//!
+//! | flag / TOML key            | env                            | default                              |
+//! |----------------------------|--------------------------------|--------------------------------------|
+//! | `--config`                 | `STRATA_CONFIG`                | none                                 |
+//! | `listen`                   | `STRATA_LISTEN`                | `127.0.0.1:50051`                    |
+//! | `database_url`             | `STRATA_DATABASE_URL`          | `sqlite://./strata-data/strata.db`   |
+//! | `replica_urls`             | `STRATA_REPLICA_URLS` (comma)  | none                                 |
+//! | `object_store_url`         | `STRATA_OBJECT_STORE_URL`      | `file://./strata-data/objects`       |
+//! | `pool_max_size`            | `STRATA_POOL_MAX_SIZE`         | 16                                   |
+//! | `pool_acquire_timeout`     | `STRATA_POOL_ACQUIRE_TIMEOUT`  | 5s                                   |
+//! | `statement_timeout`        | `STRATA_STATEMENT_TIMEOUT`     | 30s                                  |
+//! | `connect_timeout`          | `STRATA_CONNECT_TIMEOUT`       | 3s                                   |
+//! | `max_replica_lag`          | `STRATA_MAX_REPLICA_LAG`       | 10s                                  |
+//! | `health_check_interval`    | `STRATA_HEALTH_CHECK_INTERVAL` | 500ms                                |
+//! | `metrics_sample_interval`  | `STRATA_METRICS_SAMPLE_INTERVAL` | 5m (0 disables)                    |
+//! | `startup_timeout`          | `STRATA_STARTUP_TIMEOUT`       | 60s                                  |
+//! | `tokens` / `--auth-token`  | `STRATA_AUTH_TOKENS` (comma)   | none: loopback clients only          |
+//! | `log_format`               | `STRATA_LOG_FORMAT`            | `text` (`json` for log shippers)     |
+//!
+//! `docs/configuration.md` explains each one. Secrets (database passwords, tokens) are never logged:
+//! URLs are shown with the password replaced and tokens are configured as SHA-256 hashes only.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+
+/// A role a bearer token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read-only RPCs.
+    Viewer,
+    /// Everything.
+    Operator,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            other => Err(format!("unknown role {other:?} (expected viewer or operator)")),
+        }
+    }
+}
+
+/// A configured token: its name (for logs), role and the hex SHA-256 of the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    /// Name shown in logs instead of the token.
+    pub name: String,
+    /// Granted role.
+    pub role: Role,
+    /// Lower-case hex SHA-256 of the token (`strata-server hash-token` prints it).
+    pub sha256: String,
+}
+
+impl FromStr for TokenSpec {
+    type Err = String;
+    /// `NAME:ROLE:SHA256HEX`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.trim().split(':').collect();
+        let [name, role, hash] = parts[..] else {
+            return Err("expected NAME:ROLE:SHA256HEX".into());
+        };
+        let spec = TokenSpec { name: name.to_owned(), role: role.parse()?, sha256: hash.to_ascii_lowercase() };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl TokenSpec {
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("token name is empty".into());
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("token {:?}: sha256 must be 64 hex digits (use `strata-server hash-token`)", self.name));
+        }
+        Ok(())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Settings from flags and `STRATA_*` environment variables; unset ones fall through to the TOML
+/// file and then to the defaults.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file; its keys are the long flag names with `_` instead of `-`.
+    #[arg(long, env = "STRATA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "STRATA_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Application database: `postgres://user:pass@host:port/db` (primary) or `sqlite://PATH`.
+    #[arg(long, env = "STRATA_DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL read replica URL; repeat the flag or separate with commas.
+    #[arg(long = "replica-url", env = "STRATA_REPLICA_URLS", value_delimiter = ',', hide_env_values = true, global = true)]
+    pub replica_urls: Vec<String>,
+    /// Object store: `file://DIR` or `s3://BUCKET?endpoint=…`.
+    #[arg(long, env = "STRATA_OBJECT_STORE_URL", hide_env_values = true, global = true)]
+    pub object_store_url: Option<String>,
+    /// Maximum connections in each pool (primary and every replica).
+    #[arg(long, env = "STRATA_POOL_MAX_SIZE", global = true)]
+    pub pool_max_size: Option<u32>,
+    /// How long a request waits for a pooled connection before failing with UNAVAILABLE.
+    #[arg(long, env = "STRATA_POOL_ACQUIRE_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub pool_acquire_timeout: Option<Duration>,
+    /// Longest a single SQL statement may run (PostgreSQL `statement_timeout`).
+    #[arg(long, env = "STRATA_STATEMENT_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub statement_timeout: Option<Duration>,
+    /// Longest opening one database connection or health probe may take.
+    #[arg(long, env = "STRATA_CONNECT_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Option<Duration>,
+    /// Replicas lagging more than this are skipped for reads (reads go to the primary).
+    #[arg(long, env = "STRATA_MAX_REPLICA_LAG", value_parser = parse_duration, global = true)]
+    pub max_replica_lag: Option<Duration>,
+    /// How often every database node is probed (drives health status and read routing).
+    #[arg(long, env = "STRATA_HEALTH_CHECK_INTERVAL", value_parser = parse_duration, global = true)]
+    pub health_check_interval: Option<Duration>,
+    /// How often a storage metrics snapshot is stored for growth analysis; 0 disables the sampler.
+    #[arg(long, env = "STRATA_METRICS_SAMPLE_INTERVAL", value_parser = parse_duration, global = true)]
+    pub metrics_sample_interval: Option<Duration>,
+    /// How long start-up waits for the primary database before giving up.
+    #[arg(long, env = "STRATA_STARTUP_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub startup_timeout: Option<Duration>,
+    /// Bearer token as `NAME:ROLE:SHA256HEX` (role viewer or operator); repeat or separate with
+    /// commas. Without any token only loopback clients are served.
+    #[arg(long = "auth-token", env = "STRATA_AUTH_TOKENS", value_delimiter = ',', hide_env_values = true, global = true)]
+    pub auth_tokens: Vec<TokenSpec>,
+    /// Log format.
+    #[arg(long, env = "STRATA_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    replica_urls: Option<Vec<String>>,
+    object_store_url: Option<String>,
+    pool_max_size: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pool_acquire_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    statement_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_replica_lag: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    health_check_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    metrics_sample_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    startup_timeout: Option<Duration>,
+    tokens: Option<Vec<TokenSpec>>,
+    log_format: Option<LogFormat>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Primary / SQLite URL (may hold a password: never log it, use `db::redact_url`).
+    pub database_url: String,
+    /// Replica URLs.
+    pub replica_urls: Vec<String>,
+    /// Object store URL.
+    pub object_store_url: String,
+    /// Max connections per pool.
+    pub pool_max_size: u32,
+    /// Pool acquire timeout.
+    pub pool_acquire_timeout: Duration,
+    /// Statement timeout.
+    pub statement_timeout: Duration,
+    /// Connect / probe timeout.
+    pub connect_timeout: Duration,
+    /// Max replica lag for reads.
+    pub max_replica_lag: Duration,
+    /// Probe interval.
+    pub health_check_interval: Duration,
+    /// Sampler interval (zero: off).
+    pub metrics_sample_interval: Duration,
+    /// Start-up wait for the primary.
+    pub startup_timeout: Duration,
+    /// Configured tokens.
+    pub tokens: Vec<TokenSpec>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: "sqlite://./strata-data/strata.db".into(),
+            replica_urls: Vec::new(),
+            object_store_url: "file://./strata-data/objects".into(),
+            // Sixteen connections serve a busy control plane; PostgreSQL's default max_connections
+            // (100) leaves room for the application and several strata instances.
+            pool_max_size: 16,
+            // Long enough to ride out a burst, short enough that callers get UNAVAILABLE instead of
+            // hanging when the database is saturated.
+            pool_acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            max_replica_lag: Duration::from_secs(10),
+            // Probing twice a second reports a lost primary well within two seconds.
+            health_check_interval: Duration::from_millis(500),
+            metrics_sample_interval: Duration::from_secs(300),
+            startup_timeout: Duration::from_secs(60),
+            tokens: Vec::new(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of range.
+    #[error("invalid setting {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the TOML file named by `args.config`, then `args` (flags and env).
+    pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let pick = |flag: Option<Duration>, file: Option<Duration>, def: Duration| flag.or(file).unwrap_or(def);
+        let c = Config {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            database_url: args.database_url.clone().or(file.database_url).unwrap_or(d.database_url),
+            replica_urls: if args.replica_urls.is_empty() { file.replica_urls.unwrap_or_default() } else { args.replica_urls.clone() },
+            object_store_url: args.object_store_url.clone().or(file.object_store_url).unwrap_or(d.object_store_url),
+            pool_max_size: args.pool_max_size.or(file.pool_max_size).unwrap_or(d.pool_max_size),
+            pool_acquire_timeout: pick(args.pool_acquire_timeout, file.pool_acquire_timeout, d.pool_acquire_timeout),
+            statement_timeout: pick(args.statement_timeout, file.statement_timeout, d.statement_timeout),
+            connect_timeout: pick(args.connect_timeout, file.connect_timeout, d.connect_timeout),
+            max_replica_lag: pick(args.max_replica_lag, file.max_replica_lag, d.max_replica_lag),
+            health_check_interval: pick(args.health_check_interval, file.health_check_interval, d.health_check_interval),
+            metrics_sample_interval: pick(args.metrics_sample_interval, file.metrics_sample_interval, d.metrics_sample_interval),
+            startup_timeout: pick(args.startup_timeout, file.startup_timeout, d.startup_timeout),
+            tokens: if args.auth_tokens.is_empty() { file.tokens.unwrap_or_default() } else { args.auth_tokens.clone() },
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool_max_size == 0 {
+            return Err(ConfigError::Invalid("pool_max_size must be at least 1".into()));
+        }
+        for (name, d) in [
+            ("pool_acquire_timeout", self.pool_acquire_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("health_check_interval", self.health_check_interval),
+            ("statement_timeout", self.statement_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
+            }
+        }
+        for t in &self.tokens {
+            t.validate().map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(
+            &path,
+            r#"
+            listen = "127.0.0.1:6000"
+            pool_max_size = 4
+            statement_timeout = "10s"
+            [[tokens]]
+            name = "ops"
+            role = "operator"
+            sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            "#,
+        )
+        .unwrap();
+        // The flag wins over the file, the file over the default.
+        let args = ConfigArgs { config: Some(path), pool_max_size: Some(8), ..Default::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.pool_max_size, 8);
+        assert_eq!(c.statement_timeout, Duration::from_secs(10));
+        assert_eq!(c.pool_acquire_timeout, Duration::from_secs(5));
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.tokens[0].role, Role::Operator);
+        assert_eq!(c.database_url, "sqlite://./strata-data/strata.db");
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(&ConfigArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+        assert!("ops:admin:abc".parse::<TokenSpec>().unwrap_err().contains("unknown role"));
+        assert!("ops:viewer:abc".parse::<TokenSpec>().unwrap_err().contains("64 hex"));
+        let ok: TokenSpec = "ops:viewer:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08".parse().unwrap();
+        assert_eq!(ok.sha256, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    }
+
+    #[test]
+    fn zero_pool_is_rejected() {
+        let err = Config::load(&ConfigArgs { pool_max_size: Some(0), ..Default::default() }).unwrap_err();
+        assert!(err.to_string().contains("pool_max_size"));
+    }
+}

@@ -1,0 +1,646 @@
+//! Database access: one [`Db`] for both backends, chosen at run time by URL, with explicit routing
+//! (`write`, `read`, `read_prefer_primary`), node health, pool statistics and migrations.
+//!
+//! Queries are written once and expanded per backend with [`db_run!`], because generic functions
+//! over `AsyncConnection` do not compose with Diesel's `as_select()` and backend-specific SQL types.
+
+pub mod migrations;
+pub mod schema;
+pub mod snapshots;
+pub mod stats;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use diesel::{ConnectionError, sqlite::SqliteConnection};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, bb8},
+    sync_connection_wrapper::SyncConnectionWrapper,
+};
+use futures::FutureExt;
+use tokio::sync::watch;
+
+/// SQLite connection type used by the pool.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+type PgPool = bb8::Pool<AsyncPgConnection>;
+type SqlitePool = bb8::Pool<SqliteConn>;
+type PgPooled = bb8::PooledConnection<'static, AsyncPgConnection>;
+type SqlitePooled = bb8::PooledConnection<'static, SqliteConn>;
+
+/// Checking out a replica connection is bounded by this, not by the (longer) acquire timeout:
+/// a replica that cannot hand out a connection quickly is treated as unavailable and the read
+/// falls back to the primary instead of making the caller wait.
+const REPLICA_CHECKOUT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// SQLite waits this long for a competing writer's lock before failing with SQLITE_BUSY.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No pooled connection became free within the acquire timeout.
+    #[error("no database connection to {node} became available within {timeout:?}")]
+    PoolTimeout { node: String, timeout: Duration },
+    /// A connection could not be opened.
+    #[error("cannot connect to {node}: {message}")]
+    Connect { node: String, message: String },
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// The URL names no supported backend.
+    #[error("unsupported database url {0:?}: expected postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+    /// The operation needs a backend feature the connected database lacks.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Result alias of this layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Connection and pool settings.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// Primary URL (`postgres://…`) or SQLite URL (`sqlite://PATH`).
+    pub url: String,
+    /// Replica URLs (PostgreSQL only).
+    pub replica_urls: Vec<String>,
+    /// Max connections per pool.
+    pub pool_max_size: u32,
+    /// How long a caller waits for a pooled connection.
+    pub acquire_timeout: Duration,
+    /// Per-statement timeout (PostgreSQL `statement_timeout`).
+    pub statement_timeout: Duration,
+    /// Timeout for opening a connection.
+    pub connect_timeout: Duration,
+    /// Replicas lagging more than this are skipped for reads.
+    pub max_replica_lag: Duration,
+}
+
+/// Which backend is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// Role of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Primary (or SQLite file).
+    Primary,
+    /// Replica.
+    Replica,
+}
+
+/// Last known health of a node, updated by the monitor and by failed checkouts.
+#[derive(Debug, Clone, Default)]
+pub struct NodeHealth {
+    /// Whether the last probe succeeded.
+    pub healthy: bool,
+    /// Replication lag (replicas).
+    pub lag: Option<Duration>,
+    /// Last probe error.
+    pub last_error: Option<String>,
+    /// When last probed.
+    pub checked_at: Option<DateTime<Utc>>,
+}
+
+/// Snapshot of a pool's state.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    /// Node name.
+    pub name: String,
+    /// Node role.
+    pub role: Role,
+    /// Max size.
+    pub max_size: u32,
+    /// Open connections.
+    pub connections: u32,
+    /// Idle connections.
+    pub idle: u32,
+    /// Checkouts served at once.
+    pub gets_direct: u64,
+    /// Checkouts that waited.
+    pub gets_waited: u64,
+    /// Checkouts that timed out.
+    pub gets_timed_out: u64,
+    /// Total waiting time.
+    pub wait_time: Duration,
+}
+
+/// One database node with its pool and health.
+struct Node<P> {
+    name: String,
+    role: Role,
+    /// URL with the password removed, for logs and `GetInfo`.
+    address: String,
+    /// Full URL (may hold a password): used only to open connections, never logged.
+    url: String,
+    pool: P,
+    health: Mutex<NodeHealth>,
+}
+
+impl<P> Node<P> {
+    fn health(&self) -> NodeHealth {
+        self.health.lock().expect("health lock").clone()
+    }
+    fn set_health(&self, h: NodeHealth) {
+        *self.health.lock().expect("health lock") = h;
+    }
+}
+
+/// A view of one node for callers outside this module.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Node name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Address without password.
+    pub address: String,
+    /// Health.
+    pub health: NodeHealth,
+    /// Whether reads currently go there.
+    pub serving_reads: bool,
+}
+
+enum Backend {
+    Postgres { primary: Node<PgPool>, replicas: Vec<Node<PgPool>> },
+    Sqlite { node: Node<SqlitePool>, path: String },
+}
+
+struct Inner {
+    backend: Backend,
+    settings: DbSettings,
+    replica_fallbacks: AtomicU64,
+    primary_up: watch::Sender<bool>,
+}
+
+/// Handle to the application's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+/// A pooled connection of either backend. Use [`db_run!`] to run a query on it.
+pub enum Conn {
+    /// PostgreSQL connection.
+    Pg(PgPooled),
+    /// SQLite connection.
+    Sqlite(SqlitePooled),
+}
+
+/// Runs the same Diesel body on whichever backend `$conn` is, with the matching catalog schema
+/// module (`schema::pg` or `schema::sqlite`) imported as `schema`.
+#[macro_export]
+macro_rules! db_run {
+    ($conn:ident, $body:block) => {
+        match $conn {
+            $crate::db::Conn::Pg($conn) => {
+                #[allow(unused_imports)]
+                use $crate::db::schema::pg as schema;
+                let $conn: &mut diesel_async::AsyncPgConnection = &mut *$conn;
+                $body
+            }
+            $crate::db::Conn::Sqlite($conn) => {
+                #[allow(unused_imports)]
+                use $crate::db::schema::sqlite as schema;
+                let $conn: &mut $crate::db::SqliteConn = &mut *$conn;
+                $body
+            }
+        }
+    };
+}
+
+/// Removes the password from a URL so it can be shown or logged.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable url>".into(),
+    }
+}
+
+fn pg_setup(
+    statement_timeout: Duration,
+    connect_timeout: Duration,
+    read_only: bool,
+) -> diesel_async::pooled_connection::SetupCallback<AsyncPgConnection> {
+    Box::new(move |url| {
+        let url = url.to_owned();
+        async move {
+            let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                .await
+                .map_err(|_| ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}")))??;
+            // Every session gets the statement timeout; replica sessions are read-only so a routing
+            // mistake can never write to a replica (it would fail there anyway, but with a clear error).
+            let mut sql = format!("SET statement_timeout = {}; SET application_name = 'strata';", statement_timeout.as_millis());
+            if read_only {
+                sql.push_str("SET default_transaction_read_only = on;");
+            }
+            conn.batch_execute(&sql).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    })
+}
+
+fn sqlite_setup() -> diesel_async::pooled_connection::SetupCallback<SqliteConn> {
+    Box::new(|path| {
+        let path = path.to_owned();
+        async move {
+            let mut conn = SqliteConn::establish(&path).await?;
+            // WAL lets readers proceed while a writer commits; busy_timeout makes concurrent writers
+            // wait for each other instead of failing at once.
+            conn.batch_execute(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
+                SQLITE_BUSY_TIMEOUT.as_millis()
+            ))
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    })
+}
+
+fn build_pool<C>(url: &str, setup: diesel_async::pooled_connection::SetupCallback<C>, s: &DbSettings) -> bb8::Pool<C>
+where
+    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+    AsyncDieselConnectionManager<C>: ::bb8::ManageConnection,
+{
+    let mut config = ManagerConfig::default();
+    config.custom_setup = setup;
+    let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, config);
+    ::bb8::Builder::new()
+        .max_size(s.pool_max_size)
+        // Open no connection eagerly: the server must start (and report NOT_SERVING) even while a
+        // node is down, and connections are created on first use.
+        .min_idle(None)
+        .connection_timeout(s.acquire_timeout)
+        // A failed connect is reported to the waiting caller's timeout, not retried in a tight loop.
+        .retry_connection(false)
+        .build_unchecked(manager)
+}
+
+fn pool_stats<M: ::bb8::ManageConnection>(node: &Node<::bb8::Pool<M>>, max_size: u32) -> PoolStats {
+    let st = node.pool.state();
+    PoolStats {
+        name: node.name.clone(),
+        role: node.role,
+        max_size,
+        connections: st.connections,
+        idle: st.idle_connections,
+        gets_direct: st.statistics.get_direct,
+        gets_waited: st.statistics.get_waited,
+        gets_timed_out: st.statistics.get_timed_out,
+        wait_time: st.statistics.get_wait_time,
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
+}
+
+impl Db {
+    /// Builds the pools. Opens no connection: call [`Db::wait_ready`] to wait for the primary.
+    pub async fn connect(settings: DbSettings) -> Result<Self> {
+        let backend = if settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://") {
+            let primary = Node {
+                name: "primary".into(),
+                role: Role::Primary,
+                address: redact_url(&settings.url),
+                url: settings.url.clone(),
+                pool: build_pool(&settings.url, pg_setup(settings.statement_timeout, settings.connect_timeout, false), &settings),
+                health: Mutex::new(NodeHealth::default()),
+            };
+            let mut replicas = Vec::new();
+            for (i, url) in settings.replica_urls.iter().enumerate() {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(Error::UnsupportedUrl(redact_url(url)));
+                }
+                replicas.push(Node {
+                    name: format!("replica-{i}"),
+                    role: Role::Replica,
+                    address: redact_url(url),
+                    url: url.clone(),
+                    pool: build_pool(url, pg_setup(settings.statement_timeout, settings.connect_timeout, true), &settings),
+                    health: Mutex::new(NodeHealth::default()),
+                });
+            }
+            Backend::Postgres { primary, replicas }
+        } else if let Some(path) = sqlite_path(&settings.url) {
+            if !settings.replica_urls.is_empty() {
+                return Err(Error::Unsupported("replicas are only supported with PostgreSQL".into()));
+            }
+            if let Some(parent) = std::path::Path::new(path).parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| Error::Connect {
+                    node: "sqlite".into(),
+                    message: format!("cannot create {}: {e}", parent.display()),
+                })?;
+            }
+            let node = Node {
+                name: "primary".into(),
+                role: Role::Primary,
+                address: settings.url.clone(),
+                url: path.to_owned(),
+                pool: build_pool(path, sqlite_setup(), &settings),
+                health: Mutex::new(NodeHealth::default()),
+            };
+            Backend::Sqlite { node, path: path.to_owned() }
+        } else {
+            return Err(Error::UnsupportedUrl(redact_url(&settings.url)));
+        };
+        let (primary_up, _) = watch::channel(false);
+        Ok(Self { inner: Arc::new(Inner { backend, settings, replica_fallbacks: AtomicU64::new(0), primary_up }) })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendKind {
+        match self.inner.backend {
+            Backend::Postgres { .. } => BackendKind::Postgres,
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
+        }
+    }
+
+    /// The settings the pools were built with.
+    pub fn settings(&self) -> &DbSettings {
+        &self.inner.settings
+    }
+
+    /// The SQLite file path, when on SQLite.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Postgres { .. } => None,
+        }
+    }
+
+    /// Reads that fell back from a replica to the primary since start.
+    pub fn replica_fallbacks(&self) -> u64 {
+        self.inner.replica_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Follows the primary's reachability (true: up), as seen by the monitor.
+    pub fn primary_up(&self) -> watch::Receiver<bool> {
+        self.inner.primary_up.subscribe()
+    }
+
+    async fn checkout_pg(node: &Node<PgPool>, timeout: Duration) -> Result<PgPooled> {
+        match tokio::time::timeout(timeout, node.pool.get_owned()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
+            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+        }
+    }
+
+    async fn checkout_sqlite(node: &Node<SqlitePool>, timeout: Duration) -> Result<SqlitePooled> {
+        match tokio::time::timeout(timeout, node.pool.get_owned()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
+            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+        }
+    }
+
+    /// A connection to the primary, for writes.
+    pub async fn write(&self) -> Result<Conn> {
+        let timeout = self.inner.settings.acquire_timeout;
+        match &self.inner.backend {
+            Backend::Postgres { primary, .. } => Ok(Conn::Pg(Self::checkout_pg(primary, timeout).await?)),
+            Backend::Sqlite { node, .. } => Ok(Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?)),
+        }
+    }
+
+    /// A read-only connection to a healthy replica that lags at most `max_replica_lag`; falls back to
+    /// the primary (counted in [`Db::replica_fallbacks`]) when none can serve. Returns the role used.
+    pub async fn read(&self) -> Result<(Conn, Role)> {
+        let timeout = self.inner.settings.acquire_timeout;
+        match &self.inner.backend {
+            Backend::Sqlite { node, .. } => Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary)),
+            Backend::Postgres { primary, replicas } => {
+                for r in replicas.iter().filter(|r| self.replica_usable(r)) {
+                    match Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
+                        Ok(c) => return Ok((Conn::Pg(c), Role::Replica)),
+                        Err(e) => {
+                            tracing::warn!(node = %r.name, error = %e, "replica checkout failed; marking it down");
+                            let mut h = r.health();
+                            h.healthy = false;
+                            h.last_error = Some(e.to_string());
+                            r.set_health(h);
+                        }
+                    }
+                }
+                if !replicas.is_empty() {
+                    self.inner.replica_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("no replica can serve reads; reading from the primary");
+                }
+                Ok((Conn::Pg(Self::checkout_pg(primary, timeout).await?), Role::Primary))
+            }
+        }
+    }
+
+    /// A connection to the primary for reads that must see the latest writes; falls back to a
+    /// replica when the primary cannot hand out a connection.
+    pub async fn read_prefer_primary(&self) -> Result<(Conn, Role)> {
+        let timeout = self.inner.settings.acquire_timeout;
+        match &self.inner.backend {
+            Backend::Sqlite { node, .. } => Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary)),
+            Backend::Postgres { primary, replicas } => match Self::checkout_pg(primary, timeout).await {
+                Ok(c) => Ok((Conn::Pg(c), Role::Primary)),
+                Err(primary_err) => {
+                    for r in replicas.iter().filter(|r| self.replica_usable(r)) {
+                        if let Ok(c) = Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
+                            tracing::warn!(node = %r.name, error = %primary_err, "primary unavailable; reading from a replica");
+                            return Ok((Conn::Pg(c), Role::Replica));
+                        }
+                    }
+                    Err(primary_err)
+                }
+            },
+        }
+    }
+
+    fn replica_usable(&self, r: &Node<PgPool>) -> bool {
+        let h = r.health();
+        h.healthy && h.lag.is_none_or(|lag| lag <= self.inner.settings.max_replica_lag)
+    }
+
+    /// Every node with its health and whether it serves reads.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        match &self.inner.backend {
+            Backend::Sqlite { node, .. } => vec![NodeInfo {
+                name: node.name.clone(),
+                role: node.role,
+                address: node.address.clone(),
+                health: node.health(),
+                serving_reads: true,
+            }],
+            Backend::Postgres { primary, replicas } => {
+                let any_replica = replicas.iter().any(|r| self.replica_usable(r));
+                let mut v = vec![NodeInfo {
+                    name: primary.name.clone(),
+                    role: Role::Primary,
+                    address: primary.address.clone(),
+                    health: primary.health(),
+                    serving_reads: !any_replica,
+                }];
+                v.extend(replicas.iter().map(|r| NodeInfo {
+                    name: r.name.clone(),
+                    role: Role::Replica,
+                    address: r.address.clone(),
+                    health: r.health(),
+                    serving_reads: self.replica_usable(r),
+                }));
+                v
+            }
+        }
+    }
+
+    /// Pool statistics of every node.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let max = self.inner.settings.pool_max_size;
+        match &self.inner.backend {
+            Backend::Sqlite { node, .. } => vec![pool_stats(node, max)],
+            Backend::Postgres { primary, replicas } => {
+                let mut v = vec![pool_stats(primary, max)];
+                v.extend(replicas.iter().map(|r| pool_stats(r, max)));
+                v
+            }
+        }
+    }
+
+    /// Probes every node once on a fresh connection (so a busy pool cannot make a healthy node look
+    /// down), updates their health and the primary-up signal. Returns the primary's health.
+    pub async fn probe_all(&self) -> bool {
+        let timeout = self.inner.settings.connect_timeout;
+        let primary_ok = match &self.inner.backend {
+            Backend::Sqlite { node, .. } => {
+                let r = async {
+                    let mut c = Self::checkout_sqlite(node, timeout).await?;
+                    c.batch_execute("SELECT 1").await?;
+                    Ok::<_, Error>(())
+                }
+                .await;
+                record(node, r.map(|_| None))
+            }
+            Backend::Postgres { primary, replicas } => {
+                let (p, rs) = futures::join!(
+                    stats::probe_pg(&primary.name, &primary.url, false, timeout),
+                    futures::future::join_all(replicas.iter().map(|r| stats::probe_pg(&r.name, &r.url, true, timeout)))
+                );
+                for (r, res) in replicas.iter().zip(rs) {
+                    let was = self.replica_usable(r);
+                    record(r, res);
+                    let now = self.replica_usable(r);
+                    if was && !now {
+                        let h = r.health();
+                        tracing::warn!(node = %r.name, lag = ?h.lag, error = ?h.last_error, "replica unusable; reads fall back to the primary");
+                    } else if !was && now {
+                        tracing::info!(node = %r.name, "replica serving reads");
+                    }
+                }
+                record(primary, p.map(|_| None))
+            }
+        };
+        let changed = self.inner.primary_up.send_if_modified(|up| {
+            let changed = *up != primary_ok;
+            *up = primary_ok;
+            changed
+        });
+        if changed {
+            if primary_ok {
+                tracing::info!("primary database reachable");
+            } else {
+                tracing::error!("primary database unreachable");
+            }
+        }
+        primary_ok
+    }
+
+    /// Times a `SELECT 1` through each node's pool (including checkout).
+    pub async fn round_trips(&self) -> Vec<(String, Role, Result<Duration>)> {
+        let timeout = self.inner.settings.acquire_timeout;
+        match &self.inner.backend {
+            Backend::Sqlite { node, .. } => {
+                let start = Instant::now();
+                let r = async {
+                    let mut c = Self::checkout_sqlite(node, timeout).await?;
+                    c.batch_execute("SELECT 1").await?;
+                    Ok(start.elapsed())
+                }
+                .await;
+                vec![(node.name.clone(), Role::Primary, r)]
+            }
+            Backend::Postgres { primary, replicas } => {
+                let mut out = Vec::new();
+                for n in std::iter::once(primary).chain(replicas.iter()) {
+                    let start = Instant::now();
+                    let r = async {
+                        let mut c = Self::checkout_pg(n, timeout).await?;
+                        c.batch_execute("SELECT 1").await?;
+                        Ok(start.elapsed())
+                    }
+                    .await;
+                    out.push((n.name.clone(), n.role, r));
+                }
+                out
+            }
+        }
+    }
+
+    /// Runs the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<usize> {
+        match &self.inner.backend {
+            Backend::Postgres { primary, .. } => migrations::run_postgres(&primary.url).await,
+            Backend::Sqlite { path, .. } => migrations::run_sqlite(path).await,
+        }
+    }
+
+    /// Waits until the primary answers, retrying with a bounded backoff for at most `max_wait`.
+    pub async fn wait_ready(&self, max_wait: Duration) -> Result<()> {
+        let deadline = Instant::now() + max_wait;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.probe_all().await {
+                return Ok(());
+            }
+            let err = self.nodes().into_iter().next().and_then(|n| n.health.last_error).unwrap_or_default();
+            if Instant::now() + delay > deadline {
+                return Err(Error::Connect { node: "primary".into(), message: format!("not ready after {max_wait:?}: {err}") });
+            }
+            tracing::warn!(error = %err, retry_in = ?delay, "waiting for the primary database");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Stores a probe outcome in `node`'s health; returns whether it succeeded.
+fn record<P>(node: &Node<P>, r: Result<Option<Duration>>) -> bool {
+    let now = Some(Utc::now());
+    let ok = r.is_ok();
+    node.set_health(match r {
+        Ok(lag) => NodeHealth { healthy: true, lag, last_error: None, checked_at: now },
+        Err(e) => NodeHealth { healthy: false, lag: None, last_error: Some(e.to_string()), checked_at: now },
+    });
+    ok
+}

@@ -1,0 +1,64 @@
+//! strata's own catalog tables, declared once and expanded into one Diesel module per backend:
+//! `pg` (tables in the `strata` schema) and `sqlite` (tables named `strata_*` in the main database).
+//! The column lists must match `migrations/postgres` and `migrations/sqlite`; the test
+//! `catalog_matches_migrations` checks both against the live databases.
+
+macro_rules! catalog {
+    (
+        joins { $($child:ident -> $parent:ident ($fk:ident);)* }
+        $(
+        $table:ident ($($pk:ident),+) sqlite $sqlite_name:tt {
+            $($col:ident -> [$($ty:tt)+],)+
+        }
+    )+) => {
+        /// Catalog tables on PostgreSQL (`strata.*`).
+        pub mod pg {
+            $(
+                diesel::table! {
+                    strata.$table ($($pk),+) {
+                        $($col -> $($ty)+,)+
+                    }
+                }
+            )+
+            $(diesel::joinable!($child -> $parent ($fk));)*
+            diesel::allow_tables_to_appear_in_same_query!($($table),+);
+        }
+
+        /// Catalog tables on SQLite (`strata_*`).
+        pub mod sqlite {
+            $(
+                diesel::table! {
+                    #[sql_name = $sqlite_name]
+                    $table ($($pk),+) {
+                        $($col -> $($ty)+,)+
+                    }
+                }
+            )+
+            $(diesel::joinable!($child -> $parent ($fk));)*
+            diesel::allow_tables_to_appear_in_same_query!($($table),+);
+        }
+
+        /// Every catalog table with its columns, for the schema check in tests.
+        pub const CATALOG: &[(&str, &str, &[&str])] = &[
+            $((stringify!($table), $sqlite_name, &[$(stringify!($col)),+]),)+
+        ];
+    };
+}
+
+catalog! {
+    joins {
+        snapshot_tables -> snapshots (snapshot_id);
+    }
+    snapshots (id) sqlite "strata_snapshots" {
+        id -> [BigInt],
+        taken_at -> [Timestamp],
+        database_size_bytes -> [BigInt],
+    }
+    snapshot_tables (snapshot_id, schema_name, table_name) sqlite "strata_snapshot_tables" {
+        snapshot_id -> [BigInt],
+        schema_name -> [Text],
+        table_name -> [Text],
+        total_size_bytes -> [BigInt],
+        estimated_rows -> [BigInt],
+    }
+}

@@ -1,0 +1,334 @@
+//! Backend-specific reads of the database's own statistics: sizes, row estimates, activity and
+//! replication lag. On PostgreSQL these read the statistics catalogs only (never `COUNT(*)`), so
+//! their cost does not grow with the number of rows.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Double, Nullable, Text, Timestamptz},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::{Conn, Error, Result, SqliteConn};
+
+/// Figures of one application table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableStats {
+    /// Schema (`main` on SQLite).
+    pub schema_name: String,
+    /// Table name.
+    pub table_name: String,
+    /// Estimated rows (None: no statistics yet).
+    pub rows: Option<i64>,
+    /// Whether `rows` is exact (counted b-tree cells) rather than planner statistics.
+    pub rows_exact: bool,
+    /// Heap bytes.
+    pub table_bytes: i64,
+    /// Index bytes.
+    pub index_bytes: i64,
+    /// TOAST bytes.
+    pub toast_bytes: i64,
+    /// Whether the byte figures are estimates.
+    pub sizes_estimated: bool,
+    /// Dead rows.
+    pub dead_rows: Option<i64>,
+    /// Last vacuum.
+    pub last_vacuum: Option<DateTime<Utc>>,
+    /// Last analyze.
+    pub last_analyze: Option<DateTime<Utc>>,
+    /// Sequential scans.
+    pub seq_scans: Option<i64>,
+    /// Index scans.
+    pub index_scans: Option<i64>,
+}
+
+impl TableStats {
+    /// table + index + toast bytes.
+    pub fn total_bytes(&self) -> i64 {
+        self.table_bytes + self.index_bytes + self.toast_bytes
+    }
+}
+
+/// Database-wide figures plus every table.
+#[derive(Debug, Clone)]
+pub struct DatabaseStats {
+    /// Database name (file name on SQLite).
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// Free bytes inside the file (SQLite).
+    pub free_bytes: Option<i64>,
+    /// Tables, largest first.
+    pub tables: Vec<TableStats>,
+    /// Notes on which figures are estimates.
+    pub notes: Vec<String>,
+}
+
+#[derive(QueryableByName)]
+struct PgTableRow {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Double)]
+    reltuples: f64,
+    #[diesel(sql_type = BigInt)]
+    table_bytes: i64,
+    #[diesel(sql_type = BigInt)]
+    index_bytes: i64,
+    #[diesel(sql_type = BigInt)]
+    toast_bytes: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    dead_rows: Option<i64>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_vacuum: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_analyze: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    seq_scans: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    index_scans: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct PgDbRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    size_bytes: i64,
+}
+
+/// Heap bytes exclude the TOAST relation, which is reported on its own; `pg_table_size` includes
+/// the free-space and visibility-map forks. `reltuples` is -1 for tables never vacuumed/analyzed.
+/// `strata` (our catalog) and system schemas are excluded.
+const PG_TABLES: &str = r"
+SELECT n.nspname::text AS schema_name,
+       c.relname::text AS table_name,
+       c.reltuples::float8 AS reltuples,
+       (pg_table_size(c.oid) - COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0))::int8 AS table_bytes,
+       pg_indexes_size(c.oid)::int8 AS index_bytes,
+       COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0)::int8 AS toast_bytes,
+       s.n_dead_tup::int8 AS dead_rows,
+       GREATEST(s.last_vacuum, s.last_autovacuum) AS last_vacuum,
+       GREATEST(s.last_analyze, s.last_autoanalyze) AS last_analyze,
+       s.seq_scan::int8 AS seq_scans,
+       s.idx_scan::int8 AS index_scans
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+ WHERE c.relkind IN ('r', 'p', 'm')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'strata')
+   AND n.nspname NOT LIKE 'pg\_toast%'
+   AND n.nspname NOT LIKE 'pg\_temp\_%'
+   AND starts_with(c.relname::text, $1)
+ ORDER BY pg_total_relation_size(c.oid) DESC, 1, 2";
+
+async fn pg_stats(conn: &mut AsyncPgConnection, prefix: &str) -> Result<DatabaseStats> {
+    let db: PgDbRow = diesel::sql_query(
+        "SELECT current_database()::text AS name, pg_database_size(current_database())::int8 AS size_bytes",
+    )
+    .get_result(conn)
+    .await?;
+    let rows: Vec<PgTableRow> = diesel::sql_query(PG_TABLES).bind::<Text, _>(prefix).load(conn).await?;
+    let tables = rows
+        .into_iter()
+        .map(|r| TableStats {
+            schema_name: r.schema_name,
+            table_name: r.table_name,
+            rows: (r.reltuples >= 0.0).then(|| r.reltuples.round() as i64),
+            rows_exact: false,
+            table_bytes: r.table_bytes,
+            index_bytes: r.index_bytes,
+            toast_bytes: r.toast_bytes,
+            sizes_estimated: false,
+            dead_rows: r.dead_rows,
+            last_vacuum: r.last_vacuum,
+            last_analyze: r.last_analyze,
+            seq_scans: r.seq_scans,
+            index_scans: r.index_scans,
+        })
+        .collect();
+    Ok(DatabaseStats {
+        name: db.name,
+        size_bytes: db.size_bytes,
+        free_bytes: None,
+        tables,
+        notes: vec![
+            "estimated_rows comes from pg_class.reltuples, refreshed by VACUUM/ANALYZE (autovacuum)".into(),
+            "dead rows and scan counts come from the cumulative statistics system and lag up to a second".into(),
+        ],
+    })
+}
+
+#[derive(QueryableByName)]
+struct SqlitePages {
+    #[diesel(sql_type = BigInt)]
+    page_size: i64,
+    #[diesel(sql_type = BigInt)]
+    page_count: i64,
+    #[diesel(sql_type = BigInt)]
+    freelist_count: i64,
+}
+
+#[derive(QueryableByName)]
+struct SqliteObject {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    tbl_name: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+}
+
+#[derive(QueryableByName)]
+struct SqliteBtree {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    bytes: i64,
+    #[diesel(sql_type = BigInt)]
+    leaf_cells: i64,
+}
+
+#[derive(QueryableByName)]
+struct SqliteStat1 {
+    #[diesel(sql_type = Text)]
+    tbl: String,
+    #[diesel(sql_type = Text)]
+    stat: String,
+}
+
+/// Application tables: not SQLite's own, not strata's catalog.
+const SQLITE_OBJECTS: &str = r"
+SELECT name, tbl_name, type AS kind FROM sqlite_schema
+ WHERE type IN ('table', 'index')
+   AND tbl_name NOT LIKE 'sqlite\_%' ESCAPE '\'
+   AND tbl_name NOT LIKE 'strata\_%' ESCAPE '\'
+   AND substr(tbl_name, 1, length(?1)) = ?1";
+
+async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result<DatabaseStats> {
+    let pages: SqlitePages = diesel::sql_query(
+        "SELECT p.page_size, c.page_count, f.freelist_count
+           FROM pragma_page_size() p, pragma_page_count() c, pragma_freelist_count() f",
+    )
+    .get_result(conn)
+    .await?;
+    let objects: Vec<SqliteObject> = diesel::sql_query(SQLITE_OBJECTS).bind::<Text, _>(prefix).load(conn).await?;
+    // dbstat walks every page: exact, and as costly as the file is large. It is compiled into the
+    // bundled SQLite; a system SQLite may lack it, and then only planner statistics are available.
+    let btrees: Option<Vec<SqliteBtree>> = diesel::sql_query(
+        "SELECT name, SUM(pgsize) AS bytes,
+                SUM(CASE WHEN pagetype = 'leaf' THEN ncell ELSE 0 END) AS leaf_cells
+           FROM dbstat GROUP BY name",
+    )
+    .load(conn)
+    .await
+    .ok();
+    let has_stat1: bool = diesel::sql_query("SELECT name, name AS tbl_name, type AS kind FROM sqlite_schema WHERE name = 'sqlite_stat1'")
+        .load::<SqliteObject>(conn)
+        .await?
+        .len()
+        == 1;
+    let stat1: Vec<SqliteStat1> = if has_stat1 {
+        diesel::sql_query("SELECT tbl, stat FROM sqlite_stat1 WHERE idx IS NULL OR idx = tbl").load(conn).await?
+    } else {
+        Vec::new()
+    };
+
+    let mut notes = Vec::new();
+    let mut tables: Vec<TableStats> = objects
+        .iter()
+        .filter(|o| o.kind == "table")
+        .map(|t| {
+            let btree = |name: &str| btrees.as_ref().and_then(|b| b.iter().find(|b| b.name == name));
+            let index_bytes = objects
+                .iter()
+                .filter(|o| o.kind == "index" && o.tbl_name == t.name)
+                .filter_map(|o| btree(&o.name))
+                .map(|b| b.bytes)
+                .sum();
+            let stat_rows = stat1
+                .iter()
+                .find(|s| s.tbl == t.name)
+                .and_then(|s| s.stat.split_whitespace().next()?.parse::<i64>().ok());
+            let (rows, rows_exact) = match btree(&t.name) {
+                Some(b) => (Some(b.leaf_cells), true),
+                None => (stat_rows, false),
+            };
+            TableStats {
+                schema_name: "main".into(),
+                table_name: t.name.clone(),
+                rows,
+                rows_exact,
+                table_bytes: btree(&t.name).map_or(0, |b| b.bytes),
+                index_bytes,
+                toast_bytes: 0,
+                sizes_estimated: btrees.is_none(),
+                dead_rows: None,
+                last_vacuum: None,
+                last_analyze: None,
+                seq_scans: None,
+                index_scans: None,
+            }
+        })
+        .collect();
+    tables.sort_by(|a, b| b.total_bytes().cmp(&a.total_bytes()).then_with(|| a.table_name.cmp(&b.table_name)));
+    if btrees.is_some() {
+        notes.push("sizes and row counts are exact: counted from the b-tree pages (dbstat)".into());
+    } else {
+        notes.push("this SQLite lacks dbstat: table sizes are unknown (0) and rows come from ANALYZE (sqlite_stat1)".into());
+    }
+    notes.push("SQLite keeps no dead-row, vacuum or scan statistics".into());
+    Ok(DatabaseStats {
+        name: std::path::Path::new(file).file_name().map_or_else(|| file.to_owned(), |n| n.to_string_lossy().into_owned()),
+        size_bytes: pages.page_size * pages.page_count,
+        free_bytes: Some(pages.page_size * pages.freelist_count),
+        tables,
+        notes,
+    })
+}
+
+/// Sizes and statistics of the database and its application tables whose name starts with `prefix`.
+pub async fn database_stats(conn: &mut Conn, sqlite_file: Option<&str>, prefix: &str) -> Result<DatabaseStats> {
+    match conn {
+        Conn::Pg(c) => pg_stats(c, prefix).await,
+        Conn::Sqlite(c) => sqlite_stats(c, sqlite_file.unwrap_or("strata.db"), prefix).await,
+    }
+}
+
+#[derive(QueryableByName)]
+struct LagRow {
+    #[diesel(sql_type = Double)]
+    lag_seconds: f64,
+}
+
+/// Replication lag: zero when the replica has replayed everything it received, else the time since
+/// the last replayed transaction. (A quiet primary sends nothing new, so that stays zero.)
+const PG_LAG: &str = r"
+SELECT CASE
+         WHEN NOT pg_is_in_recovery() THEN 0
+         WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+         ELSE COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())), 0)
+       END::float8 AS lag_seconds";
+
+/// Probes a PostgreSQL node on a fresh connection; for replicas returns the replication lag.
+pub async fn probe_pg(name: &str, url: &str, replica: bool, timeout: Duration) -> Result<Option<Duration>> {
+    let work = async {
+        let mut conn = AsyncPgConnection::establish(url)
+            .await
+            .map_err(|e| Error::Connect { node: name.to_owned(), message: e.to_string() })?;
+        if replica {
+            let r: LagRow = diesel::sql_query(PG_LAG).get_result(&mut conn).await?;
+            Ok(Some(Duration::from_secs_f64(r.lag_seconds.max(0.0))))
+        } else {
+            diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+            Ok(None)
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Connect { node: name.to_owned(), message: format!("probe timed out after {timeout:?}") }),
+    }
+}

@@ -1,0 +1,45 @@
+//! Small domain → proto helpers shared by the handlers.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use strata_client::pb;
+
+use crate::db::{BackendKind, PoolStats, Role};
+
+pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+pub(crate) fn dur(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
+}
+
+pub(crate) fn role(r: Role) -> i32 {
+    match r {
+        Role::Primary => pb::NodeRole::Primary as i32,
+        Role::Replica => pb::NodeRole::Replica as i32,
+    }
+}
+
+pub(crate) fn backend(b: BackendKind) -> i32 {
+    match b {
+        BackendKind::Postgres => pb::DatabaseBackend::Postgres as i32,
+        BackendKind::Sqlite => pb::DatabaseBackend::Sqlite as i32,
+    }
+}
+
+pub(crate) fn pool(p: PoolStats) -> pb::PoolStats {
+    pb::PoolStats {
+        role: role(p.role),
+        name: p.name,
+        max_size: p.max_size,
+        connections: p.connections,
+        idle_connections: p.idle,
+        in_use_connections: p.connections.saturating_sub(p.idle),
+        gets_direct: p.gets_direct,
+        gets_waited: p.gets_waited,
+        gets_timed_out: p.gets_timed_out,
+        wait_time: Some(dur(p.wait_time)),
+    }
+}

@@ -1,0 +1,86 @@
+//! The gRPC edge: one file per service (decode → service → encode), auth, health and reflection.
+
+mod admin;
+pub mod auth;
+mod convert;
+mod status;
+mod storage;
+
+use std::time::Duration;
+
+use strata_client::pb::{
+    self, admin_service_server::AdminServiceServer, storage_service_server::StorageServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::service::Context;
+
+/// Fully-qualified names of strata's services, as the health service knows them.
+pub const SERVICE_NAMES: &[&str] = &[
+    <AdminServiceServer<admin::AdminApi> as tonic::server::NamedService>::NAME,
+    <StorageServiceServer<storage::StorageApi> as tonic::server::NamedService>::NAME,
+];
+
+/// Keeps the health service in step with the primary's reachability: every strata service (and the
+/// server as a whole, "") is SERVING while the primary answers and NOT_SERVING while it does not.
+async fn follow_primary(reporter: HealthReporter, mut primary_up: tokio::sync::watch::Receiver<bool>, cancel: CancellationToken) {
+    loop {
+        let status = if *primary_up.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status("", status).await;
+        for name in SERVICE_NAMES {
+            reporter.set_service_status(*name, status).await;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = primary_up.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
+/// HTTP/2 flow-control windows larger than the defaults: streamed RPCs (files, archive rows) are
+/// otherwise capped by the 64 KiB default window on a high-bandwidth loopback or LAN.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_FRAME: u32 = 1 << 20;
+/// Keeps idle client connections alive through NATs and detects dead peers.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Serves every service on `listener` until `shutdown` is cancelled, then drains in-flight calls.
+pub async fn serve(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(follow_primary(reporter, ctx.db.primary_up(), shutdown.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    // grpcurl 1.8 and other older tools speak only v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("embedded descriptor sets are valid");
+
+    let auth = auth::AuthLayer::new(auth::Authorizer::new(&ctx.config.tokens));
+    let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .tcp_nodelay(true)
+        .layer(auth)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AdminServiceServer::new(admin::AdminApi { ctx: ctx.clone() }))
+        .add_service(StorageServiceServer::new(storage::StorageApi { ctx }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    let _ = health_task.await;
+    result
+}

@@ -1,0 +1,96 @@
+//! strata-server: the storage-lifecycle control plane.
+//!
+//! Layers (arrows point one way): `grpc` → `service` → `db`; `jobs` → `service`.
+
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod jobs;
+pub mod service;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, db::{Db, DbSettings}, service::Context};
+
+/// A running server: its address and the handle to stop it.
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Connects to the database (waiting up to `startup_timeout`), runs migrations, binds the
+    /// listener and starts serving plus the background jobs.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let db = Db::connect(DbSettings {
+            url: config.database_url.clone(),
+            replica_urls: config.replica_urls.clone(),
+            pool_max_size: config.pool_max_size,
+            acquire_timeout: config.pool_acquire_timeout,
+            statement_timeout: config.statement_timeout,
+            connect_timeout: config.connect_timeout,
+            max_replica_lag: config.max_replica_lag,
+        })
+        .await?;
+        db.wait_ready(config.startup_timeout).await.context("database not ready")?;
+        let ran = db.migrate().await.context("migrations")?;
+        if ran > 0 {
+            tracing::info!(migrations = ran, "applied migrations");
+        }
+        if config.tokens.is_empty() {
+            tracing::warn!("no auth tokens configured: only loopback clients are served");
+        }
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let ctx = Context::new(db, config);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(ctx, listener, shutdown.clone()));
+        tracing::info!(%addr, "strata listening");
+        Ok(Self { addr, shutdown, task })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Serves until `shutdown`; then stops accepting RPCs, cancels jobs and closes the pools, in order.
+async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let jobs_cancel = CancellationToken::new();
+    let mut jobs = vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
+    if !ctx.config.metrics_sample_interval.is_zero() {
+        jobs.push(tokio::spawn(jobs::sampler(ctx.clone(), ctx.config.metrics_sample_interval, jobs_cancel.clone())));
+    }
+    let served = grpc::serve(ctx.clone(), listener, shutdown).await;
+    jobs_cancel.cancel();
+    for j in jobs {
+        let _ = j.await;
+    }
+    // Dropping the last Context closes the pools.
+    drop(ctx);
+    tracing::info!("strata stopped");
+    served.context("gRPC server failed")
+}

@@ -1,0 +1,86 @@
+mod cli;
+
+use std::io::Read as _;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use strata_server::{
+    Server,
+    config::Config,
+    db::{Db, DbSettings, redact_url},
+    grpc::auth::hash_token,
+    telemetry,
+};
+
+use crate::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::HashToken { token }) = &cli.command {
+        let token = match token {
+            Some(t) => t.clone(),
+            None => {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s.trim_end_matches(['\r', '\n']).to_owned()
+            }
+        };
+        anyhow::ensure!(!token.is_empty(), "empty token");
+        println!("{}", hash_token(&token));
+        return Ok(());
+    }
+    let config = Config::load(&cli.config)?;
+    telemetry::init(config.log_format);
+    // Diesel's migration harness for PostgreSQL blocks on async work: needs the multi-thread runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Some(Command::Migrate) => {
+                tracing::info!(database = %redact_url(&config.database_url), "running migrations");
+                let db = Db::connect(DbSettings {
+                    url: config.database_url.clone(),
+                    replica_urls: Vec::new(),
+                    pool_max_size: 1,
+                    acquire_timeout: config.pool_acquire_timeout,
+                    statement_timeout: config.statement_timeout,
+                    connect_timeout: config.connect_timeout,
+                    max_replica_lag: config.max_replica_lag,
+                })
+                .await?;
+                db.wait_ready(config.startup_timeout).await?;
+                let n = db.migrate().await?;
+                println!("applied {n} migration(s)");
+                Ok(())
+            }
+            None | Some(Command::Serve) => {
+                tracing::info!(
+                    database = %redact_url(&config.database_url),
+                    replicas = config.replica_urls.len(),
+                    listen = %config.listen,
+                    "starting strata {}", env!("CARGO_PKG_VERSION")
+                );
+                let server = Server::start(config).await?;
+                let stop = server.shutdown_token();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutdown requested");
+                    stop.cancel();
+                });
+                server.wait().await
+            }
+            Some(Command::HashToken { .. }) => unreachable!("handled before the runtime starts"),
+        }
+    })
+    .context("strata-server failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

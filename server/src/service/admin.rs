@@ -1,0 +1,114 @@
+//! Server identity, routing state and connection tests.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Context;
+use crate::db::{self, BackendKind, NodeInfo, Role};
+
+/// How reads are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingState {
+    /// Replicas serve reads, or none is configured.
+    Normal,
+    /// A configured replica cannot serve reads.
+    Degraded,
+    /// The primary is unreachable.
+    PrimaryDown,
+}
+
+/// Non-secret configuration.
+#[derive(Debug, Clone)]
+pub struct ConfigSummary {
+    /// Listen address.
+    pub listen: String,
+    /// Object store URL without credentials.
+    pub object_store_url: String,
+    /// Max pool size.
+    pub pool_max_size: u32,
+    /// Acquire timeout.
+    pub pool_acquire_timeout: Duration,
+    /// Statement timeout.
+    pub statement_timeout: Duration,
+    /// Max replica lag.
+    pub max_replica_lag: Duration,
+    /// Sampler interval.
+    pub metrics_sample_interval: Duration,
+    /// Token count.
+    pub auth_token_count: u32,
+    /// Loopback-only mode.
+    pub loopback_only: bool,
+}
+
+/// What `GetInfo` reports.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// Version.
+    pub version: &'static str,
+    /// Backend.
+    pub backend: BackendKind,
+    /// Routing state.
+    pub routing: RoutingState,
+    /// Nodes.
+    pub nodes: Vec<NodeInfo>,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// Uptime.
+    pub uptime: Duration,
+    /// Config summary.
+    pub config: ConfigSummary,
+    /// Replica fallbacks.
+    pub replica_fallbacks: u64,
+}
+
+/// Server information. Reads only in-memory state, so it answers even when the database is down.
+pub fn info(ctx: &Context) -> ServerInfo {
+    let nodes = ctx.db.nodes();
+    let primary_ok = nodes.iter().any(|n| n.role == Role::Primary && n.health.healthy);
+    let replica_gap = nodes.iter().any(|n| n.role == Role::Replica && !n.serving_reads);
+    let routing = if !primary_ok {
+        RoutingState::PrimaryDown
+    } else if replica_gap {
+        RoutingState::Degraded
+    } else {
+        RoutingState::Normal
+    };
+    let c = &ctx.config;
+    ServerInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        backend: ctx.db.backend(),
+        routing,
+        nodes,
+        started_at: ctx.started_at,
+        uptime: ctx.started.elapsed(),
+        config: ConfigSummary {
+            listen: c.listen.to_string(),
+            object_store_url: db::redact_url(&c.object_store_url),
+            pool_max_size: c.pool_max_size,
+            pool_acquire_timeout: c.pool_acquire_timeout,
+            statement_timeout: c.statement_timeout,
+            max_replica_lag: c.max_replica_lag,
+            metrics_sample_interval: c.metrics_sample_interval,
+            auth_token_count: u32::try_from(c.tokens.len()).unwrap_or(u32::MAX),
+            loopback_only: c.tokens.is_empty(),
+        },
+        replica_fallbacks: ctx.db.replica_fallbacks(),
+    }
+}
+
+/// Outcome of one round trip.
+#[derive(Debug)]
+pub struct Probe {
+    /// Node name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Round-trip time or the error.
+    pub result: Result<Duration, db::Error>,
+}
+
+/// Times a round trip to every node through its pool.
+pub async fn test_connection(ctx: &Context) -> Vec<Probe> {
+    ctx.db.round_trips().await.into_iter().map(|(name, role, result)| Probe { name, role, result }).collect()
+}

@@ -1,0 +1,51 @@
+//! Domain logic per capability. Services take validated domain input and return domain output;
+//! they know nothing of protobuf or gRPC.
+
+pub mod admin;
+pub mod metrics;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::{config::Config, db};
+
+/// Errors of the service layer. `grpc::status` maps each to one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent something invalid; nothing was changed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The named resource does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The operation does not apply in the current state or on this backend.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The database layer failed.
+    #[error(transparent)]
+    Db(#[from] db::Error),
+}
+
+/// Result alias of this layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every service needs: the database and the server's identity.
+#[derive(Clone)]
+pub struct Context {
+    /// The application database.
+    pub db: db::Db,
+    /// Effective configuration (holds secrets: never log it whole).
+    pub config: std::sync::Arc<Config>,
+    /// Wall-clock start time.
+    pub started_at: DateTime<Utc>,
+    /// Monotonic start time, for uptime.
+    pub started: Instant,
+}
+
+impl Context {
+    /// A context for a server starting now.
+    pub fn new(db: db::Db, config: Config) -> Self {
+        Self { db, config: std::sync::Arc::new(config), started_at: Utc::now(), started: Instant::now() }
+    }
+}
