@@ -1,0 +1,9 @@
+//! Test harness shared by the integration tests and the benchmarks: a real PostgreSQL primary with
+//! a streaming replica (started here, on free loopback ports, torn down at exit) and a real strata
+//! server on `127.0.0.1:0`.
+
+pub mod pg;
+pub mod server;
+
+pub use pg::PgCluster;
+pub use server::TestServer;

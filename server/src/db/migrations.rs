@@ -2,7 +2,8 @@
 //! SQLite keeps it in `strata_schema_migrations`: neither touches the application's namespace.
 
 use diesel::{
-    Connection, ExpressionMethods as _, QueryDsl as _, RunQueryDsl as _, migration::{Migration, MigrationVersion},
+    Connection, ExpressionMethods as _, QueryDsl as _, RunQueryDsl as _,
+    migration::{Migration, MigrationVersion},
     sqlite::{Sqlite, SqliteConnection},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
@@ -20,14 +21,19 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn run_postgres(url: &str) -> Result<usize> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
-        .map_err(|e| Error::Connect { node: "primary".into(), message: e.to_string() })?;
+        .map_err(|e| Error::Connect {
+            node: "primary".into(),
+            message: e.to_string(),
+        })?;
     // The schema must exist before Diesel creates its bookkeeping table in it. A session-level
     // advisory lock serialises strata instances that start at the same time; it is released when
     // this connection closes.
     conn.batch_execute("CREATE SCHEMA IF NOT EXISTS strata; SET search_path TO strata;")
         .await
         .map_err(|e| Error::Migration(e.to_string()))?;
-    conn.batch_execute("SELECT pg_advisory_lock(7365626174617374)").await.map_err(|e| Error::Migration(e.to_string()))?;
+    conn.batch_execute("SELECT pg_advisory_lock(7365626174617374)")
+        .await
+        .map_err(|e| Error::Migration(e.to_string()))?;
     let ran = tokio::task::spawn_blocking(move || {
         let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
         let ran = harness.run_pending_migrations(POSTGRES).map(|v| v.len());
@@ -45,9 +51,15 @@ pub(crate) async fn run_postgres(url: &str) -> Result<usize> {
 pub(crate) async fn run_sqlite(path: &str) -> Result<usize> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = SqliteConnection::establish(&path).map_err(|e| Error::Connect { node: "primary".into(), message: e.to_string() })?;
+        let mut conn = SqliteConnection::establish(&path).map_err(|e| Error::Connect {
+            node: "primary".into(),
+            message: e.to_string(),
+        })?;
         let mut harness = PrefixedSqliteHarness(&mut conn);
-        harness.run_pending_migrations(SQLITE).map(|v| v.len()).map_err(|e| Error::Migration(e.to_string()))
+        harness
+            .run_pending_migrations(SQLITE)
+            .map(|v| v.len())
+            .map_err(|e| Error::Migration(e.to_string()))
     })
     .await
     .map_err(|e| Error::Migration(e.to_string()))?
@@ -76,7 +88,10 @@ impl PrefixedSqliteHarness<'_> {
 }
 
 impl MigrationHarness<Sqlite> for PrefixedSqliteHarness<'_> {
-    fn run_migration(&mut self, migration: &dyn Migration<Sqlite>) -> Result<MigrationVersion<'static>, BoxError> {
+    fn run_migration(
+        &mut self,
+        migration: &dyn Migration<Sqlite>,
+    ) -> Result<MigrationVersion<'static>, BoxError> {
         self.ensure_table()?;
         let version = migration.name().version().as_owned();
         // DDL is transactional on SQLite: the migration and its bookkeeping row commit together.
@@ -93,12 +108,18 @@ impl MigrationHarness<Sqlite> for PrefixedSqliteHarness<'_> {
         Ok(version)
     }
 
-    fn revert_migration(&mut self, migration: &dyn Migration<Sqlite>) -> Result<MigrationVersion<'static>, BoxError> {
+    fn revert_migration(
+        &mut self,
+        migration: &dyn Migration<Sqlite>,
+    ) -> Result<MigrationVersion<'static>, BoxError> {
         let version = migration.name().version().as_owned();
         self.0.transaction::<_, BoxError, _>(|conn| {
             migration.revert(conn)?;
-            diesel::delete(strata_schema_migrations::table.filter(strata_schema_migrations::version.eq(version.to_string())))
-                .execute(conn)?;
+            diesel::delete(
+                strata_schema_migrations::table
+                    .filter(strata_schema_migrations::version.eq(version.to_string())),
+            )
+            .execute(conn)?;
             Ok(())
         })?;
         Ok(version)
@@ -113,4 +134,3 @@ impl MigrationHarness<Sqlite> for PrefixedSqliteHarness<'_> {
         Ok(versions.into_iter().map(MigrationVersion::from).collect())
     }
 }
-

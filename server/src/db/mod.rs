@@ -178,8 +178,14 @@ pub struct NodeInfo {
 }
 
 enum Backend {
-    Postgres { primary: Node<PgPool>, replicas: Vec<Node<PgPool>> },
-    Sqlite { node: Node<SqlitePool>, path: String },
+    Postgres {
+        primary: Node<PgPool>,
+        replicas: Vec<Node<PgPool>>,
+    },
+    Sqlite {
+        node: Node<SqlitePool>,
+        path: String,
+    },
 }
 
 struct Inner {
@@ -246,16 +252,26 @@ fn pg_setup(
     Box::new(move |url| {
         let url = url.to_owned();
         async move {
-            let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                .await
-                .map_err(|_| ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}")))??;
+            let mut conn =
+                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                    .await
+                    .map_err(|_| {
+                        ConnectionError::BadConnection(format!(
+                            "connect timed out after {connect_timeout:?}"
+                        ))
+                    })??;
             // Every session gets the statement timeout; replica sessions are read-only so a routing
             // mistake can never write to a replica (it would fail there anyway, but with a clear error).
-            let mut sql = format!("SET statement_timeout = {}; SET application_name = 'strata';", statement_timeout.as_millis());
+            let mut sql = format!(
+                "SET statement_timeout = {}; SET application_name = 'strata';",
+                statement_timeout.as_millis()
+            );
             if read_only {
                 sql.push_str("SET default_transaction_read_only = on;");
             }
-            conn.batch_execute(&sql).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
+            conn.batch_execute(&sql)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         }
         .boxed()
@@ -281,7 +297,11 @@ fn sqlite_setup() -> diesel_async::pooled_connection::SetupCallback<SqliteConn> 
     })
 }
 
-fn build_pool<C>(url: &str, setup: diesel_async::pooled_connection::SetupCallback<C>, s: &DbSettings) -> bb8::Pool<C>
+fn build_pool<C>(
+    url: &str,
+    setup: diesel_async::pooled_connection::SetupCallback<C>,
+    s: &DbSettings,
+) -> bb8::Pool<C>
 where
     C: diesel_async::pooled_connection::PoolableConnection + 'static,
     AsyncDieselConnectionManager<C>: ::bb8::ManageConnection,
@@ -316,19 +336,26 @@ fn pool_stats<M: ::bb8::ManageConnection>(node: &Node<::bb8::Pool<M>>, max_size:
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
-    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
 }
 
 impl Db {
     /// Builds the pools. Opens no connection: call [`Db::wait_ready`] to wait for the primary.
     pub async fn connect(settings: DbSettings) -> Result<Self> {
-        let backend = if settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://") {
+        let backend = if settings.url.starts_with("postgres://")
+            || settings.url.starts_with("postgresql://")
+        {
             let primary = Node {
                 name: "primary".into(),
                 role: Role::Primary,
                 address: redact_url(&settings.url),
                 url: settings.url.clone(),
-                pool: build_pool(&settings.url, pg_setup(settings.statement_timeout, settings.connect_timeout, false), &settings),
+                pool: build_pool(
+                    &settings.url,
+                    pg_setup(settings.statement_timeout, settings.connect_timeout, false),
+                    &settings,
+                ),
                 health: Mutex::new(NodeHealth::default()),
             };
             let mut replicas = Vec::new();
@@ -341,14 +368,20 @@ impl Db {
                     role: Role::Replica,
                     address: redact_url(url),
                     url: url.clone(),
-                    pool: build_pool(url, pg_setup(settings.statement_timeout, settings.connect_timeout, true), &settings),
+                    pool: build_pool(
+                        url,
+                        pg_setup(settings.statement_timeout, settings.connect_timeout, true),
+                        &settings,
+                    ),
                     health: Mutex::new(NodeHealth::default()),
                 });
             }
             Backend::Postgres { primary, replicas }
         } else if let Some(path) = sqlite_path(&settings.url) {
             if !settings.replica_urls.is_empty() {
-                return Err(Error::Unsupported("replicas are only supported with PostgreSQL".into()));
+                return Err(Error::Unsupported(
+                    "replicas are only supported with PostgreSQL".into(),
+                ));
             }
             if let Some(parent) = std::path::Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
@@ -366,12 +399,22 @@ impl Db {
                 pool: build_pool(path, sqlite_setup(), &settings),
                 health: Mutex::new(NodeHealth::default()),
             };
-            Backend::Sqlite { node, path: path.to_owned() }
+            Backend::Sqlite {
+                node,
+                path: path.to_owned(),
+            }
         } else {
             return Err(Error::UnsupportedUrl(redact_url(&settings.url)));
         };
         let (primary_up, _) = watch::channel(false);
-        Ok(Self { inner: Arc::new(Inner { backend, settings, replica_fallbacks: AtomicU64::new(0), primary_up }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                settings,
+                replica_fallbacks: AtomicU64::new(0),
+                primary_up,
+            }),
+        })
     }
 
     /// The backend in use.
@@ -408,16 +451,28 @@ impl Db {
     async fn checkout_pg(node: &Node<PgPool>, timeout: Duration) -> Result<PgPooled> {
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
-            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect {
+                node: node.name.clone(),
+                message: e.to_string(),
+            }),
+            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout {
+                node: node.name.clone(),
+                timeout,
+            }),
         }
     }
 
     async fn checkout_sqlite(node: &Node<SqlitePool>, timeout: Duration) -> Result<SqlitePooled> {
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
-            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect {
+                node: node.name.clone(),
+                message: e.to_string(),
+            }),
+            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout {
+                node: node.name.clone(),
+                timeout,
+            }),
         }
     }
 
@@ -425,8 +480,12 @@ impl Db {
     pub async fn write(&self) -> Result<Conn> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Postgres { primary, .. } => Ok(Conn::Pg(Self::checkout_pg(primary, timeout).await?)),
-            Backend::Sqlite { node, .. } => Ok(Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?)),
+            Backend::Postgres { primary, .. } => {
+                Ok(Conn::Pg(Self::checkout_pg(primary, timeout).await?))
+            }
+            Backend::Sqlite { node, .. } => {
+                Ok(Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?))
+            }
         }
     }
 
@@ -435,7 +494,10 @@ impl Db {
     pub async fn read(&self) -> Result<(Conn, Role)> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Sqlite { node, .. } => Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary)),
+            Backend::Sqlite { node, .. } => Ok((
+                Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?),
+                Role::Primary,
+            )),
             Backend::Postgres { primary, replicas } => {
                 for r in replicas.iter().filter(|r| self.replica_usable(r)) {
                     match Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
@@ -453,7 +515,10 @@ impl Db {
                     self.inner.replica_fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("no replica can serve reads; reading from the primary");
                 }
-                Ok((Conn::Pg(Self::checkout_pg(primary, timeout).await?), Role::Primary))
+                Ok((
+                    Conn::Pg(Self::checkout_pg(primary, timeout).await?),
+                    Role::Primary,
+                ))
             }
         }
     }
@@ -463,25 +528,34 @@ impl Db {
     pub async fn read_prefer_primary(&self) -> Result<(Conn, Role)> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Sqlite { node, .. } => Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary)),
-            Backend::Postgres { primary, replicas } => match Self::checkout_pg(primary, timeout).await {
-                Ok(c) => Ok((Conn::Pg(c), Role::Primary)),
-                Err(primary_err) => {
-                    for r in replicas.iter().filter(|r| self.replica_usable(r)) {
-                        if let Ok(c) = Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
-                            tracing::warn!(node = %r.name, error = %primary_err, "primary unavailable; reading from a replica");
-                            return Ok((Conn::Pg(c), Role::Replica));
+            Backend::Sqlite { node, .. } => Ok((
+                Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?),
+                Role::Primary,
+            )),
+            Backend::Postgres { primary, replicas } => {
+                match Self::checkout_pg(primary, timeout).await {
+                    Ok(c) => Ok((Conn::Pg(c), Role::Primary)),
+                    Err(primary_err) => {
+                        for r in replicas.iter().filter(|r| self.replica_usable(r)) {
+                            if let Ok(c) =
+                                Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await
+                            {
+                                tracing::warn!(node = %r.name, error = %primary_err, "primary unavailable; reading from a replica");
+                                return Ok((Conn::Pg(c), Role::Replica));
+                            }
                         }
+                        Err(primary_err)
                     }
-                    Err(primary_err)
                 }
-            },
+            }
         }
     }
 
     fn replica_usable(&self, r: &Node<PgPool>) -> bool {
         let h = r.health();
-        h.healthy && h.lag.is_none_or(|lag| lag <= self.inner.settings.max_replica_lag)
+        h.healthy
+            && h.lag
+                .is_none_or(|lag| lag <= self.inner.settings.max_replica_lag)
     }
 
     /// Every node with its health and whether it serves reads.
@@ -545,7 +619,11 @@ impl Db {
             Backend::Postgres { primary, replicas } => {
                 let (p, rs) = futures::join!(
                     stats::probe_pg(&primary.name, &primary.url, false, timeout),
-                    futures::future::join_all(replicas.iter().map(|r| stats::probe_pg(&r.name, &r.url, true, timeout)))
+                    futures::future::join_all(
+                        replicas
+                            .iter()
+                            .map(|r| stats::probe_pg(&r.name, &r.url, true, timeout))
+                    )
                 );
                 for (r, res) in replicas.iter().zip(rs) {
                     let was = self.replica_usable(r);
@@ -623,9 +701,17 @@ impl Db {
             if self.probe_all().await {
                 return Ok(());
             }
-            let err = self.nodes().into_iter().next().and_then(|n| n.health.last_error).unwrap_or_default();
+            let err = self
+                .nodes()
+                .into_iter()
+                .next()
+                .and_then(|n| n.health.last_error)
+                .unwrap_or_default();
             if Instant::now() + delay > deadline {
-                return Err(Error::Connect { node: "primary".into(), message: format!("not ready after {max_wait:?}: {err}") });
+                return Err(Error::Connect {
+                    node: "primary".into(),
+                    message: format!("not ready after {max_wait:?}: {err}"),
+                });
             }
             tracing::warn!(error = %err, retry_in = ?delay, "waiting for the primary database");
             tokio::time::sleep(delay).await;
@@ -639,8 +725,18 @@ fn record<P>(node: &Node<P>, r: Result<Option<Duration>>) -> bool {
     let now = Some(Utc::now());
     let ok = r.is_ok();
     node.set_health(match r {
-        Ok(lag) => NodeHealth { healthy: true, lag, last_error: None, checked_at: now },
-        Err(e) => NodeHealth { healthy: false, lag: None, last_error: Some(e.to_string()), checked_at: now },
+        Ok(lag) => NodeHealth {
+            healthy: true,
+            lag,
+            last_error: None,
+            checked_at: now,
+        },
+        Err(e) => NodeHealth {
+            healthy: false,
+            lag: None,
+            last_error: Some(e.to_string()),
+            checked_at: now,
+        },
     });
     ok
 }

@@ -34,36 +34,48 @@ pub struct SnapshotTableRow {
 }
 
 /// Stores a snapshot and its tables in one transaction; returns its id.
-pub async fn insert(conn: &mut Conn, taken_at: NaiveDateTime, database_size_bytes: i64, tables: &[TableStats]) -> Result<i64> {
+pub async fn insert(
+    conn: &mut Conn,
+    taken_at: NaiveDateTime,
+    database_size_bytes: i64,
+    tables: &[TableStats],
+) -> Result<i64> {
     let rows: Vec<(String, String, i64, i64)> = tables
         .iter()
-        .map(|t| (t.schema_name.clone(), t.table_name.clone(), t.total_bytes(), t.rows.unwrap_or(0)))
+        .map(|t| {
+            (
+                t.schema_name.clone(),
+                t.table_name.clone(),
+                t.total_bytes(),
+                t.rows.unwrap_or(0),
+            )
+        })
         .collect();
     let id = db_run!(conn, {
         conn.transaction(async |conn| {
-                let id: i64 = diesel::insert_into(schema::snapshots::table)
+            let id: i64 = diesel::insert_into(schema::snapshots::table)
+                .values((
+                    schema::snapshots::taken_at.eq(taken_at),
+                    schema::snapshots::database_size_bytes.eq(database_size_bytes),
+                ))
+                .returning(schema::snapshots::id)
+                .get_result(&mut *conn)
+                .await?;
+            // Row by row inside the transaction: Diesel has no multi-row INSERT for SQLite through
+            // the async wrapper, and a database has at most a few thousand tables.
+            for (s, t, bytes, n) in &rows {
+                diesel::insert_into(schema::snapshot_tables::table)
                     .values((
-                        schema::snapshots::taken_at.eq(taken_at),
-                        schema::snapshots::database_size_bytes.eq(database_size_bytes),
+                        schema::snapshot_tables::snapshot_id.eq(id),
+                        schema::snapshot_tables::schema_name.eq(s),
+                        schema::snapshot_tables::table_name.eq(t),
+                        schema::snapshot_tables::total_size_bytes.eq(bytes),
+                        schema::snapshot_tables::estimated_rows.eq(n),
                     ))
-                    .returning(schema::snapshots::id)
-                    .get_result(&mut *conn)
+                    .execute(&mut *conn)
                     .await?;
-                // Row by row inside the transaction: Diesel has no multi-row INSERT for SQLite through
-                // the async wrapper, and a database has at most a few thousand tables.
-                for (s, t, bytes, n) in &rows {
-                    diesel::insert_into(schema::snapshot_tables::table)
-                        .values((
-                            schema::snapshot_tables::snapshot_id.eq(id),
-                            schema::snapshot_tables::schema_name.eq(s),
-                            schema::snapshot_tables::table_name.eq(t),
-                            schema::snapshot_tables::total_size_bytes.eq(bytes),
-                            schema::snapshot_tables::estimated_rows.eq(n),
-                        ))
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok::<_, diesel::result::Error>(id)
+            }
+            Ok::<_, diesel::result::Error>(id)
         })
         .await?
     });
@@ -72,10 +84,18 @@ pub async fn insert(conn: &mut Conn, taken_at: NaiveDateTime, database_size_byte
 
 /// Snapshots with id below `before_id` (all when None), newest first, at most `limit`, each with its
 /// table count.
-pub async fn list(conn: &mut Conn, before_id: Option<i64>, limit: i64) -> Result<Vec<(SnapshotRow, i64)>> {
+pub async fn list(
+    conn: &mut Conn,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(SnapshotRow, i64)>> {
     let rows = db_run!(conn, {
         use schema::{snapshot_tables as st, snapshots as s};
-        let mut q = s::table.select((s::id, s::taken_at, s::database_size_bytes)).order(s::id.desc()).limit(limit).into_boxed();
+        let mut q = s::table
+            .select((s::id, s::taken_at, s::database_size_bytes))
+            .order(s::id.desc())
+            .limit(limit)
+            .into_boxed();
         if let Some(b) = before_id {
             q = q.filter(s::id.lt(b));
         }
@@ -90,7 +110,10 @@ pub async fn list(conn: &mut Conn, before_id: Option<i64>, limit: i64) -> Result
         snaps
             .into_iter()
             .map(|s| {
-                let n = counts.iter().find(|(id, _)| *id == s.id).map_or(0, |(_, n)| *n);
+                let n = counts
+                    .iter()
+                    .find(|(id, _)| *id == s.id)
+                    .map_or(0, |(_, n)| *n);
                 (s, n)
             })
             .collect::<Vec<_>>()
@@ -100,7 +123,11 @@ pub async fn list(conn: &mut Conn, before_id: Option<i64>, limit: i64) -> Result
 
 /// Snapshots taken at or after `since`, oldest first, with the tables whose name starts with
 /// `prefix`.
-pub async fn since(conn: &mut Conn, since: NaiveDateTime, prefix: &str) -> Result<(Vec<SnapshotRow>, Vec<SnapshotTableRow>)> {
+pub async fn since(
+    conn: &mut Conn,
+    since: NaiveDateTime,
+    prefix: &str,
+) -> Result<(Vec<SnapshotRow>, Vec<SnapshotTableRow>)> {
     let pattern = format!("{}%", escape_like(prefix));
     let out = db_run!(conn, {
         use schema::{snapshot_tables as st, snapshots as s};
@@ -114,7 +141,13 @@ pub async fn since(conn: &mut Conn, since: NaiveDateTime, prefix: &str) -> Resul
             .inner_join(s::table)
             .filter(s::taken_at.ge(since))
             .filter(st::table_name.like(&pattern).escape('\\'))
-            .select((st::snapshot_id, st::schema_name, st::table_name, st::total_size_bytes, st::estimated_rows))
+            .select((
+                st::snapshot_id,
+                st::schema_name,
+                st::table_name,
+                st::total_size_bytes,
+                st::estimated_rows,
+            ))
             .load(conn)
             .await?;
         (snaps, tables)

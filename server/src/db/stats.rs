@@ -131,7 +131,10 @@ async fn pg_stats(conn: &mut AsyncPgConnection, prefix: &str) -> Result<Database
     )
     .get_result(conn)
     .await?;
-    let rows: Vec<PgTableRow> = diesel::sql_query(PG_TABLES).bind::<Text, _>(prefix).load(conn).await?;
+    let rows: Vec<PgTableRow> = diesel::sql_query(PG_TABLES)
+        .bind::<Text, _>(prefix)
+        .load(conn)
+        .await?;
     let tables = rows
         .into_iter()
         .map(|r| TableStats {
@@ -215,7 +218,10 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
     )
     .get_result(conn)
     .await?;
-    let objects: Vec<SqliteObject> = diesel::sql_query(SQLITE_OBJECTS).bind::<Text, _>(prefix).load(conn).await?;
+    let objects: Vec<SqliteObject> = diesel::sql_query(SQLITE_OBJECTS)
+        .bind::<Text, _>(prefix)
+        .load(conn)
+        .await?;
     // dbstat walks every page: exact, and as costly as the file is large. It is compiled into the
     // bundled SQLite; a system SQLite may lack it, and then only planner statistics are available.
     let btrees: Option<Vec<SqliteBtree>> = diesel::sql_query(
@@ -232,7 +238,9 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
         .len()
         == 1;
     let stat1: Vec<SqliteStat1> = if has_stat1 {
-        diesel::sql_query("SELECT tbl, stat FROM sqlite_stat1 WHERE idx IS NULL OR idx = tbl").load(conn).await?
+        diesel::sql_query("SELECT tbl, stat FROM sqlite_stat1 WHERE idx IS NULL OR idx = tbl")
+            .load(conn)
+            .await?
     } else {
         Vec::new()
     };
@@ -242,7 +250,11 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
         .iter()
         .filter(|o| o.kind == "table")
         .map(|t| {
-            let btree = |name: &str| btrees.as_ref().and_then(|b| b.iter().find(|b| b.name == name));
+            let btree = |name: &str| {
+                btrees
+                    .as_ref()
+                    .and_then(|b| b.iter().find(|b| b.name == name))
+            };
             let index_bytes = objects
                 .iter()
                 .filter(|o| o.kind == "index" && o.tbl_name == t.name)
@@ -274,7 +286,11 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
             }
         })
         .collect();
-    tables.sort_by(|a, b| b.total_bytes().cmp(&a.total_bytes()).then_with(|| a.table_name.cmp(&b.table_name)));
+    tables.sort_by(|a, b| {
+        b.total_bytes()
+            .cmp(&a.total_bytes())
+            .then_with(|| a.table_name.cmp(&b.table_name))
+    });
     if btrees.is_some() {
         notes.push("sizes and row counts are exact: counted from the b-tree pages (dbstat)".into());
     } else {
@@ -282,7 +298,9 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
     }
     notes.push("SQLite keeps no dead-row, vacuum or scan statistics".into());
     Ok(DatabaseStats {
-        name: std::path::Path::new(file).file_name().map_or_else(|| file.to_owned(), |n| n.to_string_lossy().into_owned()),
+        name: std::path::Path::new(file)
+            .file_name()
+            .map_or_else(|| file.to_owned(), |n| n.to_string_lossy().into_owned()),
         size_bytes: pages.page_size * pages.page_count,
         free_bytes: Some(pages.page_size * pages.freelist_count),
         tables,
@@ -291,7 +309,11 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
 }
 
 /// Sizes and statistics of the database and its application tables whose name starts with `prefix`.
-pub async fn database_stats(conn: &mut Conn, sqlite_file: Option<&str>, prefix: &str) -> Result<DatabaseStats> {
+pub async fn database_stats(
+    conn: &mut Conn,
+    sqlite_file: Option<&str>,
+    prefix: &str,
+) -> Result<DatabaseStats> {
     match conn {
         Conn::Pg(c) => pg_stats(c, prefix).await,
         Conn::Sqlite(c) => sqlite_stats(c, sqlite_file.unwrap_or("strata.db"), prefix).await,
@@ -314,11 +336,19 @@ SELECT CASE
        END::float8 AS lag_seconds";
 
 /// Probes a PostgreSQL node on a fresh connection; for replicas returns the replication lag.
-pub async fn probe_pg(name: &str, url: &str, replica: bool, timeout: Duration) -> Result<Option<Duration>> {
+pub async fn probe_pg(
+    name: &str,
+    url: &str,
+    replica: bool,
+    timeout: Duration,
+) -> Result<Option<Duration>> {
     let work = async {
         let mut conn = AsyncPgConnection::establish(url)
             .await
-            .map_err(|e| Error::Connect { node: name.to_owned(), message: e.to_string() })?;
+            .map_err(|e| Error::Connect {
+                node: name.to_owned(),
+                message: e.to_string(),
+            })?;
         if replica {
             let r: LagRow = diesel::sql_query(PG_LAG).get_result(&mut conn).await?;
             Ok(Some(Duration::from_secs_f64(r.lag_seconds.max(0.0))))
@@ -329,6 +359,9 @@ pub async fn probe_pg(name: &str, url: &str, replica: bool, timeout: Duration) -
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Connect { node: name.to_owned(), message: format!("probe timed out after {timeout:?}") }),
+        Err(_) => Err(Error::Connect {
+            node: name.to_owned(),
+            message: format!("probe timed out after {timeout:?}"),
+        }),
     }
 }

@@ -26,9 +26,17 @@ pub const SERVICE_NAMES: &[&str] = &[
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
 /// server as a whole, "") is SERVING while the primary answers and NOT_SERVING while it does not.
-async fn follow_primary(reporter: HealthReporter, mut primary_up: tokio::sync::watch::Receiver<bool>, cancel: CancellationToken) {
+async fn follow_primary(
+    reporter: HealthReporter,
+    mut primary_up: tokio::sync::watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
     loop {
-        let status = if *primary_up.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if *primary_up.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         reporter.set_service_status("", status).await;
         for name in SERVICE_NAMES {
             reporter.set_service_status(*name, status).await;
@@ -49,9 +57,17 @@ const MAX_FRAME: u32 = 1 << 20;
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Serves every service on `listener` until `shutdown` is cancelled, then drains in-flight calls.
-pub async fn serve(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    ctx: Context,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(follow_primary(reporter, ctx.db.primary_up(), shutdown.clone()));
+    let health_task = tokio::spawn(follow_primary(
+        reporter,
+        ctx.db.primary_up(),
+        shutdown.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -76,7 +92,9 @@ pub async fn serve(ctx: Context, listener: TcpListener, shutdown: CancellationTo
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AdminServiceServer::new(admin::AdminApi { ctx: ctx.clone() }))
+        .add_service(AdminServiceServer::new(admin::AdminApi {
+            ctx: ctx.clone(),
+        }))
         .add_service(StorageServiceServer::new(storage::StorageApi { ctx }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
         .await;

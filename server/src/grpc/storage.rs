@@ -47,10 +47,18 @@ impl TryFrom<pb::GetGrowthRequest> for GrowthQuery {
         };
         let target_size_bytes = match r.target_size_bytes {
             0 => None,
-            n if n < 0 => return Err(InvalidArgument("target_size_bytes must not be negative".into())),
+            n if n < 0 => {
+                return Err(InvalidArgument(
+                    "target_size_bytes must not be negative".into(),
+                ));
+            }
             n => Some(n),
         };
-        Ok(GrowthQuery { window, target_size_bytes, prefix: TablePrefix::parse(&r.table_name_prefix)? })
+        Ok(GrowthQuery {
+            window,
+            target_size_bytes,
+            prefix: TablePrefix::parse(&r.table_name_prefix)?,
+        })
     }
 }
 
@@ -107,7 +115,11 @@ impl StorageService for StorageApi {
             replicas: m
                 .replicas
                 .into_iter()
-                .map(|r| pb::ReplicaLag { name: r.name, healthy: r.healthy, lag: r.lag.map(dur) })
+                .map(|r| pb::ReplicaLag {
+                    name: r.name,
+                    healthy: r.healthy,
+                    lag: r.lag.map(dur),
+                })
                 .collect(),
             collect_time: Some(ts(m.collected_at)),
             served_by: role(m.served_by),
@@ -121,7 +133,9 @@ impl StorageService for StorageApi {
         _req: Request<pb::RecordSnapshotRequest>,
     ) -> Result<Response<pb::RecordSnapshotResponse>, Status> {
         let s = metrics::record_snapshot(&self.ctx).await?;
-        Ok(Response::new(pb::RecordSnapshotResponse { snapshot: Some(snapshot(s)) }))
+        Ok(Response::new(pb::RecordSnapshotResponse {
+            snapshot: Some(snapshot(s)),
+        }))
     }
 
     async fn list_snapshots(
@@ -131,10 +145,16 @@ impl StorageService for StorageApi {
         let r = req.into_inner();
         let page = PageRequest::parse(r.page_size, &r.page_token)?;
         let (snaps, next_page_token) = metrics::list_snapshots(&self.ctx, page).await?;
-        Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.into_iter().map(snapshot).collect(), next_page_token }))
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: snaps.into_iter().map(snapshot).collect(),
+            next_page_token,
+        }))
     }
 
-    async fn get_growth(&self, req: Request<pb::GetGrowthRequest>) -> Result<Response<pb::GetGrowthResponse>, Status> {
+    async fn get_growth(
+        &self,
+        req: Request<pb::GetGrowthRequest>,
+    ) -> Result<Response<pb::GetGrowthResponse>, Status> {
         let q = GrowthQuery::try_from(req.into_inner())?;
         let g = metrics::growth(&self.ctx, &q).await?;
         Ok(Response::new(pb::GetGrowthResponse {
@@ -144,7 +164,11 @@ impl StorageService for StorageApi {
             tables: g
                 .tables
                 .into_iter()
-                .map(|t| pb::TableGrowth { schema_name: t.schema_name, table_name: t.table_name, trend: Some(trend(t.trend)) })
+                .map(|t| pb::TableGrowth {
+                    schema_name: t.schema_name,
+                    table_name: t.table_name,
+                    trend: Some(trend(t.trend)),
+                })
                 .collect(),
             window_length: Some(dur(g.window.length())),
         }))

@@ -1,0 +1,337 @@
+//! The `strata` command line, as a library so tests can drive it in-process.
+
+use std::{io::Write, process::ExitCode};
+
+use crate::{
+    Client, HealthStatus,
+    types::{GrowthQuery, GrowthWindow, RowCountSource},
+};
+use clap::{Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+
+/// Command-line client for strata, the storage-lifecycle control plane.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about)]
+pub struct Cli {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "STRATA_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    url: String,
+    /// Bearer token (viewer or operator).
+    #[arg(long, env = "STRATA_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Server version, backend, routing state, node health and configuration.
+    Info,
+    /// Current database and table sizes, row estimates and pool statistics.
+    Metrics {
+        /// Only tables whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Growth rates over a window and a forecast.
+    Growth {
+        /// Window to fit.
+        #[arg(long, value_enum, default_value_t = GrowthWindow::Week)]
+        window: GrowthWindow,
+        /// Forecast: days until this size in bytes.
+        #[arg(long)]
+        target_bytes: Option<i64>,
+        /// Only tables whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Store a metrics snapshot now (operator).
+    Snapshot,
+    /// Round-trip time to the primary and each replica.
+    TestConnection,
+    /// gRPC health status (exit code 1 unless SERVING).
+    Health {
+        /// Service name; empty for the whole server.
+        #[arg(default_value = "")]
+        service: String,
+    },
+}
+
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(headers.iter().copied());
+    t
+}
+
+fn print_json<T: Serialize>(out: &mut dyn Write, v: &T) -> anyhow::Result<()> {
+    writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+/// Runs one CLI command, writing its output to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(cli.url.clone()).await?;
+    if let Some(t) = &cli.token {
+        client = client.with_token(t)?;
+    }
+    match cli.command {
+        Command::Info => {
+            let i = client.info().await?;
+            if cli.json {
+                print_json(out, &i)?;
+            } else {
+                writeln!(
+                    out,
+                    "strata {}  backend {:?}  routing {:?}  uptime {:.0}s  replica fallbacks {}",
+                    i.version,
+                    i.backend,
+                    i.routing_state,
+                    i.uptime.as_secs_f64(),
+                    i.replica_fallbacks
+                )?;
+                let mut t = table(&[
+                    "node",
+                    "role",
+                    "address",
+                    "healthy",
+                    "reads",
+                    "lag",
+                    "last error",
+                ]);
+                for n in &i.nodes {
+                    t.add_row(vec![
+                        n.name.clone(),
+                        format!("{:?}", n.role).to_lowercase(),
+                        n.address.clone(),
+                        n.healthy.to_string(),
+                        n.serving_reads.to_string(),
+                        n.replication_lag
+                            .map_or("-".into(), |d| format!("{:.3}s", d.as_secs_f64())),
+                        n.last_error.clone(),
+                    ]);
+                }
+                writeln!(out, "{t}")?;
+                if let Some(c) = &i.config {
+                    writeln!(
+                        out,
+                        "listen {}  objects {}  pool {} (acquire {:?})  statement timeout {:?}  max replica lag {:?}  sampler {:?}  tokens {}{}",
+                        c.listen_address,
+                        c.object_store_url,
+                        c.pool_max_size,
+                        c.pool_acquire_timeout,
+                        c.statement_timeout,
+                        c.max_replica_lag,
+                        c.metrics_sample_interval,
+                        c.auth_token_count,
+                        if c.loopback_only {
+                            " (loopback only)"
+                        } else {
+                            ""
+                        }
+                    )?;
+                }
+            }
+        }
+        Command::Metrics { prefix } => {
+            let m = client.storage_metrics(prefix.as_deref()).await?;
+            if cli.json {
+                print_json(out, &m)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} ({:?}, read from {:?}): {}",
+                    m.database_name,
+                    m.backend,
+                    m.served_by,
+                    bytes(m.database_size_bytes)
+                )?;
+                let mut t = table(&[
+                    "table",
+                    "rows",
+                    "table",
+                    "indexes",
+                    "toast",
+                    "total",
+                    "dead rows",
+                    "seq/idx scans",
+                    "last vacuum",
+                ]);
+                for x in &m.tables {
+                    t.add_row(vec![
+                        format!("{}.{}", x.schema_name, x.table_name),
+                        format!(
+                            "{}{}",
+                            x.estimated_rows,
+                            if x.row_count_source == RowCountSource::Statistics {
+                                " ~"
+                            } else {
+                                ""
+                            }
+                        ),
+                        bytes(x.table_size_bytes),
+                        bytes(x.index_size_bytes),
+                        bytes(x.toast_size_bytes),
+                        bytes(x.total_size_bytes),
+                        x.dead_rows.map_or("-".into(), |d| d.to_string()),
+                        match (x.seq_scans, x.index_scans) {
+                            (Some(s), Some(i)) => format!("{s}/{i}"),
+                            (Some(s), None) => format!("{s}/-"),
+                            _ => "-".into(),
+                        },
+                        x.last_vacuum
+                            .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
+                    ]);
+                }
+                writeln!(out, "{t}")?;
+                let mut p = table(&[
+                    "pool",
+                    "max",
+                    "open",
+                    "idle",
+                    "in use",
+                    "waited",
+                    "timed out",
+                ]);
+                for x in &m.pools {
+                    p.add_row(vec![
+                        x.name.clone(),
+                        x.max_size.to_string(),
+                        x.connections.to_string(),
+                        x.idle_connections.to_string(),
+                        x.in_use_connections.to_string(),
+                        x.gets_waited.to_string(),
+                        x.gets_timed_out.to_string(),
+                    ]);
+                }
+                writeln!(out, "{p}")?;
+                for n in &m.notes {
+                    writeln!(out, "note: {n}")?;
+                }
+            }
+        }
+        Command::Growth {
+            window,
+            target_bytes,
+            prefix,
+        } => {
+            let g = client
+                .growth(GrowthQuery {
+                    window,
+                    target_size_bytes: target_bytes,
+                    table_prefix: prefix,
+                })
+                .await?;
+            if cli.json {
+                print_json(out, &g)?;
+            } else {
+                let fmt_days = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.1}"));
+                let mut t = table(&[
+                    "scope",
+                    "samples",
+                    "size",
+                    "bytes/day",
+                    "rows/day",
+                    "days to target",
+                ]);
+                t.add_row(vec![
+                    "database".into(),
+                    g.database.sample_count.to_string(),
+                    bytes(g.database.current_size_bytes),
+                    bytes(g.database.bytes_per_day as i64),
+                    "-".into(),
+                    fmt_days(g.database.days_until_target),
+                ]);
+                for x in &g.tables {
+                    t.add_row(vec![
+                        format!("{}.{}", x.schema_name, x.table_name),
+                        x.trend.sample_count.to_string(),
+                        bytes(x.trend.current_size_bytes),
+                        bytes(x.trend.bytes_per_day as i64),
+                        format!("{:.1}", x.trend.rows_per_day),
+                        fmt_days(x.trend.days_until_target),
+                    ]);
+                }
+                writeln!(out, "window {:?}\n{t}", g.window)?;
+            }
+        }
+        Command::Snapshot => {
+            let s = client.record_snapshot().await?;
+            if cli.json {
+                print_json(out, &s)?;
+            } else {
+                writeln!(
+                    out,
+                    "snapshot {} at {}: {} in {} tables",
+                    s.id,
+                    s.taken_at,
+                    bytes(s.database_size_bytes),
+                    s.table_count
+                )?;
+            }
+        }
+        Command::TestConnection => {
+            let probes = client.test_connection().await?;
+            let failed = probes.iter().any(|p| !p.ok);
+            if cli.json {
+                print_json(out, &probes)?;
+            } else {
+                let mut t = table(&["node", "role", "ok", "round trip", "error"]);
+                for p in &probes {
+                    t.add_row(vec![
+                        p.name.clone(),
+                        format!("{:?}", p.role).to_lowercase(),
+                        p.ok.to_string(),
+                        p.round_trip
+                            .map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)),
+                        p.error.clone(),
+                    ]);
+                }
+                writeln!(out, "{t}")?;
+            }
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        Command::Health { service } => {
+            let s = client.health(&service).await?;
+            if cli.json {
+                print_json(out, &serde_json::json!({ "service": service, "status": s }))?;
+            } else {
+                writeln!(out, "{s:?}")?;
+            }
+            return Ok(if s == HealthStatus::Serving {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

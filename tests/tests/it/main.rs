@@ -1,0 +1,14 @@
+//! Integration tests: a real strata server on 127.0.0.1:0, talked to through the SDK, on SQLite and
+//! on a real PostgreSQL primary + streaming replica started by the harness (one shared cluster per
+//! run; tests that stop nodes start their own).
+
+mod auth;
+mod catalog;
+mod cli;
+mod grpcurl;
+mod growth;
+mod metrics_postgres;
+mod metrics_sqlite;
+mod pool;
+mod routing;
+mod support;

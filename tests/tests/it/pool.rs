@@ -1,0 +1,72 @@
+//! An exhausted pool answers UNAVAILABLE after the acquire timeout instead of hanging.
+
+use std::time::{Duration, Instant};
+
+use diesel::{Connection, RunQueryDsl as _, sqlite::SqliteConnection};
+use diesel_async::SimpleAsyncConnection;
+use strata_tests::{PgCluster, TestServer, server::test_config};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_pool_exhaustion_is_unavailable() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("pool").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(cluster.primary_url(&db), vec![], dir.path());
+    config.pool_max_size = 1;
+    config.pool_acquire_timeout = Duration::from_secs(1);
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+
+    // Hold a lock the snapshot insert needs, so RecordSnapshot occupies the only connection.
+    let mut locker = cluster.connect(&db).await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE strata.snapshots IN ACCESS EXCLUSIVE MODE;").await.unwrap();
+    let writer = {
+        let c = client.clone();
+        tokio::spawn(async move { c.record_snapshot().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(20), client.storage_metrics(None))
+        .await
+        .expect("must not hang")
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert!(err.to_string().contains("primary"), "{err}");
+    eprintln!("UNAVAILABLE after {:?}", started.elapsed());
+
+    // Release: the blocked write completes and the pool recovers.
+    locker.batch_execute("COMMIT").await.unwrap();
+    writer.await.unwrap().expect("the blocked write completes");
+    let m = client.storage_metrics(None).await.unwrap();
+    assert!(m.pools[0].gets_timed_out >= 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_pool_exhaustion_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.db");
+    let mut config = test_config(format!("sqlite://{}", path.display()), vec![], dir.path());
+    config.pool_max_size = 1;
+    config.pool_acquire_timeout = Duration::from_secs(1);
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+
+    // Our write lock makes RecordSnapshot wait (busy timeout) while holding the only connection.
+    let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    diesel::sql_query("BEGIN IMMEDIATE").execute(&mut c).unwrap();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move { client.record_snapshot().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let err = tokio::time::timeout(Duration::from_secs(20), client.storage_metrics(None))
+        .await
+        .expect("must not hang")
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    diesel::sql_query("COMMIT").execute(&mut c).unwrap();
+    writer.await.unwrap().expect("the blocked write completes once the lock is released");
+    server.stop().await.unwrap();
+}
