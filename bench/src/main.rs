@@ -1,1 +1,167 @@
-fn main() {}
+//! strata's benchmarks. Each subcommand measures strata and its baseline in the same run and prints
+//! the ratio; `docs/benchmarks.md` keeps the latest figures. Run in release mode:
+//!
+//! ```text
+//! cargo run --release -p strata-bench -- metrics-latency
+//! ```
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use diesel_async::SimpleAsyncConnection;
+use strata_tests::{PgCluster, TestServer};
+
+#[derive(Parser)]
+#[command(name = "strata-bench", about = "strata benchmarks (release mode)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// GetStorageMetrics p50 latency on PostgreSQL: a database with a 1M-row table vs one with a
+    /// 10k-row table (target ratio ≤ 1.5), with `SELECT count(*)` on both as the contrast.
+    MetricsLatency {
+        /// Calls per database (after warm-up).
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        /// Rows of the large table.
+        #[arg(long, default_value_t = 1_000_000)]
+        large_rows: u64,
+        /// Rows of the small table.
+        #[arg(long, default_value_t = 10_000)]
+        small_rows: u64,
+    },
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let idx = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn make_db(cluster: &PgCluster, name: &str, rows: u64) -> anyhow::Result<String> {
+    let db = cluster.create_database(name).await?;
+    let mut c = cluster.connect(&db).await?;
+    // Chat-like rows: an id, a room, a timestamp and ~200 bytes of text.
+    c.batch_execute(&format!(
+        "CREATE TABLE messages (id BIGSERIAL PRIMARY KEY, room INT NOT NULL, sent_at TIMESTAMPTZ NOT NULL, body TEXT NOT NULL);
+         INSERT INTO messages (room, sent_at, body)
+              SELECT g % 100, now() - (g || ' seconds')::interval, repeat(md5(g::text), 6)
+                FROM generate_series(1, {rows}) g;
+         CREATE INDEX messages_room_idx ON messages (room, sent_at);
+         VACUUM ANALYZE messages;"
+    ))
+    .await?;
+    Ok(db)
+}
+
+async fn metrics_latency(
+    iterations: usize,
+    large_rows: u64,
+    small_rows: u64,
+) -> anyhow::Result<()> {
+    println!("starting PostgreSQL primary + replica …");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
+    let t = Instant::now();
+    let small = make_db(&cluster, "bench_small", small_rows).await?;
+    let large = make_db(&cluster, "bench_large", large_rows).await?;
+    println!(
+        "loaded {small_rows} and {large_rows} rows in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir()?;
+    let s_small = TestServer::postgres(&cluster, &small, dir.path()).await?;
+    let s_large = TestServer::postgres(&cluster, &large, dir.path()).await?;
+    let (c_small, c_large) = (s_small.client().await, s_large.client().await);
+    for _ in 0..20 {
+        c_small.storage_metrics(None).await?;
+        c_large.storage_metrics(None).await?;
+    }
+    // Interleave the two so machine noise hits both alike.
+    let (mut a, mut b) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let m = c_small.storage_metrics(None).await?;
+        a.push(t.elapsed());
+        anyhow::ensure!(
+            m.table("messages").context("small table")?.estimated_rows == small_rows as i64
+        );
+        let t = Instant::now();
+        let m = c_large.storage_metrics(None).await?;
+        b.push(t.elapsed());
+        let est = m.table("messages").context("large table")?.estimated_rows;
+        anyhow::ensure!(
+            (est - large_rows as i64).abs() <= large_rows as i64 / 100,
+            "estimate {est} off by > 1%"
+        );
+    }
+    // The baseline a naive implementation would pay: COUNT(*) on the same tables.
+    let (mut cs, mut cl) = (Vec::new(), Vec::new());
+    let mut conn_s = cluster.connect(&small).await?;
+    let mut conn_l = cluster.connect(&large).await?;
+    for _ in 0..5 {
+        let t = Instant::now();
+        conn_s
+            .batch_execute("SELECT count(*) FROM messages")
+            .await?;
+        cs.push(t.elapsed());
+        let t = Instant::now();
+        conn_l
+            .batch_execute("SELECT count(*) FROM messages")
+            .await?;
+        cl.push(t.elapsed());
+    }
+    let (p50a, p50b) = (percentile(&mut a, 0.5), percentile(&mut b, 0.5));
+    let (p99a, p99b) = (percentile(&mut a, 0.99), percentile(&mut b, 0.99));
+    let (ca, cb) = (percentile(&mut cs, 0.5), percentile(&mut cl, 0.5));
+    println!(
+        "GetStorageMetrics  {small_rows:>9} rows: p50 {:.2} ms  p99 {:.2} ms",
+        ms(p50a),
+        ms(p99a)
+    );
+    println!(
+        "GetStorageMetrics  {large_rows:>9} rows: p50 {:.2} ms  p99 {:.2} ms",
+        ms(p50b),
+        ms(p99b)
+    );
+    let ratio = p50b.as_secs_f64() / p50a.as_secs_f64();
+    println!(
+        "ratio p50 large/small: {ratio:.2} (target ≤ 1.50) {}",
+        if ratio <= 1.5 { "PASS" } else { "FAIL" }
+    );
+    println!(
+        "baseline SELECT count(*): {:.2} ms vs {:.2} ms, ratio {:.1}",
+        ms(ca),
+        ms(cb),
+        cb.as_secs_f64() / ca.as_secs_f64()
+    );
+    s_small.stop().await?;
+    s_large.stop().await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cli.command {
+            Command::MetricsLatency {
+                iterations,
+                large_rows,
+                small_rows,
+            } => metrics_latency(iterations, large_rows, small_rows).await,
+        }
+    })
+}

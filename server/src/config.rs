@@ -472,6 +472,22 @@ mod tests {
     }
 
     #[test]
+    fn example_file_parses_to_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.example.toml");
+        let c = Config::load(&ConfigArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.listen, c.pool_max_size, c.statement_timeout),
+            (d.listen, d.pool_max_size, d.statement_timeout)
+        );
+        assert_eq!(c.metrics_sample_interval, d.metrics_sample_interval);
+    }
+
+    #[test]
     fn zero_pool_is_rejected() {
         let err = Config::load(&ConfigArgs {
             pool_max_size: Some(0),

@@ -39,6 +39,10 @@ type SqlitePooled = bb8::PooledConnection<'static, SqliteConn>;
 /// falls back to the primary instead of making the caller wait.
 const REPLICA_CHECKOUT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// A health probe slower than this counts as a failure. Together with the probe interval (500 ms by
+/// default) it bounds how long an unreachable primary can still be reported SERVING: under 2 s.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// SQLite waits this long for a competing writer's lock before failing with SQLITE_BUSY.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -605,7 +609,7 @@ impl Db {
     /// Probes every node once on a fresh connection (so a busy pool cannot make a healthy node look
     /// down), updates their health and the primary-up signal. Returns the primary's health.
     pub async fn probe_all(&self) -> bool {
-        let timeout = self.inner.settings.connect_timeout;
+        let timeout = self.inner.settings.connect_timeout.min(PROBE_TIMEOUT);
         let primary_ok = match &self.inner.backend {
             Backend::Sqlite { node, .. } => {
                 let r = async {

@@ -5,8 +5,8 @@
 mod auth;
 mod catalog;
 mod cli;
-mod grpcurl;
 mod growth;
+mod grpcurl;
 mod metrics_postgres;
 mod metrics_sqlite;
 mod pool;

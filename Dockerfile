@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of strata-server and the strata CLI.
+#   docker build -t strata .
+#   docker run -p 50051:50051 -v strata-data:/data strata
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# protox compiles the protos and SQLite is bundled: no protoc or libsqlite3 needed.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p strata-server -p strata-client \
+ && install -D target/release/strata-server /out/strata-server \
+ && install -D target/release/strata /out/strata
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin strata \
+ && mkdir -p /data && chown strata:strata /data
+COPY --from=build /out/strata-server /out/strata /usr/local/bin/
+USER strata
+WORKDIR /data
+# The embedded default keeps its SQLite file and objects here.
+VOLUME ["/data"]
+ENV STRATA_LISTEN=0.0.0.0:50051 \
+    STRATA_DATABASE_URL=sqlite:///data/strata.db \
+    STRATA_OBJECT_STORE_URL=file:///data/objects
+EXPOSE 50051
+# Listening on 0.0.0.0 without tokens still serves loopback clients only: set STRATA_AUTH_TOKENS.
+ENTRYPOINT ["strata-server"]
+CMD ["serve"]
