@@ -55,10 +55,11 @@ async fn make_db(cluster: &PgCluster, name: &str, rows: u64) -> anyhow::Result<S
          INSERT INTO messages (room, sent_at, body)
               SELECT g % 100, now() - (g || ' seconds')::interval, repeat(md5(g::text), 6)
                 FROM generate_series(1, {rows}) g;
-         CREATE INDEX messages_room_idx ON messages (room, sent_at);
-         VACUUM ANALYZE messages;"
+         CREATE INDEX messages_room_idx ON messages (room, sent_at);"
     ))
     .await?;
+    // On its own: VACUUM cannot run inside the implicit transaction of a multi-statement batch.
+    c.batch_execute("VACUUM ANALYZE messages").await?;
     Ok(db)
 }
 

@@ -611,13 +611,22 @@ impl Db {
     pub async fn probe_all(&self) -> bool {
         let timeout = self.inner.settings.connect_timeout.min(PROBE_TIMEOUT);
         let primary_ok = match &self.inner.backend {
-            Backend::Sqlite { node, .. } => {
+            Backend::Sqlite { node, path } => {
+                // A fresh connection, not a pooled one: a saturated pool is not a down database.
                 let r = async {
-                    let mut c = Self::checkout_sqlite(node, timeout).await?;
+                    // Opening a missing file would create an empty database and report it healthy.
+                    if !std::path::Path::new(path).exists() {
+                        return Err(Error::Connect { node: node.name.clone(), message: format!("{path} does not exist") });
+                    }
+                    let mut c = SqliteConn::establish(path)
+                        .await
+                        .map_err(|e| Error::Connect { node: node.name.clone(), message: e.to_string() })?;
                     c.batch_execute("SELECT 1").await?;
                     Ok::<_, Error>(())
-                }
-                .await;
+                };
+                let r = tokio::time::timeout(timeout, r).await.unwrap_or_else(|_| {
+                    Err(Error::Connect { node: node.name.clone(), message: format!("probe timed out after {timeout:?}") })
+                });
                 record(node, r.map(|_| None))
             }
             Backend::Postgres { primary, replicas } => {

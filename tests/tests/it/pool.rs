@@ -37,6 +37,9 @@ async fn postgres_pool_exhaustion_is_unavailable() {
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
     assert!(err.to_string().contains("primary"), "{err}");
     eprintln!("UNAVAILABLE after {:?}", started.elapsed());
+    // A saturated pool is not a down database: health stays SERVING.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(client.health("").await.unwrap(), strata_client::HealthStatus::Serving);
 
     // Release: the blocked write completes and the pool recovers.
     locker.batch_execute("COMMIT").await.unwrap();
@@ -71,6 +74,7 @@ async fn sqlite_pool_exhaustion_is_unavailable() {
         .expect("must not hang")
         .unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert_eq!(client.health("").await.unwrap(), strata_client::HealthStatus::Serving);
     diesel::sql_query("COMMIT").execute(&mut c).unwrap();
     writer
         .await

@@ -7,6 +7,7 @@ use strata_client::{
     HealthStatus,
     types::{NodeRole, RoutingState},
 };
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use strata_tests::{PgCluster, TestServer};
 
 use crate::support::eventually;
@@ -31,7 +32,7 @@ async fn replica_and_primary_loss_and_recovery() {
         ],
         dir.path(),
     );
-    config.max_replica_lag = Duration::from_secs(30);
+    config.max_replica_lag = Duration::from_secs(1);
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
     client.record_snapshot().await.unwrap();
@@ -81,6 +82,32 @@ async fn replica_and_primary_loss_and_recovery() {
         before,
         "read went to the replica"
     );
+
+    // A lagging replica is skipped for reads: pause replay on it, write on the primary.
+    let mut on_replica = diesel_async::AsyncPgConnection::establish(&cluster.replica_url(&db)).await.unwrap();
+    on_replica.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
+    client.record_snapshot().await.unwrap();
+    let info = eventually("lagging replica skipped", Duration::from_secs(15), || {
+        let c = client.clone();
+        async move {
+            c.record_snapshot().await.ok()?;
+            c.info().await.ok().filter(|i| i.routing_state == RoutingState::Degraded)
+        }
+    })
+    .await;
+    let replica = info.nodes.iter().find(|n| n.role == NodeRole::Replica).unwrap();
+    assert!(replica.healthy && !replica.serving_reads, "{replica:?}");
+    assert!(replica.replication_lag.unwrap() > Duration::from_secs(1));
+    // Reads now come from the primary, which has every snapshot.
+    let on_primary = client.list_snapshots(100, "").await.unwrap().snapshots.len();
+    assert!(on_primary >= 3, "{on_primary}");
+    assert!(client.info().await.unwrap().replica_fallbacks > info.replica_fallbacks);
+    on_replica.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
+    eventually("caught-up replica serving again", Duration::from_secs(15), || {
+        let c = client.clone();
+        async move { c.info().await.ok().filter(|i| i.routing_state == RoutingState::Normal) }
+    })
+    .await;
 
     let probes = client.test_connection().await.unwrap();
     assert_eq!(probes.len(), 2);
