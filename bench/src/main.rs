@@ -63,20 +63,13 @@ async fn make_db(cluster: &PgCluster, name: &str, rows: u64) -> anyhow::Result<S
     Ok(db)
 }
 
-async fn metrics_latency(
-    iterations: usize,
-    large_rows: u64,
-    small_rows: u64,
-) -> anyhow::Result<()> {
+async fn metrics_latency(iterations: usize, large_rows: u64, small_rows: u64) -> anyhow::Result<()> {
     println!("starting PostgreSQL primary + replica …");
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
     let t = Instant::now();
     let small = make_db(&cluster, "bench_small", small_rows).await?;
     let large = make_db(&cluster, "bench_large", large_rows).await?;
-    println!(
-        "loaded {small_rows} and {large_rows} rows in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
+    println!("loaded {small_rows} and {large_rows} rows in {:.1}s", t.elapsed().as_secs_f64());
     let dir = tempfile::tempdir()?;
     let s_small = TestServer::postgres(&cluster, &small, dir.path()).await?;
     let s_large = TestServer::postgres(&cluster, &large, dir.path()).await?;
@@ -86,25 +79,17 @@ async fn metrics_latency(
         c_large.storage_metrics(None).await?;
     }
     // Interleave the two so machine noise hits both alike.
-    let (mut a, mut b) = (
-        Vec::with_capacity(iterations),
-        Vec::with_capacity(iterations),
-    );
+    let (mut a, mut b) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
     for _ in 0..iterations {
         let t = Instant::now();
         let m = c_small.storage_metrics(None).await?;
         a.push(t.elapsed());
-        anyhow::ensure!(
-            m.table("messages").context("small table")?.estimated_rows == small_rows as i64
-        );
+        anyhow::ensure!(m.table("messages").context("small table")?.estimated_rows == small_rows as i64);
         let t = Instant::now();
         let m = c_large.storage_metrics(None).await?;
         b.push(t.elapsed());
         let est = m.table("messages").context("large table")?.estimated_rows;
-        anyhow::ensure!(
-            (est - large_rows as i64).abs() <= large_rows as i64 / 100,
-            "estimate {est} off by > 1%"
-        );
+        anyhow::ensure!((est - large_rows as i64).abs() <= large_rows as i64 / 100, "estimate {est} off by > 1%");
     }
     // The baseline a naive implementation would pay: COUNT(*) on the same tables.
     let (mut cs, mut cl) = (Vec::new(), Vec::new());
@@ -112,34 +97,19 @@ async fn metrics_latency(
     let mut conn_l = cluster.connect(&large).await?;
     for _ in 0..5 {
         let t = Instant::now();
-        conn_s
-            .batch_execute("SELECT count(*) FROM messages")
-            .await?;
+        conn_s.batch_execute("SELECT count(*) FROM messages").await?;
         cs.push(t.elapsed());
         let t = Instant::now();
-        conn_l
-            .batch_execute("SELECT count(*) FROM messages")
-            .await?;
+        conn_l.batch_execute("SELECT count(*) FROM messages").await?;
         cl.push(t.elapsed());
     }
     let (p50a, p50b) = (percentile(&mut a, 0.5), percentile(&mut b, 0.5));
     let (p99a, p99b) = (percentile(&mut a, 0.99), percentile(&mut b, 0.99));
     let (ca, cb) = (percentile(&mut cs, 0.5), percentile(&mut cl, 0.5));
-    println!(
-        "GetStorageMetrics  {small_rows:>9} rows: p50 {:.2} ms  p99 {:.2} ms",
-        ms(p50a),
-        ms(p99a)
-    );
-    println!(
-        "GetStorageMetrics  {large_rows:>9} rows: p50 {:.2} ms  p99 {:.2} ms",
-        ms(p50b),
-        ms(p99b)
-    );
+    println!("GetStorageMetrics  {small_rows:>9} rows: p50 {:.2} ms  p99 {:.2} ms", ms(p50a), ms(p99a));
+    println!("GetStorageMetrics  {large_rows:>9} rows: p50 {:.2} ms  p99 {:.2} ms", ms(p50b), ms(p99b));
     let ratio = p50b.as_secs_f64() / p50a.as_secs_f64();
-    println!(
-        "ratio p50 large/small: {ratio:.2} (target ≤ 1.50) {}",
-        if ratio <= 1.5 { "PASS" } else { "FAIL" }
-    );
+    println!("ratio p50 large/small: {ratio:.2} (target ≤ 1.50) {}", if ratio <= 1.5 { "PASS" } else { "FAIL" });
     println!(
         "baseline SELECT count(*): {:.2} ms vs {:.2} ms, ratio {:.1}",
         ms(ca),
@@ -153,16 +123,12 @@ async fn metrics_latency(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.command {
-            Command::MetricsLatency {
-                iterations,
-                large_rows,
-                small_rows,
-            } => metrics_latency(iterations, large_rows, small_rows).await,
+            Command::MetricsLatency { iterations, large_rows, small_rows } => {
+                metrics_latency(iterations, large_rows, small_rows).await
+            }
         }
     })
 }

@@ -15,12 +15,7 @@ use serde::Serialize;
 #[command(name = "strata", version, about)]
 pub struct Cli {
     /// Server URL.
-    #[arg(
-        long,
-        env = "STRATA_URL",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "STRATA_URL", default_value = "http://127.0.0.1:50051", global = true)]
     url: String,
     /// Bearer token (viewer or operator).
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true, global = true)]
@@ -74,17 +69,12 @@ fn bytes(n: i64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn table(headers: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(headers.iter().copied());
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(headers.iter().copied());
     t
 }
 
@@ -114,15 +104,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                     i.uptime.as_secs_f64(),
                     i.replica_fallbacks
                 )?;
-                let mut t = table(&[
-                    "node",
-                    "role",
-                    "address",
-                    "healthy",
-                    "reads",
-                    "lag",
-                    "last error",
-                ]);
+                let mut t = table(&["node", "role", "address", "healthy", "reads", "lag", "last error"]);
                 for n in &i.nodes {
                     t.add_row(vec![
                         n.name.clone(),
@@ -130,8 +112,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         n.address.clone(),
                         n.healthy.to_string(),
                         n.serving_reads.to_string(),
-                        n.replication_lag
-                            .map_or("-".into(), |d| format!("{:.3}s", d.as_secs_f64())),
+                        n.replication_lag.map_or("-".into(), |d| format!("{:.3}s", d.as_secs_f64())),
                         n.last_error.clone(),
                     ]);
                 }
@@ -148,11 +129,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         c.max_replica_lag,
                         c.metrics_sample_interval,
                         c.auth_token_count,
-                        if c.loopback_only {
-                            " (loopback only)"
-                        } else {
-                            ""
-                        }
+                        if c.loopback_only { " (loopback only)" } else { "" }
                     )?;
                 }
             }
@@ -187,11 +164,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         format!(
                             "{}{}",
                             x.estimated_rows,
-                            if x.row_count_source == RowCountSource::Statistics {
-                                " ~"
-                            } else {
-                                ""
-                            }
+                            if x.row_count_source == RowCountSource::Statistics { " ~" } else { "" }
                         ),
                         bytes(x.table_size_bytes),
                         bytes(x.index_size_bytes),
@@ -203,20 +176,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                             (Some(s), None) => format!("{s}/-"),
                             _ => "-".into(),
                         },
-                        x.last_vacuum
-                            .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
+                        x.last_vacuum.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
                     ]);
                 }
                 writeln!(out, "{t}")?;
-                let mut p = table(&[
-                    "pool",
-                    "max",
-                    "open",
-                    "idle",
-                    "in use",
-                    "waited",
-                    "timed out",
-                ]);
+                let mut p = table(&["pool", "max", "open", "idle", "in use", "waited", "timed out"]);
                 for x in &m.pools {
                     p.add_row(vec![
                         x.name.clone(),
@@ -234,30 +198,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Growth {
-            window,
-            target_bytes,
-            prefix,
-        } => {
-            let g = client
-                .growth(GrowthQuery {
-                    window,
-                    target_size_bytes: target_bytes,
-                    table_prefix: prefix,
-                })
-                .await?;
+        Command::Growth { window, target_bytes, prefix } => {
+            let g =
+                client.growth(GrowthQuery { window, target_size_bytes: target_bytes, table_prefix: prefix }).await?;
             if cli.json {
                 print_json(out, &g)?;
             } else {
                 let fmt_days = |d: Option<f64>| d.map_or("-".into(), |d| format!("{d:.1}"));
-                let mut t = table(&[
-                    "scope",
-                    "samples",
-                    "size",
-                    "bytes/day",
-                    "rows/day",
-                    "days to target",
-                ]);
+                let mut t = table(&["scope", "samples", "size", "bytes/day", "rows/day", "days to target"]);
                 t.add_row(vec![
                     "database".into(),
                     g.database.sample_count.to_string(),
@@ -306,18 +254,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         p.name.clone(),
                         format!("{:?}", p.role).to_lowercase(),
                         p.ok.to_string(),
-                        p.round_trip
-                            .map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)),
+                        p.round_trip.map_or("-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3)),
                         p.error.clone(),
                     ]);
                 }
                 writeln!(out, "{t}")?;
             }
-            return Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            });
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
         Command::Health { service } => {
             let s = client.health(&service).await?;
@@ -326,11 +269,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             } else {
                 writeln!(out, "{s:?}")?;
             }
-            return Ok(if s == HealthStatus::Serving {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(if s == HealthStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
     }
     Ok(ExitCode::SUCCESS)

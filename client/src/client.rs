@@ -5,18 +5,11 @@ use tonic::{
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::{
-    pb::{
-        self, admin_service_client::AdminServiceClient,
-        storage_service_client::StorageServiceClient,
-    },
-    types::{
-        ConnectionProbe, Growth, GrowthQuery, ServerInfo, Snapshot, SnapshotPage, StorageMetrics,
-    },
+    pb::{self, admin_service_client::AdminServiceClient, storage_service_client::StorageServiceClient},
+    types::{ConnectionProbe, Growth, GrowthQuery, ServerInfo, Snapshot, SnapshotPage, StorageMetrics},
 };
 
 /// Errors of the SDK.
@@ -24,16 +17,10 @@ use crate::{
 pub enum Error {
     /// The URL could not be parsed.
     #[error("invalid server url {url:?}: {source}")]
-    InvalidUrl {
-        url: String,
-        source: tonic::transport::Error,
-    },
+    InvalidUrl { url: String, source: tonic::transport::Error },
     /// The connection could not be established.
     #[error("cannot connect to {url}: {source}")]
-    Connect {
-        url: String,
-        source: tonic::transport::Error,
-    },
+    Connect { url: String, source: tonic::transport::Error },
     /// A token that cannot be sent as a header (e.g. contains a newline).
     #[error("the token contains characters that cannot be sent in a header")]
     InvalidToken,
@@ -101,30 +88,19 @@ impl Client {
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
         let url = url.into();
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|source| Error::InvalidUrl {
-                url: url.clone(),
-                source,
-            })?
+            .map_err(|source| Error::InvalidUrl { url: url.clone(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             // Larger HTTP/2 windows than the defaults: streams carry file chunks and archive rows.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20)
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { url, source })?;
-        Ok(Self {
-            channel,
-            auth: Auth::default(),
-        })
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect { url, source })?;
+        Ok(Self { channel, auth: Auth::default() })
     }
 
     /// Sends `token` as a bearer token with every call.
     pub fn with_token(mut self, token: impl AsRef<str>) -> Result<Self, Error> {
-        let value = format!("Bearer {}", token.as_ref())
-            .parse()
-            .map_err(|_| Error::InvalidToken)?;
+        let value = format!("Bearer {}", token.as_ref()).parse().map_err(|_| Error::InvalidToken)?;
         self.auth.header = Some(value);
         Ok(self)
     }
@@ -139,91 +115,50 @@ impl Client {
 
     /// Server version, backend, routing state, node health, uptime and config summary.
     pub async fn info(&self) -> Result<ServerInfo, Error> {
-        let r = self
-            .admin()
-            .get_info(pb::GetInfoRequest {})
-            .await?
-            .into_inner();
+        let r = self.admin().get_info(pb::GetInfoRequest {}).await?.into_inner();
         ServerInfo::try_from(r)
     }
 
     /// Round trip to the primary and every replica.
     pub async fn test_connection(&self) -> Result<Vec<ConnectionProbe>, Error> {
-        let r = self
-            .admin()
-            .test_connection(pb::TestConnectionRequest {})
-            .await?
-            .into_inner();
-        r.probes
-            .into_iter()
-            .map(ConnectionProbe::try_from)
-            .collect()
+        let r = self.admin().test_connection(pb::TestConnectionRequest {}).await?.into_inner();
+        r.probes.into_iter().map(ConnectionProbe::try_from).collect()
     }
 
     /// Current storage metrics, optionally only for tables whose name starts with `table_prefix`.
-    pub async fn storage_metrics(
-        &self,
-        table_prefix: Option<&str>,
-    ) -> Result<StorageMetrics, Error> {
-        let req = pb::GetStorageMetricsRequest {
-            table_name_prefix: table_prefix.unwrap_or_default().to_owned(),
-        };
+    pub async fn storage_metrics(&self, table_prefix: Option<&str>) -> Result<StorageMetrics, Error> {
+        let req = pb::GetStorageMetricsRequest { table_name_prefix: table_prefix.unwrap_or_default().to_owned() };
         let r = self.storage().get_storage_metrics(req).await?.into_inner();
         StorageMetrics::try_from(r)
     }
 
     /// Takes and stores a size snapshot now (operator).
     pub async fn record_snapshot(&self) -> Result<Snapshot, Error> {
-        let r = self
-            .storage()
-            .record_snapshot(pb::RecordSnapshotRequest {})
-            .await?
-            .into_inner();
-        let s = r
-            .snapshot
-            .ok_or_else(|| Error::Malformed("snapshot missing".into()))?;
+        let r = self.storage().record_snapshot(pb::RecordSnapshotRequest {}).await?.into_inner();
+        let s = r.snapshot.ok_or_else(|| Error::Malformed("snapshot missing".into()))?;
         Snapshot::try_from(s)
     }
 
     /// One page of stored snapshots, newest first.
-    pub async fn list_snapshots(
-        &self,
-        page_size: i32,
-        page_token: &str,
-    ) -> Result<SnapshotPage, Error> {
-        let req = pb::ListSnapshotsRequest {
-            page_size,
-            page_token: page_token.to_owned(),
-        };
+    pub async fn list_snapshots(&self, page_size: i32, page_token: &str) -> Result<SnapshotPage, Error> {
+        let req = pb::ListSnapshotsRequest { page_size, page_token: page_token.to_owned() };
         let r = self.storage().list_snapshots(req).await?.into_inner();
         Ok(SnapshotPage {
-            snapshots: r
-                .snapshots
-                .into_iter()
-                .map(Snapshot::try_from)
-                .collect::<Result<_, _>>()?,
+            snapshots: r.snapshots.into_iter().map(Snapshot::try_from).collect::<Result<_, _>>()?,
             next_page_token: r.next_page_token,
         })
     }
 
     /// Growth rates and forecast.
     pub async fn growth(&self, query: GrowthQuery) -> Result<Growth, Error> {
-        let r = self
-            .storage()
-            .get_growth(pb::GetGrowthRequest::from(query))
-            .await?
-            .into_inner();
+        let r = self.storage().get_growth(pb::GetGrowthRequest::from(query)).await?.into_inner();
         Growth::try_from(r)
     }
 
     /// gRPC health of `service` (empty string: the whole server). Not subject to auth.
     pub async fn health(&self, service: &str) -> Result<HealthStatus, Error> {
         let mut health = HealthClient::new(self.channel.clone());
-        let r = health
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await;
+        let r = health.check(HealthCheckRequest { service: service.to_owned() }).await;
         match r {
             Ok(r) => Ok(match r.into_inner().status() {
                 ServingStatus::Serving => HealthStatus::Serving,

@@ -38,10 +38,7 @@ impl TryFrom<pb::GetInfoResponse> for ServerInfo {
             Ok(pb::RoutingState::Degraded) => RoutingState::Degraded,
             Ok(pb::RoutingState::PrimaryDown) => RoutingState::PrimaryDown,
             _ => {
-                return Err(Error::Malformed(format!(
-                    "unknown routing state {}",
-                    r.routing_state
-                )));
+                return Err(Error::Malformed(format!("unknown routing state {}", r.routing_state)));
             }
         };
         let nodes = r
@@ -109,10 +106,7 @@ impl TryFrom<pb::GetStorageMetricsResponse> for StorageMetrics {
                     Ok(pb::RowCountSource::BtreeCells) => RowCountSource::BtreeCells,
                     Ok(pb::RowCountSource::None) => RowCountSource::None,
                     _ => {
-                        return Err(Error::Malformed(format!(
-                            "row count source {}",
-                            t.row_count_source
-                        )));
+                        return Err(Error::Malformed(format!("row count source {}", t.row_count_source)));
                     }
                 };
                 Ok(TableMetrics {
@@ -160,11 +154,7 @@ impl TryFrom<pb::GetStorageMetricsResponse> for StorageMetrics {
             replicas: r
                 .replicas
                 .into_iter()
-                .map(|l| ReplicaLag {
-                    name: l.name,
-                    healthy: l.healthy,
-                    lag: dur(l.lag),
-                })
+                .map(|l| ReplicaLag { name: l.name, healthy: l.healthy, lag: dur(l.lag) })
                 .collect(),
             collected_at: ts(r.collect_time),
             served_by: role(r.served_by)?,
@@ -179,8 +169,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
     fn try_from(s: pb::Snapshot) -> Result<Self, Error> {
         Ok(Snapshot {
             id: s.id,
-            taken_at: ts(s.take_time)
-                .ok_or_else(|| Error::Malformed("snapshot without time".into()))?,
+            taken_at: ts(s.take_time).ok_or_else(|| Error::Malformed("snapshot without time".into()))?,
             database_size_bytes: s.database_size_bytes,
             table_count: s.table_count,
         })
@@ -237,11 +226,7 @@ impl TryFrom<pb::GetGrowthResponse> for Growth {
                 .tables
                 .into_iter()
                 .map(|t| {
-                    Ok(TableGrowth {
-                        schema_name: t.schema_name,
-                        table_name: t.table_name,
-                        trend: trend(t.trend)?,
-                    })
+                    Ok(TableGrowth { schema_name: t.schema_name, table_name: t.table_name, trend: trend(t.trend)? })
                 })
                 .collect::<Result<_, Error>>()?,
         })

@@ -21,10 +21,7 @@ mod secs {
 
         use serde::Serializer;
 
-        pub(crate) fn serialize<S: Serializer>(
-            d: &Option<Duration>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
             match d {
                 Some(d) => s.serialize_some(&d.as_secs_f64()),
                 None => s.serialize_none(),
@@ -359,9 +356,6 @@ pub struct Growth {
 impl Growth {
     /// The trend of `table`, if present.
     pub fn table(&self, table: &str) -> Option<&GrowthTrend> {
-        self.tables
-            .iter()
-            .find(|t| t.table_name == table)
-            .map(|t| &t.trend)
+        self.tables.iter().find(|t| t.table_name == table).map(|t| &t.trend)
     }
 }

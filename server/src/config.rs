@@ -42,9 +42,7 @@ impl FromStr for Role {
         match s {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
-            other => Err(format!(
-                "unknown role {other:?} (expected viewer or operator)"
-            )),
+            other => Err(format!("unknown role {other:?} (expected viewer or operator)")),
         }
     }
 }
@@ -69,11 +67,7 @@ impl FromStr for TokenSpec {
         let [name, role, hash] = parts[..] else {
             return Err("expected NAME:ROLE:SHA256HEX".into());
         };
-        let spec = TokenSpec {
-            name: name.to_owned(),
-            role: role.parse()?,
-            sha256: hash.to_ascii_lowercase(),
-        };
+        let spec = TokenSpec { name: name.to_owned(), role: role.parse()?, sha256: hash.to_ascii_lowercase() };
         spec.validate()?;
         Ok(spec)
     }
@@ -123,12 +117,7 @@ pub struct ConfigArgs {
     #[arg(long, env = "STRATA_LISTEN", global = true)]
     pub listen: Option<SocketAddr>,
     /// Application database: `postgres://user:pass@host:port/db` (primary) or `sqlite://PATH`.
-    #[arg(
-        long,
-        env = "STRATA_DATABASE_URL",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "STRATA_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// PostgreSQL read replica URL; repeat the flag or separate with commas.
     #[arg(
@@ -140,12 +129,7 @@ pub struct ConfigArgs {
     )]
     pub replica_urls: Vec<String>,
     /// Object store: `file://DIR` or `s3://BUCKET?endpoint=…`.
-    #[arg(
-        long,
-        env = "STRATA_OBJECT_STORE_URL",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "STRATA_OBJECT_STORE_URL", hide_env_values = true, global = true)]
     pub object_store_url: Option<String>,
     /// Maximum connections in each pool (primary and every replica).
     #[arg(long, env = "STRATA_POOL_MAX_SIZE", global = true)]
@@ -277,10 +261,7 @@ impl Default for Config {
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The file is not valid.
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -294,62 +275,29 @@ impl Config {
     pub fn load(args: &ConfigArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
             }
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let pick = |flag: Option<Duration>, file: Option<Duration>, def: Duration| {
-            flag.or(file).unwrap_or(def)
-        };
+        let pick = |flag: Option<Duration>, file: Option<Duration>, def: Duration| flag.or(file).unwrap_or(def);
         let c = Config {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            database_url: args
-                .database_url
-                .clone()
-                .or(file.database_url)
-                .unwrap_or(d.database_url),
+            database_url: args.database_url.clone().or(file.database_url).unwrap_or(d.database_url),
             replica_urls: if args.replica_urls.is_empty() {
                 file.replica_urls.unwrap_or_default()
             } else {
                 args.replica_urls.clone()
             },
-            object_store_url: args
-                .object_store_url
-                .clone()
-                .or(file.object_store_url)
-                .unwrap_or(d.object_store_url),
-            pool_max_size: args
-                .pool_max_size
-                .or(file.pool_max_size)
-                .unwrap_or(d.pool_max_size),
-            pool_acquire_timeout: pick(
-                args.pool_acquire_timeout,
-                file.pool_acquire_timeout,
-                d.pool_acquire_timeout,
-            ),
-            statement_timeout: pick(
-                args.statement_timeout,
-                file.statement_timeout,
-                d.statement_timeout,
-            ),
-            connect_timeout: pick(
-                args.connect_timeout,
-                file.connect_timeout,
-                d.connect_timeout,
-            ),
-            max_replica_lag: pick(
-                args.max_replica_lag,
-                file.max_replica_lag,
-                d.max_replica_lag,
-            ),
+            object_store_url: args.object_store_url.clone().or(file.object_store_url).unwrap_or(d.object_store_url),
+            pool_max_size: args.pool_max_size.or(file.pool_max_size).unwrap_or(d.pool_max_size),
+            pool_acquire_timeout: pick(args.pool_acquire_timeout, file.pool_acquire_timeout, d.pool_acquire_timeout),
+            statement_timeout: pick(args.statement_timeout, file.statement_timeout, d.statement_timeout),
+            connect_timeout: pick(args.connect_timeout, file.connect_timeout, d.connect_timeout),
+            max_replica_lag: pick(args.max_replica_lag, file.max_replica_lag, d.max_replica_lag),
             health_check_interval: pick(
                 args.health_check_interval,
                 file.health_check_interval,
@@ -360,11 +308,7 @@ impl Config {
                 file.metrics_sample_interval,
                 d.metrics_sample_interval,
             ),
-            startup_timeout: pick(
-                args.startup_timeout,
-                file.startup_timeout,
-                d.startup_timeout,
-            ),
+            startup_timeout: pick(args.startup_timeout, file.startup_timeout, d.startup_timeout),
             tokens: if args.auth_tokens.is_empty() {
                 file.tokens.unwrap_or_default()
             } else {
@@ -378,9 +322,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.pool_max_size == 0 {
-            return Err(ConfigError::Invalid(
-                "pool_max_size must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("pool_max_size must be at least 1".into()));
         }
         for (name, d) in [
             ("pool_acquire_timeout", self.pool_acquire_timeout),
@@ -389,9 +331,7 @@ impl Config {
             ("statement_timeout", self.statement_timeout),
         ] {
             if d.is_zero() {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be greater than zero"
-                )));
+                return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
             }
         }
         for t in &self.tokens {
@@ -423,11 +363,7 @@ mod tests {
         )
         .unwrap();
         // The flag wins over the file, the file over the default.
-        let args = ConfigArgs {
-            config: Some(path),
-            pool_max_size: Some(8),
-            ..Default::default()
-        };
+        let args = ConfigArgs { config: Some(path), pool_max_size: Some(8), ..Default::default() };
         let c = Config::load(&args).unwrap();
         assert_eq!(c.listen.port(), 6000);
         assert_eq!(c.pool_max_size, 8);
@@ -443,57 +379,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("strata.toml");
         std::fs::write(&path, "listne = \"127.0.0.1:1\"\n").unwrap();
-        let err = Config::load(&ConfigArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = Config::load(&ConfigArgs { config: Some(path), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
-        assert!(
-            "ops:admin:abc"
-                .parse::<TokenSpec>()
-                .unwrap_err()
-                .contains("unknown role")
-        );
-        assert!(
-            "ops:viewer:abc"
-                .parse::<TokenSpec>()
-                .unwrap_err()
-                .contains("64 hex")
-        );
+        assert!("ops:admin:abc".parse::<TokenSpec>().unwrap_err().contains("unknown role"));
+        assert!("ops:viewer:abc".parse::<TokenSpec>().unwrap_err().contains("64 hex"));
         let ok: TokenSpec =
-            "ops:viewer:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
-                .parse()
-                .unwrap();
-        assert_eq!(
-            ok.sha256,
-            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-        );
+            "ops:viewer:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08".parse().unwrap();
+        assert_eq!(ok.sha256, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
     }
 
     #[test]
     fn example_file_parses_to_the_defaults() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../strata.example.toml");
-        let c = Config::load(&ConfigArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .unwrap();
+        let c = Config::load(&ConfigArgs { config: Some(path), ..Default::default() }).unwrap();
         let d = Config::default();
-        assert_eq!(
-            (c.listen, c.pool_max_size, c.statement_timeout),
-            (d.listen, d.pool_max_size, d.statement_timeout)
-        );
+        assert_eq!((c.listen, c.pool_max_size, c.statement_timeout), (d.listen, d.pool_max_size, d.statement_timeout));
         assert_eq!(c.metrics_sample_interval, d.metrics_sample_interval);
     }
 
     #[test]
     fn zero_pool_is_rejected() {
-        let err = Config::load(&ConfigArgs {
-            pool_max_size: Some(0),
-            ..Default::default()
-        })
-        .unwrap_err();
+        let err = Config::load(&ConfigArgs { pool_max_size: Some(0), ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("pool_max_size"));
     }
 }

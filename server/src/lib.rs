@@ -42,9 +42,7 @@ impl Server {
             max_replica_lag: config.max_replica_lag,
         })
         .await?;
-        db.wait_ready(config.startup_timeout)
-            .await
-            .context("database not ready")?;
+        db.wait_ready(config.startup_timeout).await.context("database not ready")?;
         let ran = db.migrate().await.context("migrations")?;
         if ran > 0 {
             tracing::info!(migrations = ran, "applied migrations");
@@ -52,19 +50,14 @@ impl Server {
         if config.tokens.is_empty() {
             tracing::warn!("no auth tokens configured: only loopback clients are served");
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let ctx = Context::new(db, config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(ctx, listener, shutdown.clone()));
         tracing::info!(%addr, "strata listening");
-        Ok(Self {
-            addr,
-            shutdown,
-            task,
-        })
+        Ok(Self { addr, shutdown, task })
     }
 
     /// The address the server listens on (useful with port 0).
@@ -90,23 +83,12 @@ impl Server {
 }
 
 /// Serves until `shutdown`; then stops accepting RPCs, cancels jobs and closes the pools, in order.
-async fn run(
-    ctx: Context,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
-    let mut jobs = vec![tokio::spawn(jobs::monitor(
-        ctx.clone(),
-        ctx.config.health_check_interval,
-        jobs_cancel.clone(),
-    ))];
+    let mut jobs =
+        vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
     if !ctx.config.metrics_sample_interval.is_zero() {
-        jobs.push(tokio::spawn(jobs::sampler(
-            ctx.clone(),
-            ctx.config.metrics_sample_interval,
-            jobs_cancel.clone(),
-        )));
+        jobs.push(tokio::spawn(jobs::sampler(ctx.clone(), ctx.config.metrics_sample_interval, jobs_cancel.clone())));
     }
     let served = grpc::serve(ctx.clone(), listener, shutdown).await;
     jobs_cancel.cancel();

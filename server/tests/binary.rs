@@ -23,14 +23,21 @@ fn migrate_applies_once_then_nothing() {
 fn hash_token_prints_sha256() {
     let out = server().args(["hash-token", "test"]).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
 }
 
 #[test]
 fn bad_settings_fail_with_a_clear_message() {
     let out = server().args(["--database-url", "mysql://x", "migrate"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported database url"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unsupported database url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = server().args(["--auth-token", "ops:root:abc", "serve"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role"));
@@ -41,9 +48,21 @@ fn help_lists_every_setting() {
     let out = server().arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--config", "--listen", "--database-url", "--replica-url", "--object-store-url", "--pool-max-size",
-        "--pool-acquire-timeout", "--statement-timeout", "--connect-timeout", "--max-replica-lag",
-        "--health-check-interval", "--metrics-sample-interval", "--startup-timeout", "--auth-token", "--log-format",
+        "--config",
+        "--listen",
+        "--database-url",
+        "--replica-url",
+        "--object-store-url",
+        "--pool-max-size",
+        "--pool-acquire-timeout",
+        "--statement-timeout",
+        "--connect-timeout",
+        "--max-replica-lag",
+        "--health-check-interval",
+        "--metrics-sample-interval",
+        "--startup-timeout",
+        "--auth-token",
+        "--log-format",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();

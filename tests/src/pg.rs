@@ -21,10 +21,7 @@ static STARTED: Mutex<Vec<(PathBuf, PathBuf)>> = Mutex::new(Vec::new());
 extern "C" fn stop_all_at_exit() {
     let dirs = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|e| e.into_inner()));
     for (bindir, data) in dirs {
-        let _ = pg_command(&bindir, "pg_ctl")
-            .args(["stop", "-m", "immediate", "-w", "-D"])
-            .arg(&data)
-            .output();
+        let _ = pg_command(&bindir, "pg_ctl").args(["stop", "-m", "immediate", "-w", "-D"]).arg(&data).output();
     }
 }
 
@@ -33,10 +30,7 @@ fn register_exit_hook() {
     ONCE.get_or_init(|| {
         // Statics are never dropped in Rust, so the shared cluster is stopped from an atexit hook;
         // the test harness exits through `std::process::exit`, which runs it.
-        #[expect(
-            unsafe_code,
-            reason = "libc::atexit with an extern \"C\" fn that never unwinds"
-        )]
+        #[expect(unsafe_code, reason = "libc::atexit with an extern \"C\" fn that never unwinds")]
         unsafe {
             libc::atexit(stop_all_at_exit);
         }
@@ -80,21 +74,14 @@ fn pg_command(bindir: &Path, tool: &str) -> Command {
 fn run(mut c: Command) -> anyhow::Result<String> {
     let out = c.output().with_context(|| format!("spawning {c:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{c:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{c:?} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A free loopback TCP port (the listener is closed before PostgreSQL binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// One PostgreSQL server process.
@@ -138,21 +125,11 @@ impl PgCluster {
                 c
             })?;
         }
-        let primary = Node {
-            data: root.path().join("primary"),
-            port: free_port(),
-            log: root.path().join("primary.log"),
-        };
+        let primary =
+            Node { data: root.path().join("primary"), port: free_port(), log: root.path().join("primary.log") };
         let mut initdb = pg_command(&bindir, "initdb");
         initdb
-            .args([
-                "--auth=trust",
-                "--username=postgres",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
+            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C", "--no-sync", "-D"])
             .arg(&primary.data);
         run(initdb)?;
         // Durability is irrelevant for a throw-away test cluster; fsync=off keeps it fast.
@@ -178,52 +155,25 @@ impl PgCluster {
         };
         cluster.start_node(true)?;
         let mut bb = pg_command(&cluster.bindir, "pg_basebackup");
-        bb.args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-R",
-            "-X",
-            "stream",
-            "-C",
-            "-S",
-            "strata_test_replica",
-            "-p",
-        ])
-        .arg(cluster.primary.port.to_string())
-        .arg("-D")
-        .arg(&cluster.replica.data);
+        bb.args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "-C", "-S", "strata_test_replica", "-p"])
+            .arg(cluster.primary.port.to_string())
+            .arg("-D")
+            .arg(&cluster.replica.data);
         run(bb)?;
-        append(
-            &cluster.replica.data.join("postgresql.auto.conf"),
-            &format!("port = {}\n", cluster.replica.port),
-        )?;
+        append(&cluster.replica.data.join("postgresql.auto.conf"), &format!("port = {}\n", cluster.replica.port))?;
         cluster.start_node(false)?;
         Ok(cluster)
     }
 
     fn node(&self, primary: bool) -> &Node {
-        if primary {
-            &self.primary
-        } else {
-            &self.replica
-        }
+        if primary { &self.primary } else { &self.replica }
     }
 
     fn start_node(&self, primary: bool) -> anyhow::Result<()> {
         let n = self.node(primary);
         let mut c = pg_command(&self.bindir, "pg_ctl");
-        c.args(["start", "-w", "-t", "60", "-D"])
-            .arg(&n.data)
-            .arg("-l")
-            .arg(&n.log);
-        run(c).with_context(|| {
-            format!(
-                "log: {}",
-                std::fs::read_to_string(&n.log).unwrap_or_default()
-            )
-        })?;
+        c.args(["start", "-w", "-t", "60", "-D"]).arg(&n.data).arg("-l").arg(&n.log);
+        run(c).with_context(|| format!("log: {}", std::fs::read_to_string(&n.log).unwrap_or_default()))?;
         let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
         if !started.iter().any(|(_, d)| d == &n.data) {
             started.push((self.bindir.clone(), n.data.clone()));
@@ -272,9 +222,7 @@ impl PgCluster {
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("{prefix}_{}_{n}", std::process::id());
         let mut admin = AsyncPgConnection::establish(&self.primary_url("postgres")).await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await?;
+        admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await?;
         self.wait_for_replica(&name).await?;
         Ok(name)
     }
@@ -311,10 +259,8 @@ impl PgCluster {
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("open {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -323,14 +269,9 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         for primary in [false, true] {
             let n = self.node(primary);
-            let _ = pg_command(&self.bindir, "pg_ctl")
-                .args(["stop", "-m", "immediate", "-w", "-D"])
-                .arg(&n.data)
-                .output();
-            STARTED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|(_, d)| d != &n.data);
+            let _ =
+                pg_command(&self.bindir, "pg_ctl").args(["stop", "-m", "immediate", "-w", "-D"]).arg(&n.data).output();
+            STARTED.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, d)| d != &n.data);
         }
     }
 }

@@ -46,16 +46,8 @@ pub fn test_config(database_url: String, replica_urls: Vec<String>, objects: &Pa
 /// The viewer and operator token specs.
 pub fn test_tokens() -> Vec<TokenSpec> {
     vec![
-        TokenSpec {
-            name: "test-viewer".into(),
-            role: Role::Viewer,
-            sha256: hash_token(VIEWER_TOKEN),
-        },
-        TokenSpec {
-            name: "test-operator".into(),
-            role: Role::Operator,
-            sha256: hash_token(OPERATOR_TOKEN),
-        },
+        TokenSpec { name: "test-viewer".into(), role: Role::Viewer, sha256: hash_token(VIEWER_TOKEN) },
+        TokenSpec { name: "test-operator".into(), role: Role::Operator, sha256: hash_token(OPERATOR_TOKEN) },
     ]
 }
 
@@ -64,10 +56,7 @@ impl TestServer {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         strata_server::telemetry::init_for_tests();
         let server = Server::start(config).await?;
-        Ok(Self {
-            addr: server.addr(),
-            server: Some(server),
-        })
+        Ok(Self { addr: server.addr(), server: Some(server) })
     }
 
     /// A server on a fresh SQLite file inside `dir`.
@@ -82,12 +71,7 @@ impl TestServer {
 
     /// A server on database `db` of `cluster`, reading from its replica.
     pub async fn postgres(cluster: &PgCluster, db: &str, objects: &Path) -> anyhow::Result<Self> {
-        Self::start(test_config(
-            cluster.primary_url(db),
-            vec![cluster.replica_url(db)],
-            objects,
-        ))
-        .await
+        Self::start(test_config(cluster.primary_url(db), vec![cluster.replica_url(db)], objects)).await
     }
 
     /// The server URL.
@@ -97,9 +81,7 @@ impl TestServer {
 
     /// A client without token.
     pub async fn client(&self) -> Client {
-        Client::connect(self.url())
-            .await
-            .expect("connect to test server")
+        Client::connect(self.url()).await.expect("connect to test server")
     }
 
     /// A client with `token`.

@@ -21,10 +21,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) async fn run_postgres(url: &str) -> Result<usize> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
-        .map_err(|e| Error::Connect {
-            node: "primary".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| Error::Connect { node: "primary".into(), message: e.to_string() })?;
     // The schema must exist before Diesel creates its bookkeeping table in it. A session-level
     // advisory lock serialises strata instances that start at the same time; it is released when
     // this connection closes.
@@ -51,15 +48,16 @@ pub(crate) async fn run_postgres(url: &str) -> Result<usize> {
 pub(crate) async fn run_sqlite(path: &str) -> Result<usize> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut conn = SqliteConnection::establish(&path).map_err(|e| Error::Connect {
-            node: "primary".into(),
-            message: e.to_string(),
-        })?;
+        let mut conn = SqliteConnection::establish(&path)
+            .map_err(|e| Error::Connect { node: "primary".into(), message: e.to_string() })?;
+        // WAL is a property of the file: switch it once here, at start-up. A pooled connection
+        // switching it later would need an exclusive lock, which an application's open write
+        // transaction denies at once (no busy wait for journal-mode changes).
+        for pragma in ["PRAGMA busy_timeout = 5000", "PRAGMA journal_mode = WAL"] {
+            diesel::sql_query(pragma).execute(&mut conn).map_err(|e| Error::Migration(format!("{pragma}: {e}")))?;
+        }
         let mut harness = PrefixedSqliteHarness(&mut conn);
-        harness
-            .run_pending_migrations(SQLITE)
-            .map(|v| v.len())
-            .map_err(|e| Error::Migration(e.to_string()))
+        harness.run_pending_migrations(SQLITE).map(|v| v.len()).map_err(|e| Error::Migration(e.to_string()))
     })
     .await
     .map_err(|e| Error::Migration(e.to_string()))?
@@ -88,10 +86,7 @@ impl PrefixedSqliteHarness<'_> {
 }
 
 impl MigrationHarness<Sqlite> for PrefixedSqliteHarness<'_> {
-    fn run_migration(
-        &mut self,
-        migration: &dyn Migration<Sqlite>,
-    ) -> Result<MigrationVersion<'static>, BoxError> {
+    fn run_migration(&mut self, migration: &dyn Migration<Sqlite>) -> Result<MigrationVersion<'static>, BoxError> {
         self.ensure_table()?;
         let version = migration.name().version().as_owned();
         // DDL is transactional on SQLite: the migration and its bookkeeping row commit together.
@@ -108,16 +103,12 @@ impl MigrationHarness<Sqlite> for PrefixedSqliteHarness<'_> {
         Ok(version)
     }
 
-    fn revert_migration(
-        &mut self,
-        migration: &dyn Migration<Sqlite>,
-    ) -> Result<MigrationVersion<'static>, BoxError> {
+    fn revert_migration(&mut self, migration: &dyn Migration<Sqlite>) -> Result<MigrationVersion<'static>, BoxError> {
         let version = migration.name().version().as_owned();
         self.0.transaction::<_, BoxError, _>(|conn| {
             migration.revert(conn)?;
             diesel::delete(
-                strata_schema_migrations::table
-                    .filter(strata_schema_migrations::version.eq(version.to_string())),
+                strata_schema_migrations::table.filter(strata_schema_migrations::version.eq(version.to_string())),
             )
             .execute(conn)?;
             Ok(())

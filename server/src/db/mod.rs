@@ -182,14 +182,8 @@ pub struct NodeInfo {
 }
 
 enum Backend {
-    Postgres {
-        primary: Node<PgPool>,
-        replicas: Vec<Node<PgPool>>,
-    },
-    Sqlite {
-        node: Node<SqlitePool>,
-        path: String,
-    },
+    Postgres { primary: Node<PgPool>, replicas: Vec<Node<PgPool>> },
+    Sqlite { node: Node<SqlitePool>, path: String },
 }
 
 struct Inner {
@@ -197,6 +191,8 @@ struct Inner {
     settings: DbSettings,
     replica_fallbacks: AtomicU64,
     primary_up: watch::Sender<bool>,
+    /// The primary's recent WAL positions (PostgreSQL), for replica lag.
+    wal_history: Mutex<stats::WalHistory>,
 }
 
 /// Handle to the application's database. Cheap to clone.
@@ -206,6 +202,7 @@ pub struct Db {
 }
 
 /// A pooled connection of either backend. Use [`db_run!`] to run a query on it.
+#[expect(clippy::large_enum_variant, reason = "short-lived, one per request; boxing buys nothing")]
 pub enum Conn {
     /// PostgreSQL connection.
     Pg(PgPooled),
@@ -257,25 +254,17 @@ fn pg_setup(
         let url = url.to_owned();
         async move {
             let mut conn =
-                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                    .await
-                    .map_err(|_| {
-                        ConnectionError::BadConnection(format!(
-                            "connect timed out after {connect_timeout:?}"
-                        ))
-                    })??;
+                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url)).await.map_err(|_| {
+                    ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
+                })??;
             // Every session gets the statement timeout; replica sessions are read-only so a routing
             // mistake can never write to a replica (it would fail there anyway, but with a clear error).
-            let mut sql = format!(
-                "SET statement_timeout = {}; SET application_name = 'strata';",
-                statement_timeout.as_millis()
-            );
+            let mut sql =
+                format!("SET statement_timeout = {}; SET application_name = 'strata';", statement_timeout.as_millis());
             if read_only {
                 sql.push_str("SET default_transaction_read_only = on;");
             }
-            conn.batch_execute(&sql)
-                .await
-                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            conn.batch_execute(&sql).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         }
         .boxed()
@@ -287,28 +276,48 @@ fn sqlite_setup() -> diesel_async::pooled_connection::SetupCallback<SqliteConn> 
         let path = path.to_owned();
         async move {
             let mut conn = SqliteConn::establish(&path).await?;
-            // WAL lets readers proceed while a writer commits; busy_timeout makes concurrent writers
-            // wait for each other instead of failing at once.
-            conn.batch_execute(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {};",
-                SQLITE_BUSY_TIMEOUT.as_millis()
-            ))
-            .await
-            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            // One statement per call, busy_timeout first (as Diesel's docs advise): the other pragmas
+            // may need a lock that a writer holds right now. WAL lets readers proceed while a writer
+            // commits; busy_timeout makes concurrent writers wait instead of failing at once.
+            let busy = format!("PRAGMA busy_timeout = {};", SQLITE_BUSY_TIMEOUT.as_millis());
+            for pragma in [
+                busy.as_str(),
+                "PRAGMA journal_mode = WAL;",
+                "PRAGMA synchronous = NORMAL;",
+                "PRAGMA foreign_keys = ON;",
+            ] {
+                conn.batch_execute(pragma).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
+            }
             Ok(conn)
         }
         .boxed()
     })
 }
 
+/// Logs connection errors of a pool (bb8 otherwise drops them: callers only see a timeout).
+#[derive(Debug, Clone)]
+struct LogErrors {
+    node: String,
+}
+
+impl<E: std::fmt::Display> ::bb8::ErrorSink<E> for LogErrors {
+    fn sink(&self, error: E) {
+        tracing::warn!(node = %self.node, error = %error, "database connection failed");
+    }
+    fn boxed_clone(&self) -> Box<dyn ::bb8::ErrorSink<E>> {
+        Box::new(self.clone())
+    }
+}
+
 fn build_pool<C>(
+    node: &str,
     url: &str,
     setup: diesel_async::pooled_connection::SetupCallback<C>,
     s: &DbSettings,
 ) -> bb8::Pool<C>
 where
     C: diesel_async::pooled_connection::PoolableConnection + 'static,
-    AsyncDieselConnectionManager<C>: ::bb8::ManageConnection,
+    AsyncDieselConnectionManager<C>: ::bb8::ManageConnection<Error = diesel_async::pooled_connection::PoolError>,
 {
     let mut config = ManagerConfig::default();
     config.custom_setup = setup;
@@ -321,6 +330,7 @@ where
         .connection_timeout(s.acquire_timeout)
         // A failed connect is reported to the waiting caller's timeout, not retried in a tight loop.
         .retry_connection(false)
+        .error_sink(Box::new(LogErrors { node: node.to_owned() }))
         .build_unchecked(manager)
 }
 
@@ -340,22 +350,20 @@ fn pool_stats<M: ::bb8::ManageConnection>(node: &Node<::bb8::Pool<M>>, max_size:
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
-    url.strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
+    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
 }
 
 impl Db {
     /// Builds the pools. Opens no connection: call [`Db::wait_ready`] to wait for the primary.
     pub async fn connect(settings: DbSettings) -> Result<Self> {
-        let backend = if settings.url.starts_with("postgres://")
-            || settings.url.starts_with("postgresql://")
-        {
+        let backend = if settings.url.starts_with("postgres://") || settings.url.starts_with("postgresql://") {
             let primary = Node {
                 name: "primary".into(),
                 role: Role::Primary,
                 address: redact_url(&settings.url),
                 url: settings.url.clone(),
                 pool: build_pool(
+                    "primary",
                     &settings.url,
                     pg_setup(settings.statement_timeout, settings.connect_timeout, false),
                     &settings,
@@ -373,6 +381,7 @@ impl Db {
                     address: redact_url(url),
                     url: url.clone(),
                     pool: build_pool(
+                        &format!("replica-{i}"),
                         url,
                         pg_setup(settings.statement_timeout, settings.connect_timeout, true),
                         &settings,
@@ -383,9 +392,7 @@ impl Db {
             Backend::Postgres { primary, replicas }
         } else if let Some(path) = sqlite_path(&settings.url) {
             if !settings.replica_urls.is_empty() {
-                return Err(Error::Unsupported(
-                    "replicas are only supported with PostgreSQL".into(),
-                ));
+                return Err(Error::Unsupported("replicas are only supported with PostgreSQL".into()));
             }
             if let Some(parent) = std::path::Path::new(path).parent()
                 && !parent.as_os_str().is_empty()
@@ -395,18 +402,21 @@ impl Db {
                     message: format!("cannot create {}: {e}", parent.display()),
                 })?;
             }
+            // Create the (empty) file now: the embedded default needs no setup, and the health probe
+            // treats a file that later disappears as a down database rather than recreating it.
+            std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::Connect {
+                node: "primary".into(),
+                message: format!("cannot create {path}: {e}"),
+            })?;
             let node = Node {
                 name: "primary".into(),
                 role: Role::Primary,
                 address: settings.url.clone(),
                 url: path.to_owned(),
-                pool: build_pool(path, sqlite_setup(), &settings),
+                pool: build_pool("primary", path, sqlite_setup(), &settings),
                 health: Mutex::new(NodeHealth::default()),
             };
-            Backend::Sqlite {
-                node,
-                path: path.to_owned(),
-            }
+            Backend::Sqlite { node, path: path.to_owned() }
         } else {
             return Err(Error::UnsupportedUrl(redact_url(&settings.url)));
         };
@@ -417,6 +427,7 @@ impl Db {
                 settings,
                 replica_fallbacks: AtomicU64::new(0),
                 primary_up,
+                wal_history: Mutex::new(stats::WalHistory::default()),
             }),
         })
     }
@@ -455,28 +466,16 @@ impl Db {
     async fn checkout_pg(node: &Node<PgPool>, timeout: Duration) -> Result<PgPooled> {
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect {
-                node: node.name.clone(),
-                message: e.to_string(),
-            }),
-            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout {
-                node: node.name.clone(),
-                timeout,
-            }),
+            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
+            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
         }
     }
 
     async fn checkout_sqlite(node: &Node<SqlitePool>, timeout: Duration) -> Result<SqlitePooled> {
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect {
-                node: node.name.clone(),
-                message: e.to_string(),
-            }),
-            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout {
-                node: node.name.clone(),
-                timeout,
-            }),
+            Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
+            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
         }
     }
 
@@ -484,12 +483,8 @@ impl Db {
     pub async fn write(&self) -> Result<Conn> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Postgres { primary, .. } => {
-                Ok(Conn::Pg(Self::checkout_pg(primary, timeout).await?))
-            }
-            Backend::Sqlite { node, .. } => {
-                Ok(Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?))
-            }
+            Backend::Postgres { primary, .. } => Ok(Conn::Pg(Self::checkout_pg(primary, timeout).await?)),
+            Backend::Sqlite { node, .. } => Ok(Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?)),
         }
     }
 
@@ -498,10 +493,9 @@ impl Db {
     pub async fn read(&self) -> Result<(Conn, Role)> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Sqlite { node, .. } => Ok((
-                Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?),
-                Role::Primary,
-            )),
+            Backend::Sqlite { node, .. } => {
+                Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary))
+            }
             Backend::Postgres { primary, replicas } => {
                 for r in replicas.iter().filter(|r| self.replica_usable(r)) {
                     match Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
@@ -519,10 +513,7 @@ impl Db {
                     self.inner.replica_fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("no replica can serve reads; reading from the primary");
                 }
-                Ok((
-                    Conn::Pg(Self::checkout_pg(primary, timeout).await?),
-                    Role::Primary,
-                ))
+                Ok((Conn::Pg(Self::checkout_pg(primary, timeout).await?), Role::Primary))
             }
         }
     }
@@ -532,34 +523,27 @@ impl Db {
     pub async fn read_prefer_primary(&self) -> Result<(Conn, Role)> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Sqlite { node, .. } => Ok((
-                Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?),
-                Role::Primary,
-            )),
-            Backend::Postgres { primary, replicas } => {
-                match Self::checkout_pg(primary, timeout).await {
-                    Ok(c) => Ok((Conn::Pg(c), Role::Primary)),
-                    Err(primary_err) => {
-                        for r in replicas.iter().filter(|r| self.replica_usable(r)) {
-                            if let Ok(c) =
-                                Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await
-                            {
-                                tracing::warn!(node = %r.name, error = %primary_err, "primary unavailable; reading from a replica");
-                                return Ok((Conn::Pg(c), Role::Replica));
-                            }
-                        }
-                        Err(primary_err)
-                    }
-                }
+            Backend::Sqlite { node, .. } => {
+                Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary))
             }
+            Backend::Postgres { primary, replicas } => match Self::checkout_pg(primary, timeout).await {
+                Ok(c) => Ok((Conn::Pg(c), Role::Primary)),
+                Err(primary_err) => {
+                    for r in replicas.iter().filter(|r| self.replica_usable(r)) {
+                        if let Ok(c) = Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
+                            tracing::warn!(node = %r.name, error = %primary_err, "primary unavailable; reading from a replica");
+                            return Ok((Conn::Pg(c), Role::Replica));
+                        }
+                    }
+                    Err(primary_err)
+                }
+            },
         }
     }
 
     fn replica_usable(&self, r: &Node<PgPool>) -> bool {
         let h = r.health();
-        h.healthy
-            && h.lag
-                .is_none_or(|lag| lag <= self.inner.settings.max_replica_lag)
+        h.healthy && h.lag.is_none_or(|lag| lag <= self.inner.settings.max_replica_lag)
     }
 
     /// Every node with its health and whether it serves reads.
@@ -616,7 +600,10 @@ impl Db {
                 let r = async {
                     // Opening a missing file would create an empty database and report it healthy.
                     if !std::path::Path::new(path).exists() {
-                        return Err(Error::Connect { node: node.name.clone(), message: format!("{path} does not exist") });
+                        return Err(Error::Connect {
+                            node: node.name.clone(),
+                            message: format!("{path} does not exist"),
+                        });
                     }
                     let mut c = SqliteConn::establish(path)
                         .await
@@ -625,19 +612,26 @@ impl Db {
                     Ok::<_, Error>(())
                 };
                 let r = tokio::time::timeout(timeout, r).await.unwrap_or_else(|_| {
-                    Err(Error::Connect { node: node.name.clone(), message: format!("probe timed out after {timeout:?}") })
+                    Err(Error::Connect {
+                        node: node.name.clone(),
+                        message: format!("probe timed out after {timeout:?}"),
+                    })
                 });
                 record(node, r.map(|_| None))
             }
             Backend::Postgres { primary, replicas } => {
-                let (p, rs) = futures::join!(
-                    stats::probe_pg(&primary.name, &primary.url, false, timeout),
-                    futures::future::join_all(
-                        replicas
-                            .iter()
-                            .map(|r| stats::probe_pg(&r.name, &r.url, true, timeout))
-                    )
-                );
+                // The primary first: its WAL position is the yardstick for the replicas' lag.
+                let p = stats::probe_pg(&primary.name, &primary.url, timeout).await;
+                if let Ok(lsn) = p {
+                    self.inner.wal_history.lock().expect("wal history lock").push(Instant::now(), lsn);
+                }
+                let replayed =
+                    futures::future::join_all(replicas.iter().map(|r| stats::probe_pg(&r.name, &r.url, timeout))).await;
+                let now = Instant::now();
+                let rs: Vec<Result<Option<Duration>>> = {
+                    let history = self.inner.wal_history.lock().expect("wal history lock");
+                    replayed.into_iter().map(|r| r.map(|lsn| Some(history.lag(lsn, now)))).collect()
+                };
                 for (r, res) in replicas.iter().zip(rs) {
                     let was = self.replica_usable(r);
                     record(r, res);
@@ -714,12 +708,7 @@ impl Db {
             if self.probe_all().await {
                 return Ok(());
             }
-            let err = self
-                .nodes()
-                .into_iter()
-                .next()
-                .and_then(|n| n.health.last_error)
-                .unwrap_or_default();
+            let err = self.nodes().into_iter().next().and_then(|n| n.health.last_error).unwrap_or_default();
             if Instant::now() + delay > deadline {
                 return Err(Error::Connect {
                     node: "primary".into(),
@@ -738,18 +727,8 @@ fn record<P>(node: &Node<P>, r: Result<Option<Duration>>) -> bool {
     let now = Some(Utc::now());
     let ok = r.is_ok();
     node.set_health(match r {
-        Ok(lag) => NodeHealth {
-            healthy: true,
-            lag,
-            last_error: None,
-            checked_at: now,
-        },
-        Err(e) => NodeHealth {
-            healthy: false,
-            lag: None,
-            last_error: Some(e.to_string()),
-            checked_at: now,
-        },
+        Ok(lag) => NodeHealth { healthy: true, lag, last_error: None, checked_at: now },
+        Err(e) => NodeHealth { healthy: false, lag: None, last_error: Some(e.to_string()), checked_at: now },
     });
     ok
 }

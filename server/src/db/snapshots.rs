@@ -42,14 +42,7 @@ pub async fn insert(
 ) -> Result<i64> {
     let rows: Vec<(String, String, i64, i64)> = tables
         .iter()
-        .map(|t| {
-            (
-                t.schema_name.clone(),
-                t.table_name.clone(),
-                t.total_bytes(),
-                t.rows.unwrap_or(0),
-            )
-        })
+        .map(|t| (t.schema_name.clone(), t.table_name.clone(), t.total_bytes(), t.rows.unwrap_or(0)))
         .collect();
     let id = db_run!(conn, {
         conn.transaction(async |conn| {
@@ -84,18 +77,11 @@ pub async fn insert(
 
 /// Snapshots with id below `before_id` (all when None), newest first, at most `limit`, each with its
 /// table count.
-pub async fn list(
-    conn: &mut Conn,
-    before_id: Option<i64>,
-    limit: i64,
-) -> Result<Vec<(SnapshotRow, i64)>> {
+pub async fn list(conn: &mut Conn, before_id: Option<i64>, limit: i64) -> Result<Vec<(SnapshotRow, i64)>> {
     let rows = db_run!(conn, {
         use schema::{snapshot_tables as st, snapshots as s};
-        let mut q = s::table
-            .select((s::id, s::taken_at, s::database_size_bytes))
-            .order(s::id.desc())
-            .limit(limit)
-            .into_boxed();
+        let mut q =
+            s::table.select((s::id, s::taken_at, s::database_size_bytes)).order(s::id.desc()).limit(limit).into_boxed();
         if let Some(b) = before_id {
             q = q.filter(s::id.lt(b));
         }
@@ -110,10 +96,7 @@ pub async fn list(
         snaps
             .into_iter()
             .map(|s| {
-                let n = counts
-                    .iter()
-                    .find(|(id, _)| *id == s.id)
-                    .map_or(0, |(_, n)| *n);
+                let n = counts.iter().find(|(id, _)| *id == s.id).map_or(0, |(_, n)| *n);
                 (s, n)
             })
             .collect::<Vec<_>>()
@@ -141,13 +124,7 @@ pub async fn since(
             .inner_join(s::table)
             .filter(s::taken_at.ge(since))
             .filter(st::table_name.like(&pattern).escape('\\'))
-            .select((
-                st::snapshot_id,
-                st::schema_name,
-                st::table_name,
-                st::total_size_bytes,
-                st::estimated_rows,
-            ))
+            .select((st::snapshot_id, st::schema_name, st::table_name, st::total_size_bytes, st::estimated_rows))
             .load(conn)
             .await?;
         (snaps, tables)

@@ -131,10 +131,7 @@ async fn pg_stats(conn: &mut AsyncPgConnection, prefix: &str) -> Result<Database
     )
     .get_result(conn)
     .await?;
-    let rows: Vec<PgTableRow> = diesel::sql_query(PG_TABLES)
-        .bind::<Text, _>(prefix)
-        .load(conn)
-        .await?;
+    let rows: Vec<PgTableRow> = diesel::sql_query(PG_TABLES).bind::<Text, _>(prefix).load(conn).await?;
     let tables = rows
         .into_iter()
         .map(|r| TableStats {
@@ -218,10 +215,7 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
     )
     .get_result(conn)
     .await?;
-    let objects: Vec<SqliteObject> = diesel::sql_query(SQLITE_OBJECTS)
-        .bind::<Text, _>(prefix)
-        .load(conn)
-        .await?;
+    let objects: Vec<SqliteObject> = diesel::sql_query(SQLITE_OBJECTS).bind::<Text, _>(prefix).load(conn).await?;
     // dbstat walks every page: exact, and as costly as the file is large. It is compiled into the
     // bundled SQLite; a system SQLite may lack it, and then only planner statistics are available.
     let btrees: Option<Vec<SqliteBtree>> = diesel::sql_query(
@@ -232,15 +226,14 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
     .load(conn)
     .await
     .ok();
-    let has_stat1: bool = diesel::sql_query("SELECT name, name AS tbl_name, type AS kind FROM sqlite_schema WHERE name = 'sqlite_stat1'")
-        .load::<SqliteObject>(conn)
-        .await?
-        .len()
-        == 1;
-    let stat1: Vec<SqliteStat1> = if has_stat1 {
-        diesel::sql_query("SELECT tbl, stat FROM sqlite_stat1 WHERE idx IS NULL OR idx = tbl")
-            .load(conn)
+    let has_stat1: bool =
+        diesel::sql_query("SELECT name, name AS tbl_name, type AS kind FROM sqlite_schema WHERE name = 'sqlite_stat1'")
+            .load::<SqliteObject>(conn)
             .await?
+            .len()
+            == 1;
+    let stat1: Vec<SqliteStat1> = if has_stat1 {
+        diesel::sql_query("SELECT tbl, stat FROM sqlite_stat1 WHERE idx IS NULL OR idx = tbl").load(conn).await?
     } else {
         Vec::new()
     };
@@ -250,11 +243,7 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
         .iter()
         .filter(|o| o.kind == "table")
         .map(|t| {
-            let btree = |name: &str| {
-                btrees
-                    .as_ref()
-                    .and_then(|b| b.iter().find(|b| b.name == name))
-            };
+            let btree = |name: &str| btrees.as_ref().and_then(|b| b.iter().find(|b| b.name == name));
             let index_bytes = objects
                 .iter()
                 .filter(|o| o.kind == "index" && o.tbl_name == t.name)
@@ -286,15 +275,13 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
             }
         })
         .collect();
-    tables.sort_by(|a, b| {
-        b.total_bytes()
-            .cmp(&a.total_bytes())
-            .then_with(|| a.table_name.cmp(&b.table_name))
-    });
+    tables.sort_by(|a, b| b.total_bytes().cmp(&a.total_bytes()).then_with(|| a.table_name.cmp(&b.table_name)));
     if btrees.is_some() {
         notes.push("sizes and row counts are exact: counted from the b-tree pages (dbstat)".into());
     } else {
-        notes.push("this SQLite lacks dbstat: table sizes are unknown (0) and rows come from ANALYZE (sqlite_stat1)".into());
+        notes.push(
+            "this SQLite lacks dbstat: table sizes are unknown (0) and rows come from ANALYZE (sqlite_stat1)".into(),
+        );
     }
     notes.push("SQLite keeps no dead-row, vacuum or scan statistics".into());
     Ok(DatabaseStats {
@@ -309,11 +296,7 @@ async fn sqlite_stats(conn: &mut SqliteConn, file: &str, prefix: &str) -> Result
 }
 
 /// Sizes and statistics of the database and its application tables whose name starts with `prefix`.
-pub async fn database_stats(
-    conn: &mut Conn,
-    sqlite_file: Option<&str>,
-    prefix: &str,
-) -> Result<DatabaseStats> {
+pub async fn database_stats(conn: &mut Conn, sqlite_file: Option<&str>, prefix: &str) -> Result<DatabaseStats> {
     match conn {
         Conn::Pg(c) => pg_stats(c, prefix).await,
         Conn::Sqlite(c) => sqlite_stats(c, sqlite_file.unwrap_or("strata.db"), prefix).await,
@@ -321,47 +304,85 @@ pub async fn database_stats(
 }
 
 #[derive(QueryableByName)]
-struct LagRow {
-    #[diesel(sql_type = Double)]
-    lag_seconds: f64,
+struct LsnRow {
+    #[diesel(sql_type = BigInt)]
+    lsn: i64,
 }
 
-/// Replication lag: zero when the replica has replayed everything it received, else the time since
-/// the last replayed transaction. (A quiet primary sends nothing new, so that stays zero.)
-const PG_LAG: &str = r"
-SELECT CASE
-         WHEN NOT pg_is_in_recovery() THEN 0
-         WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
-         ELSE COALESCE(EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())), 0)
-       END::float8 AS lag_seconds";
+/// The node's WAL position in bytes: the current write position on a primary, the last replayed
+/// position on a standby.
+const PG_LSN: &str = r"
+SELECT (COALESCE(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+                 '0/0'::pg_lsn) - '0/0'::pg_lsn)::int8 AS lsn";
 
-/// Probes a PostgreSQL node on a fresh connection; for replicas returns the replication lag.
-pub async fn probe_pg(
-    name: &str,
-    url: &str,
-    replica: bool,
-    timeout: Duration,
-) -> Result<Option<Duration>> {
+/// Probes a PostgreSQL node on a fresh connection (so a busy pool cannot make a healthy node look
+/// down); returns its WAL position (see [`PG_LSN`]).
+pub async fn probe_pg(name: &str, url: &str, timeout: Duration) -> Result<i64> {
     let work = async {
         let mut conn = AsyncPgConnection::establish(url)
             .await
-            .map_err(|e| Error::Connect {
-                node: name.to_owned(),
-                message: e.to_string(),
-            })?;
-        if replica {
-            let r: LagRow = diesel::sql_query(PG_LAG).get_result(&mut conn).await?;
-            Ok(Some(Duration::from_secs_f64(r.lag_seconds.max(0.0))))
-        } else {
-            diesel::sql_query("SELECT 1").execute(&mut conn).await?;
-            Ok(None)
-        }
+            .map_err(|e| Error::Connect { node: name.to_owned(), message: e.to_string() })?;
+        let r: LsnRow = diesel::sql_query(PG_LSN).get_result(&mut conn).await?;
+        Ok(r.lsn)
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Connect {
-            node: name.to_owned(),
-            message: format!("probe timed out after {timeout:?}"),
-        }),
+        Err(_) => Err(Error::Connect { node: name.to_owned(), message: format!("probe timed out after {timeout:?}") }),
+    }
+}
+
+/// Recent WAL positions of the primary with the time each was seen, to turn a replica's replay
+/// position into a time lag. Time-based formulas on the replica alone (now − last replayed commit)
+/// report an idle, fully caught-up replica as lagging more and more; comparing with the primary's
+/// own history does not.
+#[derive(Debug, Default)]
+pub struct WalHistory {
+    samples: std::collections::VecDeque<(std::time::Instant, i64)>,
+}
+
+/// Samples kept: at the default 500 ms probe interval, about 8.5 minutes.
+const WAL_HISTORY_LEN: usize = 1024;
+
+impl WalHistory {
+    /// Records the primary's position seen at `at`.
+    pub fn push(&mut self, at: std::time::Instant, lsn: i64) {
+        if self.samples.len() == WAL_HISTORY_LEN {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, lsn));
+    }
+
+    /// Lag of a replica that has replayed up to `replayed`, as of `now`: zero when it has everything
+    /// the primary had at its newest sample, else the time since the oldest sample it still lacks
+    /// (a lower bound, exact to one probe interval).
+    pub fn lag(&self, replayed: i64, now: std::time::Instant) -> Duration {
+        self.samples
+            .iter()
+            .find(|(_, lsn)| *lsn > replayed)
+            .map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::WalHistory;
+
+    #[test]
+    fn lag_is_time_since_first_missing_position() {
+        let t0 = Instant::now();
+        let mut h = WalHistory::default();
+        for (i, lsn) in [100, 100, 200, 300].into_iter().enumerate() {
+            h.push(t0 + Duration::from_secs(i as u64), lsn);
+        }
+        let now = t0 + Duration::from_secs(10);
+        // Caught up with the newest sample: no lag, however long ago the last write was.
+        assert_eq!(h.lag(300, now), Duration::ZERO);
+        assert_eq!(h.lag(350, now), Duration::ZERO);
+        // Missing position 200, first seen at t0+2s.
+        assert_eq!(h.lag(100, now), Duration::from_secs(8));
+        assert_eq!(h.lag(250, now), Duration::from_secs(7));
+        assert_eq!(h.lag(0, now), Duration::from_secs(10));
     }
 }

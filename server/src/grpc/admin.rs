@@ -13,10 +13,7 @@ pub(super) struct AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn get_info(
-        &self,
-        _req: Request<pb::GetInfoRequest>,
-    ) -> Result<Response<pb::GetInfoResponse>, Status> {
+    async fn get_info(&self, _req: Request<pb::GetInfoRequest>) -> Result<Response<pb::GetInfoResponse>, Status> {
         let i = admin::info(&self.ctx);
         let routing_state = (match i.routing {
             admin::RoutingState::Normal => pb::RoutingState::Normal,

@@ -84,29 +84,17 @@ impl Authorizer {
         if self.tokens.is_empty() {
             // No tokens configured: trust only this machine (the server logged a warning at start).
             return match peer {
-                Some(p) if p.ip().is_loopback() => Ok(Some(Caller {
-                    name: "loopback".into(),
-                    role: Role::Operator,
-                })),
-                _ => Err(Status::permission_denied(
-                    "no auth tokens are configured: only loopback clients are served",
-                )),
+                Some(p) if p.ip().is_loopback() => Ok(Some(Caller { name: "loopback".into(), role: Role::Operator })),
+                _ => Err(Status::permission_denied("no auth tokens are configured: only loopback clients are served")),
             };
         }
         let Some(header) = authorization else {
-            return Err(Status::unauthenticated(
-                "missing bearer token (authorization: Bearer <token>)",
-            ));
+            return Err(Status::unauthenticated("missing bearer token (authorization: Bearer <token>)"));
         };
         let token = std::str::from_utf8(header)
             .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization header must be `Bearer <token>`")
-            })?;
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         let Some((name, role, _)) = self.tokens.iter().find(|(_, _, h)| *h == digest) else {
             return Err(Status::unauthenticated("invalid token"));
@@ -116,10 +104,7 @@ impl Authorizer {
                 "token {name:?} has role {role:?}; {path} needs {needed:?}"
             )));
         }
-        Ok(Some(Caller {
-            name: name.clone(),
-            role: *role,
-        }))
+        Ok(Some(Caller { name: name.clone(), role: *role }))
     }
 }
 
@@ -132,19 +117,14 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// A layer using `auth`.
     pub fn new(auth: Authorizer) -> Self {
-        Self {
-            auth: Arc::new(auth),
-        }
+        Self { auth: Arc::new(auth) }
     }
 }
 
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            auth: self.auth.clone(),
-        }
+        AuthService { inner, auth: self.auth.clone() }
     }
 }
 
@@ -159,10 +139,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -175,14 +152,8 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|i| i.remote_addr());
-        let authz = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
+        let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr());
+        let authz = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
         match self.auth.check(req.uri().path(), peer, authz) {
             Ok(caller) => {
                 if let Some(c) = caller {
@@ -207,47 +178,25 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, role: Role, token: &str) -> TokenSpec {
-        TokenSpec {
-            name: name.into(),
-            role,
-            sha256: hash_token(token),
-        }
+        TokenSpec { name: name.into(), role, sha256: hash_token(token) }
     }
 
     #[test]
     fn matrix_of_roles() {
-        let a = Authorizer::new(&[
-            spec("v", Role::Viewer, "view-secret"),
-            spec("o", Role::Operator, "op-secret"),
-        ]);
+        let a = Authorizer::new(&[spec("v", Role::Viewer, "view-secret"), spec("o", Role::Operator, "op-secret")]);
         let remote: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let read = "/strata.v1.StorageService/GetStorageMetrics";
         let write = "/strata.v1.StorageService/RecordSnapshot";
-        let code = |path, h: Option<&str>| {
-            a.check(path, Some(remote), h.map(str::as_bytes))
-                .map(|_| ())
-                .map_err(|s| s.code())
-        };
+        let code =
+            |path, h: Option<&str>| a.check(path, Some(remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code());
         assert_eq!(code(read, None), Err(tonic::Code::Unauthenticated));
-        assert_eq!(
-            code(read, Some("Bearer nope")),
-            Err(tonic::Code::Unauthenticated)
-        );
-        assert_eq!(
-            code(read, Some("Basic abc")),
-            Err(tonic::Code::Unauthenticated)
-        );
+        assert_eq!(code(read, Some("Bearer nope")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(read, Some("Basic abc")), Err(tonic::Code::Unauthenticated));
         assert_eq!(code(read, Some("Bearer view-secret")), Ok(()));
-        assert_eq!(
-            code(write, Some("Bearer view-secret")),
-            Err(tonic::Code::PermissionDenied)
-        );
+        assert_eq!(code(write, Some("Bearer view-secret")), Err(tonic::Code::PermissionDenied));
         assert_eq!(code(write, Some("Bearer op-secret")), Ok(()));
         assert_eq!(
-            code(
-                "/strata.v1.FutureService/Anything",
-                Some("Bearer view-secret")
-            ),
+            code("/strata.v1.FutureService/Anything", Some("Bearer view-secret")),
             Err(tonic::Code::PermissionDenied)
         );
         assert_eq!(code("/grpc.health.v1.Health/Check", None), Ok(()));
@@ -257,21 +206,10 @@ mod tests {
     fn loopback_only_without_tokens() {
         let a = Authorizer::new(&[]);
         let path = "/strata.v1.AdminService/GetInfo";
-        assert!(
-            a.check(path, Some("127.0.0.1:1".parse().unwrap()), None)
-                .is_ok()
-        );
-        assert!(
-            a.check(path, Some("[::1]:1".parse().unwrap()), None)
-                .is_ok()
-        );
-        let err = a
-            .check(path, Some("192.0.2.7:1".parse().unwrap()), None)
-            .unwrap_err();
+        assert!(a.check(path, Some("127.0.0.1:1".parse().unwrap()), None).is_ok());
+        assert!(a.check(path, Some("[::1]:1".parse().unwrap()), None).is_ok());
+        let err = a.check(path, Some("192.0.2.7:1".parse().unwrap()), None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert_eq!(
-            a.check(path, None, None).unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
+        assert_eq!(a.check(path, None, None).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 }

@@ -33,17 +33,12 @@ fn query_code(e: &diesel::result::Error) -> Code {
         E::DatabaseError(K::ClosedConnection, _) => Code::Unavailable,
         E::DatabaseError(K::SerializationFailure, _) => Code::Aborted,
         E::DatabaseError(K::ReadOnlyTransaction, _) => Code::Unavailable,
-        E::DatabaseError(
-            K::UniqueViolation | K::ForeignKeyViolation | K::CheckViolation | K::NotNullViolation,
-            _,
-        ) => Code::FailedPrecondition,
+        E::DatabaseError(K::UniqueViolation | K::ForeignKeyViolation | K::CheckViolation | K::NotNullViolation, _) => {
+            Code::FailedPrecondition
+        }
         // PostgreSQL's statement_timeout cancels with SQLSTATE 57014, which Diesel reports as Unknown.
-        E::DatabaseError(_, info) if info.message().contains("statement timeout") => {
-            Code::DeadlineExceeded
-        }
-        E::DatabaseError(_, info) if info.message().contains("database is locked") => {
-            Code::Unavailable
-        }
+        E::DatabaseError(_, info) if info.message().contains("statement timeout") => Code::DeadlineExceeded,
+        E::DatabaseError(_, info) if info.message().contains("database is locked") => Code::Unavailable,
         _ => Code::Internal,
     }
 }
@@ -56,15 +51,12 @@ mod tests {
 
     #[test]
     fn pool_timeout_is_unavailable_and_bad_input_invalid() {
-        let s: Status = service::Error::Db(db::Error::PoolTimeout {
-            node: "primary".into(),
-            timeout: Duration::from_secs(1),
-        })
-        .into();
+        let s: Status =
+            service::Error::Db(db::Error::PoolTimeout { node: "primary".into(), timeout: Duration::from_secs(1) })
+                .into();
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("primary"));
-        let s: Status =
-            service::Error::InvalidArgument("page_size must not be negative".into()).into();
+        let s: Status = service::Error::InvalidArgument("page_size must not be negative".into()).into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "page_size must not be negative");
     }

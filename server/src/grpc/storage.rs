@@ -48,17 +48,11 @@ impl TryFrom<pb::GetGrowthRequest> for GrowthQuery {
         let target_size_bytes = match r.target_size_bytes {
             0 => None,
             n if n < 0 => {
-                return Err(InvalidArgument(
-                    "target_size_bytes must not be negative".into(),
-                ));
+                return Err(InvalidArgument("target_size_bytes must not be negative".into()));
             }
             n => Some(n),
         };
-        Ok(GrowthQuery {
-            window,
-            target_size_bytes,
-            prefix: TablePrefix::parse(&r.table_name_prefix)?,
-        })
+        Ok(GrowthQuery { window, target_size_bytes, prefix: TablePrefix::parse(&r.table_name_prefix)? })
     }
 }
 
@@ -115,11 +109,7 @@ impl StorageService for StorageApi {
             replicas: m
                 .replicas
                 .into_iter()
-                .map(|r| pb::ReplicaLag {
-                    name: r.name,
-                    healthy: r.healthy,
-                    lag: r.lag.map(dur),
-                })
+                .map(|r| pb::ReplicaLag { name: r.name, healthy: r.healthy, lag: r.lag.map(dur) })
                 .collect(),
             collect_time: Some(ts(m.collected_at)),
             served_by: role(m.served_by),
@@ -133,9 +123,7 @@ impl StorageService for StorageApi {
         _req: Request<pb::RecordSnapshotRequest>,
     ) -> Result<Response<pb::RecordSnapshotResponse>, Status> {
         let s = metrics::record_snapshot(&self.ctx).await?;
-        Ok(Response::new(pb::RecordSnapshotResponse {
-            snapshot: Some(snapshot(s)),
-        }))
+        Ok(Response::new(pb::RecordSnapshotResponse { snapshot: Some(snapshot(s)) }))
     }
 
     async fn list_snapshots(
@@ -151,10 +139,7 @@ impl StorageService for StorageApi {
         }))
     }
 
-    async fn get_growth(
-        &self,
-        req: Request<pb::GetGrowthRequest>,
-    ) -> Result<Response<pb::GetGrowthResponse>, Status> {
+    async fn get_growth(&self, req: Request<pb::GetGrowthRequest>) -> Result<Response<pb::GetGrowthResponse>, Status> {
         let q = GrowthQuery::try_from(req.into_inner())?;
         let g = metrics::growth(&self.ctx, &q).await?;
         Ok(Response::new(pb::GetGrowthResponse {

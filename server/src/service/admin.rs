@@ -65,12 +65,8 @@ pub struct ServerInfo {
 /// Server information. Reads only in-memory state, so it answers even when the database is down.
 pub fn info(ctx: &Context) -> ServerInfo {
     let nodes = ctx.db.nodes();
-    let primary_ok = nodes
-        .iter()
-        .any(|n| n.role == Role::Primary && n.health.healthy);
-    let replica_gap = nodes
-        .iter()
-        .any(|n| n.role == Role::Replica && !n.serving_reads);
+    let primary_ok = nodes.iter().any(|n| n.role == Role::Primary && n.health.healthy);
+    let replica_gap = nodes.iter().any(|n| n.role == Role::Replica && !n.serving_reads);
     let routing = if !primary_ok {
         RoutingState::PrimaryDown
     } else if replica_gap {
@@ -114,10 +110,5 @@ pub struct Probe {
 
 /// Times a round trip to every node through its pool.
 pub async fn test_connection(ctx: &Context) -> Vec<Probe> {
-    ctx.db
-        .round_trips()
-        .await
-        .into_iter()
-        .map(|(name, role, result)| Probe { name, role, result })
-        .collect()
+    ctx.db.round_trips().await.into_iter().map(|(name, role, result)| Probe { name, role, result }).collect()
 }

@@ -22,14 +22,10 @@ impl TablePrefix {
     /// Validates a client-supplied prefix (empty: every table).
     pub fn parse(raw: &str) -> Result<Self> {
         if raw.len() > MAX_PREFIX_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "table_name_prefix is longer than {MAX_PREFIX_LEN} bytes"
-            )));
+            return Err(Error::InvalidArgument(format!("table_name_prefix is longer than {MAX_PREFIX_LEN} bytes")));
         }
         if raw.chars().any(|c| c.is_control()) {
-            return Err(Error::InvalidArgument(
-                "table_name_prefix contains control characters".into(),
-            ));
+            return Err(Error::InvalidArgument("table_name_prefix contains control characters".into()));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -74,11 +70,7 @@ pub async fn storage_metrics(ctx: &Context, prefix: &TablePrefix) -> Result<Stor
         .nodes()
         .into_iter()
         .filter(|n| n.role == Role::Replica)
-        .map(|n| ReplicaLag {
-            name: n.name,
-            healthy: n.health.healthy,
-            lag: n.health.lag,
-        })
+        .map(|n| ReplicaLag { name: n.name, healthy: n.health.healthy, lag: n.health.lag })
         .collect();
     Ok(StorageMetrics {
         backend: ctx.db.backend(),
@@ -104,12 +96,7 @@ pub struct Snapshot {
 }
 
 fn snapshot(row: SnapshotRow, table_count: i64) -> Snapshot {
-    Snapshot {
-        id: row.id,
-        taken_at: row.taken_at.and_utc(),
-        database_size_bytes: row.database_size_bytes,
-        table_count,
-    }
+    Snapshot { id: row.id, taken_at: row.taken_at.and_utc(), database_size_bytes: row.database_size_bytes, table_count }
 }
 
 /// Reads figures from the primary and stores them as a snapshot (one transaction).
@@ -118,9 +105,7 @@ pub async fn record_snapshot(ctx: &Context) -> Result<Snapshot> {
     let stats = stats::database_stats(&mut conn, ctx.db.sqlite_path(), "").await?;
     let now = Utc::now();
     // Truncate to microseconds: PostgreSQL stores no finer, and the response must equal what is stored.
-    let taken_at = DateTime::from_timestamp_micros(now.timestamp_micros())
-        .unwrap_or(now)
-        .naive_utc();
+    let taken_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now).naive_utc();
     let id = snapshots::insert(&mut conn, taken_at, stats.size_bytes, &stats.tables).await?;
     Ok(Snapshot {
         id,
@@ -147,9 +132,7 @@ impl PageRequest {
         let size = match page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n < 0 => {
-                return Err(Error::InvalidArgument(
-                    "page_size must not be negative".into(),
-                ));
+                return Err(Error::InvalidArgument("page_size must not be negative".into()));
             }
             n => i64::from(n).min(MAX_PAGE_SIZE),
         };
@@ -162,9 +145,7 @@ impl PageRequest {
                     .strip_prefix("s")
                     .and_then(|t| t.parse::<i64>().ok())
                     .filter(|id| *id > 0)
-                    .ok_or_else(|| {
-                        Error::InvalidArgument("page_token is not one this server issued".into())
-                    })?,
+                    .ok_or_else(|| Error::InvalidArgument("page_token is not one this server issued".into()))?,
             )
         };
         Ok(Self { size, before_id })
@@ -182,10 +163,7 @@ pub async fn list_snapshots(ctx: &Context, page: PageRequest) -> Result<(Vec<Sna
         (true, Some((last, _))) => format!("s{}", last.id),
         _ => String::new(),
     };
-    Ok((
-        rows.into_iter().map(|(r, n)| snapshot(r, n)).collect(),
-        next,
-    ))
+    Ok((rows.into_iter().map(|(r, n)| snapshot(r, n)).collect(), next))
 }
 
 /// The window fitted by `GetGrowth`.
@@ -280,8 +258,11 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx
 }
 
+/// (taken at, size bytes, rows) of one table or the database.
+type Sample = (NaiveDateTime, i64, i64);
+
 /// Fits sizes (and rows) sampled at `times` (oldest first) and forecasts `target`.
-fn fit(samples: &[(NaiveDateTime, i64, i64)], target: Option<i64>) -> Trend {
+fn fit(samples: &[Sample], target: Option<i64>) -> Trend {
     let Some(&(t_last, size, rows)) = samples.last() else {
         return Trend {
             samples: 0,
@@ -295,24 +276,12 @@ fn fit(samples: &[(NaiveDateTime, i64, i64)], target: Option<i64>) -> Trend {
     };
     // x in days relative to the newest sample keeps the numbers small and well conditioned.
     let day = |t: NaiveDateTime| (t - t_last).num_microseconds().unwrap_or(0) as f64 / 86_400e6;
-    let bytes_per_day = slope(
-        &samples
-            .iter()
-            .map(|s| (day(s.0), s.1 as f64))
-            .collect::<Vec<_>>(),
-    );
-    let rows_per_day = slope(
-        &samples
-            .iter()
-            .map(|s| (day(s.0), s.2 as f64))
-            .collect::<Vec<_>>(),
-    );
+    let bytes_per_day = slope(&samples.iter().map(|s| (day(s.0), s.1 as f64)).collect::<Vec<_>>());
+    let rows_per_day = slope(&samples.iter().map(|s| (day(s.0), s.2 as f64)).collect::<Vec<_>>());
     let target_reached = target.is_some_and(|t| size >= t);
     let days_until_target = match target {
         Some(_) if target_reached => Some(0.0),
-        Some(t) if samples.len() >= 2 && bytes_per_day > 0.0 => {
-            Some((t - size) as f64 / bytes_per_day)
-        }
+        Some(t) if samples.len() >= 2 && bytes_per_day > 0.0 => Some((t - size) as f64 / bytes_per_day),
         _ => None,
     };
     Trend {
@@ -331,54 +300,35 @@ pub async fn growth(ctx: &Context, q: &GrowthQuery) -> Result<Growth> {
     let now = Utc::now();
     let window_start = now - chrono::Duration::from_std(q.window.length()).expect("window fits");
     let (mut conn, _) = ctx.db.read().await?;
-    let (snaps, tables) =
-        snapshots::since(&mut conn, window_start.naive_utc(), &q.prefix.0).await?;
+    let (snaps, tables) = snapshots::since(&mut conn, window_start.naive_utc(), &q.prefix.0).await?;
     drop(conn);
 
-    let db_samples: Vec<_> = snaps
-        .iter()
-        .map(|s| (s.taken_at, s.database_size_bytes, 0))
-        .collect();
+    let db_samples: Vec<_> = snaps.iter().map(|s| (s.taken_at, s.database_size_bytes, 0)).collect();
     let mut database = fit(&db_samples, q.target_size_bytes);
     database.current_rows = 0;
 
-    let taken: std::collections::HashMap<i64, NaiveDateTime> =
-        snaps.iter().map(|s| (s.id, s.taken_at)).collect();
-    let mut per_table: std::collections::BTreeMap<
-        (String, String),
-        Vec<(NaiveDateTime, i64, i64)>,
-    > = Default::default();
+    let taken: std::collections::HashMap<i64, NaiveDateTime> = snaps.iter().map(|s| (s.id, s.taken_at)).collect();
+    let mut per_table: std::collections::BTreeMap<(String, String), Vec<Sample>> = Default::default();
     for t in tables {
         if let Some(&at) = taken.get(&t.snapshot_id) {
-            per_table
-                .entry((t.schema_name, t.table_name))
-                .or_default()
-                .push((at, t.total_size_bytes, t.estimated_rows));
+            per_table.entry((t.schema_name, t.table_name)).or_default().push((
+                at,
+                t.total_size_bytes,
+                t.estimated_rows,
+            ));
         }
     }
     let mut tables: Vec<TableGrowth> = per_table
         .into_iter()
         .map(|((schema_name, table_name), mut samples)| {
             samples.sort_by_key(|s| s.0);
-            TableGrowth {
-                schema_name,
-                table_name,
-                trend: fit(&samples, q.target_size_bytes),
-            }
+            TableGrowth { schema_name, table_name, trend: fit(&samples, q.target_size_bytes) }
         })
         .collect();
     tables.sort_by(|a, b| {
-        b.trend
-            .bytes_per_day
-            .total_cmp(&a.trend.bytes_per_day)
-            .then_with(|| a.table_name.cmp(&b.table_name))
+        b.trend.bytes_per_day.total_cmp(&a.trend.bytes_per_day).then_with(|| a.table_name.cmp(&b.table_name))
     });
-    Ok(Growth {
-        window: q.window,
-        window_start,
-        database,
-        tables,
-    })
+    Ok(Growth { window: q.window, window_start, database, tables })
 }
 
 #[cfg(test)]
@@ -388,31 +338,17 @@ mod tests {
     use super::*;
 
     fn at(day: u32, hour: u32) -> NaiveDateTime {
-        NaiveDate::from_ymd_opt(2026, 1, day)
-            .unwrap()
-            .and_hms_opt(hour, 0, 0)
-            .unwrap()
+        NaiveDate::from_ymd_opt(2026, 1, day).unwrap().and_hms_opt(hour, 0, 0).unwrap()
     }
 
     #[test]
     fn fits_a_straight_line_exactly() {
         // 1000 bytes and 10 rows per day, sampled every 12 hours.
-        let samples: Vec<_> = (0..6)
-            .map(|i| {
-                (
-                    at(1 + i / 2, (i % 2) * 12),
-                    5000 + 500 * i as i64,
-                    100 + 5 * i as i64,
-                )
-            })
-            .collect();
+        let samples: Vec<_> =
+            (0..6).map(|i| (at(1 + i / 2, (i % 2) * 12), 5000 + 500 * i as i64, 100 + 5 * i as i64)).collect();
         let t = fit(&samples, Some(10_000));
         assert_eq!(t.samples, 6);
-        assert!(
-            (t.bytes_per_day - 1000.0).abs() < 1e-6,
-            "{}",
-            t.bytes_per_day
-        );
+        assert!((t.bytes_per_day - 1000.0).abs() < 1e-6, "{}", t.bytes_per_day);
         assert!((t.rows_per_day - 10.0).abs() < 1e-9);
         assert_eq!(t.current_size_bytes, 7500);
         // 2500 bytes to go at 1000 bytes/day.

@@ -46,11 +46,6 @@ pub struct Context {
 impl Context {
     /// A context for a server starting now.
     pub fn new(db: db::Db, config: Config) -> Self {
-        Self {
-            db,
-            config: std::sync::Arc::new(config),
-            started_at: Utc::now(),
-            started: Instant::now(),
-        }
+        Self { db, config: std::sync::Arc::new(config), started_at: Utc::now(), started: Instant::now() }
     }
 }

@@ -30,50 +30,26 @@ const OPERATOR_ONLY: &[&str] = &["RecordSnapshot"];
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_by_role() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(
-        format!("sqlite://{}", dir.path().join("s.db").display()),
-        vec![],
-        dir.path(),
-    );
+    let mut config = test_config(format!("sqlite://{}", dir.path().join("s.db").display()), vec![], dir.path());
     config.tokens = test_tokens();
     let server = TestServer::start(config).await.unwrap();
 
     let anonymous = call_all(&server.client().await).await;
-    assert!(
-        anonymous
-            .iter()
-            .all(|(_, c)| *c == Some(Code::Unauthenticated)),
-        "{anonymous:?}"
-    );
+    assert!(anonymous.iter().all(|(_, c)| *c == Some(Code::Unauthenticated)), "{anonymous:?}");
     let wrong = call_all(&server.client_with("not-a-real-token").await).await;
-    assert!(
-        wrong.iter().all(|(_, c)| *c == Some(Code::Unauthenticated)),
-        "{wrong:?}"
-    );
+    assert!(wrong.iter().all(|(_, c)| *c == Some(Code::Unauthenticated)), "{wrong:?}");
 
     for (rpc, code) in call_all(&server.client_with(VIEWER_TOKEN).await).await {
-        let expected = if OPERATOR_ONLY.contains(&rpc) {
-            Some(Code::PermissionDenied)
-        } else {
-            None
-        };
+        let expected = if OPERATOR_ONLY.contains(&rpc) { Some(Code::PermissionDenied) } else { None };
         assert_eq!(code, expected, "viewer calling {rpc}");
     }
     for (rpc, code) in call_all(&server.client_with(OPERATOR_TOKEN).await).await {
         assert_eq!(code, None, "operator calling {rpc}");
     }
     // Health needs no token.
-    assert_eq!(
-        server.client().await.health("").await.unwrap(),
-        HealthStatus::Serving
-    );
+    assert_eq!(server.client().await.health("").await.unwrap(), HealthStatus::Serving);
     // The viewer's denied write changed nothing: exactly the operator's one snapshot exists.
-    let page = server
-        .client_with(VIEWER_TOKEN)
-        .await
-        .list_snapshots(10, "")
-        .await
-        .unwrap();
+    let page = server.client_with(VIEWER_TOKEN).await.list_snapshots(10, "").await.unwrap();
     assert_eq!(page.snapshots.len(), 1);
     server.stop().await.unwrap();
 }

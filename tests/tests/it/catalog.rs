@@ -59,37 +59,28 @@ mod sqlite {
     async fn catalog_matches_migrations_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::sqlite(dir.path()).await.unwrap();
-        let mut c =
-            SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
+        let mut c = SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
         for (_, sqlite_name, columns) in CATALOG {
-            let live: Vec<String> = diesel::sql_query(format!(
-                "SELECT name FROM pragma_table_info('{sqlite_name}') ORDER BY cid"
-            ))
-            .load::<Name>(&mut c)
-            .unwrap()
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
+            let live: Vec<String> =
+                diesel::sql_query(format!("SELECT name FROM pragma_table_info('{sqlite_name}') ORDER BY cid"))
+                    .load::<Name>(&mut c)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect();
             assert_eq!(live, *columns, "{sqlite_name}");
         }
-        let tables: Vec<Name> =
-            diesel::sql_query("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-                .load(&mut c)
-                .unwrap();
+        let tables: Vec<Name> = diesel::sql_query("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .load(&mut c)
+            .unwrap();
         for t in &tables {
-            assert!(
-                t.name.starts_with("strata_") || t.name.starts_with("sqlite_"),
-                "unprefixed table {}",
-                t.name
-            );
+            assert!(t.name.starts_with("strata_") || t.name.starts_with("sqlite_"), "unprefixed table {}", t.name);
         }
         server.stop().await.unwrap();
         // Restarting runs no migration twice.
         let server = TestServer::sqlite(dir.path()).await.unwrap();
         let n: Vec<Name> =
-            diesel::sql_query("SELECT version AS name FROM strata_schema_migrations")
-                .load(&mut c)
-                .unwrap();
+            diesel::sql_query("SELECT version AS name FROM strata_schema_migrations").load(&mut c).unwrap();
         assert_eq!(n.len(), 1);
         server.stop().await.unwrap();
     }

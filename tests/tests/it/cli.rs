@@ -32,11 +32,7 @@ async fn cli_commands_print_tables_and_json() {
     assert!(v["database_size_bytes"].as_i64().unwrap() > 0);
     let (_, out) = strata(&server, &["metrics"]).await;
     assert!(out.contains("strata.db") && out.contains("pool"), "{out}");
-    let (_, out) = strata(
-        &server,
-        &["growth", "--window", "day", "--target-bytes", "1000000000"],
-    )
-    .await;
+    let (_, out) = strata(&server, &["growth", "--window", "day", "--target-bytes", "1000000000"]).await;
     assert!(out.contains("database"), "{out}");
     let (code, out) = strata(&server, &["test-connection"]).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);

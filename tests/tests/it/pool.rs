@@ -19,10 +19,7 @@ async fn postgres_pool_exhaustion_is_unavailable() {
 
     // Hold a lock the snapshot insert needs, so RecordSnapshot occupies the only connection.
     let mut locker = cluster.connect(&db).await.unwrap();
-    locker
-        .batch_execute("BEGIN; LOCK TABLE strata.snapshots IN ACCESS EXCLUSIVE MODE;")
-        .await
-        .unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE strata.snapshots IN ACCESS EXCLUSIVE MODE;").await.unwrap();
     let writer = {
         let c = client.clone();
         tokio::spawn(async move { c.record_snapshot().await })
@@ -61,9 +58,7 @@ async fn sqlite_pool_exhaustion_is_unavailable() {
 
     // Our write lock makes RecordSnapshot wait (busy timeout) while holding the only connection.
     let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-    diesel::sql_query("BEGIN IMMEDIATE")
-        .execute(&mut c)
-        .unwrap();
+    diesel::sql_query("BEGIN IMMEDIATE").execute(&mut c).unwrap();
     let writer = {
         let client = client.clone();
         tokio::spawn(async move { client.record_snapshot().await })
@@ -76,9 +71,6 @@ async fn sqlite_pool_exhaustion_is_unavailable() {
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
     assert_eq!(client.health("").await.unwrap(), strata_client::HealthStatus::Serving);
     diesel::sql_query("COMMIT").execute(&mut c).unwrap();
-    writer
-        .await
-        .unwrap()
-        .expect("the blocked write completes once the lock is released");
+    writer.await.unwrap().expect("the blocked write completes once the lock is released");
     server.stop().await.unwrap();
 }

@@ -3,33 +3,24 @@
 
 use std::time::{Duration, Instant};
 
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use strata_client::{
     HealthStatus,
     types::{NodeRole, RoutingState},
 };
-use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use strata_tests::{PgCluster, TestServer};
 
 use crate::support::eventually;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_and_primary_loss_and_recovery() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .unwrap()
-        .expect("own cluster");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().expect("own cluster");
     let db = cluster.create_database("routing").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // A password in the URL must never be shown (trust auth ignores it).
     let mut config = strata_tests::server::test_config(
-        cluster
-            .primary_url(&db)
-            .replace("postgres@", "postgres:s3cret-pw@"),
-        vec![
-            cluster
-                .replica_url(&db)
-                .replace("postgres@", "postgres:s3cret-pw@"),
-        ],
+        cluster.primary_url(&db).replace("postgres@", "postgres:s3cret-pw@"),
+        vec![cluster.replica_url(&db).replace("postgres@", "postgres:s3cret-pw@")],
         dir.path(),
     );
     config.max_replica_lag = Duration::from_secs(1);
@@ -40,48 +31,26 @@ async fn replica_and_primary_loss_and_recovery() {
     // Normal: the replica serves reads.
     let info = eventually("replica serving reads", Duration::from_secs(10), || {
         let c = client.clone();
-        async move {
-            c.info()
-                .await
-                .ok()
-                .filter(|i| i.routing_state == RoutingState::Normal)
-        }
+        async move { c.info().await.ok().filter(|i| i.routing_state == RoutingState::Normal) }
     })
     .await;
     assert_eq!(info.nodes.len(), 2);
-    let replica = info
-        .nodes
-        .iter()
-        .find(|n| n.role == NodeRole::Replica)
-        .unwrap();
+    let replica = info.nodes.iter().find(|n| n.role == NodeRole::Replica).unwrap();
     assert!(replica.healthy && replica.serving_reads);
     assert!(replica.replication_lag.is_some());
     for n in &info.nodes {
-        assert!(
-            !n.address.contains("s3cret"),
-            "password leaked: {}",
-            n.address
-        );
+        assert!(!n.address.contains("s3cret"), "password leaked: {}", n.address);
         assert!(n.address.contains("***"));
     }
     // Replication is asynchronous: wait until the replica has replayed the catalog and the snapshot.
     eventually("snapshot on the replica", Duration::from_secs(10), || {
         let c = client.clone();
-        async move {
-            c.list_snapshots(10, "")
-                .await
-                .ok()
-                .filter(|p| p.snapshots.len() == 1)
-        }
+        async move { c.list_snapshots(10, "").await.ok().filter(|p| p.snapshots.len() == 1) }
     })
     .await;
     let before = client.info().await.unwrap().replica_fallbacks;
     client.list_snapshots(10, "").await.unwrap();
-    assert_eq!(
-        client.info().await.unwrap().replica_fallbacks,
-        before,
-        "read went to the replica"
-    );
+    assert_eq!(client.info().await.unwrap().replica_fallbacks, before, "read went to the replica");
 
     // A lagging replica is skipped for reads: pause replay on it, write on the primary.
     let mut on_replica = diesel_async::AsyncPgConnection::establish(&cluster.replica_url(&db)).await.unwrap();
@@ -111,36 +80,21 @@ async fn replica_and_primary_loss_and_recovery() {
 
     let probes = client.test_connection().await.unwrap();
     assert_eq!(probes.len(), 2);
-    assert!(
-        probes.iter().all(|p| p.ok && p.round_trip.is_some()),
-        "{probes:?}"
-    );
+    assert!(probes.iter().all(|p| p.ok && p.round_trip.is_some()), "{probes:?}");
 
     // Replica down: reads keep working through the primary; GetInfo says degraded; still SERVING.
     cluster.stop_replica().unwrap();
     let info = eventually("degraded routing", Duration::from_secs(10), || {
         let c = client.clone();
-        async move {
-            c.info()
-                .await
-                .ok()
-                .filter(|i| i.routing_state == RoutingState::Degraded)
-        }
+        async move { c.info().await.ok().filter(|i| i.routing_state == RoutingState::Degraded) }
     })
     .await;
-    let replica = info
-        .nodes
-        .iter()
-        .find(|n| n.role == NodeRole::Replica)
-        .unwrap();
+    let replica = info.nodes.iter().find(|n| n.role == NodeRole::Replica).unwrap();
     assert!(!replica.healthy && !replica.serving_reads && !replica.last_error.is_empty());
     let fallbacks = info.replica_fallbacks;
     for _ in 0..3 {
-        let page = client
-            .list_snapshots(10, "")
-            .await
-            .expect("reads survive the replica's loss");
-        assert_eq!(page.snapshots.len(), 1);
+        let page = client.list_snapshots(100, "").await.expect("reads survive the replica's loss");
+        assert!(page.snapshots.len() >= 3);
     }
     assert!(client.info().await.unwrap().replica_fallbacks >= fallbacks + 3);
     assert_eq!(client.health("").await.unwrap(), HealthStatus::Serving);
@@ -151,27 +105,15 @@ async fn replica_and_primary_loss_and_recovery() {
     cluster.start_replica().unwrap();
     eventually("normal routing", Duration::from_secs(15), || {
         let c = client.clone();
-        async move {
-            c.info()
-                .await
-                .ok()
-                .filter(|i| i.routing_state == RoutingState::Normal)
-        }
+        async move { c.info().await.ok().filter(|i| i.routing_state == RoutingState::Normal) }
     })
     .await;
     let settled = client.info().await.unwrap().replica_fallbacks;
     client.list_snapshots(10, "").await.unwrap();
-    assert_eq!(
-        client.info().await.unwrap().replica_fallbacks,
-        settled,
-        "reads are back on the replica"
-    );
+    assert_eq!(client.info().await.unwrap().replica_fallbacks, settled, "reads are back on the replica");
 
     // Primary down: NOT_SERVING (the whole server and each service); back by itself when it returns.
-    assert_eq!(
-        client.health("strata.v1.StorageService").await.unwrap(),
-        HealthStatus::Serving
-    );
+    assert_eq!(client.health("strata.v1.StorageService").await.unwrap(), HealthStatus::Serving);
     let stopped = Instant::now();
     cluster.stop_primary().unwrap();
     eventually("NOT_SERVING", Duration::from_secs(10), || {
@@ -181,18 +123,9 @@ async fn replica_and_primary_loss_and_recovery() {
     .await;
     let took = stopped.elapsed();
     eprintln!("NOT_SERVING {took:?} after the primary stopped");
-    assert_eq!(
-        client.health("strata.v1.StorageService").await.unwrap(),
-        HealthStatus::NotServing
-    );
-    assert_eq!(
-        client.health("strata.v1.AdminService").await.unwrap(),
-        HealthStatus::NotServing
-    );
-    assert_eq!(
-        client.info().await.unwrap().routing_state,
-        RoutingState::PrimaryDown
-    );
+    assert_eq!(client.health("strata.v1.StorageService").await.unwrap(), HealthStatus::NotServing);
+    assert_eq!(client.health("strata.v1.AdminService").await.unwrap(), HealthStatus::NotServing);
+    assert_eq!(client.info().await.unwrap().routing_state, RoutingState::PrimaryDown);
     let err = client.record_snapshot().await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
 

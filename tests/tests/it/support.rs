@@ -15,26 +15,15 @@ pub(crate) struct PgFixture {
 impl PgFixture {
     pub(crate) async fn new(prefix: &str) -> Self {
         let cluster = PgCluster::shared();
-        let db = cluster
-            .create_database(prefix)
-            .await
-            .expect("create database");
+        let db = cluster.create_database(prefix).await.expect("create database");
         let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::postgres(cluster, &db, dir.path())
-            .await
-            .expect("start server");
-        Self {
-            server,
-            db,
-            _dir: dir,
-        }
+        let server = TestServer::postgres(cluster, &db, dir.path()).await.expect("start server");
+        Self { server, db, _dir: dir }
     }
 
     pub(crate) async fn sql(&self, sql: &str) {
         let mut c = PgCluster::shared().connect(&self.db).await.unwrap();
-        c.batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     pub(crate) async fn conn(&self) -> AsyncPgConnection {
