@@ -120,14 +120,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 if let Some(c) = &i.config {
                     writeln!(
                         out,
-                        "listen {}  objects {}  pool {} (acquire {:?})  statement timeout {:?}  max replica lag {:?}  sampler {:?}  tokens {}{}",
+                        "listen {}  objects {}  pool {} (acquire {:?})  statement timeout {:?}  max replica lag {:?}  sampler {}  tokens {}{}",
                         c.listen_address,
                         c.object_store_url,
                         c.pool_max_size,
                         c.pool_acquire_timeout,
                         c.statement_timeout,
                         c.max_replica_lag,
-                        c.metrics_sample_interval,
+                        if c.metrics_sample_interval.is_zero() {
+                            "off".to_string()
+                        } else {
+                            format!("{:?}", c.metrics_sample_interval)
+                        },
                         c.auth_token_count,
                         if c.loopback_only { " (loopback only)" } else { "" }
                     )?;

@@ -148,3 +148,26 @@ async fn snapshots_record_real_growth_and_page() {
     let bad = client.list_snapshots(-1, "").await.unwrap_err();
     assert_eq!(bad.code(), Some(tonic::Code::InvalidArgument));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampler_stores_snapshots_on_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = strata_tests::server::test_config(
+        format!("sqlite://{}", dir.path().join("strata.db").display()),
+        vec![],
+        dir.path(),
+    );
+    config.metrics_sample_interval = Duration::from_millis(200);
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    let page = eventually("three sampled snapshots", Duration::from_secs(10), || {
+        let c = client.clone();
+        async move { c.list_snapshots(10, "").await.ok().filter(|p| p.snapshots.len() >= 3) }
+    })
+    .await;
+    // Newest first, strictly increasing ids and times.
+    for pair in page.snapshots.windows(2) {
+        assert!(pair[0].id > pair[1].id && pair[0].taken_at > pair[1].taken_at);
+    }
+    server.stop().await.unwrap();
+}
