@@ -3,7 +3,9 @@
 //! server on `127.0.0.1:0`.
 
 pub mod pg;
+pub mod s3;
 pub mod server;
 
 pub use pg::PgCluster;
+pub use s3::S3Server;
 pub use server::TestServer;

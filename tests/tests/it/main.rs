@@ -9,6 +9,7 @@ mod growth;
 mod grpcurl;
 mod metrics_postgres;
 mod metrics_sqlite;
+mod objects;
 mod pool;
 mod routing;
 mod support;

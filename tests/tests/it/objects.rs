@@ -1,0 +1,91 @@
+//! The object store against a local folder and a real S3-protocol server (s3s-fs over loopback).
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use strata_server::objects::{MIN_PART_SIZE, ObjectStore, S3Settings};
+use strata_tests::S3Server;
+
+/// Deterministic, incompressible-looking bytes.
+pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn read_all(store: &ObjectStore, key: &str, offset: u64, length: Option<u64>) -> Vec<u8> {
+    let chunks: Vec<Bytes> = store.get(key, offset, length).await.unwrap().try_collect().await.unwrap();
+    chunks.concat()
+}
+
+async fn write_in_chunks(store: &ObjectStore, key: &str, data: &[u8]) -> u64 {
+    let mut w = store.begin_write(key, Some(data.len() as u64)).await.unwrap();
+    for c in data.chunks(1 << 20) {
+        w.write(Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    assert_eq!(store.head(key).await.unwrap(), None, "nothing visible before finish");
+    w.finish().await.unwrap()
+}
+
+async fn exercise(store: ObjectStore, part: usize) {
+    for (i, len) in [0, 1, 1000, part, 3 * part + 123].into_iter().enumerate() {
+        let key = format!("blobs/t{i}");
+        let data = pattern(len, i as u64);
+        assert_eq!(write_in_chunks(&store, &key, &data).await, len as u64);
+        assert_eq!(store.head(&key).await.unwrap(), Some(len as u64));
+        assert_eq!(read_all(&store, &key, 0, None).await, data, "round trip of {len} bytes");
+        if len > 10 {
+            assert_eq!(read_all(&store, &key, 3, Some(7)).await, data[3..10]);
+            assert_eq!(read_all(&store, &key, len as u64 - 2, None).await, data[len - 2..]);
+        }
+    }
+    assert!(store.get("blobs/t2", 990, Some(11)).await.is_err(), "range past the end");
+    assert!(matches!(store.get("blobs/missing", 0, None).await, Err(strata_server::objects::Error::NotFound(_))));
+
+    // Resume: a checkpoint keeps whole parts; writing continues from the committed offset.
+    let data = pattern(2 * part + 4321, 99);
+    let mut w = store.begin_write("blobs/resumed", None).await.unwrap();
+    w.write(Bytes::copy_from_slice(&data[..part + 1000])).await.unwrap();
+    let committed = w.checkpoint().await.unwrap() as usize;
+    assert_eq!(committed % w.part_size() as usize, 0);
+    assert!(committed == part || committed == part + 1000, "{committed}");
+    w.write(Bytes::copy_from_slice(&data[committed..])).await.unwrap();
+    w.finish().await.unwrap();
+    assert_eq!(read_all(&store, "blobs/resumed", 0, None).await, data);
+
+    // Abort leaves nothing behind.
+    let mut w = store.begin_write("blobs/aborted", None).await.unwrap();
+    w.write(Bytes::from(pattern(part + 10, 5))).await.unwrap();
+    w.abort().await.unwrap();
+    assert_eq!(store.head("blobs/aborted").await.unwrap(), None);
+
+    let listed: Vec<String> = store.list("blobs/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(listed, ["blobs/resumed", "blobs/t0", "blobs/t1", "blobs/t2", "blobs/t3", "blobs/t4"]);
+    store.delete("blobs/t1").await.unwrap();
+    store.delete("blobs/t1").await.unwrap();
+    assert_eq!(store.head("blobs/t1").await.unwrap(), None);
+    assert!(store.begin_write("../escape", None).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_store_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ObjectStore::open(&format!("file://{}", dir.path().display()), &S3Settings::default()).await.unwrap();
+    exercise(store, 5 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_round_trips() {
+    let s3 = S3Server::start("strata-objects").unwrap();
+    let settings = S3Settings { part_size: MIN_PART_SIZE, concurrency: 2, storage_class: None };
+    let store = ObjectStore::open(&s3.url(), &settings).await.unwrap();
+    exercise(store, MIN_PART_SIZE as usize).await;
+    // A wrong secret is refused by the server.
+    let bad = s3.url().replace(strata_tests::s3::SECRET_KEY, "wrong");
+    assert!(ObjectStore::open(&bad, &settings).await.is_err());
+}
