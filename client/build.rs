@@ -7,7 +7,8 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 const PROTO_ROOT: &str = "../proto";
-const PROTOS: &[&str] = &["strata/v1/common.proto", "strata/v1/admin.proto", "strata/v1/storage.proto"];
+const PROTOS: &[&str] =
+    &["strata/v1/common.proto", "strata/v1/admin.proto", "strata/v1/storage.proto", "strata/v1/files.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
@@ -17,6 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Cargo exposes enabled features of the crate being built as CARGO_FEATURE_* variables.
     let server = env::var_os("CARGO_FEATURE_SERVER").is_some();
-    tonic_prost_build::configure().build_client(true).build_server(server).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(server)
+        // `bytes` fields as `bytes::Bytes`: file chunks are passed on without copying.
+        .bytes(".")
+        .compile_fds(fds)?;
     Ok(())
 }

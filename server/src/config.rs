@@ -18,6 +18,13 @@
 //! | `startup_timeout`          | `STRATA_STARTUP_TIMEOUT`       | 60s                                  |
 //! | `tokens` / `--auth-token`  | `STRATA_AUTH_TOKENS` (comma)   | none: loopback clients only          |
 //! | `log_format`               | `STRATA_LOG_FORMAT`            | `text` (`json` for log shippers)     |
+//! | `s3_part_size`             | `STRATA_S3_PART_SIZE`          | 8 MiB (≥ 5 MiB)                      |
+//! | `s3_concurrency`           | `STRATA_S3_CONCURRENCY`        | 4 parts in flight per upload         |
+//! | `s3_storage_class`         | `STRATA_S3_STORAGE_CLASS`      | the bucket's default                 |
+//! | `max_file_size`            | `STRATA_MAX_FILE_SIZE`         | 10 GiB                               |
+//! | `allowed_content_types`    | `STRATA_ALLOWED_CONTENT_TYPES` | any                                  |
+//! | `upload_expiry`            | `STRATA_UPLOAD_EXPIRY`         | 24h                                  |
+//! | `always_sha256`            | `STRATA_ALWAYS_SHA256`         | false                                |
 //!
 //! `docs/configuration.md` explains each one. Secrets (database passwords, tokens) are never logged:
 //! URLs are shown with the password replaced and tokens are configured as SHA-256 hashes only.
@@ -168,6 +175,27 @@ pub struct ConfigArgs {
     /// Log format.
     #[arg(long, env = "STRATA_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// S3 multipart part size in bytes (at least 5 MiB); larger parts for files above 10 000 parts.
+    #[arg(long, env = "STRATA_S3_PART_SIZE", global = true)]
+    pub s3_part_size: Option<u64>,
+    /// Parts of one upload sent to S3 concurrently.
+    #[arg(long, env = "STRATA_S3_CONCURRENCY", global = true)]
+    pub s3_concurrency: Option<usize>,
+    /// S3 storage class of new objects (e.g. STANDARD_IA); default: the bucket's.
+    #[arg(long, env = "STRATA_S3_STORAGE_CLASS", global = true)]
+    pub s3_storage_class: Option<String>,
+    /// Largest file accepted, in bytes.
+    #[arg(long, env = "STRATA_MAX_FILE_SIZE", global = true)]
+    pub max_file_size: Option<u64>,
+    /// Accepted MIME types (`image/*` wildcards allowed); repeat or separate with commas. Default: any.
+    #[arg(long = "allowed-content-type", env = "STRATA_ALLOWED_CONTENT_TYPES", value_delimiter = ',', global = true)]
+    pub allowed_content_types: Vec<String>,
+    /// Open uploads expire this long after they were created.
+    #[arg(long, env = "STRATA_UPLOAD_EXPIRY", value_parser = parse_duration, global = true)]
+    pub upload_expiry: Option<Duration>,
+    /// Compute and store SHA-256 of every file, not only when the client declares one.
+    #[arg(long, env = "STRATA_ALWAYS_SHA256", global = true)]
+    pub always_sha256: Option<bool>,
 }
 
 /// The TOML file: every key optional.
@@ -195,6 +223,14 @@ struct FileConfig {
     startup_timeout: Option<Duration>,
     tokens: Option<Vec<TokenSpec>>,
     log_format: Option<LogFormat>,
+    s3_part_size: Option<u64>,
+    s3_concurrency: Option<usize>,
+    s3_storage_class: Option<String>,
+    max_file_size: Option<u64>,
+    allowed_content_types: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    upload_expiry: Option<Duration>,
+    always_sha256: Option<bool>,
 }
 
 /// The effective configuration.
@@ -228,6 +264,20 @@ pub struct Config {
     pub tokens: Vec<TokenSpec>,
     /// Log format.
     pub log_format: LogFormat,
+    /// S3 part size.
+    pub s3_part_size: u64,
+    /// S3 parts in flight per upload.
+    pub s3_concurrency: usize,
+    /// S3 storage class.
+    pub s3_storage_class: Option<String>,
+    /// Largest file.
+    pub max_file_size: u64,
+    /// Accepted MIME types (empty: any).
+    pub allowed_content_types: Vec<String>,
+    /// Open upload lifetime.
+    pub upload_expiry: Duration,
+    /// SHA-256 for every file.
+    pub always_sha256: bool,
 }
 
 impl Default for Config {
@@ -252,6 +302,15 @@ impl Default for Config {
             startup_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
             log_format: LogFormat::Text,
+            // 8 MiB parts: big enough for throughput, small enough that a dropped stream loses
+            // little (an incomplete part is sent again) and memory stays at (4 + 1) × 8 MiB per upload.
+            s3_part_size: 8 << 20,
+            s3_concurrency: 4,
+            s3_storage_class: None,
+            max_file_size: 10 << 30,
+            allowed_content_types: Vec::new(),
+            upload_expiry: Duration::from_secs(24 * 3600),
+            always_sha256: false,
         }
     }
 }
@@ -315,6 +374,17 @@ impl Config {
                 args.auth_tokens.clone()
             },
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            s3_part_size: args.s3_part_size.or(file.s3_part_size).unwrap_or(d.s3_part_size),
+            s3_concurrency: args.s3_concurrency.or(file.s3_concurrency).unwrap_or(d.s3_concurrency),
+            s3_storage_class: args.s3_storage_class.clone().or(file.s3_storage_class),
+            max_file_size: args.max_file_size.or(file.max_file_size).unwrap_or(d.max_file_size),
+            allowed_content_types: if args.allowed_content_types.is_empty() {
+                file.allowed_content_types.unwrap_or_default()
+            } else {
+                args.allowed_content_types.clone()
+            },
+            upload_expiry: pick(args.upload_expiry, file.upload_expiry, d.upload_expiry),
+            always_sha256: args.always_sha256.or(file.always_sha256).unwrap_or(d.always_sha256),
         };
         c.validate()?;
         Ok(c)
@@ -329,10 +399,17 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("health_check_interval", self.health_check_interval),
             ("statement_timeout", self.statement_timeout),
+            ("upload_expiry", self.upload_expiry),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
             }
+        }
+        if self.s3_part_size < crate::objects::MIN_PART_SIZE {
+            return Err(ConfigError::Invalid(format!("s3_part_size must be at least {}", crate::objects::MIN_PART_SIZE)));
+        }
+        if self.s3_concurrency == 0 {
+            return Err(ConfigError::Invalid("s3_concurrency must be at least 1".into()));
         }
         for t in &self.tokens {
             t.validate().map_err(ConfigError::Invalid)?;

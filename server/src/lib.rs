@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     db::{Db, DbSettings},
+    objects::{ObjectStore, S3Settings},
     service::Context,
 };
 
@@ -54,7 +55,17 @@ impl Server {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let ctx = Context::new(db, config);
+        let objects = ObjectStore::open(
+            &config.object_store_url,
+            &S3Settings {
+                part_size: config.s3_part_size,
+                concurrency: config.s3_concurrency,
+                storage_class: config.s3_storage_class.clone(),
+            },
+        )
+        .await
+        .with_context(|| format!("object store {}", db::redact_url(&config.object_store_url)))?;
+        let ctx = Context::new(db, objects, config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(ctx, listener, shutdown.clone()));
         tracing::info!(%addr, "strata listening");

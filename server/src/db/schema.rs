@@ -48,6 +48,7 @@ macro_rules! catalog {
 catalog! {
     joins {
         snapshot_tables -> snapshots (snapshot_id);
+        files -> blobs (blake3);
     }
     snapshots (id) sqlite "strata_snapshots" {
         id -> [BigInt],
@@ -60,5 +61,41 @@ catalog! {
         table_name -> [Text],
         total_size_bytes -> [BigInt],
         estimated_rows -> [BigInt],
+    }
+    blobs (blake3) sqlite "strata_blobs" {
+        blake3 -> [Text],
+        object_key -> [Text],
+        size_bytes -> [BigInt],
+        ref_count -> [BigInt],
+        created_at -> [Timestamp],
+    }
+    files (id) sqlite "strata_files" {
+        id -> [Text],
+        name -> [Text],
+        content_type -> [Text],
+        owner -> [Text],
+        size_bytes -> [BigInt],
+        blake3 -> [Text],
+        sha256 -> [Nullable<Text>],
+        metadata -> [Text],
+        created_at -> [Timestamp],
+    }
+    uploads (id) sqlite "strata_uploads" {
+        id -> [Text],
+        name -> [Text],
+        content_type -> [Text],
+        owner -> [Text],
+        declared_size -> [Nullable<BigInt>],
+        declared_sha256 -> [Nullable<Text>],
+        metadata -> [Text],
+        object_key -> [Text],
+        writer_token -> [Text],
+        committed_offset -> [BigInt],
+        state -> [Text],
+        error -> [Nullable<Text>],
+        file_id -> [Nullable<Text>],
+        created_at -> [Timestamp],
+        updated_at -> [Timestamp],
+        expires_at -> [Timestamp],
     }
 }

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{Conn, Result, stats::TableStats};
+use super::files::escape_like;
 use crate::db_run;
 
 /// A stored snapshot.
@@ -130,16 +131,4 @@ pub async fn since(
         (snaps, tables)
     });
     Ok(out)
-}
-
-/// Escapes LIKE wildcards so a client's prefix matches literally.
-fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }

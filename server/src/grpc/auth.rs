@@ -36,6 +36,9 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.StorageService/GetStorageMetrics",
         "/strata.v1.StorageService/ListSnapshots",
         "/strata.v1.StorageService/GetGrowth",
+        "/strata.v1.FileService/Download",
+        "/strata.v1.FileService/StatFile",
+        "/strata.v1.FileService/ListFiles",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

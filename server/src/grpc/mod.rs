@@ -3,12 +3,16 @@
 mod admin;
 pub mod auth;
 mod convert;
+mod files;
 mod status;
 mod storage;
 
 use std::time::Duration;
 
-use strata_client::pb::{self, admin_service_server::AdminServiceServer, storage_service_server::StorageServiceServer};
+use strata_client::pb::{
+    self, admin_service_server::AdminServiceServer, file_service_server::FileServiceServer,
+    storage_service_server::StorageServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -19,6 +23,7 @@ use crate::service::Context;
 pub const SERVICE_NAMES: &[&str] = &[
     <AdminServiceServer<admin::AdminApi> as tonic::server::NamedService>::NAME,
     <StorageServiceServer<storage::StorageApi> as tonic::server::NamedService>::NAME,
+    <FileServiceServer<files::FileApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -81,7 +86,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AdminServiceServer::new(admin::AdminApi { ctx: ctx.clone() }))
-        .add_service(StorageServiceServer::new(storage::StorageApi { ctx }))
+        .add_service(StorageServiceServer::new(storage::StorageApi { ctx: ctx.clone() }))
+        .add_service(FileServiceServer::new(files::FileApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

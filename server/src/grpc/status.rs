@@ -10,6 +10,10 @@ impl From<service::Error> for Status {
             service::Error::InvalidArgument(_) => Code::InvalidArgument,
             service::Error::NotFound(_) => Code::NotFound,
             service::Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            service::Error::DataLoss(_) => Code::DataLoss,
+            service::Error::OutOfRange(_) => Code::OutOfRange,
+            service::Error::Cancelled(_) => Code::Cancelled,
+            service::Error::Unavailable(_) => Code::Unavailable,
             service::Error::Db(db) => match db {
                 // A saturated pool or an unreachable node: the caller may retry later.
                 db::Error::PoolTimeout { .. } | db::Error::Connect { .. } => Code::Unavailable,

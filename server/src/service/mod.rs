@@ -2,13 +2,14 @@
 //! they know nothing of protobuf or gRPC.
 
 pub mod admin;
+pub mod files;
 pub mod metrics;
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use crate::{config::Config, db};
+use crate::{config::Config, db, objects::ObjectStore};
 
 /// Errors of the service layer. `grpc::status` maps each to one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,18 @@ pub enum Error {
     /// The operation does not apply in the current state or on this backend.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Data does not match what was declared (size, checksum); nothing was kept.
+    #[error("{0}")]
+    DataLoss(String),
+    /// A range outside the resource.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The caller went away or cancelled; work done so far is kept where it can be resumed.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A dependency (the object store) failed; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database layer failed.
     #[error(transparent)]
     Db(#[from] db::Error),
@@ -35,6 +48,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Context {
     /// The application database.
     pub db: db::Db,
+    /// The object store.
+    pub objects: ObjectStore,
+    /// Upload writers in progress.
+    pub uploads: std::sync::Arc<files::UploadSessions>,
+    /// File limits from the configuration.
+    pub file_limits: files::FileLimits,
     /// Effective configuration (holds secrets: never log it whole).
     pub config: std::sync::Arc<Config>,
     /// Wall-clock start time.
@@ -45,7 +64,21 @@ pub struct Context {
 
 impl Context {
     /// A context for a server starting now.
-    pub fn new(db: db::Db, config: Config) -> Self {
-        Self { db, config: std::sync::Arc::new(config), started_at: Utc::now(), started: Instant::now() }
+    pub fn new(db: db::Db, objects: ObjectStore, config: Config) -> Self {
+        let file_limits = files::FileLimits {
+            max_file_size: config.max_file_size,
+            allowed_content_types: config.allowed_content_types.clone(),
+            upload_expiry: config.upload_expiry,
+            always_sha256: config.always_sha256,
+        };
+        Self {
+            db,
+            objects,
+            uploads: Default::default(),
+            file_limits,
+            config: std::sync::Arc::new(config),
+            started_at: Utc::now(),
+            started: Instant::now(),
+        }
     }
 }

@@ -1,0 +1,3 @@
+DROP TABLE strata.uploads;
+DROP TABLE strata.files;
+DROP TABLE strata.blobs;

@@ -1,0 +1,3 @@
+DROP TABLE strata_uploads;
+DROP TABLE strata_files;
+DROP TABLE strata_blobs;

@@ -1,0 +1,142 @@
+//! FileService: decode → service → encode.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use strata_client::pb::{self, file_service_server::FileService, upload_request::Kind};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::ts;
+use crate::service::{
+    Context, Error,
+    files::{self, FileHeader, ListQuery, StreamEnd, UploadStart, UploadState},
+};
+
+/// gRPC adapter of [`files`].
+pub(super) struct FileApi {
+    pub(crate) ctx: Context,
+}
+
+fn header(ctx: &Context, h: pb::FileHeader) -> Result<FileHeader, Error> {
+    FileHeader::validate(h.name, h.content_type, h.owner, h.size_bytes, h.sha256, h.metadata, &ctx.file_limits)
+}
+
+fn file(f: files::File) -> pb::File {
+    pb::File {
+        id: f.id,
+        name: f.name,
+        content_type: f.content_type,
+        owner: f.owner,
+        size_bytes: f.size as i64,
+        blake3: f.blake3,
+        sha256: f.sha256.unwrap_or_default(),
+        metadata: f.metadata.into_iter().collect(),
+        create_time: Some(ts(f.created_at)),
+    }
+}
+
+fn time(t: Option<prost_types::Timestamp>) -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
+    t.map(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
+            .ok_or_else(|| Error::InvalidArgument("timestamp out of range".into()))
+    })
+    .transpose()
+}
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FileService for FileApi {
+    async fn create_upload(
+        &self,
+        req: Request<pb::CreateUploadRequest>,
+    ) -> Result<Response<pb::CreateUploadResponse>, Status> {
+        let h = req.into_inner().header.ok_or_else(|| Status::invalid_argument("header is required"))?;
+        let status = files::create_upload(&self.ctx, header(&self.ctx, h)?).await?;
+        Ok(Response::new(pb::CreateUploadResponse { upload_id: status.id, expire_time: Some(ts(status.expires_at)) }))
+    }
+
+    async fn upload(&self, req: Request<Streaming<pb::UploadRequest>>) -> Result<Response<pb::UploadResponse>, Status> {
+        let mut stream = req.into_inner();
+        let first = match stream.message().await? {
+            Some(pb::UploadRequest { kind: Some(k) }) => k,
+            _ => return Err(Status::invalid_argument("the first message must be a header or a resume")),
+        };
+        let start = match first {
+            Kind::Header(h) => UploadStart::New(header(&self.ctx, h)?),
+            Kind::Resume(r) => UploadStart::Resume {
+                offset: u64::try_from(r.offset).map_err(|_| Status::invalid_argument("offset is negative"))?,
+                id: r.upload_id,
+            },
+            Kind::Chunk(_) => return Err(Status::invalid_argument("the first message must be a header or a resume")),
+        };
+        let chunks = stream.map(|m| match m {
+            Ok(pb::UploadRequest { kind: Some(Kind::Chunk(c)) }) => Ok(c),
+            Ok(_) => Err(StreamEnd::Invalid("after the first message only chunks may follow".into())),
+            Err(s) => Err(StreamEnd::Disconnected(s.message().to_owned())),
+        });
+        let f = files::upload(&self.ctx, start, chunks).await?;
+        Ok(Response::new(pb::UploadResponse { file: Some(file(f)) }))
+    }
+
+    async fn get_upload_status(
+        &self,
+        req: Request<pb::GetUploadStatusRequest>,
+    ) -> Result<Response<pb::GetUploadStatusResponse>, Status> {
+        let s = files::upload_status(&self.ctx, &req.into_inner().upload_id).await?;
+        Ok(Response::new(pb::GetUploadStatusResponse {
+            upload_id: s.id,
+            state: match s.state {
+                UploadState::Open => pb::UploadState::Open,
+                UploadState::Complete => pb::UploadState::Complete,
+                UploadState::Failed => pb::UploadState::Failed,
+            } as i32,
+            committed_offset: s.committed as i64,
+            file_id: s.file_id.unwrap_or_default(),
+            error: s.error.unwrap_or_default(),
+            expire_time: Some(ts(s.expires_at)),
+        }))
+    }
+
+    type DownloadStream = DownloadStream;
+
+    async fn download(&self, req: Request<pb::DownloadRequest>) -> Result<Response<DownloadStream>, Status> {
+        let r = req.into_inner();
+        let offset = u64::try_from(r.offset).map_err(|_| Status::invalid_argument("offset is negative"))?;
+        let length = u64::try_from(r.length).map_err(|_| Status::invalid_argument("length is negative"))?;
+        let (f, bytes) = files::download(&self.ctx, &r.file_id, offset, length).await?;
+        let first = pb::DownloadResponse { file: Some(file(f)), chunk: Default::default() };
+        let rest = bytes.map(|b| match b {
+            Ok(chunk) => Ok(pb::DownloadResponse { file: None, chunk }),
+            Err(e) => {
+                tracing::warn!(error = %e, "download failed mid-stream");
+                Err(Status::unavailable(e.to_string()))
+            }
+        });
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(first) }).chain(rest))))
+    }
+
+    async fn stat_file(&self, req: Request<pb::StatFileRequest>) -> Result<Response<pb::StatFileResponse>, Status> {
+        let f = files::stat(&self.ctx, &req.into_inner().file_id).await?;
+        Ok(Response::new(pb::StatFileResponse { file: Some(file(f)) }))
+    }
+
+    async fn list_files(&self, req: Request<pb::ListFilesRequest>) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let r = req.into_inner();
+        let q = ListQuery::parse(
+            r.page_size,
+            &r.page_token,
+            r.owner,
+            r.name_prefix,
+            time(r.create_time_after)?,
+            time(r.create_time_before)?,
+        )?;
+        let (fs, next_page_token) = files::list(&self.ctx, &q).await?;
+        Ok(Response::new(pb::ListFilesResponse { files: fs.into_iter().map(file).collect(), next_page_token }))
+    }
+
+    async fn delete_file(&self, req: Request<pb::DeleteFileRequest>) -> Result<Response<pb::DeleteFileResponse>, Status> {
+        let content_deleted = files::delete(&self.ctx, &req.into_inner().file_id).await?;
+        Ok(Response::new(pb::DeleteFileResponse { content_deleted }))
+    }
+}

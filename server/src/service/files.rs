@@ -1,0 +1,661 @@
+//! Files: streaming, resumable, checksummed uploads into the object store; downloads; listing and
+//! deletion with content-addressed, reference-counted blobs.
+//!
+//! An upload's bytes go straight to their final object key through a resumable
+//! [`ObjectWriter`]; BLAKE3 (and SHA-256 when declared or configured) is computed while streaming.
+//! The file becomes visible in the single transaction that records it. A dropped stream keeps what
+//! the writer committed; the client resumes from `GetUploadStatus`'s offset. Writer state lives in
+//! memory: after a server restart an open upload starts again from zero.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::{Stream, StreamExt};
+use sha2::Digest as _;
+
+use super::{Context, Error, Result};
+use crate::{
+    db::files::{self as store, FileFilter, FileRow, UploadRow},
+    objects::{self, ByteStream, ObjectWriter},
+};
+
+/// Limits of file names, owners and metadata.
+const MAX_NAME_LEN: usize = 255;
+const MAX_OWNER_LEN: usize = 255;
+const MAX_CONTENT_TYPE_LEN: usize = 255;
+const MAX_METADATA_ENTRIES: usize = 64;
+const MAX_METADATA_KEY: usize = 128;
+const MAX_METADATA_VALUE: usize = 1024;
+
+/// Settings of the file service.
+#[derive(Debug, Clone)]
+pub struct FileLimits {
+    /// Largest accepted file.
+    pub max_file_size: u64,
+    /// Accepted MIME types (`type/*` wildcards); empty: all.
+    pub allowed_content_types: Vec<String>,
+    /// Open uploads expire this long after their last activity.
+    pub upload_expiry: Duration,
+    /// Compute SHA-256 of every file, not only when declared.
+    pub always_sha256: bool,
+}
+
+/// A validated file header.
+#[derive(Debug, Clone)]
+pub struct FileHeader {
+    /// Display name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Owner.
+    pub owner: String,
+    /// Declared size.
+    pub size: Option<u64>,
+    /// Declared SHA-256 (lower-case hex).
+    pub sha256: Option<String>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
+    if s.len() > max {
+        return Err(bad(format!("{what} is longer than {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(bad(format!("{what} contains control characters")));
+    }
+    Ok(())
+}
+
+impl FileHeader {
+    /// Validates client input against `limits`.
+    pub fn validate(
+        name: String,
+        content_type: String,
+        owner: String,
+        size: Option<i64>,
+        sha256: String,
+        metadata: impl IntoIterator<Item = (String, String)>,
+        limits: &FileLimits,
+    ) -> Result<Self> {
+        if name.is_empty() {
+            return Err(bad("file name is empty"));
+        }
+        check_text("file name", &name, MAX_NAME_LEN)?;
+        if name.contains(['/', '\\']) {
+            return Err(bad("file name contains a path separator"));
+        }
+        if name == "." || name == ".." || name.contains("..") {
+            return Err(bad("file name contains \"..\""));
+        }
+        check_text("owner", &owner, MAX_OWNER_LEN)?;
+        let content_type = if content_type.is_empty() { "application/octet-stream".to_owned() } else { content_type };
+        check_text("content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
+        if !content_type.contains('/') || content_type.contains(char::is_whitespace) {
+            return Err(bad(format!("content type {content_type:?} is not a MIME type")));
+        }
+        if !limits.allowed_content_types.is_empty()
+            && !limits.allowed_content_types.iter().any(|a| match a.strip_suffix("/*") {
+                Some(major) => content_type.split('/').next() == Some(major),
+                None => a.eq_ignore_ascii_case(&content_type),
+            })
+        {
+            return Err(bad(format!("content type {content_type:?} is not allowed")));
+        }
+        let size = match size {
+            None => None,
+            Some(n) if n < 0 => return Err(bad("declared size is negative")),
+            Some(n) if n as u64 > limits.max_file_size => {
+                return Err(bad(format!("declared size {n} exceeds the limit of {} bytes", limits.max_file_size)));
+            }
+            Some(n) => Some(n as u64),
+        };
+        let sha256 = if sha256.is_empty() {
+            None
+        } else if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(sha256.to_ascii_lowercase())
+        } else {
+            return Err(bad("sha256 must be 64 hex digits"));
+        };
+        let metadata: BTreeMap<String, String> = metadata.into_iter().collect();
+        if metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(bad(format!("more than {MAX_METADATA_ENTRIES} metadata entries")));
+        }
+        for (k, v) in &metadata {
+            if k.is_empty() {
+                return Err(bad("empty metadata key"));
+            }
+            check_text("metadata key", k, MAX_METADATA_KEY)?;
+            check_text("metadata value", v, MAX_METADATA_VALUE)?;
+        }
+        Ok(Self { name, content_type, owner, size, sha256, metadata })
+    }
+}
+
+/// A stored file.
+#[derive(Debug, Clone)]
+pub struct File {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Owner.
+    pub owner: String,
+    /// Size.
+    pub size: u64,
+    /// BLAKE3 hex.
+    pub blake3: String,
+    /// SHA-256 hex, when computed.
+    pub sha256: Option<String>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<FileRow> for File {
+    fn from(r: FileRow) -> Self {
+        File {
+            id: r.id,
+            name: r.name,
+            content_type: r.content_type,
+            owner: r.owner,
+            size: r.size_bytes as u64,
+            blake3: r.blake3,
+            sha256: r.sha256,
+            metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
+            created_at: r.created_at.and_utc(),
+        }
+    }
+}
+
+/// BLAKE3 plus optional SHA-256 over the same bytes. Cheap to clone (a few KiB), which is how the
+/// state at a committed offset is kept.
+#[derive(Clone)]
+struct Hashes {
+    blake3: blake3::Hasher,
+    sha256: Option<sha2::Sha256>,
+}
+
+impl Hashes {
+    fn new(sha256: bool) -> Self {
+        Self { blake3: blake3::Hasher::new(), sha256: sha256.then(sha2::Sha256::new) }
+    }
+    fn update(&mut self, data: &[u8]) {
+        self.blake3.update(data);
+        if let Some(s) = &mut self.sha256 {
+            s.update(data);
+        }
+    }
+}
+
+/// An upload being written: the object writer and the hashes of what it holds.
+struct Session {
+    writer: ObjectWriter,
+    /// Hashes of every byte received so far.
+    running: Hashes,
+    received: u64,
+    /// Hashes at part boundaries not yet known to be committed (S3 commits whole parts only).
+    at_boundaries: VecDeque<(u64, Hashes)>,
+}
+
+impl Session {
+    fn new(writer: ObjectWriter, sha256: bool) -> Self {
+        Self { writer, running: Hashes::new(sha256), received: 0, at_boundaries: VecDeque::new() }
+    }
+
+    /// Hashes `data`, remembering the state at each part boundary it crosses.
+    fn hash(&mut self, mut data: &[u8]) {
+        let part = self.writer.part_size();
+        if part <= 1 {
+            self.running.update(data);
+            self.received += data.len() as u64;
+            return;
+        }
+        while !data.is_empty() {
+            let to_boundary = (part - self.received % part) as usize;
+            let n = to_boundary.min(data.len());
+            self.running.update(&data[..n]);
+            self.received += n as u64;
+            data = &data[n..];
+            if self.received % part == 0 {
+                self.at_boundaries.push_back((self.received, self.running.clone()));
+            }
+        }
+    }
+
+    /// After a checkpoint: roll the hashes back to the committed offset.
+    fn rewind_to(&mut self, committed: u64) {
+        if committed < self.received {
+            let (_, h) = self
+                .at_boundaries
+                .iter()
+                .find(|(o, _)| *o == committed)
+                .cloned()
+                .or_else(|| (committed == 0).then(|| (0, Hashes::new(self.running.sha256.is_some()))))
+                .expect("a writer commits only at part boundaries it was given");
+            self.running = h;
+            self.received = committed;
+        }
+        self.at_boundaries.retain(|(o, _)| *o > committed);
+    }
+}
+
+/// Upload writers in memory, one per open upload that has received bytes since start.
+#[derive(Default)]
+pub struct UploadSessions {
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Session>>>>>,
+}
+
+impl UploadSessions {
+    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
+        self.sessions.lock().expect("sessions lock").entry(id.to_owned()).or_default().clone()
+    }
+    fn remove(&self, id: &str) {
+        self.sessions.lock().expect("sessions lock").remove(id);
+    }
+    fn committed(&self, id: &str) -> Option<u64> {
+        let slot = self.sessions.lock().expect("sessions lock").get(id).cloned()?;
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().map(|s| s.writer.committed().min(s.received))
+    }
+}
+
+fn now() -> NaiveDateTime {
+    let n = Utc::now();
+    // Microseconds: what PostgreSQL stores, so values read back compare equal.
+    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// State of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// Accepting bytes.
+    Open,
+    /// Done.
+    Complete,
+    /// Failed or expired.
+    Failed,
+}
+
+/// What `GetUploadStatus` returns.
+#[derive(Debug, Clone)]
+pub struct UploadStatus {
+    /// Id.
+    pub id: String,
+    /// State.
+    pub state: UploadState,
+    /// Committed offset.
+    pub committed: u64,
+    /// File id once complete.
+    pub file_id: Option<String>,
+    /// Failure reason.
+    pub error: Option<String>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Creates an open upload for `header`; returns its status.
+pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadStatus> {
+    let id = new_id();
+    let t = now();
+    let expiry = chrono::Duration::from_std(ctx.file_limits.upload_expiry).unwrap_or(chrono::Duration::days(1));
+    let row = UploadRow {
+        object_key: format!("blobs/{id}"),
+        id: id.clone(),
+        name: header.name,
+        content_type: header.content_type,
+        owner: header.owner,
+        declared_size: header.size.map(|s| s as i64),
+        declared_sha256: header.sha256,
+        metadata: serde_json::to_string(&header.metadata).expect("string map serializes"),
+        writer_token: String::new(),
+        committed_offset: 0,
+        state: store::OPEN.into(),
+        error: None,
+        file_id: None,
+        created_at: t,
+        updated_at: t,
+        expires_at: t + expiry,
+    };
+    let mut conn = ctx.db.write().await?;
+    store::insert_upload(&mut conn, &row).await?;
+    Ok(status_of(&row, 0))
+}
+
+fn status_of(row: &UploadRow, committed: u64) -> UploadStatus {
+    UploadStatus {
+        id: row.id.clone(),
+        state: match row.state.as_str() {
+            store::OPEN => UploadState::Open,
+            store::COMPLETE => UploadState::Complete,
+            _ => UploadState::Failed,
+        },
+        committed,
+        file_id: row.file_id.clone(),
+        error: row.error.clone(),
+        expires_at: row.expires_at.and_utc(),
+    }
+}
+
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(bad(format!("{what} {id:?} is not a valid id")));
+    }
+    Ok(())
+}
+
+/// The committed offset and state of upload `id`.
+pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
+    check_id("upload id", id)?;
+    let (mut conn, _) = ctx.db.read_prefer_primary().await?;
+    let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
+    let committed = match ctx.uploads.committed(id) {
+        Some(c) => c,
+        // Not in memory: nothing of it survived a restart unless it is complete.
+        None if row.state == store::COMPLETE => row.committed_offset as u64,
+        None => 0,
+    };
+    Ok(status_of(&row, committed))
+}
+
+/// How an Upload stream starts.
+#[derive(Debug)]
+pub enum UploadStart {
+    /// A new upload.
+    New(FileHeader),
+    /// Continue upload `id` at `offset`.
+    Resume {
+        /// Upload id.
+        id: String,
+        /// Offset of the next chunk.
+        offset: u64,
+    },
+}
+
+/// What ended the chunk stream early.
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The client went away (connection dropped or cancelled).
+    Disconnected(String),
+    /// The client sent something invalid.
+    Invalid(String),
+}
+
+/// Receives an upload stream. Returns the file when the stream ends cleanly and verifies.
+pub async fn upload<S>(ctx: &Context, start: UploadStart, mut chunks: S) -> Result<File>
+where
+    S: Stream<Item = Result<Bytes, StreamEnd>> + Unpin,
+{
+    let (row, offset) = match start {
+        UploadStart::New(header) => {
+            let status = create_upload(ctx, header).await?;
+            (load_open(ctx, &status.id).await?, 0)
+        }
+        UploadStart::Resume { id, offset } => {
+            check_id("upload id", &id)?;
+            (load_open(ctx, &id).await?, offset)
+        }
+    };
+    let slot = ctx.uploads.slot(&row.id);
+    let mut guard = slot
+        .try_lock()
+        .map_err(|_| Error::FailedPrecondition(format!("upload {} is being written by another stream", row.id)))?;
+    if guard.is_none() {
+        // First stream since start: discard what a previous server process may have left.
+        if !row.writer_token.is_empty() || row.committed_offset > 0 {
+            ctx.objects.abort_orphan(&row.object_key, &row.writer_token).await.map_err(object_err)?;
+        }
+        let writer = ctx.objects.begin_write(&row.object_key, row.declared_size.map(|s| s as u64)).await.map_err(object_err)?;
+        let token = writer.resume_token();
+        let mut conn = ctx.db.write().await?;
+        store::record_progress(&mut conn, &row.id, 0, &token, now()).await?;
+        *guard = Some(Session::new(writer, row.declared_sha256.is_some() || ctx.file_limits.always_sha256));
+    }
+    let session = guard.as_mut().expect("just set");
+    if offset != session.received {
+        return Err(Error::FailedPrecondition(format!(
+            "upload {} continues at offset {}, not {offset}",
+            row.id, session.received
+        )));
+    }
+    let limit = row.declared_size.map_or(ctx.file_limits.max_file_size, |s| s as u64);
+    loop {
+        match chunks.next().await {
+            Some(Ok(chunk)) => {
+                if session.received + chunk.len() as u64 > limit {
+                    let why = if row.declared_size.is_some() {
+                        Error::DataLoss(format!("upload {} sent more than its declared {limit} bytes", row.id))
+                    } else {
+                        bad(format!("file exceeds the limit of {limit} bytes"))
+                    };
+                    return fail(ctx, &row, guard.take(), why).await;
+                }
+                session.hash(&chunk);
+                if let Err(e) = session.writer.write(chunk).await {
+                    // Keep what is durable; the client resumes from there.
+                    checkpoint(ctx, &row, session).await?;
+                    return Err(object_err(e));
+                }
+            }
+            Some(Err(StreamEnd::Invalid(msg))) => {
+                checkpoint(ctx, &row, session).await?;
+                return Err(bad(msg));
+            }
+            Some(Err(StreamEnd::Disconnected(why))) => {
+                let committed = checkpoint(ctx, &row, session).await?;
+                tracing::info!(upload = %row.id, committed, reason = %why, "upload stream ended early; resumable");
+                return Err(Error::Cancelled(format!("upload {} interrupted at {committed} bytes: {why}", row.id)));
+            }
+            None => break,
+        }
+    }
+    let session = guard.take().expect("present");
+    let result = finish(ctx, &row, session).await;
+    ctx.uploads.remove(&row.id);
+    result
+}
+
+async fn load_open(ctx: &Context, id: &str) -> Result<UploadRow> {
+    let mut conn = ctx.db.write().await?;
+    let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
+    match row.state.as_str() {
+        store::OPEN if row.expires_at < now() => {
+            Err(Error::FailedPrecondition(format!("upload {id} expired; start a new one")))
+        }
+        store::OPEN => Ok(row),
+        store::COMPLETE => Err(Error::FailedPrecondition(format!(
+            "upload {id} is already complete as file {}",
+            row.file_id.unwrap_or_default()
+        ))),
+        _ => Err(Error::FailedPrecondition(format!(
+            "upload {id} failed ({}); start a new one",
+            row.error.unwrap_or_default()
+        ))),
+    }
+}
+
+async fn checkpoint(ctx: &Context, row: &UploadRow, session: &mut Session) -> Result<u64> {
+    let committed = session.writer.checkpoint().await.map_err(object_err)?;
+    session.rewind_to(committed);
+    let mut conn = ctx.db.write().await?;
+    store::record_progress(&mut conn, &row.id, committed as i64, &session.writer.resume_token(), now()).await?;
+    Ok(committed)
+}
+
+/// Fails the upload for good: the writer is aborted and the row marked failed.
+async fn fail<T>(ctx: &Context, row: &UploadRow, session: Option<Session>, why: Error) -> Result<T> {
+    if let Some(s) = session
+        && let Err(e) = s.writer.abort().await
+    {
+        tracing::warn!(upload = %row.id, error = %e, "aborting the upload's object failed; reconciliation will remove it");
+    }
+    ctx.uploads.remove(&row.id);
+    let mut conn = ctx.db.write().await?;
+    store::fail_upload(&mut conn, &row.id, &why.to_string(), now()).await?;
+    Err(why)
+}
+
+async fn finish(ctx: &Context, row: &UploadRow, session: Session) -> Result<File> {
+    let size = session.received;
+    if let Some(declared) = row.declared_size
+        && declared as u64 != size
+    {
+        let why = Error::DataLoss(format!("upload {} received {size} bytes, declared {declared}", row.id));
+        return fail(ctx, row, Some(session), why).await;
+    }
+    let blake3 = session.running.blake3.finalize().to_hex().to_string();
+    let sha256 = session.running.sha256.clone().map(|h| hex::encode(h.finalize()));
+    if let (Some(declared), Some(actual)) = (&row.declared_sha256, &sha256)
+        && declared != actual
+    {
+        let why = Error::DataLoss(format!("upload {}: SHA-256 is {actual}, declared {declared}", row.id));
+        return fail(ctx, row, Some(session), why).await;
+    }
+    let written = session.writer.finish().await.map_err(object_err)?;
+    debug_assert_eq!(written, size);
+    let file = FileRow {
+        id: new_id(),
+        name: row.name.clone(),
+        content_type: row.content_type.clone(),
+        owner: row.owner.clone(),
+        size_bytes: size as i64,
+        blake3,
+        sha256,
+        metadata: row.metadata.clone(),
+        created_at: now(),
+    };
+    let mut conn = ctx.db.write().await?;
+    let key = match store::complete_upload(&mut conn, &row.id, &row.object_key, &file, now()).await {
+        Ok(k) => k,
+        Err(e) => {
+            // Not recorded: the object must not linger.
+            let _ = ctx.objects.delete(&row.object_key).await;
+            return Err(e.into());
+        }
+    };
+    drop(conn);
+    if key != row.object_key {
+        // Identical content was stored already: keep one copy.
+        if let Err(e) = ctx.objects.delete(&row.object_key).await {
+            tracing::warn!(key = %row.object_key, error = %e, "removing a duplicate object failed; reconciliation will");
+        }
+    }
+    tracing::info!(file = %file.id, upload = %row.id, size, blake3 = %file.blake3, deduplicated = key != row.object_key, "file stored");
+    Ok(file.into())
+}
+
+fn object_err(e: objects::Error) -> Error {
+    match e {
+        objects::Error::NotFound(k) => Error::NotFound(format!("object {k}")),
+        objects::Error::Range { .. } => Error::OutOfRange(e.to_string()),
+        other => Error::Unavailable(other.to_string()),
+    }
+}
+
+/// The file `id`.
+pub async fn stat(ctx: &Context, id: &str) -> Result<File> {
+    check_id("file id", id)?;
+    let (mut conn, _) = ctx.db.read_prefer_primary().await?;
+    let (row, _) = store::get_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
+    Ok(row.into())
+}
+
+/// The file `id` and a stream of `length` bytes from `offset` (0: to the end).
+pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Result<(File, ByteStream)> {
+    check_id("file id", id)?;
+    let (mut conn, _) = ctx.db.read_prefer_primary().await?;
+    let (row, key) = store::get_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
+    drop(conn);
+    let file = File::from(row);
+    if offset > file.size || length > file.size - offset {
+        return Err(Error::OutOfRange(format!(
+            "range {offset}+{length} is outside file {id} of {} bytes",
+            file.size
+        )));
+    }
+    let length = if length == 0 { None } else { Some(length) };
+    let stream = ctx.objects.get(&key, offset, length).await.map_err(object_err)?;
+    Ok((file, stream))
+}
+
+/// A validated ListFiles request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    filter: FileFilter,
+    size: i64,
+}
+
+impl ListQuery {
+    /// Validates paging and filters.
+    pub fn parse(
+        page_size: i32,
+        page_token: &str,
+        owner: String,
+        name_prefix: String,
+        after: Option<DateTime<Utc>>,
+        before: Option<DateTime<Utc>>,
+    ) -> Result<Self> {
+        let size = match page_size {
+            0 => 100,
+            n if n < 0 => return Err(bad("page_size must not be negative")),
+            n => i64::from(n).min(1000),
+        };
+        let before_id = if page_token.is_empty() {
+            None
+        } else {
+            check_id("page_token", page_token).map_err(|_| bad("page_token is not one this server issued"))?;
+            Some(page_token.to_owned())
+        };
+        check_text("owner", &owner, MAX_OWNER_LEN)?;
+        check_text("name_prefix", &name_prefix, MAX_NAME_LEN)?;
+        Ok(Self {
+            filter: FileFilter {
+                owner: (!owner.is_empty()).then_some(owner),
+                name_prefix: (!name_prefix.is_empty()).then_some(name_prefix),
+                created_after: after.map(|t| t.naive_utc()),
+                created_before: before.map(|t| t.naive_utc()),
+                before_id,
+            },
+            size,
+        })
+    }
+}
+
+/// Files newest first; returns the page and the next token.
+pub async fn list(ctx: &Context, q: &ListQuery) -> Result<(Vec<File>, String)> {
+    let (mut conn, _) = ctx.db.read().await?;
+    let mut rows = store::list_files(&mut conn, &q.filter, q.size + 1).await?;
+    let more = rows.len() as i64 > q.size;
+    rows.truncate(q.size as usize);
+    let next = if more { rows.last().map(|r| r.id.clone()).unwrap_or_default() } else { String::new() };
+    Ok((rows.into_iter().map(File::from).collect(), next))
+}
+
+/// Deletes file `id`; returns whether its content was removed (no other reference).
+pub async fn delete(ctx: &Context, id: &str) -> Result<bool> {
+    check_id("file id", id)?;
+    let mut conn = ctx.db.write().await?;
+    let (key, last) = store::delete_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
+    drop(conn);
+    if last && let Err(e) = ctx.objects.delete(&key).await {
+        // The catalog no longer references it: reconciliation removes it later.
+        tracing::warn!(key = %key, error = %e, "deleting an unreferenced object failed");
+    }
+    Ok(last)
+}
