@@ -53,12 +53,83 @@ pub enum Command {
     Snapshot,
     /// Round-trip time to the primary and each replica.
     TestConnection,
+    /// Upload a file (streamed from disk, resumed after dropped connections) (operator).
+    Upload {
+        /// The file to upload.
+        file: std::path::PathBuf,
+        /// Display name (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// MIME type (default: application/octet-stream).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Owner (a user or tenant id).
+        #[arg(long, default_value = "")]
+        owner: String,
+        /// Compute SHA-256 first and have the server verify it.
+        #[arg(long)]
+        sha256: bool,
+    },
+    /// Download a file.
+    Download {
+        /// File id.
+        id: String,
+        /// Where to write it (written to a temporary name, then renamed).
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+    },
+    /// List, inspect and delete files.
+    Files {
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
     /// gRPC health status (exit code 1 unless SERVING).
     Health {
         /// Service name; empty for the whole server.
         #[arg(default_value = "")]
         service: String,
     },
+}
+
+/// `strata files …`.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// List files, newest first.
+    Ls {
+        /// Only this owner's files.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only names starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+    },
+    /// Show one file.
+    Stat {
+        /// File id.
+        id: String,
+    },
+    /// Delete a file (operator).
+    Rm {
+        /// File id.
+        id: String,
+    },
+}
+
+fn print_file(out: &mut dyn Write, f: &crate::types::File) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{}  {}  {}  {}  blake3 {}{}",
+        f.id,
+        f.name,
+        bytes(f.size_bytes as i64),
+        f.content_type,
+        f.blake3,
+        f.sha256.as_ref().map(|s| format!("  sha256 {s}")).unwrap_or_default()
+    )?;
+    Ok(())
 }
 
 fn bytes(n: i64) -> String {
@@ -266,6 +337,80 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             }
             return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
         }
+        Command::Upload { file, name, content_type, owner, sha256 } => {
+            let opts = crate::types::UploadOptions { name, content_type, owner, sha256, ..Default::default() };
+            let bar = if cli.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                indicatif::ProgressBar::hidden()
+            } else {
+                let b = indicatif::ProgressBar::new(0);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                        .expect("valid template"),
+                );
+                b
+            };
+            let b = bar.clone();
+            let f = client
+                .upload_path(&file, &opts, move |sent, total| {
+                    b.set_length(total);
+                    b.set_position(sent);
+                })
+                .await?;
+            bar.finish_and_clear();
+            if cli.json { print_json(out, &f)? } else { print_file(out, &f)? }
+        }
+        Command::Download { id, output } => {
+            let f = client.download_to(&id, &output).await?;
+            if cli.json {
+                print_json(out, &f)?;
+            } else {
+                writeln!(out, "{} → {} ({})", f.id, output.display(), bytes(f.size_bytes as i64))?;
+            }
+        }
+        Command::Files { command } => match command {
+            FilesCommand::Ls { owner, prefix, limit } => {
+                let page = client
+                    .list_files(&crate::types::FileQuery {
+                        page_size: limit,
+                        owner,
+                        name_prefix: prefix,
+                        ..Default::default()
+                    })
+                    .await?;
+                if cli.json {
+                    print_json(out, &page)?;
+                } else {
+                    let mut t = table(&["id", "name", "size", "type", "owner", "created"]);
+                    for f in &page.files {
+                        t.add_row(vec![
+                            f.id.clone(),
+                            f.name.clone(),
+                            bytes(f.size_bytes as i64),
+                            f.content_type.clone(),
+                            f.owner.clone(),
+                            f.created_at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                        ]);
+                    }
+                    writeln!(out, "{t}")?;
+                }
+            }
+            FilesCommand::Stat { id } => {
+                let f = client.stat_file(&id).await?;
+                if cli.json { print_json(out, &f)? } else { print_file(out, &f)? }
+            }
+            FilesCommand::Rm { id } => {
+                let gone = client.delete_file(&id).await?;
+                if cli.json {
+                    print_json(out, &serde_json::json!({ "id": id, "content_deleted": gone }))?;
+                } else {
+                    writeln!(
+                        out,
+                        "deleted {id}{}",
+                        if gone { " (content removed)" } else { " (content still shared)" }
+                    )?;
+                }
+            }
+        },
         Command::Health { service } => {
             let s = client.health(&service).await?;
             if cli.json {

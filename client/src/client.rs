@@ -27,6 +27,9 @@ pub enum Error {
     /// The server answered with an error status.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(String),
     /// The server sent a response the SDK does not understand.
     #[error("malformed response: {0}")]
     Malformed(String),
@@ -58,7 +61,7 @@ pub enum HealthStatus {
 
 /// Adds `authorization: Bearer …` to every request when a token is set.
 #[derive(Clone, Default)]
-struct Auth {
+pub(crate) struct Auth {
     header: Option<MetadataValue<Ascii>>,
 }
 
@@ -71,13 +74,13 @@ impl Interceptor for Auth {
     }
 }
 
-type Svc = InterceptedService<Channel, Auth>;
+pub(crate) type Svc = InterceptedService<Channel, Auth>;
 
 /// A connection to a strata server. Cheap to clone; clones share the HTTP/2 connection.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
-    auth: Auth,
+    pub(crate) channel: Channel,
+    pub(crate) auth: Auth,
 }
 
 /// How long to wait for the TCP/HTTP2 connection before giving up.

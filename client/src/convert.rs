@@ -232,3 +232,42 @@ impl TryFrom<pb::GetGrowthResponse> for Growth {
         })
     }
 }
+
+impl From<pb::File> for File {
+    fn from(f: pb::File) -> Self {
+        File {
+            id: f.id,
+            name: f.name,
+            content_type: f.content_type,
+            owner: f.owner,
+            size_bytes: f.size_bytes.max(0) as u64,
+            blake3: f.blake3,
+            sha256: (!f.sha256.is_empty()).then_some(f.sha256),
+            metadata: f.metadata.into_iter().collect(),
+            created_at: ts(f.create_time),
+        }
+    }
+}
+
+impl TryFrom<pb::GetUploadStatusResponse> for UploadStatus {
+    type Error = Error;
+    fn try_from(r: pb::GetUploadStatusResponse) -> Result<Self, Error> {
+        let state = match pb::UploadState::try_from(r.state) {
+            Ok(pb::UploadState::Open) => UploadState::Open,
+            Ok(pb::UploadState::Complete) => UploadState::Complete,
+            Ok(pb::UploadState::Failed) => UploadState::Failed,
+            _ => return Err(Error::Malformed(format!("upload state {}", r.state))),
+        };
+        Ok(UploadStatus {
+            upload_id: r.upload_id,
+            state,
+            committed_offset: r.committed_offset.max(0) as u64,
+            file_id: (!r.file_id.is_empty()).then_some(r.file_id),
+            error: (!r.error.is_empty()).then_some(r.error),
+        })
+    }
+}
+
+pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}

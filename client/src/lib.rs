@@ -16,9 +16,11 @@
 pub mod cli;
 mod client;
 mod convert;
+mod files;
 pub mod types;
 
 pub use client::{Client, Error, HealthStatus};
+pub use files::sha256_of;
 
 /// Generated protobuf and gRPC code for `strata.v1`.
 pub mod pb {

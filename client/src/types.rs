@@ -359,3 +359,96 @@ impl Growth {
         self.tables.iter().find(|t| t.table_name == table).map(|t| &t.trend)
     }
 }
+
+/// A stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct File {
+    /// Server-generated id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// Owner.
+    pub owner: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// BLAKE3 of the content (hex).
+    pub blake3: String,
+    /// SHA-256 (hex), when computed.
+    pub sha256: Option<String>,
+    /// Application metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// When it was stored.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// What to declare when uploading.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// Display name (default: the file's name).
+    pub name: Option<String>,
+    /// MIME type (default: application/octet-stream).
+    pub content_type: Option<String>,
+    /// Owner.
+    pub owner: String,
+    /// Application metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Compute SHA-256 before sending and have the server verify it.
+    pub sha256: bool,
+    /// Declared SHA-256 (hex), when already known.
+    pub declared_sha256: Option<String>,
+}
+
+/// State of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// Accepting bytes.
+    Open,
+    /// Done.
+    Complete,
+    /// Failed or expired.
+    Failed,
+}
+
+/// What `GetUploadStatus` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadStatus {
+    /// Upload id.
+    pub upload_id: String,
+    /// State.
+    pub state: UploadState,
+    /// Bytes durably stored: resume from here.
+    pub committed_offset: u64,
+    /// The file once complete.
+    pub file_id: Option<String>,
+    /// Failure reason.
+    pub error: Option<String>,
+}
+
+/// Filters of `ListFiles`.
+#[derive(Debug, Clone, Default)]
+pub struct FileQuery {
+    /// Page size (0: server default).
+    pub page_size: i32,
+    /// Page token.
+    pub page_token: String,
+    /// Owner filter.
+    pub owner: Option<String>,
+    /// Name prefix filter.
+    pub name_prefix: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// One page of files.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilePage {
+    /// Files, newest first.
+    pub files: Vec<File>,
+    /// Next page token (empty: last page).
+    pub next_page_token: String,
+}

@@ -406,7 +406,10 @@ impl Config {
             }
         }
         if self.s3_part_size < crate::objects::MIN_PART_SIZE {
-            return Err(ConfigError::Invalid(format!("s3_part_size must be at least {}", crate::objects::MIN_PART_SIZE)));
+            return Err(ConfigError::Invalid(format!(
+                "s3_part_size must be at least {}",
+                crate::objects::MIN_PART_SIZE
+            )));
         }
         if self.s3_concurrency == 0 {
             return Err(ConfigError::Invalid("s3_concurrency must be at least 1".into()));

@@ -3,6 +3,7 @@
 //! server on `127.0.0.1:0`.
 
 pub mod pg;
+pub mod proxy;
 pub mod s3;
 pub mod server;
 

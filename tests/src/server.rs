@@ -39,7 +39,7 @@ pub fn test_config(database_url: String, replica_urls: Vec<String>, objects: &Pa
         metrics_sample_interval: Duration::ZERO,
         startup_timeout: Duration::from_secs(30),
         tokens: Vec::new(),
-        log_format: Default::default(),
+        ..Config::default()
     }
 }
 

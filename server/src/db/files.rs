@@ -100,7 +100,17 @@ macro_rules! upload_columns {
 
 macro_rules! file_columns {
     ($f:ident) => {
-        ($f::id, $f::name, $f::content_type, $f::owner, $f::size_bytes, $f::blake3, $f::sha256, $f::metadata, $f::created_at)
+        (
+            $f::id,
+            $f::name,
+            $f::content_type,
+            $f::owner,
+            $f::size_bytes,
+            $f::blake3,
+            $f::sha256,
+            $f::metadata,
+            $f::created_at,
+        )
     };
 }
 

@@ -4,8 +4,8 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Conn, Result, stats::TableStats};
 use super::files::escape_like;
+use super::{Conn, Result, stats::TableStats};
 use crate::db_run;
 
 /// A stored snapshot.

@@ -73,6 +73,10 @@ impl FileService for FileApi {
         let chunks = stream.map(|m| match m {
             Ok(pb::UploadRequest { kind: Some(Kind::Chunk(c)) }) => Ok(c),
             Ok(_) => Err(StreamEnd::Invalid("after the first message only chunks may follow".into())),
+            // An over-long message is the client's mistake, not a lost connection.
+            Err(s) if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) => {
+                Err(StreamEnd::Invalid(s.message().to_owned()))
+            }
             Err(s) => Err(StreamEnd::Disconnected(s.message().to_owned())),
         });
         let f = files::upload(&self.ctx, start, chunks).await?;
@@ -135,7 +139,10 @@ impl FileService for FileApi {
         Ok(Response::new(pb::ListFilesResponse { files: fs.into_iter().map(file).collect(), next_page_token }))
     }
 
-    async fn delete_file(&self, req: Request<pb::DeleteFileRequest>) -> Result<Response<pb::DeleteFileResponse>, Status> {
+    async fn delete_file(
+        &self,
+        req: Request<pb::DeleteFileRequest>,
+    ) -> Result<Response<pb::DeleteFileResponse>, Status> {
         let content_deleted = files::delete(&self.ctx, &req.into_inner().file_id).await?;
         Ok(Response::new(pb::DeleteFileResponse { content_deleted }))
     }

@@ -159,7 +159,11 @@ impl LocalWriter {
     }
 
     pub(super) async fn checkpoint(&mut self) -> Result<u64> {
+        // A write interrupted mid-way (its future dropped) may have landed partly: cut the file back
+        // to what was counted and continue from there.
         self.file.flush().await.map_err(io(&self.staging))?;
+        self.file.set_len(self.written).await.map_err(io(&self.staging))?;
+        self.file.seek(SeekFrom::Start(self.written)).await.map_err(io(&self.staging))?;
         self.file.sync_data().await.map_err(io(&self.staging))?;
         Ok(self.written)
     }

@@ -208,11 +208,37 @@ struct Session {
     received: u64,
     /// Hashes at part boundaries not yet known to be committed (S3 commits whole parts only).
     at_boundaries: VecDeque<(u64, Hashes)>,
+    /// Hashes before the write in progress (writers that commit every byte): if the write is
+    /// interrupted, this is the state at the committed offset.
+    before_write: Option<(u64, Hashes)>,
+    /// Bytes arrived since the last checkpoint.
+    dirty: bool,
 }
 
 impl Session {
     fn new(writer: ObjectWriter, sha256: bool) -> Self {
-        Self { writer, running: Hashes::new(sha256), received: 0, at_boundaries: VecDeque::new() }
+        Self {
+            writer,
+            running: Hashes::new(sha256),
+            received: 0,
+            at_boundaries: VecDeque::new(),
+            before_write: None,
+            dirty: false,
+        }
+    }
+
+    /// Writes `chunk`: hashes first (so every byte that may become committed is hashed), then
+    /// hands it to the writer. The future may be dropped at any await (client gone); the next
+    /// checkpoint reconciles hashes and writer.
+    async fn write(&mut self, chunk: Bytes) -> objects::Result<()> {
+        self.dirty = true;
+        if self.writer.part_size() <= 1 {
+            self.before_write = Some((self.received, self.running.clone()));
+        }
+        self.hash(&chunk);
+        self.writer.write(chunk).await?;
+        self.before_write = None;
+        Ok(())
     }
 
     /// Hashes `data`, remembering the state at each part boundary it crosses.
@@ -229,7 +255,7 @@ impl Session {
             self.running.update(&data[..n]);
             self.received += n as u64;
             data = &data[n..];
-            if self.received % part == 0 {
+            if self.received.is_multiple_of(part) {
                 self.at_boundaries.push_back((self.received, self.running.clone()));
             }
         }
@@ -239,16 +265,19 @@ impl Session {
     fn rewind_to(&mut self, committed: u64) {
         if committed < self.received {
             let (_, h) = self
-                .at_boundaries
+                .before_write
                 .iter()
+                .chain(self.at_boundaries.iter())
                 .find(|(o, _)| *o == committed)
                 .cloned()
                 .or_else(|| (committed == 0).then(|| (0, Hashes::new(self.running.sha256.is_some()))))
-                .expect("a writer commits only at part boundaries it was given");
+                .expect("a writer commits only at offsets it was given");
             self.running = h;
             self.received = committed;
         }
         self.at_boundaries.retain(|(o, _)| *o > committed);
+        self.before_write = None;
+        self.dirty = false;
     }
 }
 
@@ -265,10 +294,8 @@ impl UploadSessions {
     fn remove(&self, id: &str) {
         self.sessions.lock().expect("sessions lock").remove(id);
     }
-    fn committed(&self, id: &str) -> Option<u64> {
-        let slot = self.sessions.lock().expect("sessions lock").get(id).cloned()?;
-        let guard = slot.try_lock().ok()?;
-        guard.as_ref().map(|s| s.writer.committed().min(s.received))
+    fn existing(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Option<Session>>>> {
+        self.sessions.lock().expect("sessions lock").get(id).cloned()
     }
 }
 
@@ -365,11 +392,23 @@ pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
     check_id("upload id", id)?;
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
     let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
-    let committed = match ctx.uploads.committed(id) {
-        Some(c) => c,
-        // Not in memory: nothing of it survived a restart unless it is complete.
-        None if row.state == store::COMPLETE => row.committed_offset as u64,
-        None => 0,
+    drop(conn);
+    let committed = if row.state == store::COMPLETE {
+        row.committed_offset as u64
+    } else {
+        match ctx.uploads.existing(id) {
+            // Not in memory: nothing of it survived a restart.
+            None => 0,
+            Some(slot) => match slot.try_lock() {
+                // A stream is writing it: the last checkpoint is what is durable.
+                Err(_) => row.committed_offset as u64,
+                Ok(mut guard) => match guard.as_mut() {
+                    Some(session) if session.dirty => checkpoint(ctx, &row, session).await?,
+                    Some(session) => session.received,
+                    None => 0,
+                },
+            },
+        }
     };
     Ok(status_of(&row, committed))
 }
@@ -421,13 +460,18 @@ where
         if !row.writer_token.is_empty() || row.committed_offset > 0 {
             ctx.objects.abort_orphan(&row.object_key, &row.writer_token).await.map_err(object_err)?;
         }
-        let writer = ctx.objects.begin_write(&row.object_key, row.declared_size.map(|s| s as u64)).await.map_err(object_err)?;
+        let writer =
+            ctx.objects.begin_write(&row.object_key, row.declared_size.map(|s| s as u64)).await.map_err(object_err)?;
         let token = writer.resume_token();
         let mut conn = ctx.db.write().await?;
         store::record_progress(&mut conn, &row.id, 0, &token, now()).await?;
         *guard = Some(Session::new(writer, row.declared_sha256.is_some() || ctx.file_limits.always_sha256));
     }
     let session = guard.as_mut().expect("just set");
+    if session.dirty {
+        // The previous stream's handler was dropped mid-write (the client vanished): reconcile.
+        checkpoint(ctx, &row, session).await?;
+    }
     if offset != session.received {
         return Err(Error::FailedPrecondition(format!(
             "upload {} continues at offset {}, not {offset}",
@@ -446,8 +490,7 @@ where
                     };
                     return fail(ctx, &row, guard.take(), why).await;
                 }
-                session.hash(&chunk);
-                if let Err(e) = session.writer.write(chunk).await {
+                if let Err(e) = session.write(chunk).await {
                     // Keep what is durable; the client resumes from there.
                     checkpoint(ctx, &row, session).await?;
                     return Err(object_err(e));
@@ -584,10 +627,7 @@ pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Resu
     drop(conn);
     let file = File::from(row);
     if offset > file.size || length > file.size - offset {
-        return Err(Error::OutOfRange(format!(
-            "range {offset}+{length} is outside file {id} of {} bytes",
-            file.size
-        )));
+        return Err(Error::OutOfRange(format!("range {offset}+{length} is outside file {id} of {} bytes", file.size)));
     }
     let length = if length == 0 { None } else { Some(length) };
     let stream = ctx.objects.get(&key, offset, length).await.map_err(object_err)?;

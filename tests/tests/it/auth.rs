@@ -1,6 +1,10 @@
 //! The auth matrix: every RPC × {no token, viewer, operator}.
 
-use strata_client::{Client, Error, HealthStatus, types::GrowthQuery};
+use bytes::Bytes;
+use strata_client::{
+    Client, Error, HealthStatus,
+    types::{FileQuery, GrowthQuery, UploadOptions},
+};
 use strata_tests::{
     TestServer,
     server::{OPERATOR_TOKEN, VIEWER_TOKEN, test_config, test_tokens},
@@ -22,10 +26,25 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("RecordSnapshot", code(c.record_snapshot().await)),
         ("ListSnapshots", code(c.list_snapshots(10, "").await)),
         ("GetGrowth", code(c.growth(GrowthQuery::default()).await)),
+        ("CreateUpload", code(c.create_upload(&UploadOptions::default(), "a.txt", Some(1)).await)),
+        ("Upload", code(c.upload_bytes(&UploadOptions::default(), "b.txt", Bytes::from_static(b"x")).await)),
+        ("GetUploadStatus", code(c.upload_status(MISSING).await)),
+        ("Download", code(c.download_bytes(MISSING, 0, 0).await)),
+        ("StatFile", code(c.stat_file(MISSING).await)),
+        ("ListFiles", code(c.list_files(&FileQuery::default()).await)),
+        ("DeleteFile", code(c.delete_file(MISSING).await)),
     ]
 }
 
-const OPERATOR_ONLY: &[&str] = &["RecordSnapshot"];
+/// A well-formed id that names nothing: authorized calls answer NOT_FOUND.
+const MISSING: &str = "0190b1e2-0000-7000-8000-000000000000";
+
+/// Whether a call got past authentication and authorization.
+fn allowed(code: Option<Code>) -> bool {
+    !matches!(code, Some(Code::Unauthenticated | Code::PermissionDenied))
+}
+
+const OPERATOR_ONLY: &[&str] = &["RecordSnapshot", "CreateUpload", "Upload", "GetUploadStatus", "DeleteFile"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_by_role() {
@@ -40,14 +59,26 @@ async fn every_rpc_by_role() {
     assert!(wrong.iter().all(|(_, c)| *c == Some(Code::Unauthenticated)), "{wrong:?}");
 
     for (rpc, code) in call_all(&server.client_with(VIEWER_TOKEN).await).await {
-        let expected = if OPERATOR_ONLY.contains(&rpc) { Some(Code::PermissionDenied) } else { None };
-        assert_eq!(code, expected, "viewer calling {rpc}");
+        if OPERATOR_ONLY.contains(&rpc) {
+            assert_eq!(code, Some(Code::PermissionDenied), "viewer calling {rpc}");
+        } else {
+            assert!(allowed(code), "viewer calling {rpc}: {code:?}");
+        }
     }
     for (rpc, code) in call_all(&server.client_with(OPERATOR_TOKEN).await).await {
-        assert_eq!(code, None, "operator calling {rpc}");
+        assert!(allowed(code), "operator calling {rpc}: {code:?}");
     }
     // Health needs no token.
     assert_eq!(server.client().await.health("").await.unwrap(), HealthStatus::Serving);
+    // Every RPC of every service is in the matrix.
+    let listed: Vec<&str> = call_all(&server.client().await).await.into_iter().map(|(n, _)| n).collect();
+    let descriptor =
+        <prost_types::FileDescriptorSet as prost::Message>::decode(strata_client::pb::FILE_DESCRIPTOR_SET).unwrap();
+    for svc in descriptor.file.iter().flat_map(|f| &f.service) {
+        for m in &svc.method {
+            assert!(listed.contains(&m.name()), "{} missing from the auth matrix", m.name());
+        }
+    }
     // The viewer's denied write changed nothing: exactly the operator's one snapshot exists.
     let page = server.client_with(VIEWER_TOKEN).await.list_snapshots(10, "").await.unwrap();
     assert_eq!(page.snapshots.len(), 1);
@@ -59,7 +90,7 @@ async fn without_tokens_loopback_is_operator() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
     for (rpc, code) in call_all(&server.client().await).await {
-        assert_eq!(code, None, "loopback calling {rpc}");
+        assert!(allowed(code), "loopback calling {rpc}: {code:?}");
     }
     let info = server.client().await.info().await.unwrap();
     assert!(info.config.unwrap().loopback_only);

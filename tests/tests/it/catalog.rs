@@ -81,7 +81,8 @@ mod sqlite {
         let server = TestServer::sqlite(dir.path()).await.unwrap();
         let n: Vec<Name> =
             diesel::sql_query("SELECT version AS name FROM strata_schema_migrations").load(&mut c).unwrap();
-        assert_eq!(n.len(), 1);
+        let embedded = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite")).unwrap().count();
+        assert_eq!(n.len(), embedded);
         server.stop().await.unwrap();
     }
 }

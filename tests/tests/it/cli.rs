@@ -37,6 +37,24 @@ async fn cli_commands_print_tables_and_json() {
     let (code, out) = strata(&server, &["test-connection"]).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert!(out.contains("primary"), "{out}");
+    let src = dir.path().join("hello.txt");
+    std::fs::write(&src, b"hello, strata").unwrap();
+    let (_, out) = strata(&server, &["--json", "upload", src.to_str().unwrap(), "--owner", "me", "--sha256"]).await;
+    let up: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = up["id"].as_str().unwrap().to_owned();
+    assert_eq!(up["name"], "hello.txt");
+    assert_eq!(up["size_bytes"], 13);
+    let dst = dir.path().join("back.txt");
+    let (_, out) = strata(&server, &["download", &id, "-o", dst.to_str().unwrap()]).await;
+    assert!(out.contains(&id), "{out}");
+    assert_eq!(std::fs::read(&dst).unwrap(), b"hello, strata");
+    let (_, out) = strata(&server, &["files", "ls", "--owner", "me"]).await;
+    assert!(out.contains("hello.txt") && out.contains(&id), "{out}");
+    let (_, out) = strata(&server, &["files", "stat", &id]).await;
+    assert!(out.contains("sha256"), "{out}");
+    let (_, out) = strata(&server, &["files", "rm", &id]).await;
+    assert!(out.contains("content removed"), "{out}");
+
     let (code, out) = strata(&server, &["health"]).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert_eq!(out.trim(), "Serving");

@@ -5,6 +5,7 @@
 mod auth;
 mod catalog;
 mod cli;
+mod files;
 mod growth;
 mod grpcurl;
 mod metrics_postgres;

@@ -1,0 +1,270 @@
+//! File uploads and downloads: streamed from and to disk with bounded memory, resumed after a
+//! dropped connection from the server's committed offset.
+
+use std::{path::Path, time::Duration};
+
+use backon::BackoffBuilder as _;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use sha2::Digest as _;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use crate::{
+    Client, Error,
+    client::Svc,
+    convert::timestamp,
+    pb::{self, file_service_client::FileServiceClient, upload_request::Kind},
+    types::{File, FilePage, FileQuery, UploadOptions, UploadState, UploadStatus},
+};
+
+/// Bytes per upload message: large enough to amortize per-message cost, far below the 4 MiB
+/// message limit.
+const CHUNK: usize = 1 << 20;
+/// Attempts of one upload before giving up on transient errors.
+const MAX_ATTEMPTS: usize = 8;
+
+/// Whether an error may go away by trying again (the connection dropped, the server is busy).
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Connect { .. } => true,
+        Error::Status(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Aborted
+                    | tonic::Code::Internal
+            ) && !s.message().contains("declared")
+        }
+        _ => false,
+    }
+}
+
+impl Client {
+    fn files(&self) -> FileServiceClient<Svc> {
+        FileServiceClient::with_interceptor(self.channel.clone(), self.auth.clone()).max_decoding_message_size(8 << 20)
+    }
+
+    /// Starts a resumable upload of `size` bytes; returns its id.
+    pub async fn create_upload(&self, opts: &UploadOptions, name: &str, size: Option<u64>) -> Result<String, Error> {
+        let r = self.files().create_upload(pb::CreateUploadRequest { header: Some(header(opts, name, size)) }).await?;
+        Ok(r.into_inner().upload_id)
+    }
+
+    /// The committed offset and state of an upload.
+    pub async fn upload_status(&self, upload_id: &str) -> Result<UploadStatus, Error> {
+        let r = self.files().get_upload_status(pb::GetUploadStatusRequest { upload_id: upload_id.to_owned() }).await?;
+        UploadStatus::try_from(r.into_inner())
+    }
+
+    /// Uploads `data` in one stream (header first, then chunks).
+    pub async fn upload_bytes(&self, opts: &UploadOptions, name: &str, data: Bytes) -> Result<File, Error> {
+        let mut msgs =
+            vec![pb::UploadRequest { kind: Some(Kind::Header(header(opts, name, Some(data.len() as u64)))) }];
+        let mut rest = data;
+        while !rest.is_empty() {
+            let c = rest.split_to(rest.len().min(CHUNK));
+            msgs.push(pb::UploadRequest { kind: Some(Kind::Chunk(c)) });
+        }
+        let r = self.files().upload(futures::stream::iter(msgs)).await?;
+        r.into_inner().file.map(File::from).ok_or_else(|| Error::Malformed("upload response without file".into()))
+    }
+
+    /// Sends `chunks` to upload `upload_id`, continuing at `offset`; closing completes the upload.
+    pub async fn resume_upload<S>(&self, upload_id: &str, offset: u64, chunks: S) -> Result<File, Error>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let first = pb::UploadRequest {
+            kind: Some(Kind::Resume(pb::ResumeUpload { upload_id: upload_id.to_owned(), offset: offset as i64 })),
+        };
+        let msgs = futures::stream::once(async { first })
+            .chain(chunks.map(|c| pb::UploadRequest { kind: Some(Kind::Chunk(c)) }));
+        let r = self.files().upload(msgs).await?;
+        r.into_inner().file.map(File::from).ok_or_else(|| Error::Malformed("upload response without file".into()))
+    }
+
+    /// Uploads the file at `path`, streaming from disk. `progress(sent, total)` is called as bytes
+    /// are handed to the connection. After a dropped connection or a transient server error it asks
+    /// the server for the committed offset and continues from there, with exponential backoff.
+    pub async fn upload_path(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &UploadOptions,
+        progress: impl Fn(u64, u64) + Send + Sync + 'static,
+    ) -> Result<File, Error> {
+        let path = path.as_ref().to_path_buf();
+        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+        let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+        let mut opts = opts.clone();
+        if opts.sha256 && opts.declared_sha256.is_none() {
+            opts.declared_sha256 = Some(sha256_of(&path).await.map_err(io)?);
+        }
+        let name = opts.name.clone().unwrap_or_else(|| {
+            path.file_name().map_or_else(|| "upload".to_owned(), |n| n.to_string_lossy().into_owned())
+        });
+        let upload_id = self.create_upload(&opts, &name, Some(size)).await?;
+        let progress = std::sync::Arc::new(progress);
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_max_times(MAX_ATTEMPTS)
+            .build();
+        loop {
+            let status = self.upload_status(&upload_id).await;
+            let attempt = match status {
+                Ok(s) if s.state == UploadState::Complete => {
+                    return self.stat_file(s.file_id.as_deref().unwrap_or_default()).await;
+                }
+                Ok(s) if s.state == UploadState::Failed => {
+                    return Err(Error::Malformed(s.error.unwrap_or_else(|| "upload failed".into())));
+                }
+                Ok(s) => self.send_file(&upload_id, &path, s.committed_offset, size, progress.clone()).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(f) => return Ok(f),
+                Err(e) if transient(&e) => match delays.next() {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn send_file(
+        &self,
+        upload_id: &str,
+        path: &Path,
+        offset: u64,
+        size: u64,
+        progress: std::sync::Arc<impl Fn(u64, u64) + Send + Sync + 'static>,
+    ) -> Result<File, Error> {
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Error::Io(e.to_string()))?;
+        let mut sent = offset;
+        progress(sent, size);
+        let chunks = ReaderStream::with_capacity(file, CHUNK)
+            // A read error ends the stream early; the server keeps what it committed.
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .map(move |r| {
+                let c = r.expect("filtered");
+                sent += c.len() as u64;
+                progress(sent, size);
+                c
+            });
+        self.resume_upload(upload_id, offset, chunks).await
+    }
+
+    /// A file's metadata.
+    pub async fn stat_file(&self, file_id: &str) -> Result<File, Error> {
+        let r = self.files().stat_file(pb::StatFileRequest { file_id: file_id.to_owned() }).await?;
+        r.into_inner().file.map(File::from).ok_or_else(|| Error::Malformed("no file".into()))
+    }
+
+    /// A stream of `length` bytes of a file from `offset` (0: to the end), with its metadata.
+    pub async fn download(
+        &self,
+        file_id: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<(File, impl Stream<Item = Result<Bytes, Error>> + use<>), Error> {
+        let req = pb::DownloadRequest { file_id: file_id.to_owned(), offset: offset as i64, length: length as i64 };
+        let mut stream = self.files().download(req).await?.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Error::Malformed("empty download".into()))?;
+        let file = first.file.map(File::from).ok_or_else(|| Error::Malformed("download without metadata".into()))?;
+        let head = futures::stream::iter([Ok::<_, Error>(first.chunk)]);
+        let rest = stream.map_ok(|m| m.chunk).map_err(Error::from);
+        Ok((file, head.chain(rest).try_filter(|c| futures::future::ready(!c.is_empty()))))
+    }
+
+    /// Downloads a whole file (or a range) into memory. Prefer [`Client::download_to`] for big files.
+    pub async fn download_bytes(&self, file_id: &str, offset: u64, length: u64) -> Result<Vec<u8>, Error> {
+        let (_, stream) = self.download(file_id, offset, length).await?;
+        let chunks: Vec<Bytes> = stream.try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    /// Downloads a file to `path`: written to a temporary file beside it, synced, then renamed, so
+    /// `path` never holds a partial file. Checks the BLAKE3 of what arrived.
+    pub async fn download_to(&self, file_id: &str, path: impl AsRef<Path>) -> Result<File, Error> {
+        let path = path.as_ref();
+        let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
+        let (file, mut stream) = self.download(file_id, 0, 0).await?;
+        let tmp = path.with_extension(format!("strata-{}.part", std::process::id()));
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        let result = async {
+            while let Some(chunk) = stream.try_next().await? {
+                hasher.update(&chunk);
+                out.write_all(&chunk).await.map_err(io)?;
+            }
+            out.sync_all().await.map_err(io)?;
+            let got = hasher.finalize().to_hex().to_string();
+            if got != file.blake3 {
+                return Err(Error::Io(format!("downloaded content has BLAKE3 {got}, expected {}", file.blake3)));
+            }
+            tokio::fs::rename(&tmp, path).await.map_err(io)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result.map(|_| file)
+    }
+
+    /// One page of files, newest first.
+    pub async fn list_files(&self, q: &FileQuery) -> Result<FilePage, Error> {
+        let req = pb::ListFilesRequest {
+            page_size: q.page_size,
+            page_token: q.page_token.clone(),
+            owner: q.owner.clone().unwrap_or_default(),
+            name_prefix: q.name_prefix.clone().unwrap_or_default(),
+            create_time_after: q.created_after.map(timestamp),
+            create_time_before: q.created_before.map(timestamp),
+        };
+        let r = self.files().list_files(req).await?.into_inner();
+        Ok(FilePage { files: r.files.into_iter().map(File::from).collect(), next_page_token: r.next_page_token })
+    }
+
+    /// Deletes a file; true when its content was removed (no other file shared it).
+    pub async fn delete_file(&self, file_id: &str) -> Result<bool, Error> {
+        let r = self.files().delete_file(pb::DeleteFileRequest { file_id: file_id.to_owned() }).await?;
+        Ok(r.into_inner().content_deleted)
+    }
+}
+
+fn header(opts: &UploadOptions, name: &str, size: Option<u64>) -> pb::FileHeader {
+    pb::FileHeader {
+        name: name.to_owned(),
+        content_type: opts.content_type.clone().unwrap_or_default(),
+        owner: opts.owner.clone(),
+        size_bytes: size.map(|s| s as i64),
+        sha256: opts.declared_sha256.clone().unwrap_or_default(),
+        metadata: opts.metadata.clone().into_iter().collect(),
+    }
+}
+
+/// SHA-256 of a file, read on a blocking thread.
+pub async fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(hex::encode(h.finalize()))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}

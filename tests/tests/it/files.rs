@@ -1,0 +1,379 @@
+//! FileService end to end, the same suite against `file://` and a real S3-protocol server.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bytes::Bytes;
+use strata_client::{
+    Client,
+    types::{FileQuery, UploadOptions, UploadState},
+};
+use strata_server::{config::Config, objects::MIN_PART_SIZE};
+use strata_tests::{S3Server, TestServer, server::test_config};
+use tonic::Code;
+
+use crate::{objects::pattern, support::eventually};
+
+const PART: usize = MIN_PART_SIZE as usize;
+
+/// A server on SQLite with the given object store, and what keeps it alive.
+struct Fixture {
+    server: TestServer,
+    client: Client,
+    dir: tempfile::TempDir,
+    _s3: Option<S3Server>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Local,
+    S3,
+}
+
+async fn fixture(store: Store, tweak: impl FnOnce(&mut Config)) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(
+        format!("sqlite://{}", dir.path().join("strata.db").display()),
+        vec![],
+        &dir.path().join("objects"),
+    );
+    let s3 = match store {
+        Store::Local => None,
+        Store::S3 => {
+            let s3 = S3Server::start("strata-files").unwrap();
+            config.object_store_url = s3.url();
+            Some(s3)
+        }
+    };
+    config.s3_part_size = MIN_PART_SIZE;
+    config.s3_concurrency = 2;
+    tweak(&mut config);
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    Fixture { server, client, dir, _s3: s3 }
+}
+
+fn opts(owner: &str) -> UploadOptions {
+    UploadOptions { owner: owner.into(), content_type: Some("application/octet-stream".into()), ..Default::default() }
+}
+
+/// Chunks of at most 1 MiB (messages are limited to 4 MiB).
+fn mib_chunks(data: &[u8]) -> Vec<Bytes> {
+    data.chunks(1 << 20).map(Bytes::copy_from_slice).collect()
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, strata_client::Error>) -> Code {
+    r.unwrap_err().code().unwrap_or(Code::Unknown)
+}
+
+async fn round_trips(store: Store) {
+    let f = fixture(store, |_| {}).await;
+    for (i, len) in [0, 1, PART - 1, PART, 3 * PART + 123].into_iter().enumerate() {
+        let data = pattern(len, i as u64 + 7);
+        let file =
+            f.client.upload_bytes(&opts("alice"), &format!("f{i}.bin"), Bytes::from(data.clone())).await.unwrap();
+        assert_eq!(file.size_bytes, len as u64);
+        assert_eq!(file.blake3, blake3::hash(&data).to_hex().to_string(), "content address of {len} bytes");
+        assert_eq!(file.sha256, None);
+        assert_eq!(file.owner, "alice");
+        assert_eq!(f.client.download_bytes(&file.id, 0, 0).await.unwrap(), data, "{store:?} round trip of {len} bytes");
+        assert_eq!(f.client.stat_file(&file.id).await.unwrap(), file);
+        if len > 100 {
+            let (off, n) = (len as u64 / 2 - 10, 50);
+            assert_eq!(f.client.download_bytes(&file.id, off, n).await.unwrap(), data[off as usize..off as usize + 50]);
+        }
+    }
+    let some = f.client.list_files(&FileQuery::default()).await.unwrap().files[0].clone();
+    assert_eq!(code(f.client.download_bytes(&some.id, some.size_bytes + 1, 0).await), Code::OutOfRange);
+    assert_eq!(code(f.client.stat_file("0190b1e2-0000-7000-8000-000000000000").await), Code::NotFound);
+    assert_eq!(code(f.client.stat_file("not-an-id").await), Code::InvalidArgument);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trips_local() {
+    round_trips(Store::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trips_s3() {
+    round_trips(Store::S3).await;
+}
+
+async fn declared_mismatches(store: Store) {
+    let f = fixture(store, |_| {}).await;
+    let data = Bytes::from(pattern(PART + 10, 1));
+    // Declared size larger than what arrives.
+    let id = f.client.create_upload(&opts("o"), "short.bin", Some(data.len() as u64 + 1)).await.unwrap();
+    let r = f.client.resume_upload(&id, 0, futures::stream::iter(mib_chunks(&data))).await;
+    assert_eq!(code(r), Code::DataLoss);
+    let s = f.client.upload_status(&id).await.unwrap();
+    assert_eq!(s.state, UploadState::Failed);
+    assert!(s.error.unwrap().contains("declared"));
+    // More than declared.
+    let id = f.client.create_upload(&opts("o"), "long.bin", Some(10)).await.unwrap();
+    let r = f.client.resume_upload(&id, 0, futures::stream::iter(mib_chunks(&data))).await;
+    assert_eq!(code(r), Code::DataLoss);
+    // Wrong SHA-256.
+    let wrong = UploadOptions { declared_sha256: Some("ab".repeat(32)), ..opts("o") };
+    assert_eq!(code(f.client.upload_bytes(&wrong, "sha.bin", data.clone()).await), Code::DataLoss);
+    // Nothing became visible, nothing is left in the store.
+    assert!(f.client.list_files(&FileQuery::default()).await.unwrap().files.is_empty());
+    // The right SHA-256 is verified and kept.
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    let right = UploadOptions { declared_sha256: Some(sha.to_uppercase()), ..opts("o") };
+    let file = f.client.upload_bytes(&right, "sha.bin", data).await.unwrap();
+    assert_eq!(file.sha256.as_deref(), Some(sha.as_str()));
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_mismatches_local() {
+    declared_mismatches(Store::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_mismatches_s3() {
+    declared_mismatches(Store::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_and_hostile_names() {
+    let f = fixture(Store::Local, |c| {
+        c.max_file_size = 1000;
+        c.allowed_content_types = vec!["image/*".into(), "text/plain".into()];
+    })
+    .await;
+    let ok = UploadOptions { content_type: Some("text/plain".into()), ..opts("o") };
+    for name in ["", "..", "../etc/passwd", "a/b", "a\\b", "x\u{0}y", "tab\there", &"n".repeat(300)] {
+        let r = f.client.upload_bytes(&ok, name, Bytes::from_static(b"hi")).await;
+        assert_eq!(code(r), Code::InvalidArgument, "name {name:?}");
+    }
+    let r = f.client.upload_bytes(&opts("o"), "a.bin", Bytes::from_static(b"hi")).await;
+    assert_eq!(code(r), Code::InvalidArgument, "content type not allowed");
+    let png = UploadOptions { content_type: Some("image/png".into()), ..opts("o") };
+    f.client.upload_bytes(&png, "a.png", Bytes::from_static(b"png")).await.unwrap();
+    // Over the limit: declared, and undeclared (counted while streaming).
+    assert_eq!(code(f.client.create_upload(&ok, "big.txt", Some(1001)).await), Code::InvalidArgument);
+    let id = f.client.create_upload(&ok, "big.txt", None).await.unwrap();
+    let r = f.client.resume_upload(&id, 0, futures::stream::iter([Bytes::from(vec![b'x'; 1001])])).await;
+    assert_eq!(code(r), Code::InvalidArgument);
+    let bad_meta = UploadOptions { metadata: BTreeMap::from([("k".into(), "v\u{7}".into())]), ..ok.clone() };
+    assert_eq!(code(f.client.upload_bytes(&bad_meta, "m.txt", Bytes::from_static(b"x")).await), Code::InvalidArgument);
+    assert_eq!(f.client.list_files(&FileQuery::default()).await.unwrap().files.len(), 1);
+    // Stored names are display names only: the object keys are the server's.
+    let keys: Vec<String> = walk(&f.dir.path().join("objects"));
+    assert!(keys.iter().all(|k| k.starts_with("blobs/") && !k.contains(".png")), "{keys:?}");
+}
+
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel == ".staging" {
+                continue;
+            }
+            if p.is_dir() { dirs.push(p) } else { out.push(rel) }
+        }
+    }
+    out
+}
+
+async fn disconnect_then_resume(store: Store) {
+    let f = fixture(store, |_| {}).await;
+    let data = pattern(3 * PART + 777, 3);
+    let id = f.client.create_upload(&opts("o"), "resumed.bin", Some(data.len() as u64)).await.unwrap();
+
+    // Send 2.5 parts through a proxy, then cut the connection as a network failure would.
+    let proxy = strata_tests::proxy::CutProxy::start(f.server.addr).await.unwrap();
+    let via_proxy = Client::connect(format!("http://{}", proxy.addr)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let call = {
+        let id = id.clone();
+        tokio::spawn(
+            async move { via_proxy.resume_upload(&id, 0, tokio_stream::wrappers::ReceiverStream::new(rx)).await },
+        )
+    };
+    for chunk in data[..PART * 5 / 2].chunks(256 << 10) {
+        tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    assert!(call.await.unwrap().is_err(), "the interrupted call fails on the client");
+    drop(tx);
+
+    let status = eventually("a committed offset after the disconnect", Duration::from_secs(10), || {
+        let (c, id) = (f.client.clone(), id.clone());
+        async move { c.upload_status(&id).await.ok().filter(|s| s.committed_offset > 0) }
+    })
+    .await;
+    assert_eq!(status.state, UploadState::Open);
+    let committed = status.committed_offset as usize;
+    match store {
+        // S3 keeps whole parts only; the local writer keeps every byte it received.
+        Store::S3 => assert_eq!(committed, 2 * PART),
+        Store::Local => assert!(committed > 2 * PART && committed <= PART * 5 / 2, "{committed}"),
+    }
+    assert!(f.client.list_files(&FileQuery::default()).await.unwrap().files.is_empty(), "nothing visible yet");
+    // Resuming anywhere but the committed offset is refused.
+    let wrong = f.client.resume_upload(&id, committed as u64 + 1, futures::stream::empty()).await;
+    assert_eq!(code(wrong), Code::FailedPrecondition);
+
+    let rest: Vec<Bytes> = data[committed..].chunks(1 << 20).map(Bytes::copy_from_slice).collect();
+    let file = f.client.resume_upload(&id, committed as u64, futures::stream::iter(rest)).await.unwrap();
+    assert_eq!(file.size_bytes, data.len() as u64);
+    assert_eq!(file.blake3, blake3::hash(&data).to_hex().to_string());
+    assert_eq!(f.client.download_bytes(&file.id, 0, 0).await.unwrap(), data);
+    let done = f.client.upload_status(&id).await.unwrap();
+    assert_eq!((done.state, done.file_id.as_deref()), (UploadState::Complete, Some(file.id.as_str())));
+    assert_eq!(code(f.client.resume_upload(&id, 0, futures::stream::empty()).await), Code::FailedPrecondition);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disconnect_then_resume_local() {
+    disconnect_then_resume(Store::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disconnect_then_resume_s3() {
+    disconnect_then_resume(Store::S3).await;
+}
+
+async fn dedup_and_delete(store: Store) {
+    let f = fixture(store, |_| {}).await;
+    let data = Bytes::from(pattern(2 * PART + 5, 11));
+    let (oa, ob) = (opts("a"), opts("b"));
+    let (a, b) = tokio::join!(
+        f.client.upload_bytes(&oa, "one.bin", data.clone()),
+        f.client.upload_bytes(&ob, "two.bin", data.clone())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.blake3, b.blake3);
+    let objects = match store {
+        Store::Local => walk(&f.dir.path().join("objects")),
+        Store::S3 => {
+            let s3 = f._s3.as_ref().unwrap();
+            walk(&s3.root.join(&s3.bucket)).into_iter().filter(|k| !k.starts_with(".")).collect()
+        }
+    };
+    assert_eq!(objects.iter().filter(|k| k.starts_with("blobs/")).count(), 1, "one object for two files: {objects:?}");
+
+    assert!(!f.client.delete_file(&a.id).await.unwrap(), "content still referenced");
+    assert_eq!(code(f.client.stat_file(&a.id).await), Code::NotFound);
+    assert_eq!(f.client.download_bytes(&b.id, 0, 0).await.unwrap(), data);
+    assert!(f.client.delete_file(&b.id).await.unwrap(), "last reference removes the content");
+    assert_eq!(code(f.client.delete_file(&b.id).await), Code::NotFound);
+    // Uploading the same content again stores it anew.
+    let c = f.client.upload_bytes(&opts("c"), "three.bin", data.clone()).await.unwrap();
+    assert_eq!(f.client.download_bytes(&c.id, 0, 0).await.unwrap(), data);
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_and_delete_local() {
+    dedup_and_delete(Store::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_and_delete_s3() {
+    dedup_and_delete(Store::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_and_pages() {
+    let f = fixture(Store::Local, |_| {}).await;
+    let mut ids = Vec::new();
+    for (i, owner) in ["ann", "bob", "ann", "ann", "bob"].into_iter().enumerate() {
+        let name = if i % 2 == 0 { format!("report-{i}.txt") } else { format!("photo_{i}.jpg") };
+        ids.push(f.client.upload_bytes(&opts(owner), &name, Bytes::from(vec![i as u8; i + 1])).await.unwrap().id);
+    }
+    let all = f.client.list_files(&FileQuery::default()).await.unwrap();
+    assert_eq!(
+        all.files.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
+        ids.iter().rev().cloned().collect::<Vec<_>>()
+    );
+    let ann = f.client.list_files(&FileQuery { owner: Some("ann".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(ann.files.len(), 3);
+    let reports =
+        f.client.list_files(&FileQuery { name_prefix: Some("report-".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(reports.files.len(), 3);
+    // `_` is literal, not a wildcard.
+    let underscore =
+        f.client.list_files(&FileQuery { name_prefix: Some("photo_".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(underscore.files.len(), 2);
+    let none =
+        f.client.list_files(&FileQuery { name_prefix: Some("photo%".into()), ..Default::default() }).await.unwrap();
+    assert!(none.files.is_empty());
+    // Pages of two.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = f
+            .client
+            .list_files(&FileQuery { page_size: 2, page_token: token.clone(), ..Default::default() })
+            .await
+            .unwrap();
+        assert!(page.files.len() <= 2);
+        seen.extend(page.files.into_iter().map(|x| x.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 5);
+    let later = f
+        .client
+        .list_files(&FileQuery {
+            created_after: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(later.files.is_empty());
+    let earlier = f
+        .client
+        .list_files(&FileQuery {
+            created_before: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(earlier.files.len(), 5);
+    assert_eq!(
+        code(f.client.list_files(&FileQuery { page_token: "junk".into(), ..Default::default() }).await),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_upload_path_and_download_to() {
+    let f = fixture(Store::S3, |_| {}).await;
+    let src = f.dir.path().join("source.bin");
+    let data = pattern(2 * PART + 99, 21);
+    std::fs::write(&src, &data).unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s = seen.clone();
+    let o = UploadOptions { sha256: true, ..opts("cli") };
+    let file = f
+        .client
+        .upload_path(&src, &o, move |sent, total| {
+            assert!(sent <= total);
+            s.store(sent, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), data.len() as u64);
+    assert_eq!(file.name, "source.bin");
+    assert!(file.sha256.is_some());
+    let dst = f.dir.path().join("copy.bin");
+    f.client.download_to(&file.id, &dst).await.unwrap();
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    f.server.stop().await.unwrap();
+}
