@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p strata-bench -- metrics-latency
+//! cargo build --release -p strata-server && cargo run --release -p strata-bench -- files
 //! ```
+
+mod files;
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// 1 GiB file benchmarks against a `strata-server` process: upload to file:// vs `cp`+`sync`
+    /// (≥ 0.8), with a declared SHA-256 vs `openssl dgst -sha256` (≥ 0.9), download vs `cp`+`sync`
+    /// (≥ 0.8), upload to S3 (s3s-fs) vs a direct aws-sdk-s3 multipart upload (≥ 0.9), and the
+    /// server's peak RSS growth during an upload (≤ 64 MiB).
+    Files {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Directory for the files (default: a temporary one under the current directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// GetStorageMetrics p50 latency on PostgreSQL: a database with a 1M-row table vs one with a
     /// 10k-row table (target ratio ≤ 1.5), with `SELECT count(*)` on both as the contrast.
     MetricsLatency {
@@ -129,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             Command::MetricsLatency { iterations, large_rows, small_rows } => {
                 metrics_latency(iterations, large_rows, small_rows).await
             }
+            Command::Files { size_mib, dir } => files::run(size_mib << 20, dir).await,
         }
     })
 }

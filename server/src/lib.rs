@@ -10,7 +10,7 @@ pub mod objects;
 pub mod service;
 pub mod telemetry;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -99,6 +99,9 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     let jobs_cancel = CancellationToken::new();
     let mut jobs =
         vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
+    // Expiry is checked a few times per expiry period, at least every minute.
+    let expiry_check = (ctx.config.upload_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    jobs.push(tokio::spawn(jobs::expire_uploads(ctx.clone(), expiry_check, jobs_cancel.clone())));
     if !ctx.config.metrics_sample_interval.is_zero() {
         jobs.push(tokio::spawn(jobs::sampler(ctx.clone(), ctx.config.metrics_sample_interval, jobs_cancel.clone())));
     }

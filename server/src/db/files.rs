@@ -182,6 +182,22 @@ pub async fn fail_upload(conn: &mut Conn, id: &str, error: &str, now: NaiveDateT
     Ok(())
 }
 
+/// Open uploads whose expiry passed before `now`, at most `limit`.
+pub async fn expired_uploads(conn: &mut Conn, now: NaiveDateTime, limit: i64) -> Result<Vec<UploadRow>> {
+    let rows = db_run!(conn, {
+        use schema::uploads as t;
+        t::table
+            .filter(t::state.eq(OPEN))
+            .filter(t::expires_at.lt(now))
+            .order(t::expires_at.asc())
+            .limit(limit)
+            .select(upload_columns!(t))
+            .load::<UploadRow>(conn)
+            .await?
+    });
+    Ok(rows)
+}
+
 /// Makes an upload's content visible as `file`, in one transaction: the blob is inserted or its
 /// reference count raised, the file row inserted and the upload marked complete. Returns the object
 /// key that holds the content: another key than `object_key` means identical content existed and

@@ -611,6 +611,41 @@ fn object_err(e: objects::Error) -> Error {
     }
 }
 
+/// Expires open uploads past their expiry: their unfinished objects are discarded and they are
+/// marked failed. Uploads a stream is writing right now are left to the next round. Returns how
+/// many expired.
+pub async fn expire_uploads(ctx: &Context) -> Result<usize> {
+    /// Uploads handled per round: keeps each round short.
+    const BATCH: i64 = 100;
+    let mut conn = ctx.db.write().await?;
+    let rows = store::expired_uploads(&mut conn, now(), BATCH).await?;
+    drop(conn);
+    let mut expired = 0;
+    for row in rows {
+        let session = match ctx.uploads.existing(&row.id) {
+            Some(slot) => match slot.try_lock() {
+                Ok(mut guard) => guard.take(),
+                Err(_) => continue,
+            },
+            None => None,
+        };
+        let discarded = match session {
+            Some(s) => s.writer.abort().await,
+            None => ctx.objects.abort_orphan(&row.object_key, &row.writer_token).await,
+        };
+        if let Err(e) = discarded {
+            tracing::warn!(upload = %row.id, error = %e, "discarding an expired upload's data failed; retrying next round");
+            continue;
+        }
+        ctx.uploads.remove(&row.id);
+        let mut conn = ctx.db.write().await?;
+        store::fail_upload(&mut conn, &row.id, "expired before it was completed", now()).await?;
+        expired += 1;
+        tracing::info!(upload = %row.id, "upload expired");
+    }
+    Ok(expired)
+}
+
 /// The file `id`.
 pub async fn stat(ctx: &Context, id: &str) -> Result<File> {
     check_id("file id", id)?;

@@ -377,3 +377,35 @@ async fn sdk_upload_path_and_download_to() {
     assert_eq!(std::fs::read(&dst).unwrap(), data);
     f.server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_uploads_expire_and_their_data_goes() {
+    let f = fixture(Store::Local, |c| c.upload_expiry = Duration::from_secs(2)).await;
+    let id = f.client.create_upload(&opts("o"), "abandoned.bin", Some(10 << 20)).await.unwrap();
+    // Half the bytes arrive, then the connection dies.
+    let proxy = strata_tests::proxy::CutProxy::start(f.server.addr).await.unwrap();
+    let via_proxy = Client::connect(format!("http://{}", proxy.addr)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let call = {
+        let id = id.clone();
+        tokio::spawn(async move { via_proxy.resume_upload(&id, 0, tokio_stream::wrappers::ReceiverStream::new(rx)).await })
+    };
+    for c in mib_chunks(&pattern(5 << 20, 8)) {
+        tx.send(c).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    let _ = call.await;
+    let staging = f.dir.path().join("objects/.staging");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 1, "partial data is staged");
+    let s = eventually("the upload to expire", Duration::from_secs(15), || {
+        let (c, id) = (f.client.clone(), id.clone());
+        async move { c.upload_status(&id).await.ok().filter(|s| s.state == UploadState::Failed) }
+    })
+    .await;
+    assert!(s.error.unwrap().contains("expired"));
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "staged data removed");
+    let r = f.client.resume_upload(&id, 0, futures::stream::empty()).await;
+    assert_eq!(code(r), Code::FailedPrecondition);
+    f.server.stop().await.unwrap();
+}

@@ -1,0 +1,327 @@
+//! File benchmarks: 1 GiB uploads and downloads through a real `strata-server` process, each
+//! against its baseline measured in the same run.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aws_sdk_s3::{
+    config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation},
+    primitives::ByteStream,
+    types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart},
+};
+use strata_client::{Client, types::UploadOptions};
+use strata_tests::{
+    S3Server,
+    s3::{ACCESS_KEY, SECRET_KEY},
+};
+
+/// A `strata-server` child process (the release binary beside this one).
+pub(crate) struct ServerProcess {
+    child: Child,
+    pub(crate) url: String,
+}
+
+impl ServerProcess {
+    pub(crate) async fn start(dir: &Path, object_store_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("strata-server");
+        if !exe.exists() {
+            bail!("{} not found: build it with `cargo build --release -p strata-server`", exe.display());
+        }
+        let port = strata_tests::pg::free_port();
+        let child = Command::new(exe)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--database-url")
+            .arg(format!("sqlite://{}", dir.join("strata.db").display()))
+            .arg("--object-store-url")
+            .arg(object_store_url)
+            .arg("--metrics-sample-interval")
+            .arg("0")
+            .args(extra)
+            .env("STRATA_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) = Client::connect(url.clone()).await
+                && c.health("").await.is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("strata-server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self { child, url })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident set size of `pid` in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Samples the peak RSS of `pid` until dropped.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss(pid)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { stop, peak, thread: Some(thread) }
+    }
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Writes `size` bytes of pseudo-random data (unique per seed, so runs never deduplicate).
+fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut x = seed | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    f.get_ref().sync_all()?;
+    Ok(())
+}
+
+fn time_cmd(cmd: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let st = Command::new("sh").arg("-c").arg(cmd).status()?;
+    if !st.success() {
+        bail!("`{cmd}` failed");
+    }
+    Ok(t.elapsed())
+}
+
+fn sync() {
+    let _ = Command::new("sync").status();
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+fn report(what: &str, bytes: u64, strata: Duration, base_name: &str, base: Duration, target: f64) -> bool {
+    let ratio = base.as_secs_f64() / strata.as_secs_f64();
+    let pass = ratio >= target;
+    println!(
+        "{what}: strata {:.2}s ({:.2} GB/s) vs {base_name} {:.2}s ({:.2} GB/s) → ratio {ratio:.2} (target ≥ {target}) {}",
+        strata.as_secs_f64(),
+        gbps(bytes, strata),
+        base.as_secs_f64(),
+        gbps(bytes, base),
+        if pass { "PASS" } else { "FAIL" }
+    );
+    pass
+}
+
+/// Every file benchmark; `size` bytes each.
+pub(crate) async fn run(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let work = match dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::Builder::new().prefix("strata-bench-").tempdir_in(".")?,
+    };
+    let w = work.path();
+    println!("working in {} with {} MiB files", w.display(), size >> 20);
+    let src = w.join("source.bin");
+    make_file(&src, size, 0x5eed ^ std::process::id() as u64)?;
+    let sha = strata_client::sha256_of(&src).await?;
+    let mut all = true;
+
+    // --- local store: upload vs cp + sync ---
+    let objects = w.join("objects");
+    let server = ServerProcess::start(w, &format!("file://{}", objects.display()), &[]).await?;
+    let client = Client::connect(server.url.clone()).await?;
+    // Warm the page cache of the source for both sides alike.
+    time_cmd(&format!("cat {} > /dev/null", src.display()))?;
+    sync();
+    let base_cp = time_cmd(&format!("cp {} {} && sync", src.display(), w.join("cp.bin").display()))?;
+    std::fs::remove_file(w.join("cp.bin"))?;
+    sync();
+    let before = rss(server.pid());
+    let sampler = RssSampler::start(server.pid());
+    let t = Instant::now();
+    let file = client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
+    let upload = t.elapsed();
+    let peak = sampler.finish();
+    anyhow::ensure!(file.size_bytes == size, "uploaded size");
+    all &= report("upload 1 file → file://", size, upload, "cp+sync", base_cp, 0.8);
+    let growth = peak.saturating_sub(before);
+    let rss_ok = growth <= 64 << 20;
+    all &= rss_ok;
+    println!(
+        "server RSS during upload: {} MiB before, {} MiB peak, growth {} MiB (target ≤ 64) {}",
+        before >> 20,
+        peak >> 20,
+        growth >> 20,
+        if rss_ok { "PASS" } else { "FAIL" }
+    );
+
+    // --- with a declared SHA-256 vs openssl ---
+    let base_sha = time_cmd(&format!("openssl dgst -sha256 {} > /dev/null", src.display()))?;
+    let opts = UploadOptions { declared_sha256: Some(sha.clone()), ..Default::default() };
+    make_file(&src, size, 0xface ^ std::process::id() as u64)?;
+    let sha2 = strata_client::sha256_of(&src).await?;
+    let opts = UploadOptions { declared_sha256: Some(sha2), ..opts };
+    time_cmd(&format!("cat {} > /dev/null", src.display()))?;
+    let t = Instant::now();
+    let f2 = client.upload_path(&src, &opts, |_, _| {}).await?;
+    let upload_sha = t.elapsed();
+    anyhow::ensure!(f2.sha256.is_some(), "sha256 verified");
+    all &= report("upload with declared SHA-256 → file://", size, upload_sha, "openssl dgst -sha256", base_sha, 0.9);
+
+    // --- download vs cp ---
+    let stored = objects.join("blobs").read_dir()?.next().context("stored object")??.path();
+    sync();
+    let base_dl = time_cmd(&format!("cp {} {} && sync", stored.display(), w.join("cp2.bin").display()))?;
+    std::fs::remove_file(w.join("cp2.bin"))?;
+    let t = Instant::now();
+    client.download_to(&file.id, w.join("download.bin")).await?;
+    let download = t.elapsed();
+    std::fs::remove_file(w.join("download.bin"))?;
+    all &= report("download → file", size, download, "cp+sync", base_dl, 0.8);
+    drop(client);
+    drop(server);
+    std::fs::remove_dir_all(&objects)?;
+
+    // --- S3: strata vs the fastest direct multipart upload ---
+    let s3 = S3Server::start("bench")?;
+    let server = ServerProcess::start(w, &s3.url(), &["--s3-concurrency", "4"]).await?;
+    let client = Client::connect(server.url.clone()).await?;
+    let base_s3 = direct_multipart(&s3, &src, 8 << 20, 4).await?;
+    let t = Instant::now();
+    client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
+    let upload_s3 = t.elapsed();
+    all &= report("upload → S3 (s3s-fs)", size, upload_s3, "aws-sdk-s3 multipart", base_s3, 0.9);
+    drop(client);
+    drop(server);
+    drop(s3);
+    println!("{}", if all { "ALL PASS" } else { "SOME FAILED" });
+    Ok(())
+}
+
+/// The baseline: aws-sdk-s3 multipart upload straight to the server, `concurrency` parts in flight,
+/// payload signing off, CRC32 checksums on.
+async fn direct_multipart(s3: &S3Server, src: &Path, part: usize, concurrency: usize) -> anyhow::Result<Duration> {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "bench"))
+        .force_path_style(true)
+        .endpoint_url(format!("http://{}", s3.addr))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    let key = "baseline.bin";
+    let t = Instant::now();
+    let up = client.create_multipart_upload().bucket(&s3.bucket).key(key).send().await?;
+    let id = up.upload_id().context("upload id")?.to_owned();
+    let mut file = tokio::fs::File::open(src).await?;
+    let mut set = tokio::task::JoinSet::new();
+    let mut parts = Vec::new();
+    let mut number = 1;
+    loop {
+        let mut buf = vec![0u8; part];
+        let mut filled = 0;
+        while filled < part {
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        while set.len() >= concurrency {
+            parts.push(set.join_next().await.context("part")???);
+        }
+        let (c, b, i) = (client.clone(), s3.bucket.clone(), id.clone());
+        let n = number;
+        set.spawn(async move {
+            let out = c
+                .upload_part()
+                .bucket(b)
+                .key(key)
+                .upload_id(i)
+                .part_number(n)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(ByteStream::from(buf))
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await?;
+            Ok::<_, anyhow::Error>(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag().map(str::to_owned)).set_checksum_crc32(out.checksum_crc32().map(str::to_owned)).build())
+        });
+        number += 1;
+    }
+    while let Some(p) = set.join_next().await {
+        parts.push(p??);
+    }
+    parts.sort_by_key(|p| p.part_number());
+    client
+        .complete_multipart_upload()
+        .bucket(&s3.bucket)
+        .key(key)
+        .upload_id(id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .send()
+        .await?;
+    Ok(t.elapsed())
+}
