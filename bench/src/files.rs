@@ -307,7 +307,13 @@ async fn direct_multipart(s3: &S3Server, src: &Path, part: usize, concurrency: u
                 .disable_payload_signing()
                 .send()
                 .await?;
-            Ok::<_, anyhow::Error>(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag().map(str::to_owned)).set_checksum_crc32(out.checksum_crc32().map(str::to_owned)).build())
+            Ok::<_, anyhow::Error>(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .set_e_tag(out.e_tag().map(str::to_owned))
+                    .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                    .build(),
+            )
         });
         number += 1;
     }

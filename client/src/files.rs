@@ -7,8 +7,6 @@ use backon::BackoffBuilder as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use sha2::Digest as _;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
 
 use crate::{
     Client, Error,
@@ -21,6 +19,8 @@ use crate::{
 /// Bytes per upload message: large enough to amortize per-message cost, far below the 4 MiB
 /// message limit.
 const CHUNK: usize = 1 << 20;
+/// Chunks read ahead of (or written behind) the network.
+const READ_AHEAD: usize = 8;
 /// Attempts of one upload before giving up on transient errors.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -143,19 +143,40 @@ impl Client {
         size: u64,
         progress: std::sync::Arc<impl Fn(u64, u64) + Send + Sync + 'static>,
     ) -> Result<File, Error> {
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| Error::Io(e.to_string()))?;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset)).map_err(|e| Error::Io(e.to_string()))?;
+        // Read ahead on a thread of its own, so reading the next chunks overlaps sending these.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match file.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // The stream ends short: the declared size makes the server refuse it.
+                        Err(_) => return,
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buf.truncate(filled);
+                if tx.blocking_send(Bytes::from(buf)).is_err() {
+                    return;
+                }
+            }
+        });
         let mut sent = offset;
         progress(sent, size);
-        let chunks = ReaderStream::with_capacity(file, CHUNK)
-            // A read error ends the stream early; the server keeps what it committed.
-            .take_while(|r| futures::future::ready(r.is_ok()))
-            .map(move |r| {
-                let c = r.expect("filtered");
-                sent += c.len() as u64;
-                progress(sent, size);
-                c
-            });
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |c| {
+            sent += c.len() as u64;
+            progress(sent, size);
+            c
+        });
         self.resume_upload(upload_id, offset, chunks).await
     }
 
@@ -195,15 +216,29 @@ impl Client {
         let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
         let (file, mut stream) = self.download(file_id, 0, 0).await?;
         let tmp = path.with_extension(format!("strata-{}.part", std::process::id()));
-        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
-        let mut hasher = blake3::Hasher::new();
+        let out = std::fs::File::create(&tmp).map_err(io)?;
+        // Hash and write on a thread of their own, so they overlap receiving the next chunks.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::with_capacity(CHUNK, out);
+            let mut hasher = blake3::Hasher::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                out.write_all(&chunk)?;
+            }
+            out.flush()?;
+            out.get_ref().sync_all()?;
+            Ok::<_, std::io::Error>(hasher.finalize().to_hex().to_string())
+        });
         let result = async {
             while let Some(chunk) = stream.try_next().await? {
-                hasher.update(&chunk);
-                out.write_all(&chunk).await.map_err(io)?;
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
             }
-            out.sync_all().await.map_err(io)?;
-            let got = hasher.finalize().to_hex().to_string();
+            drop(tx);
+            let got = writer.await.map_err(|e| Error::Io(e.to_string()))?.map_err(io)?;
             if got != file.blake3 {
                 return Err(Error::Io(format!("downloaded content has BLAKE3 {got}, expected {}", file.blake3)));
             }

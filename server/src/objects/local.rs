@@ -4,16 +4,15 @@
 use std::{
     io::SeekFrom,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use tokio::{
-    fs,
-    io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
-};
-use tokio_util::io::ReaderStream;
+use futures::StreamExt;
+use tokio::fs;
 
 use super::{ByteStream, Error, ObjectInfo, Result, check_key};
 
@@ -58,13 +57,15 @@ impl LocalStore {
             .truncate(true)
             .open(&staging)
             .await
-            .map_err(io(&staging))?;
-        Ok(LocalWriter { file, staging, target, written: 0 })
+            .map_err(io(&staging))?
+            .into_std()
+            .await;
+        Ok(LocalWriter::new(file, staging, target))
     }
 
     pub(super) async fn get(&self, key: &str, offset: u64, length: Option<u64>) -> Result<ByteStream> {
         let path = self.path(key)?;
-        let mut file = match fs::File::open(&path).await {
+        let file = match fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound(key.to_owned())),
             Err(e) => return Err(io(&path)(e)),
@@ -74,11 +75,31 @@ impl LocalStore {
         if offset.checked_add(length).is_none_or(|end| end > size) {
             return Err(Error::Range { offset, length, size });
         }
-        file.seek(SeekFrom::Start(offset)).await.map_err(io(&path))?;
+        let mut file = file.into_std().await;
         let display = path.display().to_string();
-        let stream = ReaderStream::with_capacity(file.take(length), READ_CHUNK)
-            .map_err(move |source| Error::Io { path: display.clone(), source });
-        Ok(stream.boxed())
+        // Read ahead on a thread of its own, so disk reads overlap sending earlier chunks.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(QUEUE);
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            let send_err = |e: std::io::Error| {
+                let _ = tx.blocking_send(Err(Error::Io { path: display.clone(), source: e }));
+            };
+            if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+                return send_err(e);
+            }
+            let mut left = length;
+            while left > 0 {
+                let mut buf = vec![0u8; READ_CHUNK.min(left as usize)];
+                if let Err(e) = file.read_exact(&mut buf) {
+                    return send_err(e);
+                }
+                left -= buf.len() as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
     }
 
     pub(super) async fn head(&self, key: &str) -> Result<Option<u64>> {
@@ -139,50 +160,133 @@ impl LocalStore {
     }
 }
 
-/// A write to a staging file.
+/// Chunks queued for the writer thread: lets the next chunk arrive over the network while the
+/// previous ones are written (bounded, so memory stays at a few chunks).
+const QUEUE: usize = 8;
+
+enum Cmd {
+    Data(Bytes),
+    /// Flush and fsync; reply with the bytes in the file.
+    Sync(tokio::sync::oneshot::Sender<std::io::Result<u64>>),
+}
+
+/// A write to a staging file, performed by a thread of its own.
 pub struct LocalWriter {
-    file: fs::File,
+    tx: tokio::sync::mpsc::Sender<Cmd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Bytes the thread has written (whole chunks only).
+    written: Arc<AtomicU64>,
+    failed: Arc<Mutex<Option<String>>>,
     staging: PathBuf,
     target: PathBuf,
-    written: u64,
+}
+
+fn writer_thread(
+    mut file: std::fs::File,
+    mut rx: tokio::sync::mpsc::Receiver<Cmd>,
+    written: Arc<AtomicU64>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
+    use std::io::Write;
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            Cmd::Data(d) => {
+                if failed.lock().expect("lock").is_some() {
+                    continue;
+                }
+                match file.write_all(&d) {
+                    Ok(()) => {
+                        written.fetch_add(d.len() as u64, Ordering::Release);
+                    }
+                    Err(e) => *failed.lock().expect("lock") = Some(e.to_string()),
+                }
+            }
+            Cmd::Sync(reply) => {
+                // A failed write may have landed partly: cut the file back to what was counted.
+                let n = written.load(Ordering::Acquire);
+                let r = file
+                    .set_len(n)
+                    .and_then(|()| std::io::Seek::seek(&mut file, SeekFrom::Start(n)))
+                    .and_then(|_| file.sync_data())
+                    .map(|()| n);
+                if r.is_ok() {
+                    *failed.lock().expect("lock") = None;
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
 }
 
 impl LocalWriter {
+    fn new(file: std::fs::File, staging: PathBuf, target: PathBuf) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(None));
+        let (w, f) = (written.clone(), failed.clone());
+        let thread = std::thread::Builder::new()
+            .name("strata-file-writer".into())
+            .spawn(move || writer_thread(file, rx, w, f))
+            .expect("spawn writer thread");
+        Self { tx, thread: Some(thread), written, failed, staging, target }
+    }
+
+    fn failure(&self) -> Result<()> {
+        match self.failed.lock().expect("lock").clone() {
+            Some(e) => Err(Error::Io { path: self.staging.display().to_string(), source: std::io::Error::other(e) }),
+            None => Ok(()),
+        }
+    }
+
     pub(super) async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.file.write_all(&data).await.map_err(io(&self.staging))?;
-        self.written += data.len() as u64;
-        Ok(())
+        self.failure()?;
+        self.tx.send(Cmd::Data(data)).await.map_err(|_| Error::Io {
+            path: self.staging.display().to_string(),
+            source: std::io::Error::other("writer thread stopped"),
+        })
     }
 
     pub(super) fn committed(&self) -> u64 {
-        self.written
+        self.written.load(Ordering::Acquire)
     }
 
     pub(super) async fn checkpoint(&mut self) -> Result<u64> {
-        // A write interrupted mid-way (its future dropped) may have landed partly: cut the file back
-        // to what was counted and continue from there.
-        self.file.flush().await.map_err(io(&self.staging))?;
-        self.file.set_len(self.written).await.map_err(io(&self.staging))?;
-        self.file.seek(SeekFrom::Start(self.written)).await.map_err(io(&self.staging))?;
-        self.file.sync_data().await.map_err(io(&self.staging))?;
-        Ok(self.written)
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let gone = || Error::Io {
+            path: self.staging.display().to_string(),
+            source: std::io::Error::other("writer thread stopped"),
+        };
+        self.tx.send(Cmd::Sync(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?.map_err(io(&self.staging))
+    }
+
+    fn stop(&mut self) {
+        // Closing the channel ends the thread once it has drained the queue.
+        let (tx, _) = tokio::sync::mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
     }
 
     pub(super) async fn finish(mut self) -> Result<u64> {
-        self.file.flush().await.map_err(io(&self.staging))?;
-        self.file.sync_all().await.map_err(io(&self.staging))?;
-        drop(self.file);
+        let n = self.checkpoint().await?;
+        self.failure()?;
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join()).await.ok();
+        }
         let parent = self.target.parent().expect("keys have a parent").to_path_buf();
         fs::create_dir_all(&parent).await.map_err(io(&parent))?;
         fs::rename(&self.staging, &self.target).await.map_err(io(&self.target))?;
         // The rename is durable only once the directory entry is.
         let dir = fs::File::open(&parent).await.map_err(io(&parent))?;
         dir.sync_all().await.map_err(io(&parent))?;
-        Ok(self.written)
+        Ok(n)
     }
 
-    pub(super) async fn abort(self) -> Result<()> {
-        drop(self.file);
+    pub(super) async fn abort(mut self) -> Result<()> {
+        self.stop();
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join()).await.ok();
+        }
         match fs::remove_file(&self.staging).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

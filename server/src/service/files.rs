@@ -206,25 +206,16 @@ struct Session {
     /// Hashes of every byte received so far.
     running: Hashes,
     received: u64,
-    /// Hashes at part boundaries not yet known to be committed (S3 commits whole parts only).
+    /// Hashes at offsets where the writer may commit and has not yet: part boundaries on S3,
+    /// chunk ends on local files (written by a background thread).
     at_boundaries: VecDeque<(u64, Hashes)>,
-    /// Hashes before the write in progress (writers that commit every byte): if the write is
-    /// interrupted, this is the state at the committed offset.
-    before_write: Option<(u64, Hashes)>,
     /// Bytes arrived since the last checkpoint.
     dirty: bool,
 }
 
 impl Session {
     fn new(writer: ObjectWriter, sha256: bool) -> Self {
-        Self {
-            writer,
-            running: Hashes::new(sha256),
-            received: 0,
-            at_boundaries: VecDeque::new(),
-            before_write: None,
-            dirty: false,
-        }
+        Self { writer, running: Hashes::new(sha256), received: 0, at_boundaries: VecDeque::new(), dirty: false }
     }
 
     /// Writes `chunk`: hashes first (so every byte that may become committed is hashed), then
@@ -232,13 +223,8 @@ impl Session {
     /// checkpoint reconciles hashes and writer.
     async fn write(&mut self, chunk: Bytes) -> objects::Result<()> {
         self.dirty = true;
-        if self.writer.part_size() <= 1 {
-            self.before_write = Some((self.received, self.running.clone()));
-        }
         self.hash(&chunk);
-        self.writer.write(chunk).await?;
-        self.before_write = None;
-        Ok(())
+        self.writer.write(chunk).await
     }
 
     /// Hashes `data`, remembering the state at each part boundary it crosses.
@@ -247,6 +233,12 @@ impl Session {
         if part <= 1 {
             self.running.update(data);
             self.received += data.len() as u64;
+            // Only offsets at or past what the writer has committed can still be needed.
+            let committed = self.writer.committed();
+            while self.at_boundaries.front().is_some_and(|(o, _)| *o < committed) {
+                self.at_boundaries.pop_front();
+            }
+            self.at_boundaries.push_back((self.received, self.running.clone()));
             return;
         }
         while !data.is_empty() {
@@ -265,9 +257,8 @@ impl Session {
     fn rewind_to(&mut self, committed: u64) {
         if committed < self.received {
             let (_, h) = self
-                .before_write
+                .at_boundaries
                 .iter()
-                .chain(self.at_boundaries.iter())
                 .find(|(o, _)| *o == committed)
                 .cloned()
                 .or_else(|| (committed == 0).then(|| (0, Hashes::new(self.running.sha256.is_some()))))
@@ -276,7 +267,6 @@ impl Session {
             self.received = committed;
         }
         self.at_boundaries.retain(|(o, _)| *o > committed);
-        self.before_write = None;
         self.dirty = false;
     }
 }

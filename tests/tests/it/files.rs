@@ -388,7 +388,9 @@ async fn abandoned_uploads_expire_and_their_data_goes() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let call = {
         let id = id.clone();
-        tokio::spawn(async move { via_proxy.resume_upload(&id, 0, tokio_stream::wrappers::ReceiverStream::new(rx)).await })
+        tokio::spawn(
+            async move { via_proxy.resume_upload(&id, 0, tokio_stream::wrappers::ReceiverStream::new(rx)).await },
+        )
     };
     for c in mib_chunks(&pattern(5 << 20, 8)) {
         tx.send(c).await.unwrap();
