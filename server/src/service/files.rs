@@ -469,6 +469,7 @@ where
         )));
     }
     let limit = row.declared_size.map_or(ctx.file_limits.max_file_size, |s| s as u64);
+    let receiving = std::time::Instant::now();
     loop {
         match chunks.next().await {
             Some(Ok(chunk)) => {
@@ -499,6 +500,7 @@ where
         }
     }
     let session = guard.take().expect("present");
+    tracing::debug!(upload = %row.id, bytes = session.received, elapsed = ?receiving.elapsed(), "upload stream received");
     let result = finish(ctx, &row, session).await;
     ctx.uploads.remove(&row.id);
     result
@@ -560,7 +562,9 @@ async fn finish(ctx: &Context, row: &UploadRow, session: Session) -> Result<File
         let why = Error::DataLoss(format!("upload {}: SHA-256 is {actual}, declared {declared}", row.id));
         return fail(ctx, row, Some(session), why).await;
     }
+    let finishing = std::time::Instant::now();
     let written = session.writer.finish().await.map_err(object_err)?;
+    tracing::debug!(upload = %row.id, elapsed = ?finishing.elapsed(), "object published");
     debug_assert_eq!(written, size);
     let file = FileRow {
         id: new_id(),
