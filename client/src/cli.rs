@@ -116,6 +116,15 @@ pub enum FilesCommand {
         /// File id.
         id: String,
     },
+    /// Compare the object store with the catalog (operator).
+    Reconcile {
+        /// Delete orphan objects older than the grace period and mark lost content.
+        #[arg(long)]
+        repair: bool,
+        /// Orphans younger than this many seconds are kept.
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+    },
 }
 
 fn print_file(out: &mut dyn Write, f: &crate::types::File) -> anyhow::Result<()> {
@@ -397,6 +406,29 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             FilesCommand::Stat { id } => {
                 let f = client.stat_file(&id).await?;
                 if cli.json { print_json(out, &f)? } else { print_file(out, &f)? }
+            }
+            FilesCommand::Reconcile { repair, grace_secs } => {
+                let r = client.reconcile_objects(repair, std::time::Duration::from_secs(grace_secs)).await?;
+                if cli.json {
+                    print_json(out, &r)?;
+                } else {
+                    writeln!(
+                        out,
+                        "scanned {} objects and {} blobs: {} orphan(s), {} deleted, {} lost content(s) in {} file(s)",
+                        r.objects_scanned,
+                        r.blobs_scanned,
+                        r.orphan_object_keys.len(),
+                        r.deleted_object_keys.len(),
+                        r.lost_blake3.len(),
+                        r.lost_file_ids.len()
+                    )?;
+                    for k in &r.orphan_object_keys {
+                        writeln!(out, "orphan {k}")?;
+                    }
+                    for f in &r.lost_file_ids {
+                        writeln!(out, "lost file {f}")?;
+                    }
+                }
             }
             FilesCommand::Rm { id } => {
                 let gone = client.delete_file(&id).await?;

@@ -245,6 +245,7 @@ impl From<pb::File> for File {
             sha256: (!f.sha256.is_empty()).then_some(f.sha256),
             metadata: f.metadata.into_iter().collect(),
             created_at: ts(f.create_time),
+            lost: f.lost,
         }
     }
 }

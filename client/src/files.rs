@@ -13,7 +13,7 @@ use crate::{
     client::Svc,
     convert::timestamp,
     pb::{self, file_service_client::FileServiceClient, upload_request::Kind},
-    types::{File, FilePage, FileQuery, UploadOptions, UploadState, UploadStatus},
+    types::{File, FilePage, FileQuery, Reconciliation, UploadOptions, UploadState, UploadStatus},
 };
 
 /// Bytes per upload message: large enough to amortize per-message cost, far below the 4 MiB
@@ -263,6 +263,24 @@ impl Client {
         };
         let r = self.files().list_files(req).await?.into_inner();
         Ok(FilePage { files: r.files.into_iter().map(File::from).collect(), next_page_token: r.next_page_token })
+    }
+
+    /// Compares the object store with the catalog; with `repair`, deletes orphans older than
+    /// `grace` and marks lost content.
+    pub async fn reconcile_objects(&self, repair: bool, grace: Duration) -> Result<Reconciliation, Error> {
+        let req = pb::ReconcileObjectsRequest {
+            repair,
+            grace_period: Some(prost_types::Duration::try_from(grace).map_err(|e| Error::Malformed(e.to_string()))?),
+        };
+        let r = self.files().reconcile_objects(req).await?.into_inner();
+        Ok(Reconciliation {
+            orphan_object_keys: r.orphan_object_keys,
+            deleted_object_keys: r.deleted_object_keys,
+            lost_blake3: r.lost_blake3,
+            lost_file_ids: r.lost_file_ids,
+            objects_scanned: r.objects_scanned,
+            blobs_scanned: r.blobs_scanned,
+        })
     }
 
     /// Deletes a file; true when its content was removed (no other file shared it).

@@ -381,6 +381,8 @@ pub struct File {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// When it was stored.
     pub created_at: Option<DateTime<Utc>>,
+    /// The content was found missing from the object store.
+    pub lost: bool,
 }
 
 /// What to declare when uploading.
@@ -451,4 +453,21 @@ pub struct FilePage {
     pub files: Vec<File>,
     /// Next page token (empty: last page).
     pub next_page_token: String,
+}
+
+/// What `ReconcileObjects` found (and, with repair, did).
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconciliation {
+    /// Objects no catalog row references.
+    pub orphan_object_keys: Vec<String>,
+    /// Orphans deleted.
+    pub deleted_object_keys: Vec<String>,
+    /// Content (BLAKE3) whose object is missing.
+    pub lost_blake3: Vec<String>,
+    /// Files whose content is missing.
+    pub lost_file_ids: Vec<String>,
+    /// Objects listed.
+    pub objects_scanned: i64,
+    /// Catalog blobs checked.
+    pub blobs_scanned: i64,
 }

@@ -73,6 +73,8 @@ pub struct FileRow {
     pub metadata: String,
     /// Created.
     pub created_at: NaiveDateTime,
+    /// Reconciliation found the content missing.
+    pub lost: bool,
 }
 
 macro_rules! upload_columns {
@@ -99,7 +101,7 @@ macro_rules! upload_columns {
 }
 
 macro_rules! file_columns {
-    ($f:ident) => {
+    ($f:ident, $b:ident) => {
         (
             $f::id,
             $f::name,
@@ -110,6 +112,7 @@ macro_rules! file_columns {
             $f::sha256,
             $f::metadata,
             $f::created_at,
+            $b::lost_at.is_not_null(),
         )
     };
 }
@@ -263,7 +266,7 @@ pub async fn get_file(conn: &mut Conn, id: &str) -> Result<Option<(FileRow, Stri
         f::table
             .inner_join(b::table)
             .filter(f::id.eq(id))
-            .select((file_columns!(f), b::object_key))
+            .select((file_columns!(f, b), b::object_key))
             .first::<(FileRow, String)>(conn)
             .await
             .optional()?
@@ -289,8 +292,9 @@ pub struct FileFilter {
 /// Files matching `filter`, newest first, at most `limit`.
 pub async fn list_files(conn: &mut Conn, filter: &FileFilter, limit: i64) -> Result<Vec<FileRow>> {
     let rows = db_run!(conn, {
-        use schema::files as f;
-        let mut q = f::table.select(file_columns!(f)).order(f::id.desc()).limit(limit).into_boxed();
+        use schema::{blobs as b, files as f};
+        let mut q =
+            f::table.inner_join(b::table).select(file_columns!(f, b)).order(f::id.desc()).limit(limit).into_boxed();
         if let Some(o) = &filter.owner {
             q = q.filter(f::owner.eq(o.clone()));
         }
@@ -363,4 +367,59 @@ pub fn escape_like(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Every blob: (BLAKE3, object key, already marked lost).
+pub async fn all_blobs(conn: &mut Conn) -> Result<Vec<(String, String, bool)>> {
+    let rows = db_run!(conn, {
+        use schema::blobs as b;
+        b::table.select((b::blake3, b::object_key, b::lost_at.is_not_null())).load(conn).await?
+    });
+    Ok(rows)
+}
+
+/// Object keys of uploads still open (their objects may appear any moment).
+pub async fn open_upload_keys(conn: &mut Conn) -> Result<Vec<String>> {
+    let rows = db_run!(conn, {
+        use schema::uploads as u;
+        u::table.filter(u::state.eq(OPEN)).select(u::object_key).load(conn).await?
+    });
+    Ok(rows)
+}
+
+/// Whether a blob row or an open upload references `key` (checked again right before acting).
+pub async fn key_referenced(conn: &mut Conn, key: &str) -> Result<bool> {
+    let n: i64 = db_run!(conn, {
+        use schema::{blobs as b, uploads as u};
+        let blobs: i64 = b::table.filter(b::object_key.eq(key)).count().get_result(&mut *conn).await?;
+        let uploads: i64 =
+            u::table.filter(u::object_key.eq(key)).filter(u::state.eq(OPEN)).count().get_result(&mut *conn).await?;
+        blobs + uploads
+    });
+    Ok(n > 0)
+}
+
+/// Marks content `blake3` lost; returns the ids of the files that reference it.
+pub async fn mark_lost(conn: &mut Conn, blake3: &str, now: NaiveDateTime) -> Result<Vec<String>> {
+    let ids = db_run!(conn, {
+        conn.transaction(async |conn| {
+            use schema::{blobs as b, files as f};
+            diesel::update(b::table.filter(b::blake3.eq(blake3)).filter(b::lost_at.is_null()))
+                .set(b::lost_at.eq(now))
+                .execute(&mut *conn)
+                .await?;
+            f::table.filter(f::blake3.eq(blake3)).select(f::id).load::<String>(&mut *conn).await
+        })
+        .await?
+    });
+    Ok(ids)
+}
+
+/// Ids of the files referencing content `blake3`.
+pub async fn files_of(conn: &mut Conn, blake3: &str) -> Result<Vec<String>> {
+    let ids = db_run!(conn, {
+        use schema::files as f;
+        f::table.filter(f::blake3.eq(blake3)).select(f::id).load::<String>(conn).await?
+    });
+    Ok(ids)
 }

@@ -68,6 +68,7 @@ catalog! {
         size_bytes -> [BigInt],
         ref_count -> [BigInt],
         created_at -> [Timestamp],
+        lost_at -> [Nullable<Timestamp>],
     }
     files (id) sqlite "strata_files" {
         id -> [Text],

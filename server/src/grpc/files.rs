@@ -32,6 +32,7 @@ fn file(f: files::File) -> pb::File {
         sha256: f.sha256.unwrap_or_default(),
         metadata: f.metadata.into_iter().collect(),
         create_time: Some(ts(f.created_at)),
+        lost: f.lost,
     }
 }
 
@@ -137,6 +138,27 @@ impl FileService for FileApi {
         )?;
         let (fs, next_page_token) = files::list(&self.ctx, &q).await?;
         Ok(Response::new(pb::ListFilesResponse { files: fs.into_iter().map(file).collect(), next_page_token }))
+    }
+
+    async fn reconcile_objects(
+        &self,
+        req: Request<pb::ReconcileObjectsRequest>,
+    ) -> Result<Response<pb::ReconcileObjectsResponse>, Status> {
+        let r = req.into_inner();
+        let grace = match r.grace_period {
+            None => std::time::Duration::from_secs(3600),
+            Some(d) => std::time::Duration::try_from(d)
+                .map_err(|_| Status::invalid_argument("grace_period must not be negative"))?,
+        };
+        let out = files::reconcile(&self.ctx, r.repair, grace).await?;
+        Ok(Response::new(pb::ReconcileObjectsResponse {
+            orphan_object_keys: out.orphans,
+            deleted_object_keys: out.deleted,
+            lost_blake3: out.lost_blake3,
+            lost_file_ids: out.lost_files,
+            objects_scanned: out.objects_scanned as i64,
+            blobs_scanned: out.blobs_scanned as i64,
+        }))
     }
 
     async fn delete_file(

@@ -139,7 +139,7 @@ impl LocalStore {
                     if meta.is_dir() {
                         dirs.push(path);
                     } else if key.starts_with(&prefix) {
-                        out.push(ObjectInfo { key, size: meta.len() });
+                        out.push(ObjectInfo { key, size: meta.len(), modified: meta.modified().ok() });
                     }
                 }
             }

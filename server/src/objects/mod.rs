@@ -52,6 +52,8 @@ pub struct ObjectInfo {
     pub key: String,
     /// Its size.
     pub size: u64,
+    /// When it was last written, if the store says.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Where objects live.

@@ -207,7 +207,11 @@ impl S3Store {
                 .map_err(s3_err("ListObjectsV2", &full_prefix))?;
             for o in page.contents() {
                 if let Some(k) = o.key().and_then(|k| k.strip_prefix(&*self.prefix)) {
-                    out.push(ObjectInfo { key: k.to_owned(), size: o.size().unwrap_or(0).max(0) as u64 });
+                    out.push(ObjectInfo {
+                        key: k.to_owned(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        modified: o.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                    });
                 }
             }
             token = page.next_continuation_token().map(str::to_owned);

@@ -162,6 +162,8 @@ pub struct File {
     pub metadata: BTreeMap<String, String>,
     /// Created.
     pub created_at: DateTime<Utc>,
+    /// Content found missing by reconciliation.
+    pub lost: bool,
 }
 
 impl From<FileRow> for File {
@@ -176,6 +178,7 @@ impl From<FileRow> for File {
             sha256: r.sha256,
             metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
             created_at: r.created_at.and_utc(),
+            lost: r.lost,
         }
     }
 }
@@ -576,6 +579,7 @@ async fn finish(ctx: &Context, row: &UploadRow, session: Session) -> Result<File
         sha256,
         metadata: row.metadata.clone(),
         created_at: now(),
+        lost: false,
     };
     let mut conn = ctx.db.write().await?;
     let key = match store::complete_upload(&mut conn, &row.id, &row.object_key, &file, now()).await {
@@ -655,6 +659,9 @@ pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Resu
     let (row, key) = store::get_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
     drop(conn);
     let file = File::from(row);
+    if file.lost {
+        return Err(Error::DataLoss(format!("the content of file {id} is missing from the object store")));
+    }
     if offset > file.size || length > file.size - offset {
         return Err(Error::OutOfRange(format!("range {offset}+{length} is outside file {id} of {} bytes", file.size)));
     }
@@ -727,4 +734,71 @@ pub async fn delete(ctx: &Context, id: &str) -> Result<bool> {
         tracing::warn!(key = %key, error = %e, "deleting an unreferenced object failed");
     }
     Ok(last)
+}
+
+/// What reconciliation found (and did).
+#[derive(Debug, Default, Clone)]
+pub struct Reconciliation {
+    /// Objects no catalog row references.
+    pub orphans: Vec<String>,
+    /// Orphans deleted.
+    pub deleted: Vec<String>,
+    /// Content whose object is missing.
+    pub lost_blake3: Vec<String>,
+    /// Files referencing lost content.
+    pub lost_files: Vec<String>,
+    /// Objects listed.
+    pub objects_scanned: usize,
+    /// Blobs checked.
+    pub blobs_scanned: usize,
+}
+
+/// Compares objects under `blobs/` with the catalog. The catalog is read before the listing, so
+/// an object published after that read looks orphaned: the grace period protects it, and every
+/// candidate is checked again right before anything is deleted or marked.
+pub async fn reconcile(ctx: &Context, repair: bool, grace: Duration) -> Result<Reconciliation> {
+    let mut conn = ctx.db.write().await?;
+    let blobs = store::all_blobs(&mut conn).await?;
+    let open = store::open_upload_keys(&mut conn).await?;
+    drop(conn);
+    let objects = ctx.objects.list("blobs/").await.map_err(object_err)?;
+    let known: std::collections::HashSet<&str> =
+        blobs.iter().map(|(_, k, _)| k.as_str()).chain(open.iter().map(String::as_str)).collect();
+    let present: std::collections::HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let mut out = Reconciliation { objects_scanned: objects.len(), blobs_scanned: blobs.len(), ..Default::default() };
+    let now_sys = std::time::SystemTime::now();
+    for o in objects.iter().filter(|o| !known.contains(o.key.as_str())) {
+        out.orphans.push(o.key.clone());
+        let old_enough = o.modified.is_some_and(|m| now_sys.duration_since(m).unwrap_or_default() >= grace);
+        if repair && old_enough {
+            let mut conn = ctx.db.write().await?;
+            if store::key_referenced(&mut conn, &o.key).await? {
+                continue;
+            }
+            drop(conn);
+            ctx.objects.delete(&o.key).await.map_err(object_err)?;
+            tracing::info!(key = %o.key, "deleted orphan object");
+            out.deleted.push(o.key.clone());
+        }
+    }
+    for (blake3, key, already) in blobs.iter().filter(|(_, k, _)| !present.contains(k.as_str())) {
+        // Listed before the object was deleted along with its last file? Check both again.
+        if ctx.objects.head(key).await.map_err(object_err)?.is_some() {
+            continue;
+        }
+        let mut conn = ctx.db.write().await?;
+        if !store::key_referenced(&mut conn, key).await? {
+            continue;
+        }
+        let files = if repair && !already {
+            let ids = store::mark_lost(&mut conn, blake3, now()).await?;
+            tracing::error!(blake3 = %blake3, key = %key, files = ids.len(), "content missing from the object store; marked lost");
+            ids
+        } else {
+            store::files_of(&mut conn, blake3).await?
+        };
+        out.lost_blake3.push(blake3.clone());
+        out.lost_files.extend(files);
+    }
+    Ok(out)
 }

@@ -33,6 +33,7 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("StatFile", code(c.stat_file(MISSING).await)),
         ("ListFiles", code(c.list_files(&FileQuery::default()).await)),
         ("DeleteFile", code(c.delete_file(MISSING).await)),
+        ("ReconcileObjects", code(c.reconcile_objects(false, std::time::Duration::from_secs(3600)).await)),
     ]
 }
 
@@ -44,7 +45,8 @@ fn allowed(code: Option<Code>) -> bool {
     !matches!(code, Some(Code::Unauthenticated | Code::PermissionDenied))
 }
 
-const OPERATOR_ONLY: &[&str] = &["RecordSnapshot", "CreateUpload", "Upload", "GetUploadStatus", "DeleteFile"];
+const OPERATOR_ONLY: &[&str] =
+    &["RecordSnapshot", "CreateUpload", "Upload", "GetUploadStatus", "DeleteFile", "ReconcileObjects"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_by_role() {

@@ -411,3 +411,53 @@ async fn abandoned_uploads_expire_and_their_data_goes() {
     assert_eq!(code(r), Code::FailedPrecondition);
     f.server.stop().await.unwrap();
 }
+
+async fn reconcile(store: Store) {
+    let f = fixture(store, |_| {}).await;
+    let keep = f.client.upload_bytes(&opts("o"), "keep.bin", Bytes::from(pattern(1000, 1))).await.unwrap();
+    let gone = f.client.upload_bytes(&opts("o"), "gone.bin", Bytes::from(pattern(2000, 2))).await.unwrap();
+    let root = match store {
+        Store::Local => f.dir.path().join("objects"),
+        Store::S3 => {
+            let s3 = f._s3.as_ref().unwrap();
+            s3.root.join(&s3.bucket)
+        }
+    };
+    // Damage the store behind strata's back: one object vanishes, one appears from nowhere.
+    let keys = walk(&root).into_iter().filter(|k| k.starts_with("blobs/")).collect::<Vec<_>>();
+    assert_eq!(keys.len(), 2);
+    let gone_key = keys.iter().find(|k| std::fs::read(root.join(k)).unwrap().len() == 2000).unwrap().clone();
+    std::fs::remove_file(root.join(&gone_key)).unwrap();
+    std::fs::write(root.join("blobs/stray-object"), b"nobody's").unwrap();
+
+    let report = f.client.reconcile_objects(false, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.orphan_object_keys, ["blobs/stray-object"]);
+    assert!(report.deleted_object_keys.is_empty());
+    assert_eq!(report.lost_file_ids, std::slice::from_ref(&gone.id));
+    assert_eq!(report.lost_blake3, std::slice::from_ref(&gone.blake3));
+    assert!(!f.client.stat_file(&gone.id).await.unwrap().lost, "a report changes nothing");
+
+    // Repair with a long grace period keeps the fresh orphan but marks the loss.
+    let report = f.client.reconcile_objects(true, Duration::from_secs(3600)).await.unwrap();
+    assert!(report.deleted_object_keys.is_empty());
+    assert!(f.client.stat_file(&gone.id).await.unwrap().lost);
+    assert_eq!(code(f.client.download_bytes(&gone.id, 0, 0).await), Code::DataLoss);
+    // Without a grace period the orphan goes; the healthy file is untouched.
+    let report = f.client.reconcile_objects(true, Duration::ZERO).await.unwrap();
+    assert_eq!(report.deleted_object_keys, ["blobs/stray-object"]);
+    assert!(!root.join("blobs/stray-object").exists());
+    assert_eq!(f.client.download_bytes(&keep.id, 0, 0).await.unwrap(), pattern(1000, 1));
+    let clean = f.client.reconcile_objects(false, Duration::ZERO).await.unwrap();
+    assert!(clean.orphan_object_keys.is_empty());
+    f.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_local() {
+    reconcile(Store::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_s3() {
+    reconcile(Store::S3).await;
+}

@@ -1,0 +1,1 @@
+ALTER TABLE strata.blobs DROP COLUMN lost_at;

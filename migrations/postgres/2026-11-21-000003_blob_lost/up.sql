@@ -1,0 +1,1 @@
+ALTER TABLE strata.blobs ADD COLUMN lost_at TIMESTAMP;

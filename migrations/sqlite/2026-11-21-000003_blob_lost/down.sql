@@ -1,0 +1,1 @@
+ALTER TABLE strata_blobs DROP COLUMN lost_at;

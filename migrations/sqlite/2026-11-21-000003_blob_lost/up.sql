@@ -1,0 +1,1 @@
+ALTER TABLE strata_blobs ADD COLUMN lost_at TIMESTAMP;
