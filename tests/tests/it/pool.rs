@@ -74,3 +74,54 @@ async fn sqlite_pool_exhaustion_is_unavailable() {
     writer.await.unwrap().expect("the blocked write completes once the lock is released");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_sessions_are_read_only_and_statements_time_out() {
+    use diesel::{QueryableByName, sql_types::Text};
+    use strata_server::db::{Conn, Db, DbSettings, Role};
+
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        v: String,
+    }
+
+    let cluster = PgCluster::shared();
+    let db_name = cluster.create_database("readonly").await.unwrap();
+    let db = Db::connect(DbSettings {
+        url: cluster.primary_url(&db_name),
+        replica_urls: vec![cluster.replica_url(&db_name)],
+        pool_max_size: 2,
+        acquire_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(2),
+        max_replica_lag: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    db.wait_ready(Duration::from_secs(10)).await.unwrap();
+    let (mut conn, role) = db.read().await.unwrap();
+    assert_eq!(role, Role::Replica);
+    let Conn::Pg(c) = &mut conn else { panic!("postgres") };
+    let q = diesel::sql_query("SELECT current_setting('default_transaction_read_only') AS v");
+    let s: Setting = diesel_async::RunQueryDsl::get_result(q, &mut **c).await.unwrap();
+    assert_eq!(s.v, "on");
+    let Conn::Pg(c) = &mut db.write().await.unwrap() else { panic!("postgres") };
+    let q = diesel::sql_query("SELECT current_setting('statement_timeout') AS v");
+    let s: Setting = diesel_async::RunQueryDsl::get_result(q, &mut **c).await.unwrap();
+    assert_eq!(s.v, "500ms");
+
+    // Through the API: a statement stuck behind a lock ends with DEADLINE_EXCEEDED.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(cluster.primary_url(&db_name), vec![], dir.path());
+    config.statement_timeout = Duration::from_millis(500);
+    let server = TestServer::start(config).await.unwrap();
+    let mut locker = cluster.connect(&db_name).await.unwrap();
+    locker.batch_execute("CREATE TABLE busy (id INT)").await.unwrap();
+    locker.batch_execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE;").await.unwrap();
+    let err = server.client().await.storage_metrics(None).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::DeadlineExceeded), "{err}");
+    locker.batch_execute("COMMIT").await.unwrap();
+    server.client().await.storage_metrics(None).await.unwrap();
+    server.stop().await.unwrap();
+}
