@@ -356,14 +356,7 @@ impl S3Writer {
             let last = std::mem::take(&mut self.buf).freeze();
             if last.is_empty() {
                 // An empty object: S3 rejects a multipart upload without parts.
-                self.client
-                    .abort_multipart_upload()
-                    .bucket(&*self.bucket)
-                    .key(&self.key)
-                    .upload_id(&self.upload_id)
-                    .send()
-                    .await
-                    .map_err(s3_err("AbortMultipartUpload", &self.key))?;
+                self.abort_multipart().await?;
                 let mut req =
                     self.client.put_object().bucket(&*self.bucket).key(&self.key).body(AwsBody::from(Bytes::new()));
                 if let Some(class) = &self.storage_class {
@@ -401,6 +394,10 @@ impl S3Writer {
     pub(super) async fn abort(mut self) -> Result<()> {
         self.inflight.abort_all();
         while self.inflight.join_next().await.is_some() {}
+        self.abort_multipart().await
+    }
+
+    async fn abort_multipart(&self) -> Result<()> {
         self.client
             .abort_multipart_upload()
             .bucket(&*self.bucket)
