@@ -83,11 +83,56 @@ pub enum Command {
         #[command(subcommand)]
         command: FilesCommand,
     },
+    /// Move blobs stored in a table into files (PostgreSQL).
+    Blobs {
+        #[command(subcommand)]
+        command: BlobsCommand,
+    },
     /// gRPC health status (exit code 1 unless SERVING).
     Health {
         /// Service name; empty for the whole server.
         #[arg(default_value = "")]
         service: String,
+    },
+}
+
+/// `strata blobs …`.
+#[derive(Debug, Subcommand)]
+pub enum BlobsCommand {
+    /// Start moving a blob column into files; prints the migration id (operator).
+    Migrate {
+        /// Table holding the blobs.
+        #[arg(long)]
+        table: String,
+        /// Schema of the table.
+        #[arg(long, default_value = "public")]
+        schema: String,
+        /// Column holding the blobs.
+        #[arg(long)]
+        column: String,
+        /// Unique key column.
+        #[arg(long, default_value = "id")]
+        key: String,
+        /// Column receiving the file id.
+        #[arg(long)]
+        ref_column: String,
+        /// The blob column holds raw bytes (bytea) instead of base64 text.
+        #[arg(long)]
+        bytea: bool,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_size: i32,
+        /// Only count rows and bytes.
+        #[arg(long)]
+        dry_run: bool,
+        /// Owner recorded on the created files.
+        #[arg(long, default_value = "")]
+        owner: String,
+    },
+    /// Progress of a migration.
+    Status {
+        /// Migration id.
+        id: String,
     },
 }
 
@@ -439,6 +484,46 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         out,
                         "deleted {id}{}",
                         if gone { " (content removed)" } else { " (content still shared)" }
+                    )?;
+                }
+            }
+        },
+        Command::Blobs { command } => match command {
+            BlobsCommand::Migrate { table, schema, column, key, ref_column, bytea, batch_size, dry_run, owner } => {
+                let spec = crate::types::BlobMigrationSpec {
+                    schema_name: schema,
+                    table_name: table,
+                    key_column: key,
+                    blob_column: column,
+                    reference_column: ref_column,
+                    base64: !bytea,
+                    batch_size,
+                    dry_run,
+                    owner,
+                };
+                let r = client.start_blob_migration(&spec).await?;
+                if cli.json {
+                    print_json(out, &r)?;
+                } else {
+                    writeln!(out, "{} row(s) hold {} of blobs", r.pending_rows, bytes(r.pending_bytes))?;
+                    if let Some(m) = r.migration {
+                        writeln!(out, "migration {} started; follow it with `strata blobs status {}`", m.id, m.id)?;
+                    }
+                }
+            }
+            BlobsCommand::Status { id } => {
+                let m = client.blob_migration(&id).await?;
+                if cli.json {
+                    print_json(out, &m)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} {}: {} row(s), {} moved{}",
+                        m.id,
+                        m.state,
+                        m.rows_done,
+                        bytes(m.bytes_done),
+                        m.error.map(|e| format!(" — {e}")).unwrap_or_default()
                     )?;
                 }
             }

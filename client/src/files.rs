@@ -13,7 +13,10 @@ use crate::{
     client::Svc,
     convert::timestamp,
     pb::{self, file_service_client::FileServiceClient, upload_request::Kind},
-    types::{File, FilePage, FileQuery, Reconciliation, UploadOptions, UploadState, UploadStatus},
+    types::{
+        BlobMigration, BlobMigrationSpec, BlobMigrationStart, File, FilePage, FileQuery, Reconciliation, UploadOptions,
+        UploadState, UploadStatus,
+    },
 };
 
 /// Bytes per upload message: large enough to amortize per-message cost, far below the 4 MiB
@@ -283,6 +286,34 @@ impl Client {
         })
     }
 
+    /// Starts moving a table's blobs into files (or, with `dry_run`, counts them).
+    pub async fn start_blob_migration(&self, spec: &BlobMigrationSpec) -> Result<BlobMigrationStart, Error> {
+        let req = pb::StartBlobMigrationRequest {
+            schema_name: spec.schema_name.clone(),
+            table_name: spec.table_name.clone(),
+            key_column: spec.key_column.clone(),
+            blob_column: spec.blob_column.clone(),
+            reference_column: spec.reference_column.clone(),
+            encoding: if spec.base64 { pb::BlobEncoding::Base64 } else { pb::BlobEncoding::Bytea } as i32,
+            batch_size: spec.batch_size,
+            dry_run: spec.dry_run,
+            owner: spec.owner.clone(),
+            content_type: String::new(),
+        };
+        let r = self.files().start_blob_migration(req).await?.into_inner();
+        Ok(BlobMigrationStart {
+            migration: r.migration.map(blob_migration),
+            pending_rows: r.pending_rows,
+            pending_bytes: r.pending_bytes,
+        })
+    }
+
+    /// A blob migration's progress.
+    pub async fn blob_migration(&self, id: &str) -> Result<BlobMigration, Error> {
+        let r = self.files().get_blob_migration(pb::GetBlobMigrationRequest { id: id.to_owned() }).await?.into_inner();
+        r.migration.map(blob_migration).ok_or_else(|| Error::Malformed("no migration".into()))
+    }
+
     /// Deletes a file; true when its content was removed (no other file shared it).
     pub async fn delete_file(&self, file_id: &str) -> Result<bool, Error> {
         let r = self.files().delete_file(pb::DeleteFileRequest { file_id: file_id.to_owned() }).await?;
@@ -320,4 +351,19 @@ pub async fn sha256_of(path: &Path) -> std::io::Result<String> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+fn blob_migration(m: pb::BlobMigration) -> BlobMigration {
+    BlobMigration {
+        id: m.id,
+        state: match pb::BlobMigrationState::try_from(m.state) {
+            Ok(pb::BlobMigrationState::Running) => "running",
+            Ok(pb::BlobMigrationState::Done) => "done",
+            _ => "failed",
+        }
+        .into(),
+        rows_done: m.rows_done,
+        bytes_done: m.bytes_done,
+        error: (!m.error.is_empty()).then_some(m.error),
+    }
 }

@@ -471,3 +471,52 @@ pub struct Reconciliation {
     /// Catalog blobs checked.
     pub blobs_scanned: i64,
 }
+
+/// A blob migration's progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobMigration {
+    /// Id.
+    pub id: String,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Rows moved.
+    pub rows_done: i64,
+    /// Bytes moved.
+    pub bytes_done: i64,
+    /// Failure.
+    pub error: Option<String>,
+}
+
+/// What StartBlobMigration reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobMigrationStart {
+    /// The migration (None for a dry run).
+    pub migration: Option<BlobMigration>,
+    /// Rows still holding a blob.
+    pub pending_rows: i64,
+    /// Bytes those blobs occupy.
+    pub pending_bytes: i64,
+}
+
+/// Parameters of StartBlobMigration.
+#[derive(Debug, Clone, Default)]
+pub struct BlobMigrationSpec {
+    /// Schema (default public).
+    pub schema_name: String,
+    /// Table.
+    pub table_name: String,
+    /// Key column.
+    pub key_column: String,
+    /// Blob column.
+    pub blob_column: String,
+    /// Reference column.
+    pub reference_column: String,
+    /// Base64 text (else bytea).
+    pub base64: bool,
+    /// Rows per batch (0: default).
+    pub batch_size: i32,
+    /// Count only.
+    pub dry_run: bool,
+    /// Owner of created files.
+    pub owner: String,
+}

@@ -105,8 +105,12 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     if !ctx.config.metrics_sample_interval.is_zero() {
         jobs.push(tokio::spawn(jobs::sampler(ctx.clone(), ctx.config.metrics_sample_interval, jobs_cancel.clone())));
     }
+    if let Err(e) = service::blob_migration::resume_all(&ctx).await {
+        tracing::error!(error = %e, "resuming blob migrations failed");
+    }
     let served = grpc::serve(ctx.clone(), listener, shutdown).await;
     jobs_cancel.cancel();
+    ctx.background.cancel();
     for j in jobs {
         let _ = j.await;
     }

@@ -99,4 +99,22 @@ catalog! {
         updated_at -> [Timestamp],
         expires_at -> [Timestamp],
     }
+    blob_migrations (id) sqlite "strata_blob_migrations" {
+        id -> [Text],
+        schema_name -> [Text],
+        table_name -> [Text],
+        key_column -> [Text],
+        blob_column -> [Text],
+        reference_column -> [Text],
+        encoding -> [Text],
+        batch_size -> [BigInt],
+        owner -> [Text],
+        content_type -> [Text],
+        state -> [Text],
+        rows_done -> [BigInt],
+        bytes_done -> [BigInt],
+        error -> [Nullable<Text>],
+        created_at -> [Timestamp],
+        updated_at -> [Timestamp],
+    }
 }

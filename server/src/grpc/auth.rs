@@ -39,6 +39,7 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.FileService/Download",
         "/strata.v1.FileService/StatFile",
         "/strata.v1.FileService/ListFiles",
+        "/strata.v1.FileService/GetBlobMigration",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::ts;
 use crate::service::{
-    Context, Error,
+    Context, Error, blob_migration,
     files::{self, FileHeader, ListQuery, StreamEnd, UploadStart, UploadState},
 };
 
@@ -42,6 +42,21 @@ fn time(t: Option<prost_types::Timestamp>) -> Result<Option<chrono::DateTime<chr
             .ok_or_else(|| Error::InvalidArgument("timestamp out of range".into()))
     })
     .transpose()
+}
+
+fn migration(m: blob_migration::Migration) -> pb::BlobMigration {
+    pb::BlobMigration {
+        id: m.id,
+        state: match m.state.as_str() {
+            "running" => pb::BlobMigrationState::Running,
+            "done" => pb::BlobMigrationState::Done,
+            _ => pb::BlobMigrationState::Failed,
+        } as i32,
+        rows_done: m.rows_done,
+        bytes_done: m.bytes_done,
+        error: m.error.unwrap_or_default(),
+        update_time: Some(ts(m.updated_at)),
+    }
 }
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
@@ -138,6 +153,41 @@ impl FileService for FileApi {
         )?;
         let (fs, next_page_token) = files::list(&self.ctx, &q).await?;
         Ok(Response::new(pb::ListFilesResponse { files: fs.into_iter().map(file).collect(), next_page_token }))
+    }
+
+    async fn start_blob_migration(
+        &self,
+        req: Request<pb::StartBlobMigrationRequest>,
+    ) -> Result<Response<pb::StartBlobMigrationResponse>, Status> {
+        let r = req.into_inner();
+        let base64 = match pb::BlobEncoding::try_from(r.encoding) {
+            Ok(pb::BlobEncoding::Base64) => true,
+            Ok(pb::BlobEncoding::Bytea) => false,
+            _ => return Err(Status::invalid_argument("encoding must be BASE64 or BYTEA")),
+        };
+        let start = blob_migration::StartRequest {
+            schema_name: r.schema_name,
+            table_name: r.table_name,
+            key_column: r.key_column,
+            blob_column: r.blob_column,
+            reference_column: r.reference_column,
+            base64,
+            batch_size: i64::from(r.batch_size),
+            dry_run: r.dry_run,
+            owner: r.owner,
+            content_type: r.content_type,
+        }
+        .validate()?;
+        let (m, pending_rows, pending_bytes) = blob_migration::start(&self.ctx, start).await?;
+        Ok(Response::new(pb::StartBlobMigrationResponse { migration: m.map(migration), pending_rows, pending_bytes }))
+    }
+
+    async fn get_blob_migration(
+        &self,
+        req: Request<pb::GetBlobMigrationRequest>,
+    ) -> Result<Response<pb::GetBlobMigrationResponse>, Status> {
+        let m = blob_migration::get(&self.ctx, &req.into_inner().id).await?;
+        Ok(Response::new(pb::GetBlobMigrationResponse { migration: Some(migration(m)) }))
     }
 
     async fn reconcile_objects(

@@ -2,6 +2,7 @@
 //! they know nothing of protobuf or gRPC.
 
 pub mod admin;
+pub mod blob_migration;
 pub mod files;
 pub mod metrics;
 
@@ -54,6 +55,8 @@ pub struct Context {
     pub uploads: std::sync::Arc<files::UploadSessions>,
     /// File limits from the configuration.
     pub file_limits: files::FileLimits,
+    /// Cancelled when the server stops: background work started by RPCs ends with it.
+    pub background: tokio_util::sync::CancellationToken,
     /// Effective configuration (holds secrets: never log it whole).
     pub config: std::sync::Arc<Config>,
     /// Wall-clock start time.
@@ -76,6 +79,7 @@ impl Context {
             objects,
             uploads: Default::default(),
             file_limits,
+            background: Default::default(),
             config: std::sync::Arc::new(config),
             started_at: Utc::now(),
             started: Instant::now(),

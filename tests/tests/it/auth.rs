@@ -34,6 +34,8 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("ListFiles", code(c.list_files(&FileQuery::default()).await)),
         ("DeleteFile", code(c.delete_file(MISSING).await)),
         ("ReconcileObjects", code(c.reconcile_objects(false, std::time::Duration::from_secs(3600)).await)),
+        ("StartBlobMigration", code(c.start_blob_migration(&Default::default()).await)),
+        ("GetBlobMigration", code(c.blob_migration(MISSING).await)),
     ]
 }
 
@@ -45,8 +47,15 @@ fn allowed(code: Option<Code>) -> bool {
     !matches!(code, Some(Code::Unauthenticated | Code::PermissionDenied))
 }
 
-const OPERATOR_ONLY: &[&str] =
-    &["RecordSnapshot", "CreateUpload", "Upload", "GetUploadStatus", "DeleteFile", "ReconcileObjects"];
+const OPERATOR_ONLY: &[&str] = &[
+    "RecordSnapshot",
+    "CreateUpload",
+    "Upload",
+    "GetUploadStatus",
+    "DeleteFile",
+    "ReconcileObjects",
+    "StartBlobMigration",
+];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_by_role() {

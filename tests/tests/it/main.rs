@@ -3,6 +3,7 @@
 //! run; tests that stop nodes start their own).
 
 mod auth;
+mod blob_migration;
 mod catalog;
 mod cli;
 mod files;

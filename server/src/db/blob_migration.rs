@@ -1,0 +1,352 @@
+//! Blob migration persistence (PostgreSQL): the application table is addressed by identifiers
+//! validated against `information_schema` and quoted, never spliced from client text unchecked.
+
+use chrono::NaiveDateTime;
+use diesel::{
+    OptionalExtension, QueryableByName,
+    prelude::*,
+    sql_types::{BigInt, Binary, Text},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::{Conn, Error, Result, files::FileRow, schema::pg as schema};
+
+/// A validated target: every identifier exists and is quoted.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `"schema"."table"`.
+    pub table: String,
+    /// `"key"`.
+    pub key: String,
+    /// SQL type of the key column (from a fixed list).
+    pub key_type: &'static str,
+    /// `"blob"`.
+    pub blob: String,
+    /// `"ref"`.
+    pub reference: String,
+    /// Blob column holds base64 text (else bytea).
+    pub base64: bool,
+}
+
+#[derive(QueryableByName)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Text)]
+    data_type: String,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn pg(conn: &mut Conn) -> Result<&mut AsyncPgConnection> {
+    match conn {
+        Conn::Pg(c) => Ok(c),
+        Conn::Sqlite(_) => Err(Error::Unsupported("blob migration needs PostgreSQL".into())),
+    }
+}
+
+/// Looks the columns up in the live schema. Errors name what is wrong (the caller maps them to
+/// INVALID_ARGUMENT).
+pub async fn resolve(
+    conn: &mut Conn,
+    schema_name: &str,
+    table: &str,
+    key: &str,
+    blob: &str,
+    reference: &str,
+    base64: bool,
+) -> Result<std::result::Result<Target, String>> {
+    let c = pg(conn)?;
+    let cols: Vec<Column> = diesel::sql_query(
+        "SELECT column_name::text AS column_name, data_type::text AS data_type FROM information_schema.columns
+          WHERE table_schema = $1 AND table_name = $2",
+    )
+    .bind::<Text, _>(schema_name)
+    .bind::<Text, _>(table)
+    .load(c)
+    .await?;
+    if cols.is_empty() {
+        return Ok(Err(format!("table {schema_name}.{table} does not exist")));
+    }
+    let ty = |name: &str| cols.iter().find(|c| c.column_name == name).map(|c| c.data_type.as_str());
+    let key_type = match ty(key) {
+        None => return Ok(Err(format!("column {key:?} does not exist in {table}"))),
+        Some("integer") => "integer",
+        Some("bigint") => "bigint",
+        Some("smallint") => "smallint",
+        Some("text") => "text",
+        Some("character varying") => "varchar",
+        Some("uuid") => "uuid",
+        Some(other) => return Ok(Err(format!("key column {key:?} has unsupported type {other}"))),
+    };
+    match (ty(blob), base64) {
+        (None, _) => return Ok(Err(format!("column {blob:?} does not exist in {table}"))),
+        (Some("text" | "character varying"), true) | (Some("bytea"), false) => {}
+        (Some(other), _) => {
+            return Ok(Err(format!(
+                "blob column {blob:?} is {other}; expected {}",
+                if base64 { "text (base64)" } else { "bytea" }
+            )));
+        }
+    }
+    match ty(reference) {
+        None => return Ok(Err(format!("column {reference:?} does not exist in {table}"))),
+        Some("text" | "character varying" | "uuid") => {}
+        Some(other) => return Ok(Err(format!("reference column {reference:?} has unsupported type {other}"))),
+    }
+    if key == blob || key == reference || blob == reference {
+        return Ok(Err("key, blob and reference columns must differ".into()));
+    }
+    Ok(Ok(Target {
+        table: format!("{}.{}", quote(schema_name), quote(table)),
+        key: quote(key),
+        key_type,
+        blob: quote(blob),
+        reference: quote(reference),
+        base64,
+    }))
+}
+
+#[derive(QueryableByName)]
+struct Pending {
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = BigInt)]
+    bytes: i64,
+}
+
+/// Rows still holding a blob and no reference, and the bytes their blobs occupy.
+pub async fn pending(conn: &mut Conn, t: &Target) -> Result<(i64, i64)> {
+    let c = pg(conn)?;
+    let p: Pending = diesel::sql_query(format!(
+        "SELECT count(*)::int8 AS rows, COALESCE(sum(octet_length({b})), 0)::int8 AS bytes FROM {t}
+          WHERE {b} IS NOT NULL AND {r} IS NULL",
+        b = t.blob,
+        r = t.reference,
+        t = t.table
+    ))
+    .get_result(c)
+    .await?;
+    Ok((p.rows, p.bytes))
+}
+
+#[derive(QueryableByName)]
+struct RowB64 {
+    #[diesel(sql_type = Text)]
+    k: String,
+    #[diesel(sql_type = Text)]
+    v: String,
+}
+
+#[derive(QueryableByName)]
+struct RowBytea {
+    #[diesel(sql_type = Text)]
+    k: String,
+    #[diesel(sql_type = Binary)]
+    v: Vec<u8>,
+}
+
+/// One stored blob: the row's key (as text) and the stored value (base64 text as bytes, or raw).
+pub type Stored = (String, Vec<u8>);
+
+/// The next `limit` pending rows in key order. Migrated rows drop out of this set, so no cursor is
+/// needed and a restarted migration simply continues.
+pub async fn next_batch(conn: &mut Conn, t: &Target, limit: i64) -> Result<Vec<Stored>> {
+    let c = pg(conn)?;
+    let sql = format!(
+        "SELECT {k}::text AS k, {b} AS v FROM {t} WHERE {b} IS NOT NULL AND {r} IS NULL ORDER BY {k} LIMIT $1",
+        k = t.key,
+        b = t.blob,
+        r = t.reference,
+        t = t.table
+    );
+    Ok(if t.base64 {
+        diesel::sql_query(sql)
+            .bind::<BigInt, _>(limit)
+            .load::<RowB64>(c)
+            .await?
+            .into_iter()
+            .map(|r| (r.k, r.v.into_bytes()))
+            .collect()
+    } else {
+        diesel::sql_query(sql)
+            .bind::<BigInt, _>(limit)
+            .load::<RowBytea>(c)
+            .await?
+            .into_iter()
+            .map(|r| (r.k, r.v))
+            .collect()
+    })
+}
+
+/// In one transaction: records `file` (and its blob, or a new reference to identical content),
+/// points the row at it and clears its blob, and advances the migration. Returns the object key
+/// holding the content, or None when the row changed meanwhile (nothing is written then).
+pub async fn commit_row(
+    conn: &mut Conn,
+    t: &Target,
+    key: &str,
+    object_key: &str,
+    file: &FileRow,
+    migration: &str,
+    now: NaiveDateTime,
+) -> Result<Option<String>> {
+    let c = pg(conn)?;
+    let update = format!(
+        "UPDATE {t} SET {r} = $1, {b} = NULL WHERE {k} = CAST($2 AS {ty}) AND {r} IS NULL AND {b} IS NOT NULL",
+        t = t.table,
+        r = t.reference,
+        b = t.blob,
+        k = t.key,
+        ty = t.key_type
+    );
+    let out = c
+        .transaction::<_, diesel::result::Error, _>(async |c| {
+            use schema::{blob_migrations as m, blobs as bl, files as f};
+            let n = diesel::sql_query(&update).bind::<Text, _>(&file.id).bind::<Text, _>(key).execute(&mut *c).await?;
+            if n != 1 {
+                return Err(diesel::result::Error::RollbackTransaction);
+            }
+            let stored: String = diesel::insert_into(bl::table)
+                .values((
+                    bl::blake3.eq(&file.blake3),
+                    bl::object_key.eq(object_key),
+                    bl::size_bytes.eq(file.size_bytes),
+                    bl::ref_count.eq(1i64),
+                    bl::created_at.eq(now),
+                ))
+                .on_conflict(bl::blake3)
+                .do_update()
+                .set(bl::ref_count.eq(bl::ref_count + 1i64))
+                .returning(bl::object_key)
+                .get_result(&mut *c)
+                .await?;
+            diesel::insert_into(f::table)
+                .values((
+                    f::id.eq(&file.id),
+                    f::name.eq(&file.name),
+                    f::content_type.eq(&file.content_type),
+                    f::owner.eq(&file.owner),
+                    f::size_bytes.eq(file.size_bytes),
+                    f::blake3.eq(&file.blake3),
+                    f::sha256.eq(&file.sha256),
+                    f::metadata.eq(&file.metadata),
+                    f::created_at.eq(file.created_at),
+                ))
+                .execute(&mut *c)
+                .await?;
+            diesel::update(m::table.filter(m::id.eq(migration)))
+                .set((
+                    m::rows_done.eq(m::rows_done + 1i64),
+                    m::bytes_done.eq(m::bytes_done + file.size_bytes),
+                    m::updated_at.eq(now),
+                ))
+                .execute(&mut *c)
+                .await?;
+            Ok(stored)
+        })
+        .await;
+    match out {
+        Ok(k) => Ok(Some(k)),
+        Err(diesel::result::Error::RollbackTransaction) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A migration's catalog row.
+#[derive(Debug, Clone, Queryable)]
+pub struct MigrationRow {
+    /// Id.
+    pub id: String,
+    /// Schema.
+    pub schema_name: String,
+    /// Table.
+    pub table_name: String,
+    /// Key column.
+    pub key_column: String,
+    /// Blob column.
+    pub blob_column: String,
+    /// Reference column.
+    pub reference_column: String,
+    /// `base64` or `bytea`.
+    pub encoding: String,
+    /// Rows per batch.
+    pub batch_size: i64,
+    /// Owner of created files.
+    pub owner: String,
+    /// MIME type of created files.
+    pub content_type: String,
+    /// `running`, `done`, `failed`.
+    pub state: String,
+    /// Rows moved.
+    pub rows_done: i64,
+    /// Bytes moved.
+    pub bytes_done: i64,
+    /// Failure.
+    pub error: Option<String>,
+    /// Created.
+    pub created_at: NaiveDateTime,
+    /// Updated.
+    pub updated_at: NaiveDateTime,
+}
+
+/// Stores a new migration.
+pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<()> {
+    let c = pg(conn)?;
+    use schema::blob_migrations as t;
+    diesel::insert_into(t::table)
+        .values((
+            t::id.eq(&m.id),
+            t::schema_name.eq(&m.schema_name),
+            t::table_name.eq(&m.table_name),
+            t::key_column.eq(&m.key_column),
+            t::blob_column.eq(&m.blob_column),
+            t::reference_column.eq(&m.reference_column),
+            t::encoding.eq(&m.encoding),
+            t::batch_size.eq(m.batch_size),
+            t::owner.eq(&m.owner),
+            t::content_type.eq(&m.content_type),
+            t::state.eq(&m.state),
+            t::rows_done.eq(m.rows_done),
+            t::bytes_done.eq(m.bytes_done),
+            t::error.eq(&m.error),
+            t::created_at.eq(m.created_at),
+            t::updated_at.eq(m.updated_at),
+        ))
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// The migration `id`.
+pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<MigrationRow>> {
+    let c = match conn {
+        Conn::Pg(c) => c,
+        Conn::Sqlite(_) => return Ok(None),
+    };
+    use schema::blob_migrations as t;
+    Ok(t::table.filter(t::id.eq(id)).first::<MigrationRow>(c).await.optional()?)
+}
+
+/// Migrations still running (to resume at start-up).
+pub async fn running(conn: &mut Conn) -> Result<Vec<MigrationRow>> {
+    let c = match conn {
+        Conn::Pg(c) => c,
+        Conn::Sqlite(_) => return Ok(Vec::new()),
+    };
+    use schema::blob_migrations as t;
+    Ok(t::table.filter(t::state.eq("running")).load::<MigrationRow>(c).await?)
+}
+
+/// Sets a migration's state (and error).
+pub async fn set_state(conn: &mut Conn, id: &str, state: &str, error: Option<&str>, now: NaiveDateTime) -> Result<()> {
+    let c = pg(conn)?;
+    use schema::blob_migrations as t;
+    diesel::update(t::table.filter(t::id.eq(id)))
+        .set((t::state.eq(state), t::error.eq(error), t::updated_at.eq(now)))
+        .execute(c)
+        .await?;
+    Ok(())
+}
