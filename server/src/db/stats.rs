@@ -9,7 +9,7 @@ use diesel::{
     QueryableByName,
     sql_types::{BigInt, Double, Nullable, Text, Timestamptz},
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use super::{Conn, Error, Result, SqliteConn};
 
@@ -125,13 +125,56 @@ SELECT n.nspname::text AS schema_name,
    AND starts_with(c.relname::text, $1)
  ORDER BY pg_total_relation_size(c.oid) DESC, 1, 2";
 
+/// Without size functions (which take a lock on each relation): sizes from `relpages`, as of the
+/// last VACUUM/ANALYZE. Used when a table is locked (e.g. by DDL) so metrics never wait for it.
+const PG_TABLES_ESTIMATED: &str = r"
+SELECT n.nspname::text AS schema_name,
+       c.relname::text AS table_name,
+       c.reltuples::float8 AS reltuples,
+       (c.relpages::int8 * current_setting('block_size')::int8) AS table_bytes,
+       (COALESCE((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                   WHERE x.indrelid = c.oid), 0)::int8 * current_setting('block_size')::int8) AS index_bytes,
+       (COALESCE((SELECT t.relpages FROM pg_class t WHERE t.oid = c.reltoastrelid), 0)::int8
+            * current_setting('block_size')::int8) AS toast_bytes,
+       s.n_dead_tup::int8 AS dead_rows,
+       GREATEST(s.last_vacuum, s.last_autovacuum) AS last_vacuum,
+       GREATEST(s.last_analyze, s.last_autoanalyze) AS last_analyze,
+       s.seq_scan::int8 AS seq_scans,
+       s.idx_scan::int8 AS index_scans
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+ WHERE c.relkind IN ('r', 'p', 'm')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'strata')
+   AND n.nspname NOT LIKE 'pg\_toast%'
+   AND n.nspname NOT LIKE 'pg\_temp\_%'
+   AND starts_with(c.relname::text, $1)
+ ORDER BY c.relpages DESC, 1, 2";
+
+/// How long the exact size query may wait for a table lock before metrics fall back to estimates.
+const LOCK_WAIT: Duration = Duration::from_millis(200);
+
 async fn pg_stats(conn: &mut AsyncPgConnection, prefix: &str) -> Result<DatabaseStats> {
     let db: PgDbRow = diesel::sql_query(
         "SELECT current_database()::text AS name, pg_database_size(current_database())::int8 AS size_bytes",
     )
     .get_result(conn)
     .await?;
-    let rows: Vec<PgTableRow> = diesel::sql_query(PG_TABLES).bind::<Text, _>(prefix).load(conn).await?;
+    let prefix_owned = prefix.to_owned();
+    let exact = conn
+        .transaction::<_, diesel::result::Error, _>(async |c| {
+            c.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_WAIT.as_millis())).await?;
+            diesel::sql_query(PG_TABLES).bind::<Text, _>(&prefix_owned).load::<PgTableRow>(c).await
+        })
+        .await;
+    let (rows, estimated): (Vec<PgTableRow>, bool) = match exact {
+        Ok(rows) => (rows, false),
+        // 55P03 lock_not_available: some table is locked (DDL, VACUUM FULL); do not wait for it.
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("lock timeout") => {
+            (diesel::sql_query(PG_TABLES_ESTIMATED).bind::<Text, _>(prefix).load(conn).await?, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
     let tables = rows
         .into_iter()
         .map(|r| TableStats {
@@ -142,7 +185,7 @@ async fn pg_stats(conn: &mut AsyncPgConnection, prefix: &str) -> Result<Database
             table_bytes: r.table_bytes,
             index_bytes: r.index_bytes,
             toast_bytes: r.toast_bytes,
-            sizes_estimated: false,
+            sizes_estimated: estimated,
             dead_rows: r.dead_rows,
             last_vacuum: r.last_vacuum,
             last_analyze: r.last_analyze,
@@ -155,10 +198,18 @@ async fn pg_stats(conn: &mut AsyncPgConnection, prefix: &str) -> Result<Database
         size_bytes: db.size_bytes,
         free_bytes: None,
         tables,
-        notes: vec![
-            "estimated_rows comes from pg_class.reltuples, refreshed by VACUUM/ANALYZE (autovacuum)".into(),
-            "dead rows and scan counts come from the cumulative statistics system and lag up to a second".into(),
-        ],
+        notes: {
+            let mut notes = vec![
+                "estimated_rows comes from pg_class.reltuples, refreshed by VACUUM/ANALYZE (autovacuum)".into(),
+                "dead rows and scan counts come from the cumulative statistics system and lag up to a second".into(),
+            ];
+            if estimated {
+                notes.push(
+                    "a table was locked: sizes are estimates from pg_class.relpages (last VACUUM/ANALYZE)".into(),
+                );
+            }
+            notes
+        },
     })
 }
 

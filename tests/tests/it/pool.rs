@@ -111,17 +111,33 @@ async fn replica_sessions_are_read_only_and_statements_time_out() {
     let s: Setting = diesel_async::RunQueryDsl::get_result(q, &mut **c).await.unwrap();
     assert_eq!(s.v, "500ms");
 
-    // Through the API: a statement stuck behind a lock ends with DEADLINE_EXCEEDED.
+    // Through the API: metrics do not wait for a locked table (sizes become estimates), and a
+    // write stuck behind a lock ends with DEADLINE_EXCEEDED.
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(cluster.primary_url(&db_name), vec![], dir.path());
     config.statement_timeout = Duration::from_millis(500);
     let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
     let mut locker = cluster.connect(&db_name).await.unwrap();
-    locker.batch_execute("CREATE TABLE busy (id INT)").await.unwrap();
-    locker.batch_execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE;").await.unwrap();
-    let err = server.client().await.storage_metrics(None).await.unwrap_err();
+    locker
+        .batch_execute("CREATE TABLE busy (id INT); INSERT INTO busy SELECT generate_series(1, 1000); ANALYZE busy;")
+        .await
+        .unwrap();
+    locker
+        .batch_execute(
+            "BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE; LOCK TABLE strata.snapshots IN ACCESS EXCLUSIVE MODE;",
+        )
+        .await
+        .unwrap();
+    let m = client.storage_metrics(None).await.expect("metrics answer despite the lock");
+    let busy = m.table("busy").unwrap();
+    assert!(busy.sizes_estimated && busy.table_size_bytes > 0 && busy.estimated_rows == 1000, "{busy:?}");
+    assert!(m.notes.iter().any(|n| n.contains("locked")));
+    let err = client.record_snapshot().await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::DeadlineExceeded), "{err}");
     locker.batch_execute("COMMIT").await.unwrap();
-    server.client().await.storage_metrics(None).await.unwrap();
+    let m = client.storage_metrics(None).await.unwrap();
+    assert!(!m.table("busy").unwrap().sizes_estimated);
+    client.record_snapshot().await.unwrap();
     server.stop().await.unwrap();
 }
