@@ -16,8 +16,10 @@ use tokio::fs;
 
 use super::{ByteStream, Error, ObjectInfo, Result, check_key};
 
-/// Read buffer size of downloads: large reads keep syscalls per gigabyte low.
-const READ_CHUNK: usize = 1 << 20;
+/// Chunk size of downloads. Below hyper's per-stream HTTP/2 send buffer (≈ 400 KiB, not settable
+/// through tonic): 1 MiB messages stalled on it and ran 3× slower (measured: 512 MiB to tmpfs in
+/// 1.2 s with 1 MiB chunks, 0.42 s with 256 KiB).
+const READ_CHUNK: usize = 256 << 10;
 const STAGING: &str = ".staging";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
