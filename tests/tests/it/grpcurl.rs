@@ -56,3 +56,29 @@ async fn grpcurl_lists_calls_and_checks_health() {
     assert!(describe.contains("estimated_rows"), "{describe}");
     server.stop().await.unwrap();
 }
+
+/// Reflection v1 (grpcurl 1.8 above covers v1alpha): every strata service is listed.
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_v1_lists_every_service() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(futures::stream::iter([req])).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else { panic!("{first:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for svc in ["strata.v1.AdminService", "strata.v1.StorageService", "strata.v1.FileService", "grpc.health.v1.Health"]
+    {
+        assert!(names.iter().any(|n| n == svc), "{svc} missing from {names:?}");
+    }
+    server.stop().await.unwrap();
+}
