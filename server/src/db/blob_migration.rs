@@ -9,7 +9,11 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::{Conn, Error, Result, files::FileRow, schema::pg as schema};
+use super::{
+    Conn, Error, Result,
+    files::{FileRow, record_file},
+    schema::pg as schema,
+};
 
 /// A validated target: every identifier exists and is quoted.
 #[derive(Debug, Clone)]
@@ -204,39 +208,12 @@ pub async fn commit_row(
     );
     let out = c
         .transaction::<_, diesel::result::Error, _>(async |c| {
-            use schema::{blob_migrations as m, blobs as bl, files as f};
+            use schema::blob_migrations as m;
             let n = diesel::sql_query(&update).bind::<Text, _>(&file.id).bind::<Text, _>(key).execute(&mut *c).await?;
             if n != 1 {
                 return Err(diesel::result::Error::RollbackTransaction);
             }
-            let stored: String = diesel::insert_into(bl::table)
-                .values((
-                    bl::blake3.eq(&file.blake3),
-                    bl::object_key.eq(object_key),
-                    bl::size_bytes.eq(file.size_bytes),
-                    bl::ref_count.eq(1i64),
-                    bl::created_at.eq(now),
-                ))
-                .on_conflict(bl::blake3)
-                .do_update()
-                .set(bl::ref_count.eq(bl::ref_count + 1i64))
-                .returning(bl::object_key)
-                .get_result(&mut *c)
-                .await?;
-            diesel::insert_into(f::table)
-                .values((
-                    f::id.eq(&file.id),
-                    f::name.eq(&file.name),
-                    f::content_type.eq(&file.content_type),
-                    f::owner.eq(&file.owner),
-                    f::size_bytes.eq(file.size_bytes),
-                    f::blake3.eq(&file.blake3),
-                    f::sha256.eq(&file.sha256),
-                    f::metadata.eq(&file.metadata),
-                    f::created_at.eq(file.created_at),
-                ))
-                .execute(&mut *c)
-                .await?;
+            let stored = record_file!(c, schema, object_key, file, now);
             diesel::update(m::table.filter(m::id.eq(migration)))
                 .set((
                     m::rows_done.eq(m::rows_done + 1i64),

@@ -201,6 +201,47 @@ pub async fn expired_uploads(conn: &mut Conn, now: NaiveDateTime, limit: i64) ->
     Ok(rows)
 }
 
+/// Inside a transaction on `$conn` with catalog module `$schema`: records `$file` — inserting its
+/// blob (content at `$object_key`) or raising the reference count of identical content already
+/// stored — and evaluates to the object key that holds the content. Shared by uploads and blob
+/// migration, so both count references the same way.
+macro_rules! record_file {
+    ($conn:ident, $schema:ident, $object_key:expr, $file:expr, $now:expr) => {{
+        use $schema::{blobs as b, files as f};
+        let file = $file;
+        let key: String = diesel::insert_into(b::table)
+            .values((
+                b::blake3.eq(&file.blake3),
+                b::object_key.eq($object_key),
+                b::size_bytes.eq(file.size_bytes),
+                b::ref_count.eq(1i64),
+                b::created_at.eq($now),
+            ))
+            .on_conflict(b::blake3)
+            .do_update()
+            .set(b::ref_count.eq(b::ref_count + 1i64))
+            .returning(b::object_key)
+            .get_result(&mut *$conn)
+            .await?;
+        diesel::insert_into(f::table)
+            .values((
+                f::id.eq(&file.id),
+                f::name.eq(&file.name),
+                f::content_type.eq(&file.content_type),
+                f::owner.eq(&file.owner),
+                f::size_bytes.eq(file.size_bytes),
+                f::blake3.eq(&file.blake3),
+                f::sha256.eq(&file.sha256),
+                f::metadata.eq(&file.metadata),
+                f::created_at.eq(file.created_at),
+            ))
+            .execute(&mut *$conn)
+            .await?;
+        key
+    }};
+}
+pub(crate) use record_file;
+
 /// Makes an upload's content visible as `file`, in one transaction: the blob is inserted or its
 /// reference count raised, the file row inserted and the upload marked complete. Returns the object
 /// key that holds the content: another key than `object_key` means identical content existed and
@@ -214,35 +255,8 @@ pub async fn complete_upload(
 ) -> Result<String> {
     let key = db_run!(conn, {
         conn.transaction(async |conn| {
-            use schema::{blobs as b, files as f, uploads as u};
-            let key: String = diesel::insert_into(b::table)
-                .values((
-                    b::blake3.eq(&file.blake3),
-                    b::object_key.eq(object_key),
-                    b::size_bytes.eq(file.size_bytes),
-                    b::ref_count.eq(1i64),
-                    b::created_at.eq(now),
-                ))
-                .on_conflict(b::blake3)
-                .do_update()
-                .set(b::ref_count.eq(b::ref_count + 1i64))
-                .returning(b::object_key)
-                .get_result(&mut *conn)
-                .await?;
-            diesel::insert_into(f::table)
-                .values((
-                    f::id.eq(&file.id),
-                    f::name.eq(&file.name),
-                    f::content_type.eq(&file.content_type),
-                    f::owner.eq(&file.owner),
-                    f::size_bytes.eq(file.size_bytes),
-                    f::blake3.eq(&file.blake3),
-                    f::sha256.eq(&file.sha256),
-                    f::metadata.eq(&file.metadata),
-                    f::created_at.eq(file.created_at),
-                ))
-                .execute(&mut *conn)
-                .await?;
+            use schema::uploads as u;
+            let key = record_file!(conn, schema, object_key, file, now);
             diesel::update(u::table.filter(u::id.eq(upload_id)))
                 .set((
                     u::state.eq(COMPLETE),

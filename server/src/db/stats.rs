@@ -100,16 +100,19 @@ struct PgDbRow {
     size_bytes: i64,
 }
 
-/// Heap bytes exclude the TOAST relation, which is reported on its own; `pg_table_size` includes
-/// the free-space and visibility-map forks. `reltuples` is -1 for tables never vacuumed/analyzed.
-/// `strata` (our catalog) and system schemas are excluded.
-const PG_TABLES: &str = r"
-SELECT n.nspname::text AS schema_name,
-       c.relname::text AS table_name,
-       c.reltuples::float8 AS reltuples,
-       (pg_table_size(c.oid) - COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0))::int8 AS table_bytes,
-       pg_indexes_size(c.oid)::int8 AS index_bytes,
-       COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0)::int8 AS toast_bytes,
+/// The application-table query, with the three size expressions and the ordering filled in. The
+/// filter is shared: `strata` (our catalog) and system schemas are excluded; `reltuples` is -1 for
+/// tables never vacuumed/analyzed.
+macro_rules! pg_tables {
+    (table: $table:literal, index: $index:literal, toast: $toast:literal, order: $order:literal) => {
+        concat!(
+            "SELECT n.nspname::text AS schema_name, c.relname::text AS table_name, c.reltuples::float8 AS reltuples, ",
+            $table,
+            " AS table_bytes, ",
+            $index,
+            " AS index_bytes, ",
+            $toast,
+            r" AS toast_bytes,
        s.n_dead_tup::int8 AS dead_rows,
        GREATEST(s.last_vacuum, s.last_autovacuum) AS last_vacuum,
        GREATEST(s.last_analyze, s.last_autoanalyze) AS last_analyze,
@@ -123,33 +126,32 @@ SELECT n.nspname::text AS schema_name,
    AND n.nspname NOT LIKE 'pg\_toast%'
    AND n.nspname NOT LIKE 'pg\_temp\_%'
    AND starts_with(c.relname::text, $1)
- ORDER BY pg_total_relation_size(c.oid) DESC, 1, 2";
+ ORDER BY ",
+            $order,
+            " DESC, 1, 2"
+        )
+    };
+}
+
+/// Exact sizes. Heap bytes exclude the TOAST relation, which is reported on its own;
+/// `pg_table_size` includes the free-space and visibility-map forks.
+const PG_TABLES: &str = pg_tables!(
+    table: "(pg_table_size(c.oid) - COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0))::int8",
+    index: "pg_indexes_size(c.oid)::int8",
+    toast: "COALESCE(pg_total_relation_size(NULLIF(c.reltoastrelid, 0)), 0)::int8",
+    order: "pg_total_relation_size(c.oid)"
+);
 
 /// Without size functions (which take a lock on each relation): sizes from `relpages`, as of the
 /// last VACUUM/ANALYZE. Used when a table is locked (e.g. by DDL) so metrics never wait for it.
-const PG_TABLES_ESTIMATED: &str = r"
-SELECT n.nspname::text AS schema_name,
-       c.relname::text AS table_name,
-       c.reltuples::float8 AS reltuples,
-       (c.relpages::int8 * current_setting('block_size')::int8) AS table_bytes,
-       (COALESCE((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-                   WHERE x.indrelid = c.oid), 0)::int8 * current_setting('block_size')::int8) AS index_bytes,
-       (COALESCE((SELECT t.relpages FROM pg_class t WHERE t.oid = c.reltoastrelid), 0)::int8
-            * current_setting('block_size')::int8) AS toast_bytes,
-       s.n_dead_tup::int8 AS dead_rows,
-       GREATEST(s.last_vacuum, s.last_autovacuum) AS last_vacuum,
-       GREATEST(s.last_analyze, s.last_autoanalyze) AS last_analyze,
-       s.seq_scan::int8 AS seq_scans,
-       s.idx_scan::int8 AS index_scans
-  FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
- WHERE c.relkind IN ('r', 'p', 'm')
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'strata')
-   AND n.nspname NOT LIKE 'pg\_toast%'
-   AND n.nspname NOT LIKE 'pg\_temp\_%'
-   AND starts_with(c.relname::text, $1)
- ORDER BY c.relpages DESC, 1, 2";
+const PG_TABLES_ESTIMATED: &str = pg_tables!(
+    table: "(c.relpages::int8 * current_setting('block_size')::int8)",
+    index: "(COALESCE((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+              WHERE x.indrelid = c.oid), 0)::int8 * current_setting('block_size')::int8)",
+    toast: "(COALESCE((SELECT t.relpages FROM pg_class t WHERE t.oid = c.reltoastrelid), 0)::int8
+              * current_setting('block_size')::int8)",
+    order: "c.relpages"
+);
 
 /// How long the exact size query may wait for a table lock before metrics fall back to estimates.
 const LOCK_WAIT: Duration = Duration::from_millis(200);
