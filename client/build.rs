@@ -7,8 +7,13 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 const PROTO_ROOT: &str = "../proto";
-const PROTOS: &[&str] =
-    &["strata/v1/common.proto", "strata/v1/admin.proto", "strata/v1/storage.proto", "strata/v1/files.proto"];
+const PROTOS: &[&str] = &[
+    "strata/v1/common.proto",
+    "strata/v1/admin.proto",
+    "strata/v1/storage.proto",
+    "strata/v1/files.proto",
+    "strata/v1/archive.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// Serializes a [`Duration`] (or an optional one) as fractional seconds.
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::Serializer;

@@ -25,6 +25,7 @@
 //! | `allowed_content_types`    | `STRATA_ALLOWED_CONTENT_TYPES` | any                                  |
 //! | `upload_expiry`            | `STRATA_UPLOAD_EXPIRY`         | 24h                                  |
 //! | `always_sha256`            | `STRATA_ALWAYS_SHA256`         | false                                |
+//! | `run_lease`                | `STRATA_RUN_LEASE`             | 30s                                  |
 //!
 //! `docs/configuration.md` explains each one. Secrets (database passwords, tokens) are never logged:
 //! URLs are shown with the password replaced and tokens are configured as SHA-256 hashes only.
@@ -196,6 +197,10 @@ pub struct ConfigArgs {
     /// Compute and store SHA-256 of every file, not only when the client declares one.
     #[arg(long, env = "STRATA_ALWAYS_SHA256", global = true)]
     pub always_sha256: Option<bool>,
+    /// A run (archive, restore, retention) holds its policy this long past its last batch; a run
+    /// whose server died is taken over by the next run after it expires.
+    #[arg(long, env = "STRATA_RUN_LEASE", value_parser = parse_duration, global = true)]
+    pub run_lease: Option<Duration>,
 }
 
 /// The TOML file: every key optional.
@@ -231,6 +236,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     upload_expiry: Option<Duration>,
     always_sha256: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    run_lease: Option<Duration>,
 }
 
 /// The effective configuration.
@@ -278,6 +285,8 @@ pub struct Config {
     pub upload_expiry: Duration,
     /// SHA-256 for every file.
     pub always_sha256: bool,
+    /// Lease of a run on its policy.
+    pub run_lease: Duration,
 }
 
 impl Default for Config {
@@ -311,6 +320,7 @@ impl Default for Config {
             allowed_content_types: Vec::new(),
             upload_expiry: Duration::from_secs(24 * 3600),
             always_sha256: false,
+            run_lease: Duration::from_secs(30),
         }
     }
 }
@@ -385,6 +395,7 @@ impl Config {
             },
             upload_expiry: pick(args.upload_expiry, file.upload_expiry, d.upload_expiry),
             always_sha256: args.always_sha256.or(file.always_sha256).unwrap_or(d.always_sha256),
+            run_lease: pick(args.run_lease, file.run_lease, d.run_lease),
         };
         c.validate()?;
         Ok(c)
@@ -400,6 +411,7 @@ impl Config {
             ("health_check_interval", self.health_check_interval),
             ("statement_timeout", self.statement_timeout),
             ("upload_expiry", self.upload_expiry),
+            ("run_lease", self.run_lease),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));

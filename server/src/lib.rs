@@ -94,6 +94,9 @@ impl Server {
     }
 }
 
+/// How long shutdown waits for background runs to finish their current batch.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves until `shutdown`; then stops accepting RPCs, cancels jobs and closes the pools, in order.
 async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
@@ -108,9 +111,19 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     if let Err(e) = service::blob_migration::resume_all(&ctx).await {
         tracing::error!(error = %e, "resuming blob migrations failed");
     }
+    match service::archive::mark_orphaned_runs(&ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(runs = n, "archive runs of a stopped server recorded as interrupted"),
+        Err(e) => tracing::error!(error = %e, "checking for interrupted archive runs failed"),
+    }
     let served = grpc::serve(ctx.clone(), listener, shutdown).await;
     jobs_cancel.cancel();
     ctx.background.cancel();
+    // Runs stop after their current batch and record how they ended.
+    ctx.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, ctx.tasks.wait()).await.is_err() {
+        tracing::warn!("background work still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
     for j in jobs {
         let _ = j.await;
     }

@@ -49,6 +49,8 @@ catalog! {
     joins {
         snapshot_tables -> snapshots (snapshot_id);
         files -> blobs (blake3);
+        archive_runs -> archive_policies (policy_id);
+        archive_segments -> archive_policies (policy_id);
     }
     snapshots (id) sqlite "strata_snapshots" {
         id -> [BigInt],
@@ -116,5 +118,58 @@ catalog! {
         error -> [Nullable<Text>],
         created_at -> [Timestamp],
         updated_at -> [Timestamp],
+    }
+    archive_policies (id) sqlite "strata_archive_policies" {
+        id -> [Text],
+        name -> [Text],
+        schema_name -> [Text],
+        table_name -> [Text],
+        time_column -> [Text],
+        key_columns -> [Text],
+        archive_after_secs -> [BigInt],
+        delete_after_secs -> [Nullable<BigInt>],
+        filters -> [Text],
+        batch_size -> [BigInt],
+        mode -> [Text],
+        lease_owner -> [Nullable<Text>],
+        lease_until -> [Nullable<Timestamp>],
+        created_at -> [Timestamp],
+        updated_at -> [Timestamp],
+    }
+    archive_runs (id) sqlite "strata_archive_runs" {
+        id -> [Text],
+        policy_id -> [Text],
+        kind -> [Text],
+        state -> [Text],
+        cutoff -> [Nullable<Timestamp>],
+        rows_done -> [BigInt],
+        rows_skipped -> [BigInt],
+        segments_done -> [BigInt],
+        raw_bytes -> [BigInt],
+        compressed_bytes -> [BigInt],
+        longest_txn_ms -> [BigInt],
+        cancel_requested -> [Bool],
+        error -> [Nullable<Text>],
+        started_at -> [Timestamp],
+        updated_at -> [Timestamp],
+        finished_at -> [Nullable<Timestamp>],
+    }
+    archive_segments (id) sqlite "strata_archive_segments" {
+        id -> [Text],
+        policy_id -> [Text],
+        run_id -> [Text],
+        object_key -> [Text],
+        state -> [Text],
+        row_count -> [BigInt],
+        raw_bytes -> [BigInt],
+        compressed_bytes -> [BigInt],
+        sha256 -> [Text],
+        first_key -> [Text],
+        last_key -> [Text],
+        min_time -> [Nullable<Timestamp>],
+        max_time -> [Nullable<Timestamp>],
+        column_list -> [Text],
+        created_at -> [Timestamp],
+        restored_at -> [Nullable<Timestamp>],
     }
 }

@@ -40,6 +40,12 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.FileService/StatFile",
         "/strata.v1.FileService/ListFiles",
         "/strata.v1.FileService/GetBlobMigration",
+        "/strata.v1.ArchiveService/GetPolicy",
+        "/strata.v1.ArchiveService/ListPolicies",
+        "/strata.v1.ArchiveService/PlanArchive",
+        "/strata.v1.ArchiveService/GetRun",
+        "/strata.v1.ArchiveService/ListRuns",
+        "/strata.v1.ArchiveService/ListSegments",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

@@ -11,6 +11,20 @@ pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
+/// A client's timestamp, checked.
+pub(crate) fn time(t: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, crate::service::Error> {
+    t.map(|t| {
+        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
+            .ok_or_else(|| crate::service::Error::InvalidArgument("timestamp out of range".into()))
+    })
+    .transpose()
+}
+
+/// A client's duration, checked (non-negative).
+pub(crate) fn duration(what: &str, d: prost_types::Duration) -> Result<Duration, crate::service::Error> {
+    Duration::try_from(d).map_err(|_| crate::service::Error::InvalidArgument(format!("{what} must not be negative")))
+}
+
 pub(crate) fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
 }

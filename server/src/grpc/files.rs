@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use strata_client::pb::{self, file_service_server::FileService, upload_request::Kind};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::ts;
+use super::convert::{time, ts};
 use crate::service::{
     Context, Error, blob_migration,
     files::{self, FileHeader, ListQuery, StreamEnd, UploadStart, UploadState},
@@ -34,14 +34,6 @@ fn file(f: files::File) -> pb::File {
         create_time: Some(ts(f.created_at)),
         lost: f.lost,
     }
-}
-
-fn time(t: Option<prost_types::Timestamp>) -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
-    t.map(|t| {
-        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
-            .ok_or_else(|| Error::InvalidArgument("timestamp out of range".into()))
-    })
-    .transpose()
 }
 
 fn migration(m: blob_migration::Migration) -> pb::BlobMigration {

@@ -1,6 +1,7 @@
 //! The gRPC edge: one file per service (decode → service → encode), auth, health and reflection.
 
 mod admin;
+mod archive;
 pub mod auth;
 mod convert;
 mod files;
@@ -10,8 +11,8 @@ mod storage;
 use std::time::Duration;
 
 use strata_client::pb::{
-    self, admin_service_server::AdminServiceServer, file_service_server::FileServiceServer,
-    storage_service_server::StorageServiceServer,
+    self, admin_service_server::AdminServiceServer, archive_service_server::ArchiveServiceServer,
+    file_service_server::FileServiceServer, storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <AdminServiceServer<admin::AdminApi> as tonic::server::NamedService>::NAME,
     <StorageServiceServer<storage::StorageApi> as tonic::server::NamedService>::NAME,
     <FileServiceServer<files::FileApi> as tonic::server::NamedService>::NAME,
+    <ArchiveServiceServer<archive::ArchiveApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -87,7 +89,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(AdminServiceServer::new(admin::AdminApi { ctx: ctx.clone() }))
         .add_service(StorageServiceServer::new(storage::StorageApi { ctx: ctx.clone() }))
-        .add_service(FileServiceServer::new(files::FileApi { ctx }))
+        .add_service(FileServiceServer::new(files::FileApi { ctx: ctx.clone() }))
+        .add_service(ArchiveServiceServer::new(archive::ArchiveApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

@@ -9,6 +9,7 @@ impl From<service::Error> for Status {
         let code = match &e {
             service::Error::InvalidArgument(_) => Code::InvalidArgument,
             service::Error::NotFound(_) => Code::NotFound,
+            service::Error::AlreadyExists(_) => Code::AlreadyExists,
             service::Error::FailedPrecondition(_) => Code::FailedPrecondition,
             service::Error::DataLoss(_) => Code::DataLoss,
             service::Error::OutOfRange(_) => Code::OutOfRange,

@@ -156,7 +156,7 @@ pub async fn start(ctx: &Context, req: StartRequest) -> Result<(Option<Migration
     }
     store::insert(&mut conn, &row).await?;
     drop(conn);
-    tokio::spawn(run(ctx.clone(), row.clone()));
+    ctx.tasks.spawn(run(ctx.clone(), row.clone()));
     Ok((Some(row.into()), rows, bytes))
 }
 
@@ -176,7 +176,7 @@ pub async fn resume_all(ctx: &Context) -> Result<usize> {
     let n = rows.len();
     for r in rows {
         tracing::info!(migration = %r.id, done = r.rows_done, "resuming blob migration");
-        tokio::spawn(run(ctx.clone(), r));
+        ctx.tasks.spawn(run(ctx.clone(), r));
     }
     Ok(n)
 }

@@ -2,6 +2,7 @@
 //! they know nothing of protobuf or gRPC.
 
 pub mod admin;
+pub mod archive;
 pub mod blob_migration;
 pub mod files;
 pub mod metrics;
@@ -21,6 +22,9 @@ pub enum Error {
     /// The named resource does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// A resource with that name exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     /// The operation does not apply in the current state or on this backend.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -57,6 +61,9 @@ pub struct Context {
     pub file_limits: files::FileLimits,
     /// Cancelled when the server stops: background work started by RPCs ends with it.
     pub background: tokio_util::sync::CancellationToken,
+    /// Background work started by RPCs (runs, migrations); awaited at shutdown so each records how
+    /// it ended.
+    pub tasks: tokio_util::task::TaskTracker,
     /// Effective configuration (holds secrets: never log it whole).
     pub config: std::sync::Arc<Config>,
     /// Wall-clock start time.
@@ -80,6 +87,7 @@ impl Context {
             uploads: Default::default(),
             file_limits,
             background: Default::default(),
+            tasks: Default::default(),
             config: std::sync::Arc::new(config),
             started_at: Utc::now(),
             started: Instant::now(),

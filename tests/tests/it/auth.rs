@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use strata_client::{
     Client, Error, HealthStatus,
+    archive::ArchivePolicy,
     types::{FileQuery, GrowthQuery, UploadOptions},
 };
 use strata_tests::{
@@ -36,6 +37,20 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("ReconcileObjects", code(c.reconcile_objects(false, std::time::Duration::from_secs(3600)).await)),
         ("StartBlobMigration", code(c.start_blob_migration(&Default::default()).await)),
         ("GetBlobMigration", code(c.blob_migration(MISSING).await)),
+        ("CreatePolicy", code(c.create_policy(&ArchivePolicy::default()).await)),
+        ("GetPolicy", code(c.policy(MISSING).await)),
+        ("ListPolicies", code(c.list_policies().await)),
+        ("UpdatePolicy", code(c.update_policy(&ArchivePolicy { id: MISSING.into(), ..Default::default() }, &[]).await)),
+        ("DeletePolicy", code(c.delete_policy(MISSING).await)),
+        ("PlanArchive", code(c.plan_archive(MISSING).await)),
+        ("RunArchive", code(c.run_archive(MISSING).await)),
+        ("GetRun", code(c.archive_run(MISSING).await)),
+        ("ListRuns", code(c.list_archive_runs(None, 10).await)),
+        ("CancelRun", code(c.cancel_archive_run(MISSING).await)),
+        ("RestoreArchive", code(c.restore_archive(MISSING, &Default::default()).await)),
+        ("ReadArchive", code(c.read_archive(MISSING, &Default::default(), |_, _| Ok(())).await)),
+        ("ListSegments", code(c.list_segments(MISSING).await)),
+        ("ApplyRetention", code(c.apply_retention(MISSING).await)),
     ]
 }
 
@@ -55,6 +70,14 @@ const OPERATOR_ONLY: &[&str] = &[
     "DeleteFile",
     "ReconcileObjects",
     "StartBlobMigration",
+    "CreatePolicy",
+    "UpdatePolicy",
+    "DeletePolicy",
+    "RunArchive",
+    "CancelRun",
+    "RestoreArchive",
+    "ReadArchive",
+    "ApplyRetention",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,3 @@
+DROP TABLE strata.archive_segments;
+DROP TABLE strata.archive_runs;
+DROP TABLE strata.archive_policies;

@@ -1,0 +1,1354 @@
+//! Archival persistence: the catalog (policies with their run lease, runs, segment manifests) and
+//! the SQL run against the application's table.
+//!
+//! Application SQL is generated once per run from identifiers resolved against the live schema
+//! ([`resolve`]) and quoted; every value a client supplied (filter values, cutoff, cursor keys)
+//! travels in one JSON bind parameter, never in SQL text.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::{
+    OptionalExtension, QueryableByName,
+    prelude::*,
+    sql_types::{BigInt, Bool, Nullable, Text},
+};
+use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
+
+use super::{Conn, Error, Result};
+use crate::db_run;
+
+/// Run states as stored.
+pub mod state {
+    /// Working.
+    pub const RUNNING: &str = "running";
+    /// Finished.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Stopped by an error or interrupted.
+    pub const FAILED: &str = "failed";
+    /// Stopped on request.
+    pub const CANCELLED: &str = "cancelled";
+    /// Segment being written.
+    pub const PENDING: &str = "pending";
+    /// Segment holds rows no longer in the table.
+    pub const COMMITTED: &str = "committed";
+    /// Segment's rows are back in the table.
+    pub const RESTORED: &str = "restored";
+    /// Segment's object is being deleted by retention.
+    pub const DELETING: &str = "deleting";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalog rows
+// ---------------------------------------------------------------------------------------------
+
+/// A policy as stored.
+#[derive(Debug, Clone, Queryable)]
+pub struct PolicyRow {
+    /// Id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Schema of the table.
+    pub schema_name: String,
+    /// Table.
+    pub table_name: String,
+    /// Time column.
+    pub time_column: String,
+    /// JSON array of key column names.
+    pub key_columns: String,
+    /// Rows older than this many seconds are due.
+    pub archive_after_secs: i64,
+    /// Segments older than this many seconds are deleted.
+    pub delete_after_secs: Option<i64>,
+    /// JSON array of filters.
+    pub filters: String,
+    /// Rows per batch.
+    pub batch_size: i64,
+    /// `archive` or `purge`.
+    pub mode: String,
+    /// Run holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    pub lease_until: Option<NaiveDateTime>,
+    /// Created.
+    pub created_at: NaiveDateTime,
+    /// Updated.
+    pub updated_at: NaiveDateTime,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, Queryable)]
+pub struct RunRow {
+    /// Id (UUIDv7: sorts by start time).
+    pub id: String,
+    /// Policy.
+    pub policy_id: String,
+    /// `archive`, `purge`, `restore`, `retention`.
+    pub kind: String,
+    /// See [`state`].
+    pub state: String,
+    /// Rows older than this were due.
+    pub cutoff: Option<NaiveDateTime>,
+    /// Rows handled.
+    pub rows_done: i64,
+    /// Rows skipped (restore).
+    pub rows_skipped: i64,
+    /// Segments handled.
+    pub segments_done: i64,
+    /// Raw bytes.
+    pub raw_bytes: i64,
+    /// Compressed bytes.
+    pub compressed_bytes: i64,
+    /// Longest batch transaction in milliseconds.
+    pub longest_txn_ms: i64,
+    /// Cancel asked for.
+    pub cancel_requested: bool,
+    /// Failure.
+    pub error: Option<String>,
+    /// Started.
+    pub started_at: NaiveDateTime,
+    /// Last progress.
+    pub updated_at: NaiveDateTime,
+    /// Ended.
+    pub finished_at: Option<NaiveDateTime>,
+}
+
+/// A segment manifest as stored.
+#[derive(Debug, Clone, Queryable)]
+pub struct SegmentRow {
+    /// Id.
+    pub id: String,
+    /// Policy.
+    pub policy_id: String,
+    /// Run that wrote it.
+    pub run_id: String,
+    /// Object key.
+    pub object_key: String,
+    /// See [`state`].
+    pub state: String,
+    /// Rows.
+    pub row_count: i64,
+    /// JSON Lines bytes.
+    pub raw_bytes: i64,
+    /// Object bytes.
+    pub compressed_bytes: i64,
+    /// SHA-256 of the object (hex).
+    pub sha256: String,
+    /// First key (JSON array).
+    pub first_key: String,
+    /// Last key (JSON array).
+    pub last_key: String,
+    /// Oldest row time.
+    pub min_time: Option<NaiveDateTime>,
+    /// Newest row time.
+    pub max_time: Option<NaiveDateTime>,
+    /// JSON array of "name type".
+    pub column_list: String,
+    /// Created (committed).
+    pub created_at: NaiveDateTime,
+    /// Restored.
+    pub restored_at: Option<NaiveDateTime>,
+}
+
+macro_rules! policy_values {
+    ($t:ident, $p:expr) => {
+        (
+            $t::name.eq(&$p.name),
+            $t::schema_name.eq(&$p.schema_name),
+            $t::table_name.eq(&$p.table_name),
+            $t::time_column.eq(&$p.time_column),
+            $t::key_columns.eq(&$p.key_columns),
+            $t::archive_after_secs.eq($p.archive_after_secs),
+            $t::delete_after_secs.eq($p.delete_after_secs),
+            $t::filters.eq(&$p.filters),
+            $t::batch_size.eq($p.batch_size),
+            $t::mode.eq(&$p.mode),
+            $t::updated_at.eq($p.updated_at),
+        )
+    };
+}
+
+/// Stores a new policy.
+pub async fn insert_policy(conn: &mut Conn, p: &PolicyRow) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_policies as t;
+        diesel::insert_into(t::table)
+            .values((t::id.eq(&p.id), t::created_at.eq(p.created_at), policy_values!(t, p)))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Replaces a policy's settable fields.
+pub async fn update_policy(conn: &mut Conn, p: &PolicyRow) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::archive_policies as t;
+        diesel::update(t::table.filter(t::id.eq(&p.id))).set(policy_values!(t, p)).execute(conn).await?
+    });
+    Ok(n == 1)
+}
+
+/// The policy with this id or name.
+pub async fn get_policy(conn: &mut Conn, id_or_name: &str) -> Result<Option<PolicyRow>> {
+    Ok(db_run!(conn, {
+        use schema::archive_policies as t;
+        t::table.filter(t::id.eq(id_or_name).or(t::name.eq(id_or_name))).first::<PolicyRow>(conn).await.optional()?
+    }))
+}
+
+/// Every policy, by name.
+pub async fn list_policies(conn: &mut Conn) -> Result<Vec<PolicyRow>> {
+    Ok(db_run!(conn, {
+        use schema::archive_policies as t;
+        t::table.order(t::name).load::<PolicyRow>(conn).await?
+    }))
+}
+
+/// Deletes a policy unless segments remain or a run holds it. Returns the reason it was kept.
+pub async fn delete_policy(conn: &mut Conn, id: &str, now: NaiveDateTime) -> Result<Option<String>> {
+    Ok(db_run!(conn, {
+        use schema::{archive_policies as p, archive_segments as s};
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            let busy = p::table
+                .filter(p::id.eq(id).and(p::lease_until.gt(now)))
+                .select(p::lease_owner)
+                .first::<Option<String>>(&mut *c)
+                .await
+                .optional()?;
+            if let Some(owner) = busy {
+                return Ok(Some(format!("run {} is working on this policy", owner.unwrap_or_default())));
+            }
+            let segments: i64 = s::table
+                .filter(s::policy_id.eq(id).and(s::state.ne(state::RESTORED)))
+                .count()
+                .get_result(&mut *c)
+                .await?;
+            if segments > 0 {
+                return Ok(Some(format!(
+                    "{segments} archived segments remain; restore them or let retention delete them first"
+                )));
+            }
+            diesel::delete(s::table.filter(s::policy_id.eq(id))).execute(&mut *c).await?;
+            diesel::delete(p::table.filter(p::id.eq(id))).execute(&mut *c).await?;
+            Ok(None)
+        })
+        .await?
+    }))
+}
+
+/// Takes the policy's lease for `run` until `until` when it is free or expired. Returns the run
+/// that held an expired lease (to be recorded as interrupted), or Err(holder) when it is busy.
+pub async fn acquire_lease(
+    conn: &mut Conn,
+    policy: &str,
+    run: &str,
+    until: NaiveDateTime,
+    now: NaiveDateTime,
+) -> Result<std::result::Result<Option<String>, String>> {
+    Ok(db_run!(conn, {
+        use schema::archive_policies as p;
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            let (owner, lease_until) = p::table
+                .filter(p::id.eq(policy))
+                .select((p::lease_owner, p::lease_until))
+                .first::<(Option<String>, Option<NaiveDateTime>)>(&mut *c)
+                .await?;
+            if let (Some(o), Some(u)) = (&owner, lease_until)
+                && u > now
+            {
+                return Ok(Err(o.clone()));
+            }
+            // The compare-and-set makes two instances racing for an expired lease agree on one winner.
+            let set = (p::lease_owner.eq(run), p::lease_until.eq(until));
+            let n = match &owner {
+                Some(o) => {
+                    diesel::update(p::table.filter(p::id.eq(policy)).filter(p::lease_owner.eq(o)))
+                        .set(set)
+                        .execute(&mut *c)
+                        .await?
+                }
+                None => {
+                    diesel::update(p::table.filter(p::id.eq(policy)).filter(p::lease_owner.is_null()))
+                        .set(set)
+                        .execute(&mut *c)
+                        .await?
+                }
+            };
+            if n != 1 {
+                return Ok(Err(owner.unwrap_or_default()));
+            }
+            Ok(Ok(owner))
+        })
+        .await?
+    }))
+}
+
+/// Extends the lease while `run` still holds it; false when it was lost.
+pub async fn renew_lease(conn: &mut Conn, policy: &str, run: &str, until: NaiveDateTime) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::archive_policies as p;
+        diesel::update(p::table.filter(p::id.eq(policy)).filter(p::lease_owner.eq(run)))
+            .set(p::lease_until.eq(until))
+            .execute(conn)
+            .await?
+    });
+    Ok(n == 1)
+}
+
+/// Gives the lease up.
+pub async fn release_lease(conn: &mut Conn, policy: &str, run: &str) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_policies as p;
+        diesel::update(p::table.filter(p::id.eq(policy)).filter(p::lease_owner.eq(run)))
+            .set((p::lease_owner.eq(None::<String>), p::lease_until.eq(None::<NaiveDateTime>)))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Stores a new run.
+pub async fn insert_run(conn: &mut Conn, r: &RunRow) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_runs as t;
+        diesel::insert_into(t::table)
+            .values((
+                t::id.eq(&r.id),
+                t::policy_id.eq(&r.policy_id),
+                t::kind.eq(&r.kind),
+                t::state.eq(&r.state),
+                t::cutoff.eq(r.cutoff),
+                t::rows_done.eq(r.rows_done),
+                t::rows_skipped.eq(r.rows_skipped),
+                t::segments_done.eq(r.segments_done),
+                t::raw_bytes.eq(r.raw_bytes),
+                t::compressed_bytes.eq(r.compressed_bytes),
+                t::longest_txn_ms.eq(r.longest_txn_ms),
+                t::cancel_requested.eq(r.cancel_requested),
+                t::error.eq(&r.error),
+                t::started_at.eq(r.started_at),
+                t::updated_at.eq(r.updated_at),
+                t::finished_at.eq(r.finished_at),
+            ))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// The run `id`.
+pub async fn get_run(conn: &mut Conn, id: &str) -> Result<Option<RunRow>> {
+    Ok(db_run!(conn, {
+        use schema::archive_runs as t;
+        t::table.filter(t::id.eq(id)).first::<RunRow>(conn).await.optional()?
+    }))
+}
+
+/// Runs newest first (ids sort by start), optionally of one policy, older than `before`.
+pub async fn list_runs(conn: &mut Conn, policy: Option<&str>, before: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
+    Ok(db_run!(conn, {
+        use schema::archive_runs as t;
+        let mut q = t::table.into_boxed();
+        if let Some(p) = policy {
+            q = q.filter(t::policy_id.eq(p));
+        }
+        if let Some(b) = before {
+            q = q.filter(t::id.lt(b));
+        }
+        q.order(t::id.desc()).limit(limit).load::<RunRow>(conn).await?
+    }))
+}
+
+/// Records progress outside a batch transaction (restore and retention count per segment).
+pub async fn add_progress(conn: &mut Conn, run: &str, p: &Progress, now: NaiveDateTime) -> Result<bool> {
+    Ok(db_run!(conn, { add_progress_on(conn, run, p, now).await? }))
+}
+
+/// Progress of one batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Rows.
+    pub rows: i64,
+    /// Rows skipped.
+    pub skipped: i64,
+    /// Segments.
+    pub segments: i64,
+    /// Raw bytes.
+    pub raw: i64,
+    /// Compressed bytes.
+    pub compressed: i64,
+    /// This batch's transaction time.
+    pub txn_ms: i64,
+}
+
+macro_rules! add_progress_body {
+    ($conn:ident, $run:ident, $p:ident, $now:ident) => {{
+        use schema::archive_runs as t;
+        let cancel: Option<bool> = diesel::update(t::table.filter(t::id.eq($run)))
+            .set((
+                t::rows_done.eq(t::rows_done + $p.rows),
+                t::rows_skipped.eq(t::rows_skipped + $p.skipped),
+                t::segments_done.eq(t::segments_done + $p.segments),
+                t::raw_bytes.eq(t::raw_bytes + $p.raw),
+                t::compressed_bytes.eq(t::compressed_bytes + $p.compressed),
+                t::updated_at.eq($now),
+            ))
+            .returning(t::cancel_requested)
+            .get_result($conn)
+            .await
+            .optional()?;
+        if $p.txn_ms > 0 {
+            diesel::update(t::table.filter(t::id.eq($run)).filter(t::longest_txn_ms.lt($p.txn_ms)))
+                .set(t::longest_txn_ms.eq($p.txn_ms))
+                .execute($conn)
+                .await?;
+        }
+        Ok::<bool, diesel::result::Error>(cancel.unwrap_or(true))
+    }};
+}
+
+async fn add_progress_on<C>(conn: &mut C, run: &str, p: &Progress, now: NaiveDateTime) -> QueryResult<bool>
+where
+    C: ProgressConn,
+{
+    C::add_progress(conn, run, p, now).await
+}
+
+/// Backend-specific progress update (the body is the same; the schema module differs).
+trait ProgressConn: AsyncConnection {
+    async fn add_progress(conn: &mut Self, run: &str, p: &Progress, now: NaiveDateTime) -> QueryResult<bool>;
+}
+
+impl ProgressConn for diesel_async::AsyncPgConnection {
+    async fn add_progress(conn: &mut Self, run: &str, p: &Progress, now: NaiveDateTime) -> QueryResult<bool> {
+        use super::schema::pg as schema;
+        add_progress_body!(conn, run, p, now)
+    }
+}
+
+impl ProgressConn for super::SqliteConn {
+    async fn add_progress(conn: &mut Self, run: &str, p: &Progress, now: NaiveDateTime) -> QueryResult<bool> {
+        use super::schema::sqlite as schema;
+        add_progress_body!(conn, run, p, now)
+    }
+}
+
+/// Ends a run (only if still running).
+pub async fn finish_run(conn: &mut Conn, id: &str, st: &str, error: Option<&str>, now: NaiveDateTime) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_runs as t;
+        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(state::RUNNING)))
+            .set((t::state.eq(st), t::error.eq(error), t::updated_at.eq(now), t::finished_at.eq(Some(now))))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Asks a run to stop. False when no such run exists.
+pub async fn request_cancel(conn: &mut Conn, id: &str) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::archive_runs as t;
+        diesel::update(t::table.filter(t::id.eq(id))).set(t::cancel_requested.eq(true)).execute(conn).await?
+    });
+    Ok(n == 1)
+}
+
+/// Runs still marked running whose policy lease is gone or expired: their server went away.
+pub async fn orphaned_runs(conn: &mut Conn, now: NaiveDateTime) -> Result<Vec<String>> {
+    Ok(db_run!(conn, {
+        use schema::{archive_policies as p, archive_runs as r};
+        let running: Vec<(String, String)> =
+            r::table.filter(r::state.eq(state::RUNNING)).select((r::id, r::policy_id)).load(conn).await?;
+        let mut out = Vec::new();
+        for (run, policy) in running {
+            let held = p::table
+                .filter(p::id.eq(&policy).and(p::lease_owner.eq(&run)).and(p::lease_until.gt(now)))
+                .count()
+                .get_result::<i64>(conn)
+                .await?;
+            if held == 0 {
+                out.push(run);
+            }
+        }
+        out
+    }))
+}
+
+/// Stores a segment manifest in state pending, before its object is written.
+pub async fn insert_pending_segment(conn: &mut Conn, s: &SegmentRow) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_segments as t;
+        diesel::insert_into(t::table)
+            .values((
+                t::id.eq(&s.id),
+                t::policy_id.eq(&s.policy_id),
+                t::run_id.eq(&s.run_id),
+                t::object_key.eq(&s.object_key),
+                t::state.eq(state::PENDING),
+                t::row_count.eq(0i64),
+                t::raw_bytes.eq(0i64),
+                t::compressed_bytes.eq(0i64),
+                t::sha256.eq(""),
+                t::first_key.eq(""),
+                t::last_key.eq(""),
+                t::min_time.eq(None::<NaiveDateTime>),
+                t::max_time.eq(None::<NaiveDateTime>),
+                t::column_list.eq(&s.column_list),
+                t::created_at.eq(s.created_at),
+                t::restored_at.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Removes a manifest row.
+pub async fn delete_segment(conn: &mut Conn, id: &str) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_segments as t;
+        diesel::delete(t::table.filter(t::id.eq(id))).execute(conn).await?;
+    });
+    Ok(())
+}
+
+/// Segments of a policy in `states`, oldest rows first.
+pub async fn segments(
+    conn: &mut Conn,
+    policy: &str,
+    states: &[&str],
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<SegmentRow>> {
+    Ok(db_run!(conn, {
+        use schema::archive_segments as t;
+        t::table
+            .filter(t::policy_id.eq(policy).and(t::state.eq_any(states)))
+            .order((t::min_time.asc(), t::id.asc()))
+            .offset(offset)
+            .limit(limit)
+            .load::<SegmentRow>(conn)
+            .await?
+    }))
+}
+
+/// Segments by id (any policy; the caller checks).
+pub async fn segments_by_id(conn: &mut Conn, ids: &[String]) -> Result<Vec<SegmentRow>> {
+    Ok(db_run!(conn, {
+        use schema::archive_segments as t;
+        t::table.filter(t::id.eq_any(ids)).order((t::min_time.asc(), t::id.asc())).load::<SegmentRow>(conn).await?
+    }))
+}
+
+/// Sets a segment's state (retention marks `deleting` before the object goes).
+pub async fn set_segment_state(conn: &mut Conn, id: &str, st: &str) -> Result<()> {
+    db_run!(conn, {
+        use schema::archive_segments as t;
+        diesel::update(t::table.filter(t::id.eq(id))).set(t::state.eq(st)).execute(conn).await?;
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application table
+// ---------------------------------------------------------------------------------------------
+
+/// How a time column holds time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeKind {
+    /// PostgreSQL timestamptz / timestamp / date, or SQLite text timestamps.
+    Timestamp,
+    /// Integer Unix seconds.
+    UnixSeconds,
+}
+
+/// A validated filter: column checked, values kept for the JSON parameter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilterSpec {
+    /// Column.
+    pub column: String,
+    /// `=`, `<>`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `is null`, `is not null`.
+    pub op: String,
+    /// Values (as text).
+    pub values: Vec<String>,
+}
+
+/// The allowed operators and how many values each takes (None: one or more).
+pub const OPERATORS: &[(&str, Option<usize>)] = &[
+    ("=", Some(1)),
+    ("<>", Some(1)),
+    ("<", Some(1)),
+    ("<=", Some(1)),
+    (">", Some(1)),
+    (">=", Some(1)),
+    ("in", None),
+    ("not in", None),
+    ("is null", Some(0)),
+    ("is not null", Some(0)),
+];
+
+/// A column of the application table.
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    /// Name.
+    pub name: String,
+    /// Type as the database names it.
+    pub ty: String,
+    /// Generated (never inserted).
+    pub generated: bool,
+}
+
+/// SQL for one policy's table, generated from resolved identifiers. Every statement takes one
+/// JSON text parameter.
+#[derive(Debug, Clone)]
+pub struct TableSql {
+    /// Columns at resolve time.
+    pub columns: Vec<ColumnInfo>,
+    /// How the time column holds time.
+    pub time_kind: TimeKind,
+    /// Due rows from the start: `doc`, `key`, `ts`; params `{cutoff, f, limit}`.
+    select_first: String,
+    /// Due rows after a key: params also `after`.
+    select_after: String,
+    /// Deletes the rows whose keys are in the JSON array parameter.
+    delete_keys: String,
+    /// Deletes up to `limit` due rows.
+    purge: String,
+    /// Counts due rows: `rows`, `bytes`, `min_ts`, `max_ts`.
+    plan: String,
+    /// Inserts rows of a JSON array of row documents unless their key exists.
+    restore: String,
+}
+
+/// One due row.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DueRow {
+    /// The row as a JSON object.
+    #[diesel(sql_type = Text)]
+    pub doc: String,
+    /// Its key as a JSON array.
+    #[diesel(sql_type = Text)]
+    pub key: String,
+    /// Its time in Unix microseconds.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub ts: Option<i64>,
+}
+
+/// What PlanArchive reports.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct PlanRow {
+    /// Rows due.
+    #[diesel(sql_type = BigInt)]
+    pub rows: i64,
+    /// Their size.
+    #[diesel(sql_type = BigInt)]
+    pub bytes: i64,
+    /// Oldest (Unix microseconds).
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub min_ts: Option<i64>,
+    /// Newest.
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub max_ts: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct PgColumn {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    ty: String,
+    #[diesel(sql_type = Bool)]
+    generated: bool,
+}
+
+#[derive(QueryableByName)]
+struct SqliteColumn {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    ty: String,
+    #[diesel(sql_type = BigInt)]
+    hidden: i64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// What to resolve: the policy's identifiers.
+#[derive(Debug, Clone)]
+pub struct TableSpec<'a> {
+    /// Schema.
+    pub schema_name: &'a str,
+    /// Table.
+    pub table_name: &'a str,
+    /// Time column.
+    pub time_column: &'a str,
+    /// Key columns.
+    pub key_columns: &'a [String],
+    /// Filters.
+    pub filters: &'a [FilterSpec],
+}
+
+/// Checks the table, columns and filter values against the live schema and builds the SQL.
+/// `Ok(Err(reason))` names what is wrong (INVALID_ARGUMENT for the caller).
+pub async fn resolve(conn: &mut Conn, spec: &TableSpec<'_>) -> Result<std::result::Result<TableSql, String>> {
+    match conn {
+        Conn::Pg(c) => resolve_pg(c, spec).await,
+        Conn::Sqlite(c) => resolve_sqlite(c, spec).await,
+    }
+}
+
+fn find<'c>(columns: &'c [ColumnInfo], name: &str, table: &str) -> std::result::Result<&'c ColumnInfo, String> {
+    columns.iter().find(|c| c.name == name).ok_or_else(|| format!("column {name:?} does not exist in {table}"))
+}
+
+fn filter_arity(f: &FilterSpec) -> std::result::Result<(), String> {
+    let Some((_, n)) = OPERATORS.iter().find(|(op, _)| *op == f.op) else {
+        return Err(format!("unknown filter operator {:?}", f.op));
+    };
+    match n {
+        Some(n) if f.values.len() != *n => {
+            Err(format!("filter on {:?} with {:?} takes {n} value(s), got {}", f.column, f.op, f.values.len()))
+        }
+        None if f.values.is_empty() => {
+            Err(format!("filter on {:?} with {:?} needs at least one value", f.column, f.op))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn resolve_pg(
+    c: &mut diesel_async::AsyncPgConnection,
+    spec: &TableSpec<'_>,
+) -> Result<std::result::Result<TableSql, String>> {
+    let columns: Vec<ColumnInfo> = diesel::sql_query(
+        "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty, a.attgenerated <> '' AS generated
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind::<Text, _>(spec.schema_name)
+    .bind::<Text, _>(spec.table_name)
+    .load::<PgColumn>(c)
+    .await?
+    .into_iter()
+    .map(|c| ColumnInfo { name: c.name, ty: c.ty, generated: c.generated })
+    .collect();
+    let table = format!("{}.{}", spec.schema_name, spec.table_name);
+    if columns.is_empty() {
+        return Ok(Err(format!("table {table} does not exist")));
+    }
+    let time = match find(&columns, spec.time_column, &table) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let time_kind = match time.ty.as_str() {
+        "timestamp with time zone" | "timestamp without time zone" | "date" => TimeKind::Timestamp,
+        "bigint" | "integer" => TimeKind::UnixSeconds,
+        t if t.starts_with("timestamp") => TimeKind::Timestamp,
+        other => {
+            return Ok(Err(format!(
+                "time column {:?} has type {other}; expected a timestamp, date or integer Unix seconds",
+                spec.time_column
+            )));
+        }
+    };
+    let mut keys = Vec::new();
+    for k in spec.key_columns {
+        match find(&columns, k, &table) {
+            Ok(c) if matches!(c.ty.as_str(), "json" | "jsonb" | "xml") => {
+                return Ok(Err(format!("key column {k:?} has type {} which cannot identify rows", c.ty)));
+            }
+            Ok(c) => keys.push(c.clone()),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    for (i, f) in spec.filters.iter().enumerate() {
+        if let Err(e) = filter_arity(f) {
+            return Ok(Err(e));
+        }
+        let col = match find(&columns, &f.column, &table) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Each value must be acceptable to the column's type now, not fail every run later.
+        for v in &f.values {
+            let check = format!("SELECT CAST($1 AS {})", col.ty);
+            if let Err(e) = diesel::sql_query(&check).bind::<Text, _>(v).execute(c).await {
+                return Ok(Err(format!("filter {i} value {v:?} is not a valid {}: {e}", col.ty)));
+            }
+        }
+    }
+
+    let t = format!("{}.{}", quote(spec.schema_name), quote(spec.table_name));
+    let tc = format!("t.{}", quote(spec.time_column));
+    let p = "$1::json";
+    let cast = |expr: &str, ty: &str| format!("CAST(({expr}) AS {ty})");
+    let cutoff = format!("{tc} < {}", cast(&format!("{p}->>'cutoff'"), &time.ty));
+    let mut conds = vec![cutoff];
+    for (i, f) in spec.filters.iter().enumerate() {
+        let col = find(&columns, &f.column, &table).expect("checked above");
+        let c = format!("t.{}", quote(&f.column));
+        let one = cast(&format!("{p}->'f'->{i}->>0"), &col.ty);
+        let many = format!("SELECT {} FROM json_array_elements_text({p}->'f'->{i}) x", cast("x", &col.ty));
+        conds.push(match f.op.as_str() {
+            "in" => format!("{c} IN ({many})"),
+            "not in" => format!("{c} NOT IN ({many})"),
+            "is null" => format!("{c} IS NULL"),
+            "is not null" => format!("{c} IS NOT NULL"),
+            op => format!("{c} {op} {one}"),
+        });
+    }
+    let due = conds.join(" AND ");
+    let key_cols = keys.iter().map(|k| format!("t.{}", quote(&k.name))).collect::<Vec<_>>().join(", ");
+    let key_tuple = format!("({key_cols})");
+    let after = format!(
+        "({})",
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| cast(&format!("{p}->'after'->>{i}"), &k.ty))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let ts = match time_kind {
+        TimeKind::Timestamp => format!("(extract(epoch FROM {tc}) * 1000000)::int8"),
+        TimeKind::UnixSeconds => format!("({tc}::int8 * 1000000)"),
+    };
+    let select = |extra: &str| {
+        format!(
+            "SELECT row_to_json(t)::text AS doc, json_build_array({key_cols})::text AS key, {ts} AS ts
+               FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT ({p}->>'limit')::int8
+               FOR UPDATE OF t SKIP LOCKED"
+        )
+    };
+    let key_of = |src: &str| {
+        keys.iter().enumerate().map(|(i, k)| cast(&format!("{src}->>{i}"), &k.ty)).collect::<Vec<_>>().join(", ")
+    };
+    let insert_cols: Vec<String> = columns.iter().filter(|c| !c.generated).map(|c| quote(&c.name)).collect();
+    let key_match = keys.iter().map(|k| format!("x.{q} = r.{q}", q = quote(&k.name))).collect::<Vec<_>>().join(" AND ");
+    Ok(Ok(TableSql {
+        time_kind,
+        select_first: select(""),
+        select_after: select(&format!(" AND {key_tuple} > {after}")),
+        delete_keys: format!(
+            "DELETE FROM {t} t WHERE {key_tuple} IN (SELECT {} FROM json_array_elements({p}) x)",
+            key_of("x")
+        ),
+        purge: format!(
+            "DELETE FROM {t} d WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
+              LIMIT ({p}->>'limit')::int8 FOR UPDATE OF t SKIP LOCKED)",
+            dk = keys.iter().map(|k| format!("d.{}", quote(&k.name))).collect::<Vec<_>>().join(", ")
+        ),
+        plan: format!(
+            "SELECT count(*)::int8 AS rows, COALESCE(sum(pg_column_size(t.*)), 0)::int8 AS bytes,
+                    min({ts})::int8 AS min_ts, max({ts})::int8 AS max_ts FROM {t} t WHERE {due}"
+        ),
+        // OVERRIDING SYSTEM VALUE: identity columns GENERATED ALWAYS get their archived values back.
+        // The NOT EXISTS makes a restore idempotent even on tables without a unique key.
+        restore: format!(
+            "INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE
+             SELECT {rcols} FROM json_populate_recordset(NULL::{t}, {p}) r
+              WHERE NOT EXISTS (SELECT 1 FROM {t} x WHERE {key_match})
+             ON CONFLICT DO NOTHING",
+            cols = insert_cols.join(", "),
+            rcols = insert_cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
+        ),
+        columns,
+    }))
+}
+
+async fn resolve_sqlite(
+    c: &mut super::SqliteConn,
+    spec: &TableSpec<'_>,
+) -> Result<std::result::Result<TableSql, String>> {
+    let table = format!("{}.{}", spec.schema_name, spec.table_name);
+    // An unknown schema name is an error from SQLite, reported like a missing table.
+    let exists = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM {}.sqlite_schema WHERE type = 'table' AND name = ?",
+        quote(spec.schema_name)
+    ))
+    .bind::<Text, _>(spec.table_name)
+    .get_result::<Count>(c)
+    .await
+    .map(|r| r.n)
+    .unwrap_or(0);
+    if exists == 0 {
+        return Ok(Err(format!("table {table} does not exist")));
+    }
+    let columns: Vec<ColumnInfo> =
+        diesel::sql_query("SELECT name, type AS ty, hidden FROM pragma_table_xinfo(?, ?) ORDER BY cid")
+            .bind::<Text, _>(spec.table_name)
+            .bind::<Text, _>(spec.schema_name)
+            .load::<SqliteColumn>(c)
+            .await?
+            .into_iter()
+            // hidden: 1 for virtual-table hidden columns, 2/3 for generated columns.
+            .map(|c| ColumnInfo { name: c.name, ty: c.ty, generated: c.hidden != 0 })
+            .collect();
+    if let Some(bad) = columns.iter().find(|c| c.name.contains('"')) {
+        return Ok(Err(format!("column {:?}: names with '\"' cannot be archived on SQLite", bad.name)));
+    }
+    let time = match find(&columns, spec.time_column, &table) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    // SQLite's type affinity rules: a declared type containing "INT" is an integer column.
+    let time_kind =
+        if time.ty.to_ascii_uppercase().contains("INT") { TimeKind::UnixSeconds } else { TimeKind::Timestamp };
+    let mut keys = Vec::new();
+    for k in spec.key_columns {
+        match find(&columns, k, &table) {
+            Ok(c) => keys.push(c.clone()),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    for f in spec.filters {
+        if let Err(e) = filter_arity(f) {
+            return Ok(Err(e));
+        }
+        if let Err(e) = find(&columns, &f.column, &table) {
+            return Ok(Err(e));
+        }
+    }
+
+    let t = format!("{}.{}", quote(spec.schema_name), quote(spec.table_name));
+    let tc = format!("t.{}", quote(spec.time_column));
+    let p = "?1";
+    let cutoff = match time_kind {
+        TimeKind::UnixSeconds => format!("{tc} < json_extract({p}, '$.cutoff')"),
+        TimeKind::Timestamp => format!("julianday({tc}) < julianday(json_extract({p}, '$.cutoff'))"),
+    };
+    let mut conds = vec![cutoff];
+    for (i, f) in spec.filters.iter().enumerate() {
+        let c = format!("t.{}", quote(&f.column));
+        // A bound value has no affinity, so SQLite compares it with the column's affinity applied.
+        let one = format!("json_extract({p}, '$.f[{i}][0]')");
+        let many = format!("SELECT value FROM json_each({p}, '$.f[{i}]')");
+        conds.push(match f.op.as_str() {
+            "in" => format!("{c} IN ({many})"),
+            "not in" => format!("{c} NOT IN ({many})"),
+            "is null" => format!("{c} IS NULL"),
+            "is not null" => format!("{c} IS NOT NULL"),
+            op => format!("{c} {op} {one}"),
+        });
+    }
+    let due = conds.join(" AND ");
+    let key_cols = keys.iter().map(|k| format!("t.{}", quote(&k.name))).collect::<Vec<_>>().join(", ");
+    let key_tuple = format!("({key_cols})");
+    let after = format!(
+        "({})",
+        (0..keys.len()).map(|i| format!("json_extract({p}, '$.after[{i}]')")).collect::<Vec<_>>().join(", ")
+    );
+    let ts = match time_kind {
+        TimeKind::UnixSeconds => format!("({tc} * 1000000)"),
+        TimeKind::Timestamp => format!("CAST(round((julianday({tc}) - 2440587.5) * 86400000000.0) AS INTEGER)"),
+    };
+    // JSON cannot hold BLOBs: they become {"$blob": hex}. REALs are printed with 17 significant
+    // digits so they round-trip exactly (SQLite's own JSON rendering keeps 15).
+    let doc = format!(
+        "json_object({})",
+        columns
+            .iter()
+            .map(|col| {
+                let v = format!("t.{}", quote(&col.name));
+                format!(
+                    "{}, CASE typeof({v}) WHEN 'blob' THEN json_object('$blob', hex({v})) \
+                     WHEN 'real' THEN json(printf('%!.17g', {v})) ELSE {v} END",
+                    sql_string(&col.name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let select = |extra: &str| {
+        format!(
+            "SELECT {doc} AS doc, json_array({key_cols}) AS key, {ts} AS ts
+               FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT json_extract({p}, '$.limit')"
+        )
+    };
+    let field = |src: &str, name: &str| format!("json_extract({src}, '$.\"{name}\"')");
+    let decode = |src: &str, name: &str| {
+        format!(
+            "CASE json_type({src}, '$.\"{name}\"') WHEN 'object' THEN unhex(json_extract({src}, '$.\"{name}\".\"$blob\"')) \
+             ELSE {} END",
+            field(src, name)
+        )
+    };
+    let insert_cols: Vec<&ColumnInfo> = columns.iter().filter(|c| !c.generated).collect();
+    let key_match = keys
+        .iter()
+        .map(|k| format!("x.{} = {}", quote(&k.name), decode("r.value", &k.name)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let key_of = (0..keys.len()).map(|i| format!("json_extract(value, '$[{i}]')")).collect::<Vec<_>>().join(", ");
+    let dk = keys.iter().map(|k| quote(&k.name)).collect::<Vec<_>>().join(", ");
+    Ok(Ok(TableSql {
+        time_kind,
+        select_first: select(""),
+        select_after: select(&format!(" AND {key_tuple} > {after}")),
+        delete_keys: format!("DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_of} FROM json_each({p}))"),
+        purge: format!(
+            "DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
+              LIMIT json_extract({p}, '$.limit'))"
+        ),
+        plan: format!(
+            "SELECT count(*) AS rows, COALESCE(sum(length({doc})), 0) AS bytes, min({ts}) AS min_ts,
+                    max({ts}) AS max_ts FROM {t} t WHERE {due}"
+        ),
+        restore: format!(
+            "INSERT INTO {t} ({cols}) SELECT {vals} FROM json_each({p}) r
+              WHERE NOT EXISTS (SELECT 1 FROM {t} x WHERE {key_match}) ON CONFLICT DO NOTHING",
+            cols = insert_cols.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", "),
+            vals = insert_cols.iter().map(|c| decode("r.value", &c.name)).collect::<Vec<_>>().join(", "),
+        ),
+        columns,
+    }))
+}
+
+/// The JSON parameter of the due-row statements.
+pub fn params(
+    sql: &TableSql,
+    cutoff: DateTime<Utc>,
+    filters: &[FilterSpec],
+    after: Option<&serde_json::Value>,
+    limit: i64,
+) -> String {
+    let cutoff = match sql.time_kind {
+        TimeKind::Timestamp => serde_json::Value::from(cutoff.format("%Y-%m-%d %H:%M:%S%.6f+00:00").to_string()),
+        TimeKind::UnixSeconds => serde_json::Value::from(cutoff.timestamp()),
+    };
+    let f: Vec<&Vec<String>> = filters.iter().map(|f| &f.values).collect();
+    serde_json::json!({ "cutoff": cutoff, "f": f, "after": after, "limit": limit }).to_string()
+}
+
+/// Counts what a run would move.
+pub async fn plan(conn: &mut Conn, sql: &TableSql, params: &str) -> Result<PlanRow> {
+    Ok(db_run!(conn, { diesel::sql_query(&sql.plan).bind::<Text, _>(params).get_result::<PlanRow>(conn).await? }))
+}
+
+async fn begin<C: AsyncConnection>(c: &mut C) -> QueryResult<()> {
+    C::TransactionManager::begin_transaction(c).await
+}
+async fn commit<C: AsyncConnection>(c: &mut C) -> QueryResult<()> {
+    C::TransactionManager::commit_transaction(c).await
+}
+async fn rollback<C: AsyncConnection>(c: &mut C) {
+    // A failed rollback leaves the connection marked broken; the pool then discards it.
+    let _ = C::TransactionManager::rollback_transaction(c).await;
+}
+
+/// The identity of one batch.
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    /// The table's SQL.
+    pub sql: &'a TableSql,
+    /// JSON parameter of the select.
+    pub params: String,
+    /// Whether `params` carries a cursor.
+    pub after: bool,
+    /// Policy (its lease is checked and renewed first, inside the transaction).
+    pub policy_id: &'a str,
+    /// Run.
+    pub run_id: &'a str,
+    /// The pending segment this batch fills.
+    pub segment_id: &'a str,
+    /// New lease expiry.
+    pub lease_until: NaiveDateTime,
+    /// Now.
+    pub now: NaiveDateTime,
+}
+
+/// What the service reports about a written and verified segment.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// JSON Lines bytes.
+    pub raw_bytes: i64,
+    /// Object bytes.
+    pub compressed_bytes: i64,
+    /// SHA-256 of the object.
+    pub sha256: String,
+    /// Where the object was written.
+    pub object_key: String,
+    /// Oldest row.
+    pub min_time: Option<NaiveDateTime>,
+    /// Newest row.
+    pub max_time: Option<NaiveDateTime>,
+}
+
+/// How a batch ended.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    /// No due rows left (after the cursor).
+    Empty,
+    /// Another run holds the policy now; nothing was changed.
+    LeaseLost,
+    /// Rows moved and the segment committed.
+    Committed {
+        /// Rows moved.
+        rows: usize,
+        /// The last row's key (the next batch starts after it).
+        last_key: String,
+        /// A cancel was requested meanwhile.
+        cancel_requested: bool,
+        /// Time inside the transaction.
+        txn: std::time::Duration,
+    },
+}
+
+/// Errors of a batch: the database's or the sealing callback's.
+#[derive(Debug)]
+pub enum BatchError<E> {
+    /// Database.
+    Db(Error),
+    /// The callback.
+    Seal(E),
+}
+
+impl<E> From<diesel::result::Error> for BatchError<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        BatchError::Db(e.into())
+    }
+}
+
+/// One archive batch, as one transaction: renew the lease (on SQLite this also takes the write
+/// lock), lock the next due rows, hand them to `seal` (which writes and verifies the segment), delete
+/// exactly those rows, mark the segment committed and count the progress. Any failure rolls
+/// everything back: the rows stay and the segment stays pending (garbage for the next run).
+pub async fn archive_batch<E, F>(conn: &mut Conn, b: &Batch<'_>, seal: F) -> Result<BatchOutcome, BatchError<E>>
+where
+    F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+{
+    db_run!(conn, {
+        let started = std::time::Instant::now();
+        begin(conn).await?;
+        let out = archive_batch_in(conn, b, seal, started).await;
+        match out {
+            Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, .. }) => {
+                commit(conn).await?;
+                Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, txn: started.elapsed() })
+            }
+            other => {
+                rollback(conn).await;
+                other
+            }
+        }
+    })
+}
+
+macro_rules! archive_batch_body {
+    ($conn:ident, $b:ident, $seal:ident, $started:ident) => {{
+        use schema::{archive_policies as p, archive_segments as s};
+        let held = diesel::update(p::table.filter(p::id.eq($b.policy_id)).filter(p::lease_owner.eq($b.run_id)))
+            .set(p::lease_until.eq($b.lease_until))
+            .execute(&mut *$conn)
+            .await?;
+        if held != 1 {
+            return Ok(BatchOutcome::LeaseLost);
+        }
+        let select = if $b.after { &$b.sql.select_after } else { &$b.sql.select_first };
+        let rows: Vec<DueRow> = diesel::sql_query(select).bind::<Text, _>(&$b.params).load(&mut *$conn).await?;
+        let (Some(first), Some(last)) = (rows.iter().next(), rows.iter().next_back()) else {
+            return Ok(BatchOutcome::Empty);
+        };
+        let (first_key, last_key) = (first.key.clone(), last.key.clone());
+        let sealed = $seal(&rows).await.map_err(BatchError::Seal)?;
+        let keys = format!("[{}]", rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>().join(","));
+        let deleted = diesel::sql_query(&$b.sql.delete_keys).bind::<Text, _>(&keys).execute(&mut *$conn).await?;
+        if deleted != rows.len() {
+            // Locked rows cannot vanish; if they did, nothing of this batch may stick.
+            return Err(BatchError::Db(Error::Unsupported(format!(
+                "deleted {deleted} rows, expected {}: batch rolled back",
+                rows.len()
+            ))));
+        }
+        diesel::update(s::table.filter(s::id.eq($b.segment_id)))
+            .set((
+                s::state.eq(state::COMMITTED),
+                s::object_key.eq(&sealed.object_key),
+                s::row_count.eq(rows.len() as i64),
+                s::raw_bytes.eq(sealed.raw_bytes),
+                s::compressed_bytes.eq(sealed.compressed_bytes),
+                s::sha256.eq(&sealed.sha256),
+                s::first_key.eq(&first_key),
+                s::last_key.eq(&last_key),
+                s::min_time.eq(sealed.min_time),
+                s::max_time.eq(sealed.max_time),
+                s::created_at.eq($b.now),
+            ))
+            .execute(&mut *$conn)
+            .await?;
+        let progress = Progress {
+            rows: rows.len() as i64,
+            segments: 1,
+            raw: sealed.raw_bytes,
+            compressed: sealed.compressed_bytes,
+            txn_ms: $started.elapsed().as_millis() as i64,
+            ..Default::default()
+        };
+        let cancel_requested = add_progress_on(&mut *$conn, $b.run_id, &progress, $b.now).await?;
+        Ok(BatchOutcome::Committed { rows: rows.len(), last_key, cancel_requested, txn: $started.elapsed() })
+    }};
+}
+
+async fn archive_batch_in<C, E, F>(
+    conn: &mut C,
+    b: &Batch<'_>,
+    seal: F,
+    started: std::time::Instant,
+) -> Result<BatchOutcome, BatchError<E>>
+where
+    C: BatchConn,
+    F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+{
+    C::archive_batch(conn, b, seal, started).await
+}
+
+/// Backend-specific batch body (same code, different schema module).
+trait BatchConn: ProgressConn {
+    async fn archive_batch<E, F>(
+        conn: &mut Self,
+        b: &Batch<'_>,
+        seal: F,
+        started: std::time::Instant,
+    ) -> Result<BatchOutcome, BatchError<E>>
+    where
+        F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>;
+}
+
+impl BatchConn for diesel_async::AsyncPgConnection {
+    async fn archive_batch<E, F>(
+        conn: &mut Self,
+        b: &Batch<'_>,
+        seal: F,
+        started: std::time::Instant,
+    ) -> Result<BatchOutcome, BatchError<E>>
+    where
+        F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+    {
+        use super::schema::pg as schema;
+        archive_batch_body!(conn, b, seal, started)
+    }
+}
+
+impl BatchConn for super::SqliteConn {
+    async fn archive_batch<E, F>(
+        conn: &mut Self,
+        b: &Batch<'_>,
+        seal: F,
+        started: std::time::Instant,
+    ) -> Result<BatchOutcome, BatchError<E>>
+    where
+        F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+    {
+        use super::schema::sqlite as schema;
+        archive_batch_body!(conn, b, seal, started)
+    }
+}
+
+/// One purge batch in one transaction (lease renewed first). Returns rows deleted, whether a
+/// cancel was requested, and the transaction time; None when the lease was lost.
+pub async fn purge_batch(conn: &mut Conn, b: &Batch<'_>) -> Result<Option<(usize, bool, std::time::Duration)>> {
+    db_run!(conn, {
+        let started = std::time::Instant::now();
+        begin(conn).await?;
+        let r: QueryResult<Option<(usize, bool)>> = async {
+            use schema::archive_policies as p;
+            let held = diesel::update(p::table.filter(p::id.eq(b.policy_id)).filter(p::lease_owner.eq(b.run_id)))
+                .set(p::lease_until.eq(b.lease_until))
+                .execute(&mut *conn)
+                .await?;
+            if held != 1 {
+                return Ok(None);
+            }
+            let n = diesel::sql_query(&b.sql.purge).bind::<Text, _>(&b.params).execute(&mut *conn).await?;
+            let progress =
+                Progress { rows: n as i64, txn_ms: started.elapsed().as_millis() as i64, ..Default::default() };
+            let cancel = add_progress_on(&mut *conn, b.run_id, &progress, b.now).await?;
+            Ok(Some((n, cancel)))
+        }
+        .await;
+        match r {
+            Ok(Some((n, cancel))) => {
+                commit(conn).await?;
+                Ok(Some((n, cancel, started.elapsed())))
+            }
+            Ok(None) => {
+                rollback(conn).await;
+                Ok(None)
+            }
+            Err(e) => {
+                rollback(conn).await;
+                Err(e.into())
+            }
+        }
+    })
+}
+
+/// Restores one segment in one transaction: re-checks the lease, inserts the rows whose key is
+/// absent, marks the segment restored and counts progress. Returns (inserted, skipped), or None
+/// when the lease was lost or the segment is no longer committed (nothing changed then).
+pub async fn restore_segment(
+    conn: &mut Conn,
+    sql: &TableSql,
+    rows_json: &str,
+    rows: usize,
+    segment: &SegmentRow,
+    b: &Batch<'_>,
+) -> Result<Option<(usize, usize)>> {
+    db_run!(conn, {
+        let started = std::time::Instant::now();
+        begin(conn).await?;
+        let r: QueryResult<Option<(usize, usize)>> = async {
+            use schema::{archive_policies as p, archive_segments as s};
+            let held = diesel::update(p::table.filter(p::id.eq(b.policy_id)).filter(p::lease_owner.eq(b.run_id)))
+                .set(p::lease_until.eq(b.lease_until))
+                .execute(&mut *conn)
+                .await?;
+            let marked = diesel::update(s::table.filter(s::id.eq(&segment.id)).filter(s::state.eq(state::COMMITTED)))
+                .set((s::state.eq(state::RESTORED), s::restored_at.eq(Some(b.now))))
+                .execute(&mut *conn)
+                .await?;
+            if held != 1 || marked != 1 {
+                return Ok(None);
+            }
+            let inserted = diesel::sql_query(&sql.restore).bind::<Text, _>(rows_json).execute(&mut *conn).await?;
+            let progress = Progress {
+                rows: inserted as i64,
+                skipped: (rows - inserted) as i64,
+                segments: 1,
+                raw: segment.raw_bytes,
+                compressed: segment.compressed_bytes,
+                txn_ms: started.elapsed().as_millis() as i64,
+            };
+            add_progress_on(&mut *conn, b.run_id, &progress, b.now).await?;
+            Ok(Some((inserted, rows - inserted)))
+        }
+        .await;
+        match r {
+            Ok(Some(v)) => {
+                commit(conn).await?;
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                rollback(conn).await;
+                Ok(None)
+            }
+            Err(e) => {
+                rollback(conn).await;
+                Err(e.into())
+            }
+        }
+    })
+}

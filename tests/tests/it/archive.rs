@@ -1,0 +1,419 @@
+//! Archival on PostgreSQL (with the S3 server) and on SQLite: archive → read → restore equals the
+//! original rows exactly, filters honoured, injection attempts rejected, retention deletes only
+//! what is due, purge deletes without a copy.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Text},
+};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use strata_client::{
+    Client,
+    archive::{ArchivePolicy, Filter, FilterOp, PolicyMode, RunKind, RunState, SegmentSelection},
+};
+use strata_tests::{PgCluster, S3Server, TestServer, server::test_config};
+use tonic::Code;
+
+const DAY: u64 = 86_400;
+
+#[derive(QueryableByName, Debug)]
+struct Doc {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    doc: String,
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn pg_docs(c: &mut diesel_async::AsyncPgConnection) -> BTreeMap<i64, String> {
+    diesel::sql_query("SELECT id, row_to_json(t)::text AS doc FROM messages t ORDER BY id")
+        .load::<Doc>(c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.doc))
+        .collect()
+}
+
+async fn pg_count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql).get_result::<N>(c).await.unwrap().n
+}
+
+fn policy(name: &str, table: &str, after_days: u64) -> ArchivePolicy {
+    ArchivePolicy {
+        name: name.into(),
+        table_name: table.into(),
+        time_column: "created_at".into(),
+        key_columns: vec!["id".into()],
+        archive_after: Duration::from_secs(after_days * DAY),
+        batch_size: 97,
+        ..Default::default()
+    }
+}
+
+async fn finish(client: &Client, run_id: &str) -> strata_client::archive::ArchiveRun {
+    let run =
+        tokio::time::timeout(Duration::from_secs(120), client.wait_archive_run(run_id, Duration::from_millis(50)))
+            .await
+            .expect("run finished in time")
+            .unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    run
+}
+
+/// Starts a run, retrying while another run still holds the policy.
+async fn start(
+    client: &Client,
+    what: impl AsyncFn() -> Result<strata_client::archive::ArchiveRun, strata_client::Error>,
+) -> strata_client::archive::ArchiveRun {
+    for _ in 0..100 {
+        match what().await {
+            Ok(r) => return r,
+            Err(e) if e.code() == Some(Code::FailedPrecondition) && e.to_string().contains("busy") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let _ = client;
+    panic!("policy stayed busy")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_archive_read_restore_retention_with_s3() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("archive").await.unwrap();
+    let s3 = S3Server::start("strata-archive").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    // Every kind of column the seeds use, including ones that are easy to get subtly wrong.
+    c.batch_execute(
+        "CREATE TABLE messages (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            created_at timestamptz NOT NULL,
+            status text NOT NULL,
+            body text,
+            meta jsonb,
+            data bytea,
+            amount numeric(40, 12),
+            ratio double precision,
+            tags text[],
+            day date,
+            body_len int GENERATED ALWAYS AS (length(body)) STORED
+        );
+        INSERT INTO messages (created_at, status, body, meta, data, amount, ratio, tags, day)
+        SELECT now() - make_interval(days => 400 - i / 5, secs => i),
+               CASE WHEN i % 3 = 0 THEN 'OPEN' ELSE 'COMPLETED' END,
+               CASE WHEN i % 11 = 0 THEN NULL ELSE 'héllo wörld 🚀 «' || i || '» ' || repeat('ab', i % 50) || E'\\n\"q\"' END,
+               CASE WHEN i % 5 = 0 THEN NULL ELSE jsonb_build_object('n', i, 'nested', jsonb_build_array(1, 'two', NULL, true)) END,
+               CASE WHEN i % 7 = 0 THEN NULL ELSE decode(md5(i::text), 'hex') || '\\x00ff'::bytea END,
+               CASE WHEN i % 13 = 0 THEN NULL ELSE 12345678901234567890.123456789012 + i END,
+               CASE WHEN i % 17 = 0 THEN NULL ELSE 0.1 * i + 1e-17 END,
+               CASE WHEN i % 4 = 0 THEN NULL ELSE ARRAY['a', 'b,c', i::text] END,
+               (now() - make_interval(days => i % 400))::date
+          FROM generate_series(1, 2000) i;
+        ANALYZE messages;",
+    )
+    .await
+    .unwrap();
+    let original = pg_docs(&mut c).await;
+    assert_eq!(original.len(), 2000);
+    let due_sql = "SELECT count(*)::int8 AS n FROM messages WHERE created_at < now() - interval '90 days' AND status = 'COMPLETED'";
+    let due = pg_count(&mut c, due_sql).await;
+    assert!(due > 500, "{due}");
+
+    let mut config = test_config(cluster.primary_url(&db), vec![], dir.path());
+    config.object_store_url = s3.url();
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+
+    // Hostile or wrong policies are rejected and change nothing.
+    let good = ArchivePolicy {
+        filters: vec![Filter::new("status", FilterOp::Eq, &["COMPLETED"])],
+        delete_after: Some(Duration::from_secs(3650 * DAY)),
+        ..policy("chat", "messages", 90)
+    };
+    let bad_policies = [
+        ArchivePolicy { table_name: "messages; DROP TABLE messages".into(), ..good.clone() },
+        ArchivePolicy { time_column: "created_at\" < now(); DROP TABLE messages; --".into(), ..good.clone() },
+        ArchivePolicy { time_column: "body".into(), ..good.clone() },
+        ArchivePolicy { key_columns: vec!["meta".into()], ..good.clone() },
+        ArchivePolicy { key_columns: vec!["nope".into()], ..good.clone() },
+        ArchivePolicy { filters: vec![Filter::new("id", FilterOp::Eq, &["1 OR 1=1"])], ..good.clone() },
+        ArchivePolicy { filters: vec![Filter::new("status", FilterOp::In, &[])], ..good.clone() },
+        ArchivePolicy { filters: vec![Filter::new("nope", FilterOp::IsNull, &[])], ..good.clone() },
+        ArchivePolicy { name: "bad name".into(), ..good.clone() },
+        ArchivePolicy { archive_after: Duration::ZERO, ..good.clone() },
+    ];
+    for bad in bad_policies {
+        let e = client.create_policy(&bad).await.expect_err("rejected");
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{bad:?}: {e}");
+    }
+    // A text value that looks like SQL is only a value: it matches nothing and harms nothing.
+    let odd = client
+        .create_policy(&ArchivePolicy {
+            filters: vec![Filter::new("status", FilterOp::Eq, &["x'); DROP TABLE messages; --"])],
+            ..policy("odd", "messages", 90)
+        })
+        .await
+        .unwrap();
+    assert_eq!(client.plan_archive(&odd.id).await.unwrap().rows, 0);
+    let r = start(&client, async || client.run_archive("odd").await).await;
+    assert_eq!(finish(&client, &r.id).await.rows_done, 0);
+    client.delete_policy("odd").await.unwrap();
+    assert_eq!(pg_docs(&mut c).await, original);
+
+    let p = client.create_policy(&good).await.unwrap();
+    assert_eq!(p.schema_name, "public");
+    assert_eq!(client.create_policy(&good).await.unwrap_err().code(), Some(Code::AlreadyExists));
+    let plan = client.plan_archive("chat").await.unwrap();
+    assert_eq!(plan.rows, due);
+    assert_eq!(plan.batches, (due + 96) / 97);
+    assert!(plan.estimated_bytes > due * 50, "{plan:?}");
+
+    let run = start(&client, async || client.run_archive("chat").await).await;
+    assert_eq!(run.kind, RunKind::Archive);
+    let run = finish(&client, &run.id).await;
+    assert_eq!(run.rows_done, due);
+    assert_eq!(run.segments_done, (due + 96) / 97);
+    assert!(run.compression_ratio > 1.5, "{run:?}");
+    assert_eq!(pg_count(&mut c, due_sql).await, 0);
+    assert_eq!(pg_count(&mut c, "SELECT count(*)::int8 AS n FROM messages").await, 2000 - due);
+
+    // Segments: the manifests add up; each object is plain zstd JSON Lines holding exactly the
+    // archived rows as they were.
+    let segments = client.list_segments("chat").await.unwrap();
+    assert_eq!(segments.iter().map(|s| s.row_count).sum::<i64>(), due);
+    let mut archived = BTreeMap::new();
+    for s in &segments {
+        assert!(s.object_key.starts_with("archive/public.messages/"), "{}", s.object_key);
+        assert!(s.object_key.ends_with(&format!("{}.jsonl.zst", s.id)));
+        assert!(s.columns.iter().any(|c| c == "created_at timestamp with time zone"), "{:?}", s.columns);
+        let path = s3.root.join("strata-archive").join(&s.object_key);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)), s.sha256);
+        let text = String::from_utf8(zstd::decode_all(bytes.as_slice()).unwrap()).unwrap();
+        assert_eq!(text.len() as i64, s.raw_bytes);
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let id = v["id"].as_i64().unwrap();
+            assert_eq!(v["status"], "COMPLETED");
+            assert!(archived.insert(id, line.to_owned()).is_none(), "row {id} archived twice");
+        }
+    }
+    assert_eq!(archived.len() as i64, due);
+    for (id, doc) in &archived {
+        assert_eq!(original.get(id), Some(doc), "row {id} archived as it was");
+    }
+
+    // ReadArchive streams the same rows without restoring them.
+    let mut read = BTreeMap::new();
+    let n = client
+        .read_archive("chat", &SegmentSelection::default(), |_, rows| {
+            for r in rows {
+                let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+                read.insert(v["id"].as_i64().unwrap(), r);
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(n as i64, due);
+    assert_eq!(read, archived);
+
+    // Restore everything: the table equals the original exactly (generated and identity columns too).
+    let r = start(&client, async || client.restore_archive("chat", &SegmentSelection::default()).await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!((r.kind, r.rows_done, r.rows_skipped), (RunKind::Restore, due, 0));
+    assert_eq!(pg_docs(&mut c).await, original);
+    assert!(client.list_segments("chat").await.unwrap().iter().all(|s| s.restored));
+
+    // Archive again; put one archived key back by hand; a restore skips it and keeps the hand-made row.
+    let r = start(&client, async || client.run_archive("chat").await).await;
+    assert_eq!(finish(&client, &r.id).await.rows_done, due);
+    let (&some_id, _) = archived.iter().next().unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO messages (id, created_at, status, body) OVERRIDING SYSTEM VALUE
+         VALUES ({some_id}, now(), 'HANDMADE', 'kept')"
+    ))
+    .await
+    .unwrap();
+    let committed: Vec<_> = client.list_segments("chat").await.unwrap().into_iter().filter(|s| !s.restored).collect();
+    let first_two: Vec<String> = committed.iter().take(2).map(|s| s.id.clone()).collect();
+    let in_first_two: i64 = committed.iter().take(2).map(|s| s.row_count).sum();
+    let holder = committed.iter().position(|s| {
+        let lo: i64 = s.first_key.trim_matches(['[', ']']).parse().unwrap();
+        let hi: i64 = s.last_key.trim_matches(['[', ']']).parse().unwrap();
+        (lo..=hi).contains(&some_id)
+    });
+    let r = start(&client, async || {
+        client.restore_archive("chat", &SegmentSelection { ids: first_two.clone(), ..Default::default() }).await
+    })
+    .await;
+    let r = finish(&client, &r.id).await;
+    let skipped = i64::from(holder.is_some_and(|h| h < 2));
+    assert_eq!((r.rows_done, r.rows_skipped), (in_first_two - skipped, skipped));
+    // Restoring an already restored segment is refused and changes nothing.
+    let e = client
+        .restore_archive("chat", &SegmentSelection { ids: first_two.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert_eq!(pg_count(&mut c, "SELECT count(*)::int8 AS n FROM messages WHERE status = 'HANDMADE'").await, 1);
+
+    // Retention: only segments whose newest row is older than delete_after go.
+    let segments = client.list_segments("chat").await.unwrap();
+    let keep = Duration::from_secs(200 * DAY);
+    let limit = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap();
+    let expired: Vec<_> = segments.iter().filter(|s| s.max_time.unwrap() < limit).map(|s| s.id.clone()).collect();
+    assert!(!expired.is_empty() && expired.len() < segments.len(), "{} of {}", expired.len(), segments.len());
+    client
+        .update_policy(&ArchivePolicy { id: p.id.clone(), delete_after: Some(keep), ..good.clone() }, &["delete_after"])
+        .await
+        .unwrap();
+    let r = start(&client, async || client.apply_retention("chat").await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!(r.segments_done as usize, expired.len());
+    let left = client.list_segments("chat").await.unwrap();
+    assert_eq!(left.len(), segments.len() - expired.len());
+    assert!(left.iter().all(|s| !expired.contains(&s.id)));
+    for s in &segments {
+        let exists = s3.root.join("strata-archive").join(&s.object_key).exists();
+        assert_eq!(exists, !expired.contains(&s.id), "object of segment {}", s.id);
+    }
+    // A policy with segments left cannot be deleted.
+    assert_eq!(client.delete_policy("chat").await.unwrap_err().code(), Some(Code::FailedPrecondition));
+    let runs = client.list_archive_runs(Some("chat"), 100).await.unwrap();
+    assert_eq!(runs.len(), 5, "archive, restore, archive, restore, retention");
+    assert!(runs.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    server.stop().await.unwrap();
+}
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct SqliteRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    snapshot: String,
+}
+
+async fn sqlite_rows(
+    c: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+) -> Vec<SqliteRow> {
+    // typeof + an exact rendering of every value: a REAL that lost digits or a BLOB that came back
+    // as text would differ.
+    let exact = |c: &str| {
+        format!(
+            "typeof({c}) || ':' || CASE typeof({c}) WHEN 'real' THEN printf('%!.17g', {c}) WHEN 'blob' THEN hex({c}) ELSE ifnull({c}, '') END"
+        )
+    };
+    let cols = ["created_at", "status", "body", "ratio", "data", "n"].map(exact).join(" || '|' || ");
+    diesel::sql_query(format!("SELECT id, {cols} AS snapshot FROM events ORDER BY id")).load(c).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_archive_restore_and_purge() {
+    use diesel_async::AsyncConnection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
+        db.to_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT, status TEXT, body TEXT, ratio REAL, data BLOB, n INTEGER);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 600)
+         INSERT INTO events SELECT i,
+             datetime('now', '-' || (i % 200) || ' days'),
+             CASE WHEN i % 4 = 0 THEN 'OPEN' ELSE 'DONE' END,
+             CASE WHEN i % 9 = 0 THEN NULL ELSE 'ünïcode ✓ ' || i || char(10) || '\"' END,
+             CASE WHEN i % 5 = 0 THEN NULL ELSE 0.1 * i + 1e-15 END,
+             CASE WHEN i % 6 = 0 THEN NULL ELSE randomblob(16 + i % 7) END,
+             CASE WHEN i % 8 = 0 THEN NULL ELSE i * 1000003 END
+           FROM s;",
+    )
+    .await
+    .unwrap();
+    let original = sqlite_rows(&mut c).await;
+    let config = test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+
+    let p = client
+        .create_policy(&ArchivePolicy {
+            filters: vec![Filter::new("status", FilterOp::In, &["DONE", "ARCHIVABLE"])],
+            batch_size: 50,
+            ..policy("events", "events", 30)
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.schema_name, "main");
+    let e = client
+        .create_policy(&ArchivePolicy { table_name: "events\"; DROP TABLE events; --".into(), ..policy("x", "", 30) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument));
+    let due = original
+        .iter()
+        .filter(|r| {
+            let days = (r.id % 200) as u64;
+            days >= 30 && r.id % 4 != 0
+        })
+        .count() as i64;
+    assert_eq!(client.plan_archive("events").await.unwrap().rows, due);
+    let r = start(&client, async || client.run_archive("events").await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!(r.rows_done, due);
+    assert_eq!(sqlite_rows(&mut c).await.len() as i64, 600 - due);
+
+    // Archived rows read back as JSON with BLOBs tagged.
+    let mut blobs = 0;
+    let n = client
+        .read_archive("events", &SegmentSelection::default(), |_, rows| {
+            for r in rows {
+                let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+                if v["data"].is_object() {
+                    assert!(v["data"]["$blob"].is_string());
+                    blobs += 1;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(n as i64, due);
+    assert!(blobs > 0);
+
+    let r = start(&client, async || client.restore_archive("events", &SegmentSelection::default()).await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!((r.rows_done, r.rows_skipped), (due, 0));
+    assert_eq!(sqlite_rows(&mut c).await, original, "restored rows equal the originals, types and all");
+
+    // Purge: OPEN rows older than 100 days go, with no segment.
+    client
+        .create_policy(&ArchivePolicy {
+            filters: vec![Filter::new("status", FilterOp::Eq, &["OPEN"])],
+            mode: PolicyMode::Purge,
+            batch_size: 7,
+            ..policy("purge-open", "events", 100)
+        })
+        .await
+        .unwrap();
+    let purge_due = original.iter().filter(|r| (r.id % 200) >= 100 && r.id % 4 == 0).count() as i64;
+    let r = start(&client, async || client.run_archive("purge-open").await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!((r.kind, r.rows_done), (RunKind::Purge, purge_due));
+    assert!(client.list_segments("purge-open").await.unwrap().is_empty());
+    let left = sqlite_rows(&mut c).await;
+    assert_eq!(left.len() as i64, 600 - purge_due);
+    assert!(left.iter().all(|r| !((r.id % 200) >= 100 && r.id % 4 == 0)));
+    server.stop().await.unwrap();
+}
