@@ -43,7 +43,7 @@ CREATE TABLE strata.archive_segments (
     policy_id TEXT NOT NULL,
     run_id TEXT NOT NULL,
     object_key TEXT NOT NULL,
-    -- pending (being written; garbage if its run is gone), committed, restored, deleting.
+    -- pending (being written), committed, restored, deleting (retention), discarding (a failed batch's).
     state TEXT NOT NULL,
     row_count BIGINT NOT NULL,
     raw_bytes BIGINT NOT NULL,

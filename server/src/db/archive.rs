@@ -34,6 +34,8 @@ pub mod state {
     pub const RESTORED: &str = "restored";
     /// Segment's object is being deleted by retention.
     pub const DELETING: &str = "deleting";
+    /// Pending segment of a failed or interrupted batch, being removed.
+    pub const DISCARDING: &str = "discarding";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,6 +543,18 @@ pub async fn segments_by_id(conn: &mut Conn, ids: &[String]) -> Result<Vec<Segme
     }))
 }
 
+/// Moves a pending segment to `discarding`; false when it is no longer pending (it committed).
+pub async fn discard_pending(conn: &mut Conn, id: &str) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::archive_segments as t;
+        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(state::PENDING)))
+            .set(t::state.eq(state::DISCARDING))
+            .execute(conn)
+            .await?
+    });
+    Ok(n == 1)
+}
+
 /// Sets a segment's state (retention marks `deleting` before the object goes).
 pub async fn set_segment_state(conn: &mut Conn, id: &str, st: &str) -> Result<()> {
     db_run!(conn, {
@@ -611,8 +625,10 @@ pub struct TableSql {
     select_first: String,
     /// Due rows after a key: params also `after`.
     select_after: String,
-    /// Deletes the rows whose keys are in the JSON array parameter.
+    /// Deletes the selected rows: by `ctid` array on PostgreSQL, by JSON array of keys on SQLite.
     delete_keys: String,
+    /// Whether `delete_keys` takes row locations.
+    delete_by_location: bool,
     /// Deletes up to `limit` due rows.
     purge: String,
     /// Counts due rows: `rows`, `bytes`, `min_ts`, `max_ts`.
@@ -633,6 +649,9 @@ pub struct DueRow {
     /// Its time in Unix microseconds.
     #[diesel(sql_type = Nullable<BigInt>)]
     pub ts: Option<i64>,
+    /// Its physical location (PostgreSQL `ctid`), valid while the row is locked.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub loc: Option<String>,
 }
 
 /// What PlanArchive reports.
@@ -828,13 +847,11 @@ async fn resolve_pg(
     };
     let select = |extra: &str| {
         format!(
-            "SELECT row_to_json(t)::text AS doc, json_build_array({key_cols})::text AS key, {ts} AS ts
+            "SELECT row_to_json(t)::text AS doc, json_build_array({key_cols})::text AS key, {ts} AS ts,
+                    t.ctid::text AS loc
                FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT ({p}->>'limit')::int8
                FOR UPDATE OF t SKIP LOCKED"
         )
-    };
-    let key_of = |src: &str| {
-        keys.iter().enumerate().map(|(i, k)| cast(&format!("{src}->>{i}"), &k.ty)).collect::<Vec<_>>().join(", ")
     };
     let insert_cols: Vec<String> = columns.iter().filter(|c| !c.generated).map(|c| quote(&c.name)).collect();
     let key_match = keys.iter().map(|k| format!("x.{q} = r.{q}", q = quote(&k.name))).collect::<Vec<_>>().join(" AND ");
@@ -842,10 +859,10 @@ async fn resolve_pg(
         time_kind,
         select_first: select(""),
         select_after: select(&format!(" AND {key_tuple} > {after}")),
-        delete_keys: format!(
-            "DELETE FROM {t} t WHERE {key_tuple} IN (SELECT {} FROM json_array_elements({p}) x)",
-            key_of("x")
-        ),
+        // The batch's rows are locked FOR UPDATE, so their ctids are stable until commit: a TID scan
+        // deletes them without an index lookup per row.
+        delete_keys: format!("DELETE FROM {t} WHERE ctid = ANY($1::tid[])"),
+        delete_by_location: true,
         purge: format!(
             "DELETE FROM {t} d WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
               LIMIT ({p}->>'limit')::int8 FOR UPDATE OF t SKIP LOCKED)",
@@ -974,7 +991,7 @@ async fn resolve_sqlite(
     );
     let select = |extra: &str| {
         format!(
-            "SELECT {doc} AS doc, json_array({key_cols}) AS key, {ts} AS ts
+            "SELECT {doc} AS doc, json_array({key_cols}) AS key, {ts} AS ts, NULL AS loc
                FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT json_extract({p}, '$.limit')"
         )
     };
@@ -999,6 +1016,7 @@ async fn resolve_sqlite(
         select_first: select(""),
         select_after: select(&format!(" AND {key_tuple} > {after}")),
         delete_keys: format!("DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_of} FROM json_each({p}))"),
+        delete_by_location: false,
         purge: format!(
             "DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
               LIMIT json_extract({p}, '$.limit'))"
@@ -1092,7 +1110,7 @@ pub struct Sealed {
 pub enum BatchOutcome {
     /// No due rows left (after the cursor).
     Empty,
-    /// Another run holds the policy now; nothing was changed.
+    /// The pending segment was discarded (another run took the policy over); nothing was changed.
     LeaseLost,
     /// Rows moved and the segment committed.
     Committed {
@@ -1104,7 +1122,20 @@ pub enum BatchOutcome {
         cancel_requested: bool,
         /// Time inside the transaction.
         txn: std::time::Duration,
+        /// Where the time went.
+        phases: Phases,
     },
+}
+
+/// Time spent in each phase of an archive batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Locking and reading the rows as JSON.
+    pub select: std::time::Duration,
+    /// Writing and verifying the segment.
+    pub seal: std::time::Duration,
+    /// Deleting the rows and recording the segment, through commit.
+    pub finish: std::time::Duration,
 }
 
 /// Errors of a batch: the database's or the sealing callback's.
@@ -1135,9 +1166,11 @@ where
         begin(conn).await?;
         let out = archive_batch_in(conn, b, seal, started).await;
         match out {
-            Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, .. }) => {
+            Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, mut phases, .. }) => {
+                let t = std::time::Instant::now();
                 commit(conn).await?;
-                Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, txn: started.elapsed() })
+                phases.finish += t.elapsed();
+                Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, txn: started.elapsed(), phases })
             }
             other => {
                 rollback(conn).await;
@@ -1149,23 +1182,37 @@ where
 
 macro_rules! archive_batch_body {
     ($conn:ident, $b:ident, $seal:ident, $started:ident) => {{
-        use schema::{archive_policies as p, archive_segments as s};
-        let held = diesel::update(p::table.filter(p::id.eq($b.policy_id)).filter(p::lease_owner.eq($b.run_id)))
-            .set(p::lease_until.eq($b.lease_until))
+        use schema::archive_segments as s;
+        // The fence: the pending segment must still be ours. A run that took the policy over
+        // discards pending segments by moving them out of `pending` first, so either it waits for
+        // this transaction (row lock) and then leaves the committed segment alone, or this batch
+        // sees its segment gone and changes nothing. On SQLite this write also takes the database's
+        // write lock before any row is read.
+        let ours = diesel::update(s::table.filter(s::id.eq($b.segment_id)).filter(s::state.eq(state::PENDING)))
+            .set(s::created_at.eq($b.now))
             .execute(&mut *$conn)
             .await?;
-        if held != 1 {
+        if ours != 1 {
             return Ok(BatchOutcome::LeaseLost);
         }
         let select = if $b.after { &$b.sql.select_after } else { &$b.sql.select_first };
         let rows: Vec<DueRow> = diesel::sql_query(select).bind::<Text, _>(&$b.params).load(&mut *$conn).await?;
+        let mut phases = Phases { select: $started.elapsed(), ..Default::default() };
         let (Some(first), Some(last)) = (rows.iter().next(), rows.iter().next_back()) else {
             return Ok(BatchOutcome::Empty);
         };
         let (first_key, last_key) = (first.key.clone(), last.key.clone());
+        let t = std::time::Instant::now();
         let sealed = $seal(&rows).await.map_err(BatchError::Seal)?;
-        let keys = format!("[{}]", rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>().join(","));
-        let deleted = diesel::sql_query(&$b.sql.delete_keys).bind::<Text, _>(&keys).execute(&mut *$conn).await?;
+        phases.seal = t.elapsed();
+        let t = std::time::Instant::now();
+        let targets = if $b.sql.delete_by_location {
+            // Physical locations of rows this transaction has locked: they cannot move until it ends.
+            format!("{{{}}}", rows.iter().map(|r| format!("\"{}\"", r.loc.as_deref().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        } else {
+            format!("[{}]", rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>().join(","))
+        };
+        let deleted = diesel::sql_query(&$b.sql.delete_keys).bind::<Text, _>(&targets).execute(&mut *$conn).await?;
         if deleted != rows.len() {
             // Locked rows cannot vanish; if they did, nothing of this batch may stick.
             return Err(BatchError::Db(Error::Unsupported(format!(
@@ -1173,7 +1220,7 @@ macro_rules! archive_batch_body {
                 rows.len()
             ))));
         }
-        diesel::update(s::table.filter(s::id.eq($b.segment_id)))
+        diesel::update(s::table.filter(s::id.eq($b.segment_id)).filter(s::state.eq(state::PENDING)))
             .set((
                 s::state.eq(state::COMMITTED),
                 s::object_key.eq(&sealed.object_key),
@@ -1198,7 +1245,8 @@ macro_rules! archive_batch_body {
             ..Default::default()
         };
         let cancel_requested = add_progress_on(&mut *$conn, $b.run_id, &progress, $b.now).await?;
-        Ok(BatchOutcome::Committed { rows: rows.len(), last_key, cancel_requested, txn: $started.elapsed() })
+        phases.finish = t.elapsed();
+        Ok(BatchOutcome::Committed { rows: rows.len(), last_key, cancel_requested, txn: $started.elapsed(), phases })
     }};
 }
 

@@ -604,39 +604,76 @@ fn table_prefix(p: &Policy) -> String {
     format!("archive/{}.{}/", key_part(&p.spec.schema_name), key_part(&p.spec.table_name))
 }
 
-/// Deletes what crashed runs left: pending manifests and any object written for them. Only called
-/// while holding the policy's lease, so no live run is writing them.
+/// Removes what interrupted runs left: pending (and half-discarded) segments and any object
+/// written for them. Each pending segment is first moved to `discarding`, which fences out a batch
+/// that might still commit it (see [`store::archive_batch`]); only then is its object deleted.
 async fn clean_pending(ctx: &Context, p: &Policy, run: &RunRow) -> Result<()> {
     let mut conn = ctx.db.write().await?;
-    let pending: Vec<SegmentRow> = store::segments(&mut conn, &p.id, &[state::PENDING], 0, i64::MAX)
+    let stale: Vec<SegmentRow> = store::segments(&mut conn, &p.id, &[state::PENDING, state::DISCARDING], 0, i64::MAX)
         .await?
         .into_iter()
         .filter(|s| s.run_id != run.id)
         .collect();
+    let mut doomed = Vec::new();
+    for s in stale {
+        if s.state == state::DISCARDING || store::discard_pending(&mut conn, &s.id).await? {
+            doomed.push(s.id);
+        }
+    }
     drop(conn);
-    if pending.is_empty() {
+    if doomed.is_empty() {
         return Ok(());
     }
-    // A pending segment's object key is only known once written (it holds the rows' month), so
-    // the table's archive prefix is listed once — only after a crash.
-    let ids: HashSet<&str> = pending.iter().map(|s| s.id.as_str()).collect();
-    let objects = ctx.objects.list(&table_prefix(p)).await.map_err(unavailable)?;
-    for o in objects {
+    // A pending segment's object key holds the rows' month, known only once written, so the
+    // table's archive prefix is listed once — only after an interruption.
+    let ids: HashSet<&str> = doomed.iter().map(String::as_str).collect();
+    for o in ctx.objects.list(&table_prefix(p)).await.map_err(unavailable)? {
         let stem = o.key.rsplit('/').next().unwrap_or("").trim_end_matches(".jsonl.zst");
         if ids.contains(stem) {
             ctx.objects.delete(&o.key).await.map_err(unavailable)?;
         }
     }
     let mut conn = ctx.db.write().await?;
-    for s in &pending {
-        store::delete_segment(&mut conn, &s.id).await?;
+    for id in &doomed {
+        store::delete_segment(&mut conn, id).await?;
     }
-    tracing::info!(policy = %p.spec.name, segments = pending.len(), "removed segments of interrupted runs");
+    tracing::info!(policy = %p.spec.name, segments = doomed.len(), "removed segments of interrupted runs");
+    Ok(())
+}
+
+/// Removes the segment of a batch that rolled back (its rows are still in the table).
+async fn discard(ctx: &Context, segment_id: &str, object_key: Option<String>) -> Result<()> {
+    let mut conn = ctx.db.write().await?;
+    if !store::discard_pending(&mut conn, segment_id).await? {
+        return Ok(());
+    }
+    drop(conn);
+    if let Some(key) = object_key {
+        ctx.objects.delete(&key).await.map_err(unavailable)?;
+    }
+    store::delete_segment(&mut ctx.db.write().await?, segment_id).await?;
     Ok(())
 }
 
 fn unavailable(e: crate::objects::Error) -> Error {
     Error::Unavailable(e.to_string())
+}
+
+/// Batches in flight at once on PostgreSQL: while one batch's segment is compressed and uploaded,
+/// the next one's rows are read on another connection (its rows are disjoint: they lie after the
+/// previous batch's last key and locked rows are skipped). SQLite has a single writer: one.
+const PIPELINE_DEPTH: usize = 3;
+
+/// What the coordinator learns from a batch as soon as its rows are read.
+struct Cursor {
+    last_key: String,
+    full: bool,
+}
+
+/// How one archive batch ended.
+enum BatchEnd {
+    Committed { cancel_requested: bool },
+    Empty,
 }
 
 async fn archive_rows(
@@ -648,90 +685,156 @@ async fn archive_rows(
 ) -> Result<Stop> {
     clean_pending(ctx, p, run).await?;
     let columns: Vec<String> = sql.columns.iter().map(|c| format!("{} {}", c.name, c.ty)).collect();
-    let columns = serde_json::to_string(&columns).expect("strings serialize");
+    let columns = std::sync::Arc::new(serde_json::to_string(&columns).expect("strings serialize"));
+    let sql = std::sync::Arc::new(sql.clone());
+    let depth = if ctx.db.backend() == db::BackendKind::Postgres { PIPELINE_DEPTH } else { 1 };
+    let mut inflight = std::collections::VecDeque::new();
     let mut after: Option<serde_json::Value> = None;
+    let mut more = true;
+    let mut outcome: Result<Stop> = Ok(Stop::Done);
     loop {
-        if let Some(stop) = stop_requested(ctx, false) {
-            return Ok(stop);
-        }
-        let segment_id = uuid::Uuid::now_v7().to_string();
-        let t = now();
-        let pending = SegmentRow {
-            id: segment_id.clone(),
-            policy_id: p.id.clone(),
-            run_id: run.id.clone(),
-            object_key: String::new(),
-            state: state::PENDING.into(),
-            row_count: 0,
-            raw_bytes: 0,
-            compressed_bytes: 0,
-            sha256: String::new(),
-            first_key: String::new(),
-            last_key: String::new(),
-            min_time: None,
-            max_time: None,
-            column_list: columns.clone(),
-            created_at: t,
-            restored_at: None,
-        };
-        store::insert_pending_segment(&mut ctx.db.write().await?, &pending).await?;
-        let batch = Batch {
-            sql,
-            params: store::params(sql, cutoff, &p.spec.filters, after.as_ref(), p.spec.batch_size),
-            after: after.is_some(),
-            policy_id: &p.id,
-            run_id: &run.id,
-            segment_id: &segment_id,
-            lease_until: lease_until(ctx),
-            now: t,
-        };
-        let written = std::sync::Mutex::new(None::<String>);
-        let outcome = {
+        while more && inflight.len() < depth {
+            if let Some(stop) = stop_requested(ctx, false) {
+                outcome = Ok(stop);
+                more = false;
+                break;
+            }
             let mut conn = ctx.db.write().await?;
-            store::archive_batch(&mut conn, &batch, async |rows: &[DueRow]| {
-                seal(ctx, p, &segment_id, rows, &written).await
-            })
-            .await
-        };
-        let discard = async {
-            // The transaction rolled back: the rows are in the table, the segment must go.
-            let key = written.lock().expect("lock").take();
-            if let Some(key) = key {
-                ctx.objects.delete(&key).await.map_err(unavailable)?;
+            if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
+                outcome = Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()));
+                more = false;
+                break;
             }
-            store::delete_segment(&mut ctx.db.write().await?, &segment_id).await?;
-            Ok::<_, Error>(())
-        };
-        match outcome {
-            Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, .. }) => {
+            drop(conn);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(one_batch(
+                ctx.clone(),
+                p.clone(),
+                run.id.clone(),
+                sql.clone(),
+                columns.clone(),
+                store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), p.spec.batch_size),
+                after.is_some(),
+                tx,
+            ));
+            inflight.push_back(task);
+            // The next batch may start once this one has read (and locked) its rows.
+            match rx.await {
+                Ok(c) => {
+                    more = c.full;
+                    after = Some(serde_json::from_str(&c.last_key).map_err(|e| {
+                        Error::Db(db::Error::Unsupported(format!("unreadable key {:?}: {e}", c.last_key)))
+                    })?);
+                }
+                Err(_) => more = false,
+            }
+        }
+        let Some(task) = inflight.pop_front() else { break };
+        let end = task.await.map_err(|e| Error::Unavailable(format!("batch task: {e}")))?;
+        match end {
+            Ok(BatchEnd::Committed { cancel_requested }) => {
                 if let Some(stop) = stop_requested(ctx, cancel_requested) {
-                    return Ok(stop);
+                    more = false;
+                    if outcome.is_ok() {
+                        outcome = Ok(stop);
+                    }
                 }
-                if (rows as i64) < p.spec.batch_size {
-                    return Ok(Stop::Done);
-                }
-                after = Some(
-                    serde_json::from_str(&last_key)
-                        .map_err(|e| Error::Db(db::Error::Unsupported(format!("unreadable key {last_key:?}: {e}"))))?,
-                );
             }
-            Ok(BatchOutcome::Empty) => {
-                discard.await?;
-                return Ok(Stop::Done);
-            }
-            Ok(BatchOutcome::LeaseLost) => {
-                discard.await?;
-                return Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()));
-            }
+            Ok(BatchEnd::Empty) => more = false,
             Err(e) => {
-                if let Err(d) = discard.await {
-                    tracing::warn!(segment = %segment_id, error = %d, "discarding a failed segment failed");
+                more = false;
+                if outcome.is_ok() {
+                    outcome = Err(e);
                 }
-                return Err(match e {
-                    BatchError::Db(e) => e.into(),
-                    BatchError::Seal(e) => e,
-                });
             }
+        }
+    }
+    outcome
+}
+
+/// One archive batch in its own task and transaction: insert the pending manifest, lock and read
+/// the rows (reporting the cursor), seal the segment, delete the rows and commit; on failure remove
+/// the segment again.
+#[expect(clippy::too_many_arguments, reason = "one batch's whole identity, passed to a spawned task")]
+async fn one_batch(
+    ctx: Context,
+    p: Policy,
+    run_id: String,
+    sql: std::sync::Arc<store::TableSql>,
+    columns: std::sync::Arc<String>,
+    params: String,
+    after: bool,
+    cursor: tokio::sync::oneshot::Sender<Cursor>,
+) -> Result<BatchEnd> {
+    let segment_id = uuid::Uuid::now_v7().to_string();
+    let t = now();
+    let pending = SegmentRow {
+        id: segment_id.clone(),
+        policy_id: p.id.clone(),
+        run_id: run_id.clone(),
+        object_key: String::new(),
+        state: state::PENDING.into(),
+        row_count: 0,
+        raw_bytes: 0,
+        compressed_bytes: 0,
+        sha256: String::new(),
+        first_key: String::new(),
+        last_key: String::new(),
+        min_time: None,
+        max_time: None,
+        column_list: columns.to_string(),
+        created_at: t,
+        restored_at: None,
+    };
+    store::insert_pending_segment(&mut ctx.db.write().await?, &pending).await?;
+    let batch = Batch {
+        sql: &sql,
+        params,
+        after,
+        policy_id: &p.id,
+        run_id: &run_id,
+        segment_id: &segment_id,
+        lease_until: lease_until(&ctx),
+        now: t,
+    };
+    let written = std::sync::Mutex::new(None::<String>);
+    let mut cursor = Some(cursor);
+    let outcome = {
+        let mut conn = ctx.db.write().await?;
+        store::archive_batch(&mut conn, &batch, async |rows: &[DueRow]| {
+            if let (Some(tx), Some(last)) = (cursor.take(), rows.last()) {
+                let _ = tx.send(Cursor { last_key: last.key.clone(), full: rows.len() as i64 >= p.spec.batch_size });
+            }
+            seal(&ctx, &p, &segment_id, rows, &written).await
+        })
+        .await
+    };
+    let key = written.lock().expect("lock").take();
+    match outcome {
+        Ok(BatchOutcome::Committed { rows, cancel_requested, txn, phases, .. }) => {
+            tracing::debug!(
+                run = %run_id, rows, txn_ms = txn.as_millis() as u64,
+                select_ms = phases.select.as_millis() as u64, seal_ms = phases.seal.as_millis() as u64,
+                finish_ms = phases.finish.as_millis() as u64, "archive batch committed"
+            );
+            Ok(BatchEnd::Committed { cancel_requested })
+        }
+        Ok(BatchOutcome::Empty) => {
+            discard(&ctx, &segment_id, key).await?;
+            Ok(BatchEnd::Empty)
+        }
+        Ok(BatchOutcome::LeaseLost) => {
+            Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()))
+        }
+        Err(e) => {
+            // The transaction rolled back: the rows are in the table, the segment must go.
+            if let Err(d) = discard(&ctx, &segment_id, key).await {
+                tracing::warn!(segment = %segment_id, error = %d, "discarding a failed segment failed");
+            }
+            Err(match e {
+                BatchError::Db(e) => e.into(),
+                BatchError::Seal(e) => e,
+            })
         }
     }
 }
@@ -750,6 +853,7 @@ async fn seal(
         jsonl.push(b'\n');
     }
     let raw_bytes = jsonl.len() as i64;
+    let started = std::time::Instant::now();
     // Compression is CPU work: off the async workers.
     let (compressed, sha256) = tokio::task::spawn_blocking(move || {
         let c = zstd::bulk::compress(&jsonl, ZSTD_LEVEL)?;
@@ -764,10 +868,12 @@ async fn seal(
     let month = min_ts.and_then(DateTime::from_timestamp_micros).map(|t| t.format("%Y/%m").to_string());
     let object_key = format!("{}{}/{segment_id}.jsonl.zst", table_prefix(p), month.as_deref().unwrap_or("undated"));
     let size = compressed.len() as u64;
+    let compressed_at = started.elapsed();
     *written.lock().expect("lock") = Some(object_key.clone());
     let mut w = ctx.objects.begin_write(&object_key, Some(size)).await.map_err(unavailable)?;
     w.write(compressed).await.map_err(unavailable)?;
     w.finish().await.map_err(unavailable)?;
+    let written_at = started.elapsed();
     // Verify what the store holds before the rows are deleted.
     let mut h = Sha256::new();
     let mut read = 0u64;
@@ -779,6 +885,13 @@ async fn seal(
     if read != size || hex::encode(h.finalize()) != sha256 {
         return Err(Error::DataLoss(format!("segment {segment_id} read back differs from what was written")));
     }
+    tracing::debug!(
+        segment = segment_id, raw_bytes, compressed_bytes = size,
+        compress_ms = compressed_at.as_millis() as u64,
+        write_ms = (written_at - compressed_at).as_millis() as u64,
+        verify_ms = (started.elapsed() - written_at).as_millis() as u64,
+        "segment sealed"
+    );
     Ok(Sealed {
         raw_bytes,
         compressed_bytes: size as i64,

@@ -1,0 +1,255 @@
+//! Archival benchmarks on 1M chat-like rows (≈ 500 B of English-like text, spread over 24 months,
+//! half of them due): strata's RunArchive into the S3 server vs the seeds' raw SQL move, and vs
+//! `COPY (SELECT row_to_json(t) …) TO STDOUT | zstd -3`, all on identical copies of the data.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use diesel_async::SimpleAsyncConnection;
+use strata_client::archive::{ArchivePolicy, RunState};
+use strata_tests::{PgCluster, S3Server, TestServer, server::test_config};
+
+/// Words of the generated English-like text.
+const WORDS: &str = "the of and to in is you that it he was for on are as with his they at be this have from or \
+    one had by word but not what all were we when your can said there use an each which she do how their if will up \
+    other about out many then them these so some her would make like him into time has look two more write go see \
+    number no way could people my than first water been call who oil its now find long down day did get come made may \
+    part over new sound take only little work know place year live me back give most very after thing our just name \
+    good sentence man think say great where help through much before line right too mean old any same tell boy follow \
+    came want show also around form three small set put end does another well large must big even such because turn \
+    here why ask went men read need land different home us move try kind hand picture again change off play spell air \
+    away animal house point page letter mother answer found study still learn should america world";
+
+/// Writes `rows` chat rows (`id`, `room`, `author`, `body`) in COPY text format: bodies of about
+/// 450 B drawn word by word from a skewed vocabulary (common words often, rare ones seldom), so they
+/// compress like English text (≈ 3× with zstd -3), not like repeated strings.
+fn generate(rows: u64, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let base: Vec<&str> = WORDS.split_whitespace().collect();
+    let vocab: Vec<String> =
+        base.iter().flat_map(|w| ["", "s", "ed", "ing", "er", "ly"].map(|s| format!("{w}{s}"))).collect();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut line = String::with_capacity(1024);
+    for id in 1..=rows {
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = write!(line, "{id}\t{}\tuser{}\t", id % 500, (id * 7919) % 10_000);
+        let words = 60 + next() % 30;
+        let mut capital = true;
+        for _ in 0..words {
+            let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
+            let w = &vocab[((u.powf(2.5) * vocab.len() as f64) as usize).min(vocab.len() - 1)];
+            if capital {
+                let mut c = w.chars();
+                if let Some(f) = c.next() {
+                    line.extend(f.to_uppercase());
+                    line.push_str(c.as_str());
+                }
+            } else {
+                line.push_str(w);
+            }
+            capital = next() % 12 == 0;
+            line.push_str(if capital { ". " } else { " " });
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Loads `rows` generated rows into `chat` through `psql`'s COPY.
+fn load(url: &str, rows: u64) -> anyhow::Result<()> {
+    let mut child = Command::new("psql")
+        .args(["-X", "-q", url, "-c", "COPY chat_src (id, room, author, body) FROM STDIN"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("psql")?;
+    let mut stdin = std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().context("stdin")?);
+    generate(rows, &mut stdin)?;
+    drop(stdin);
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "COPY failed: {status}");
+    Ok(())
+}
+
+async fn copy_table(c: &mut diesel_async::AsyncPgConnection, name: &str) -> anyhow::Result<()> {
+    c.batch_execute(&format!(
+        "CREATE TABLE {name} (LIKE chat INCLUDING ALL); INSERT INTO {name} SELECT * FROM chat ORDER BY id;"
+    ))
+    .await?;
+    c.batch_execute(&format!("VACUUM ANALYZE {name}")).await?;
+    Ok(())
+}
+
+/// Runs the archive benchmarks.
+pub(crate) async fn run(rows: u64, batch_size: i32) -> anyhow::Result<()> {
+    println!("starting PostgreSQL …");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
+    // The harness starts a streaming replica too; on this two-core machine its WAL replay would
+    // compete for the CPU with whatever is measured, so it is stopped (for baselines and strata alike).
+    let db = cluster.create_database("bench_archive").await?;
+    cluster.stop_replica()?;
+    let mut c = cluster.connect(&db).await?;
+    let t = Instant::now();
+    c.batch_execute(
+        "CREATE TABLE chat_src (id bigint, room int, author text, body text);
+         CREATE TABLE chat (id bigint PRIMARY KEY, room int NOT NULL, author text NOT NULL,
+                            sent_at timestamptz NOT NULL, body text NOT NULL);",
+    )
+    .await?;
+    let url = cluster.primary_url(&db);
+    let load_url = url.clone();
+    tokio::task::spawn_blocking(move || load(&load_url, rows)).await??;
+    // Spread over 24 months (63 s apart per 1M rows), oldest first: half of the rows are older than a year.
+    c.batch_execute(&format!(
+        "INSERT INTO chat SELECT id, room, author, now() - make_interval(secs => 63.0 * ({rows} - id) * 1000000 / {rows}), body
+           FROM chat_src ORDER BY id;
+         DROP TABLE chat_src;
+         CREATE INDEX chat_sent_at ON chat (sent_at);"
+    ))
+    .await?;
+    copy_table(&mut c, "chat_strata").await?;
+    copy_table(&mut c, "chat_sql").await?;
+    copy_table(&mut c, "chat_copy").await?;
+    c.batch_execute("DROP TABLE chat").await?;
+    println!("loaded 3 × {rows} rows in {:.1}s", t.elapsed().as_secs_f64());
+    let due_cond = "sent_at < now() - interval '365 days'";
+
+    // Baseline 1: the seeds' raw move, one transaction.
+    c.batch_execute("CREATE TABLE chat_sql_archive (LIKE chat_sql INCLUDING ALL)").await?;
+    let t = Instant::now();
+    c.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO chat_sql_archive SELECT * FROM chat_sql WHERE {due_cond};
+         DELETE FROM chat_sql WHERE {due_cond};
+         COMMIT;"
+    ))
+    .await?;
+    let sql_secs = t.elapsed().as_secs_f64();
+    let moved: i64 = {
+        use diesel::{QueryableByName, sql_types::BigInt};
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        diesel::sql_query("SELECT count(*)::int8 AS n FROM chat_sql_archive").get_result::<N>(&mut c).await?.n
+    };
+
+    // Baseline 2: COPY of row_to_json through zstd -3.
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("copy.jsonl.zst");
+    let t = Instant::now();
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; psql -X -q '{url}' -c \"COPY (SELECT row_to_json(t) FROM chat_copy t WHERE {due_cond}) TO STDOUT\" | zstd -3 -q -c > '{}'",
+            out.display()
+        ))
+        .status()
+        .context("psql | zstd")?;
+    let copy_secs = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("COPY | zstd failed: {status}");
+    }
+    let copy_compressed = std::fs::metadata(&out)?.len();
+    let copy_raw = {
+        let o = Command::new("bash").arg("-c").arg(format!("zstd -dc '{}' | wc -c", out.display())).output()?;
+        String::from_utf8(o.stdout)?.trim().parse::<u64>()?
+    };
+
+    // strata: RunArchive into the S3 server.
+    let s3 = S3Server::start("bench-archive")?;
+    let mut config = test_config(url.clone(), vec![], dir.path());
+    config.object_store_url = s3.url();
+    config.statement_timeout = Duration::from_secs(300);
+    let server = TestServer::start(config).await?;
+    let client = server.client().await;
+    client
+        .create_policy(&ArchivePolicy {
+            name: "chat".into(),
+            table_name: "chat_strata".into(),
+            time_column: "sent_at".into(),
+            key_columns: vec!["id".into()],
+            archive_after: Duration::from_secs(365 * 86_400),
+            batch_size,
+            ..Default::default()
+        })
+        .await?;
+    let plan = client.plan_archive("chat").await?;
+    let mono = || {
+        // CLOCK_MONOTONIC, to window a `perf record -k CLOCK_MONOTONIC` profile to the run.
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        #[expect(unsafe_code, reason = "reading the monotonic clock for profiling windows")]
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts)
+        };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    let t = Instant::now();
+    let window_start = mono();
+    let r = client.run_archive("chat").await?;
+    let r = client.wait_archive_run(&r.id, Duration::from_millis(5)).await?;
+    let strata_secs = t.elapsed().as_secs_f64();
+    println!("strata run window (CLOCK_MONOTONIC): {window_start:.6},{:.6}", mono());
+    if r.state != RunState::Succeeded {
+        bail!("run ended {:?}: {}", r.state, r.error);
+    }
+    // The cutoff moves with the clock (rows are ~63 s apart), so strata may find a row or two more
+    // due than the baseline did moments before; what must hold is that nothing was lost.
+    let left = {
+        use diesel::{QueryableByName, sql_types::BigInt};
+        use diesel_async::RunQueryDsl;
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        diesel::sql_query("SELECT count(*)::int8 AS n FROM chat_strata").get_result::<N>(&mut c).await?.n
+    };
+    anyhow::ensure!(
+        left + r.rows_done == rows as i64 && r.rows_done >= plan.rows && (r.rows_done - moved).abs() < 10,
+        "strata moved {} rows ({} left of {rows}; baseline moved {moved})",
+        r.rows_done,
+        left
+    );
+
+    let rate = |n: i64, s: f64| n as f64 / s;
+    let (strata_rate, sql_rate, copy_rate) =
+        (rate(r.rows_done, strata_secs), rate(moved, sql_secs), rate(moved, copy_secs));
+    let copy_ratio = copy_raw as f64 / copy_compressed as f64;
+    println!("rows due: {moved} of {rows}; strata batch size {batch_size}, {} segments", r.segments_done);
+    println!(
+        "strata RunArchive → S3:    {strata_secs:>7.2} s  {strata_rate:>9.0} rows/s  longest transaction {:.3} s  compression {:.2}×",
+        r.longest_transaction.as_secs_f64(),
+        r.compression_ratio
+    );
+    println!(
+        "raw SQL INSERT+DELETE:     {sql_secs:>7.2} s  {sql_rate:>9.0} rows/s  (one transaction of {sql_secs:.2} s)"
+    );
+    println!("COPY row_to_json | zstd -3: {copy_secs:>6.2} s  {copy_rate:>9.0} rows/s  compression {copy_ratio:.2}×");
+    let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let a = strata_rate / sql_rate;
+    println!("ratio vs raw SQL move: {a:.2} (target ≥ 0.50) {}", pass(a >= 0.5));
+    let lt = r.longest_transaction.as_secs_f64();
+    println!("longest strata transaction: {lt:.3} s (target ≤ 2 s) {}", pass(lt <= 2.0));
+    let b = strata_rate / copy_rate;
+    println!("ratio vs COPY | zstd: {b:.2} (target ≥ 0.80) {}", pass(b >= 0.8));
+    println!(
+        "compression: strata {:.2}× vs pipeline {copy_ratio:.2}× {}",
+        r.compression_ratio,
+        pass(r.compression_ratio >= copy_ratio * 0.999)
+    );
+    server.stop().await?;
+    Ok(())
+}
