@@ -1,5 +1,7 @@
 //! The `strata` command line, as a library so tests can drive it in-process.
 
+mod archive;
+
 use std::{io::Write, process::ExitCode};
 
 use crate::{
@@ -87,6 +89,11 @@ pub enum Command {
     Blobs {
         #[command(subcommand)]
         command: BlobsCommand,
+    },
+    /// Archive old rows into compressed segments: policies, plans, runs, restore, read, retention.
+    Archive {
+        #[command(subcommand)]
+        command: archive::ArchiveCommand,
     },
     /// gRPC health status (exit code 1 unless SERVING).
     Health {
@@ -528,6 +535,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Archive { command } => {
+            if !archive::run(&client, command, cli.json, out).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Health { service } => {
             let s = client.health(&service).await?;
             if cli.json {

@@ -1208,7 +1208,10 @@ macro_rules! archive_batch_body {
         let t = std::time::Instant::now();
         let targets = if $b.sql.delete_by_location {
             // Physical locations of rows this transaction has locked: they cannot move until it ends.
-            format!("{{{}}}", rows.iter().map(|r| format!("\"{}\"", r.loc.as_deref().unwrap_or(""))).collect::<Vec<_>>().join(","))
+            format!(
+                "{{{}}}",
+                rows.iter().map(|r| format!("\"{}\"", r.loc.as_deref().unwrap_or(""))).collect::<Vec<_>>().join(",")
+            )
         } else {
             format!("[{}]", rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>().join(","))
         };

@@ -886,7 +886,9 @@ async fn seal(
         return Err(Error::DataLoss(format!("segment {segment_id} read back differs from what was written")));
     }
     tracing::debug!(
-        segment = segment_id, raw_bytes, compressed_bytes = size,
+        segment = segment_id,
+        raw_bytes,
+        compressed_bytes = size,
         compress_ms = compressed_at.as_millis() as u64,
         write_ms = (written_at - compressed_at).as_millis() as u64,
         verify_ms = (started.elapsed() - written_at).as_millis() as u64,

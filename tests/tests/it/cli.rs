@@ -60,3 +60,85 @@ async fn cli_commands_print_tables_and_json() {
     assert_eq!(out.trim(), "Serving");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_archive_create_plan_run_read_restore() {
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let db = dir.path().join("strata.db");
+    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
+        db.to_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, state TEXT, body TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40)
+         INSERT INTO notes SELECT i, datetime('now', '-' || (i * 5) || ' days'), CASE WHEN i % 2 = 0 THEN 'done' ELSE 'open' END, 'note ' || i FROM s;",
+    )
+    .await
+    .unwrap();
+    // Rows 20..=40 are ≥ 100 days old; the even ones are done: 11 due.
+    let (code, out) = strata(
+        &server,
+        &[
+            "archive",
+            "create",
+            "old-notes",
+            "--table",
+            "notes",
+            "--time-column",
+            "created_at",
+            "--after",
+            "99days",
+            "--filter",
+            "state = done",
+            "--batch-size",
+            "4",
+        ],
+    )
+    .await;
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert!(out.contains("policy old-notes created"), "{out}");
+    let (_, out) = strata(&server, &["archive", "policies"]).await;
+    assert!(out.contains("old-notes") && out.contains("main.notes"), "{out}");
+    let (_, out) = strata(&server, &["archive", "plan", "old-notes"]).await;
+    assert!(out.starts_with("11 row(s) due") && out.contains("3 batch(es)"), "{out}");
+    let (code, out) = strata(&server, &["--json", "archive", "run", "old-notes", "--wait"]).await;
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["state"].as_str(), r["rows_done"].as_i64()), (Some("succeeded"), Some(11)));
+    let (_, out) = strata(&server, &["archive", "status", "--policy", "old-notes"]).await;
+    assert!(out.contains("Succeeded") && out.contains("11 row(s)"), "{out}");
+    let (_, out) = strata(&server, &["archive", "segments", "old-notes"]).await;
+    assert_eq!(out.matches("archived").count(), 3, "{out}");
+    let (_, out) = strata(&server, &["archive", "read", "old-notes"]).await;
+    let mut ids: Vec<i64> =
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect();
+    // Segments come oldest rows first; these rows are older the larger their id.
+    assert_eq!(ids[0], 36);
+    ids.sort();
+    assert_eq!(ids, (20..=40).filter(|i| i % 2 == 0).collect::<Vec<_>>());
+    let (code, out) = strata(&server, &["archive", "restore", "old-notes", "--wait"]).await;
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert!(out.contains("11 row(s)") && out.contains("Restore"), "{out}");
+    // Bad input: a clear error, nothing created.
+    let cli = Cli::try_parse_from([
+        "strata",
+        "--url",
+        &server.url(),
+        "archive",
+        "create",
+        "x",
+        "--table",
+        "nope",
+        "--time-column",
+        "t",
+        "--after",
+        "1d",
+    ])
+    .unwrap();
+    let err = run(cli, &mut Vec::new()).await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
