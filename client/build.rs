@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/storage.proto",
     "strata/v1/files.proto",
     "strata/v1/archive.proto",
+    "strata/v1/backup.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

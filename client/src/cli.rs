@@ -95,11 +95,33 @@ pub enum Command {
         #[command(subcommand)]
         command: archive::ArchiveCommand,
     },
+    /// Database backups into the object store (pg_dump or a SQLite snapshot), checked and rotated.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// gRPC health status (exit code 1 unless SERVING).
     Health {
         /// Service name; empty for the whole server.
         #[arg(default_value = "")]
         service: String,
+    },
+}
+
+/// `strata backup …`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Start a backup (operator).
+    Run {
+        /// Wait until it is written and checked.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List backups, newest first.
+    Ls {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -532,6 +554,49 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         bytes(m.bytes_done),
                         m.error.map(|e| format!(" — {e}")).unwrap_or_default()
                     )?;
+                }
+            }
+        },
+        Command::Backup { command } => match command {
+            BackupCommand::Run { wait } => {
+                let mut b = client.run_backup().await?;
+                if wait {
+                    b = client.wait_backup(&b.id, std::time::Duration::from_millis(200)).await?;
+                }
+                if cli.json {
+                    print_json(out, &b)?;
+                } else {
+                    writeln!(
+                        out,
+                        "backup {} {:?}: {} {}{}",
+                        b.id,
+                        b.state,
+                        bytes(b.size_bytes),
+                        b.verification,
+                        if b.error.is_empty() { String::new() } else { format!(" — {}", b.error) }
+                    )?;
+                }
+                if b.state == crate::backup::BackupState::Failed {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            BackupCommand::Ls { limit } => {
+                let all = client.list_backups(limit).await?;
+                if cli.json {
+                    print_json(out, &all)?;
+                } else {
+                    let mut t = table(&["id", "state", "format", "size", "started", "check"]);
+                    for b in all {
+                        t.add_row(vec![
+                            b.id,
+                            format!("{:?}", b.state).to_lowercase(),
+                            b.format,
+                            bytes(b.size_bytes),
+                            b.started_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                            if b.error.is_empty() { b.verification } else { b.error },
+                        ]);
+                    }
+                    writeln!(out, "{t}")?;
                 }
             }
         },

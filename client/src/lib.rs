@@ -14,6 +14,7 @@
 //! protobuf code stays reachable under [`pb`] for callers that need it.
 
 pub mod archive;
+pub mod backup;
 pub mod cli;
 mod client;
 mod convert;

@@ -26,6 +26,10 @@
 //! | `upload_expiry`            | `STRATA_UPLOAD_EXPIRY`         | 24h                                  |
 //! | `always_sha256`            | `STRATA_ALWAYS_SHA256`         | false                                |
 //! | `run_lease`                | `STRATA_RUN_LEASE`             | 30s                                  |
+//! | `backup_keep_daily`        | `STRATA_BACKUP_KEEP_DAILY`     | 7                                    |
+//! | `backup_keep_weekly`       | `STRATA_BACKUP_KEEP_WEEKLY`    | 4                                    |
+//! | `backup_keep_monthly`      | `STRATA_BACKUP_KEEP_MONTHLY`   | 12                                   |
+//! | `pg_bin_dir`               | `STRATA_PG_BIN_DIR`            | `pg_dump` / `pg_restore` from `PATH` |
 //!
 //! `docs/configuration.md` explains each one. Secrets (database passwords, tokens) are never logged:
 //! URLs are shown with the password replaced and tokens are configured as SHA-256 hashes only.
@@ -201,6 +205,19 @@ pub struct ConfigArgs {
     /// whose server died is taken over by the next run after it expires.
     #[arg(long, env = "STRATA_RUN_LEASE", value_parser = parse_duration, global = true)]
     pub run_lease: Option<Duration>,
+    /// Backup rotation keeps the newest backup of each of this many recent days.
+    #[arg(long, env = "STRATA_BACKUP_KEEP_DAILY", global = true)]
+    pub backup_keep_daily: Option<usize>,
+    /// ... of this many recent ISO weeks.
+    #[arg(long, env = "STRATA_BACKUP_KEEP_WEEKLY", global = true)]
+    pub backup_keep_weekly: Option<usize>,
+    /// ... and of this many recent months.
+    #[arg(long, env = "STRATA_BACKUP_KEEP_MONTHLY", global = true)]
+    pub backup_keep_monthly: Option<usize>,
+    /// Directory holding `pg_dump` and `pg_restore` (default: found on PATH). Their major version
+    /// must be at least the server's.
+    #[arg(long, env = "STRATA_PG_BIN_DIR", global = true)]
+    pub pg_bin_dir: Option<std::path::PathBuf>,
 }
 
 /// The TOML file: every key optional.
@@ -238,6 +255,10 @@ struct FileConfig {
     always_sha256: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     run_lease: Option<Duration>,
+    backup_keep_daily: Option<usize>,
+    backup_keep_weekly: Option<usize>,
+    backup_keep_monthly: Option<usize>,
+    pg_bin_dir: Option<std::path::PathBuf>,
 }
 
 /// The effective configuration.
@@ -287,6 +308,10 @@ pub struct Config {
     pub always_sha256: bool,
     /// Lease of a run on its policy.
     pub run_lease: Duration,
+    /// Backup rotation.
+    pub backup_retention: crate::service::backup::Retention,
+    /// Where pg_dump and pg_restore are (None: PATH).
+    pub pg_bin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -321,6 +346,8 @@ impl Default for Config {
             upload_expiry: Duration::from_secs(24 * 3600),
             always_sha256: false,
             run_lease: Duration::from_secs(30),
+            backup_retention: crate::service::backup::Retention { daily: 7, weekly: 4, monthly: 12 },
+            pg_bin_dir: None,
         }
     }
 }
@@ -396,6 +423,12 @@ impl Config {
             upload_expiry: pick(args.upload_expiry, file.upload_expiry, d.upload_expiry),
             always_sha256: args.always_sha256.or(file.always_sha256).unwrap_or(d.always_sha256),
             run_lease: pick(args.run_lease, file.run_lease, d.run_lease),
+            backup_retention: crate::service::backup::Retention {
+                daily: args.backup_keep_daily.or(file.backup_keep_daily).unwrap_or(d.backup_retention.daily),
+                weekly: args.backup_keep_weekly.or(file.backup_keep_weekly).unwrap_or(d.backup_retention.weekly),
+                monthly: args.backup_keep_monthly.or(file.backup_keep_monthly).unwrap_or(d.backup_retention.monthly),
+            },
+            pg_bin_dir: args.pg_bin_dir.clone().or(file.pg_bin_dir),
         };
         c.validate()?;
         Ok(c)

@@ -44,7 +44,8 @@ fn is_root() -> bool {
     }
 }
 
-fn bindir() -> PathBuf {
+/// The directory of the PostgreSQL server binaries (initdb, pg_ctl, pg_dump, pg_restore).
+pub fn bindir() -> PathBuf {
     if let Some(d) = std::env::var_os("STRATA_PG_BINDIR") {
         return d.into();
     }

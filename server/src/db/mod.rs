@@ -5,6 +5,7 @@
 //! over `AsyncConnection` do not compose with Diesel's `as_select()` and backend-specific SQL types.
 
 pub mod archive;
+pub mod backups;
 pub mod blob_migration;
 pub mod files;
 pub mod migrations;

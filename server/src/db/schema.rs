@@ -172,4 +172,17 @@ catalog! {
         created_at -> [Timestamp],
         restored_at -> [Nullable<Timestamp>],
     }
+    backups (id) sqlite "strata_backups" {
+        id -> [Text],
+        format -> [Text],
+        state -> [Text],
+        object_key -> [Text],
+        size_bytes -> [BigInt],
+        sha256 -> [Text],
+        verification -> [Text],
+        error -> [Nullable<Text>],
+        started_at -> [Timestamp],
+        updated_at -> [Timestamp],
+        finished_at -> [Nullable<Timestamp>],
+    }
 }

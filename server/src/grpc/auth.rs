@@ -46,6 +46,8 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.ArchiveService/GetRun",
         "/strata.v1.ArchiveService/ListRuns",
         "/strata.v1.ArchiveService/ListSegments",
+        "/strata.v1.BackupService/GetBackup",
+        "/strata.v1.BackupService/ListBackups",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

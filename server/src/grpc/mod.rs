@@ -3,6 +3,7 @@
 mod admin;
 mod archive;
 pub mod auth;
+mod backup;
 mod convert;
 mod files;
 mod status;
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, archive_service_server::ArchiveServiceServer,
-    file_service_server::FileServiceServer, storage_service_server::StorageServiceServer,
+    backup_service_server::BackupServiceServer, file_service_server::FileServiceServer,
+    storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <StorageServiceServer<storage::StorageApi> as tonic::server::NamedService>::NAME,
     <FileServiceServer<files::FileApi> as tonic::server::NamedService>::NAME,
     <ArchiveServiceServer<archive::ArchiveApi> as tonic::server::NamedService>::NAME,
+    <BackupServiceServer<backup::BackupApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -90,7 +93,8 @@ pub async fn serve(
         .add_service(AdminServiceServer::new(admin::AdminApi { ctx: ctx.clone() }))
         .add_service(StorageServiceServer::new(storage::StorageApi { ctx: ctx.clone() }))
         .add_service(FileServiceServer::new(files::FileApi { ctx: ctx.clone() }))
-        .add_service(ArchiveServiceServer::new(archive::ArchiveApi { ctx }))
+        .add_service(ArchiveServiceServer::new(archive::ArchiveApi { ctx: ctx.clone() }))
+        .add_service(BackupServiceServer::new(backup::BackupApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

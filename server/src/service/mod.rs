@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod archive;
+pub mod backup;
 pub mod blob_migration;
 pub mod files;
 pub mod metrics;

@@ -51,6 +51,9 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("ReadArchive", code(c.read_archive(MISSING, &Default::default(), |_, _| Ok(())).await)),
         ("ListSegments", code(c.list_segments(MISSING).await)),
         ("ApplyRetention", code(c.apply_retention(MISSING).await)),
+        ("RunBackup", code(c.run_backup().await)),
+        ("GetBackup", code(c.backup(MISSING).await)),
+        ("ListBackups", code(c.list_backups(10).await)),
     ]
 }
 
@@ -78,6 +81,7 @@ const OPERATOR_ONLY: &[&str] = &[
     "RestoreArchive",
     "ReadArchive",
     "ApplyRetention",
+    "RunBackup",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

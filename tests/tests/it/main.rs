@@ -4,6 +4,7 @@
 
 mod archive;
 mod auth;
+mod backup;
 mod blob_migration;
 mod catalog;
 mod cli;
