@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/files.proto",
     "strata/v1/archive.proto",
     "strata/v1/backup.proto",
+    "strata/v1/partitions.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

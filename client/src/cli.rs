@@ -95,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         command: archive::ArchiveCommand,
     },
+    /// Partition upkeep of time-range-partitioned PostgreSQL tables.
+    Partitions {
+        #[command(subcommand)]
+        command: PartitionsCommand,
+    },
     /// Database backups into the object store (pg_dump or a SQLite snapshot), checked and rotated.
     Backup {
         #[command(subcommand)]
@@ -106,6 +111,80 @@ pub enum Command {
         #[arg(default_value = "")]
         service: String,
     },
+}
+
+/// `strata partitions …` (PostgreSQL).
+#[derive(Debug, Subcommand)]
+pub enum PartitionsCommand {
+    /// Create missing partitions ahead of time (operator).
+    Ensure {
+        /// The partitioned table.
+        table: String,
+        /// Schema.
+        #[arg(long, default_value = "public")]
+        schema: String,
+        /// Partition length.
+        #[arg(long, value_enum, default_value_t = crate::partitions::PartitionInterval::Monthly)]
+        interval: crate::partitions::PartitionInterval,
+        /// Periods ahead of the current one.
+        #[arg(long, default_value_t = 3)]
+        premake: i32,
+        /// Periods before the current one.
+        #[arg(long, default_value_t = 0)]
+        past: i32,
+    },
+    /// Partitions, gaps, coverage and default-partition rows.
+    Health {
+        /// The partitioned table.
+        table: String,
+        /// Schema.
+        #[arg(long, default_value = "public")]
+        schema: String,
+    },
+    /// Drop partitions whose whole range is older than --older-than (operator; their rows are gone).
+    Drop {
+        /// The partitioned table.
+        table: String,
+        /// Schema.
+        #[arg(long, default_value = "public")]
+        schema: String,
+        /// Age, e.g. 365d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Only list them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Move rows out of the default partition into proper partitions (operator).
+    Rescue {
+        /// The partitioned table.
+        table: String,
+        /// Schema.
+        #[arg(long, default_value = "public")]
+        schema: String,
+        /// Length of the partitions created for them.
+        #[arg(long, value_enum, default_value_t = crate::partitions::PartitionInterval::Monthly)]
+        interval: crate::partitions::PartitionInterval,
+        /// Only count.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn print_partitions(out: &mut dyn Write, parts: &[crate::partitions::PartitionInfo]) -> anyhow::Result<()> {
+    let mut t = table(&["partition", "from", "to", "size", "rows (est.)"]);
+    for p in parts {
+        let when = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+        t.add_row(vec![
+            p.name.clone(),
+            if p.is_default { "DEFAULT".into() } else { when(p.start) },
+            if p.is_default { String::new() } else { when(p.end) },
+            bytes(p.total_size_bytes),
+            p.estimated_rows.to_string(),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    Ok(())
 }
 
 /// `strata backup …`.
@@ -553,6 +632,64 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         m.rows_done,
                         bytes(m.bytes_done),
                         m.error.map(|e| format!(" — {e}")).unwrap_or_default()
+                    )?;
+                }
+            }
+        },
+        Command::Partitions { command } => match command {
+            PartitionsCommand::Ensure { table: t, schema, interval, premake, past } => {
+                let (created, skipped) = client.ensure_partitions(&schema, &t, interval, premake, past).await?;
+                if cli.json {
+                    print_json(out, &created)?;
+                } else {
+                    writeln!(out, "{} partition(s) created, {skipped} period(s) already covered", created.len())?;
+                    print_partitions(out, &created)?;
+                }
+            }
+            PartitionsCommand::Health { table: t, schema } => {
+                let h = client.partition_health(&schema, &t).await?;
+                if cli.json {
+                    print_json(out, &h)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{schema}.{t} by {} ({}): {} partition(s), {} gap(s), {} row(s) in the default partition, covered {} ahead",
+                        h.key_column,
+                        h.key_type,
+                        h.partitions.len(),
+                        h.gaps.len(),
+                        h.default_rows,
+                        humantime::format_duration(std::time::Duration::from_secs(h.coverage_ahead.as_secs()))
+                    )?;
+                    print_partitions(out, &h.partitions)?;
+                }
+            }
+            PartitionsCommand::Drop { table: t, schema, older_than, dry_run } => {
+                let dropped = client.drop_partitions(&schema, &t, older_than, dry_run).await?;
+                if cli.json {
+                    print_json(out, &dropped)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} partition(s) {}",
+                        dropped.len(),
+                        if dry_run { "would be dropped" } else { "dropped" }
+                    )?;
+                    print_partitions(out, &dropped)?;
+                }
+            }
+            PartitionsCommand::Rescue { table: t, schema, interval, dry_run } => {
+                let r = client.rescue_default_rows(&schema, &t, interval, dry_run).await?;
+                if cli.json {
+                    print_json(out, &r)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{} row(s) {} into {} partition(s); {} left in the default partition",
+                        r.rows_moved,
+                        if dry_run { "would move" } else { "moved" },
+                        r.partitions_created.len(),
+                        r.rows_left
                     )?;
                 }
             }

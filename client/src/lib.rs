@@ -19,6 +19,7 @@ pub mod cli;
 mod client;
 mod convert;
 mod files;
+pub mod partitions;
 pub mod types;
 
 pub use client::{Client, Error, HealthStatus};

@@ -9,6 +9,7 @@ pub mod backups;
 pub mod blob_migration;
 pub mod files;
 pub mod migrations;
+pub mod partitions;
 pub mod schema;
 pub mod snapshots;
 pub mod stats;

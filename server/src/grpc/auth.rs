@@ -48,6 +48,7 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.ArchiveService/ListSegments",
         "/strata.v1.BackupService/GetBackup",
         "/strata.v1.BackupService/ListBackups",
+        "/strata.v1.PartitionService/GetPartitionHealth",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

@@ -6,6 +6,7 @@ pub mod auth;
 mod backup;
 mod convert;
 mod files;
+mod partitions;
 mod status;
 mod storage;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, archive_service_server::ArchiveServiceServer,
     backup_service_server::BackupServiceServer, file_service_server::FileServiceServer,
-    storage_service_server::StorageServiceServer,
+    partition_service_server::PartitionServiceServer, storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <FileServiceServer<files::FileApi> as tonic::server::NamedService>::NAME,
     <ArchiveServiceServer<archive::ArchiveApi> as tonic::server::NamedService>::NAME,
     <BackupServiceServer<backup::BackupApi> as tonic::server::NamedService>::NAME,
+    <PartitionServiceServer<partitions::PartitionApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -94,7 +96,8 @@ pub async fn serve(
         .add_service(StorageServiceServer::new(storage::StorageApi { ctx: ctx.clone() }))
         .add_service(FileServiceServer::new(files::FileApi { ctx: ctx.clone() }))
         .add_service(ArchiveServiceServer::new(archive::ArchiveApi { ctx: ctx.clone() }))
-        .add_service(BackupServiceServer::new(backup::BackupApi { ctx }))
+        .add_service(BackupServiceServer::new(backup::BackupApi { ctx: ctx.clone() }))
+        .add_service(PartitionServiceServer::new(partitions::PartitionApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

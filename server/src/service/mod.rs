@@ -7,6 +7,7 @@ pub mod backup;
 pub mod blob_migration;
 pub mod files;
 pub mod metrics;
+pub mod partitions;
 
 use std::time::Instant;
 

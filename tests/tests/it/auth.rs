@@ -4,6 +4,7 @@ use bytes::Bytes;
 use strata_client::{
     Client, Error, HealthStatus,
     archive::ArchivePolicy,
+    partitions::PartitionInterval::Monthly,
     types::{FileQuery, GrowthQuery, UploadOptions},
 };
 use strata_tests::{
@@ -54,6 +55,10 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("RunBackup", code(c.run_backup().await)),
         ("GetBackup", code(c.backup(MISSING).await)),
         ("ListBackups", code(c.list_backups(10).await)),
+        ("EnsurePartitions", code(c.ensure_partitions("public", "t", Monthly, 1, 0).await)),
+        ("GetPartitionHealth", code(c.partition_health("public", "t").await)),
+        ("DropPartitions", code(c.drop_partitions("public", "t", std::time::Duration::from_secs(1), true).await)),
+        ("RescueDefaultRows", code(c.rescue_default_rows("public", "t", Monthly, true).await)),
     ]
 }
 
@@ -82,6 +87,9 @@ const OPERATOR_ONLY: &[&str] = &[
     "ReadArchive",
     "ApplyRetention",
     "RunBackup",
+    "EnsurePartitions",
+    "DropPartitions",
+    "RescueDefaultRows",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,7 @@ mod grpcurl;
 mod metrics_postgres;
 mod metrics_sqlite;
 mod objects;
+mod partitions;
 mod pool;
 mod routing;
 mod support;

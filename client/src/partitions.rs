@@ -1,0 +1,184 @@
+//! Partition upkeep (PostgreSQL range-partitioned tables keyed by time).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::{
+    Client, Error,
+    pb::{self, partition_service_client::PartitionServiceClient},
+};
+
+/// Length of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionInterval {
+    /// One UTC day.
+    Daily,
+    /// One UTC calendar month.
+    Monthly,
+}
+
+impl PartitionInterval {
+    fn to_pb(self) -> i32 {
+        match self {
+            PartitionInterval::Daily => pb::PartitionInterval::Daily as i32,
+            PartitionInterval::Monthly => pb::PartitionInterval::Monthly as i32,
+        }
+    }
+}
+
+/// One partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionInfo {
+    /// Table name.
+    pub name: String,
+    /// Lower bound (None: MINVALUE / default).
+    pub start: Option<DateTime<Utc>>,
+    /// Upper bound (None: MAXVALUE / default).
+    pub end: Option<DateTime<Utc>>,
+    /// Heap + indexes + TOAST.
+    pub total_size_bytes: i64,
+    /// Row estimate (-1: never analyzed).
+    pub estimated_rows: i64,
+    /// The default partition.
+    pub is_default: bool,
+}
+
+fn time(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+}
+
+impl From<pb::Partition> for PartitionInfo {
+    fn from(p: pb::Partition) -> Self {
+        PartitionInfo {
+            name: p.name,
+            start: time(p.start_time),
+            end: time(p.end_time),
+            total_size_bytes: p.total_size_bytes,
+            estimated_rows: p.estimated_rows,
+            is_default: p.is_default,
+        }
+    }
+}
+
+/// A partitioned table's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionHealth {
+    /// Key column.
+    pub key_column: String,
+    /// Its type.
+    pub key_type: String,
+    /// Partitions by start, then the default.
+    pub partitions: Vec<PartitionInfo>,
+    /// Holes between consecutive partitions.
+    pub gaps: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    /// Rows in the default partition.
+    pub default_rows: i64,
+    /// How far ahead partitions reach.
+    #[serde(with = "crate::types::secs")]
+    pub coverage_ahead: Duration,
+}
+
+/// What RescueDefaultRows did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rescue {
+    /// Rows moved.
+    pub rows_moved: i64,
+    /// Partitions created for them.
+    pub partitions_created: Vec<String>,
+    /// Rows left in the default partition.
+    pub rows_left: i64,
+}
+
+impl Client {
+    fn partitions(&self) -> PartitionServiceClient<crate::client::Svc> {
+        PartitionServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// Creates missing partitions of `schema.table` from `past` periods back through `premake` ahead.
+    pub async fn ensure_partitions(
+        &self,
+        schema: &str,
+        table: &str,
+        interval: PartitionInterval,
+        premake: i32,
+        past: i32,
+    ) -> Result<(Vec<PartitionInfo>, i32), Error> {
+        let r = self
+            .partitions()
+            .ensure_partitions(pb::EnsurePartitionsRequest {
+                schema_name: schema.into(),
+                table_name: table.into(),
+                interval: interval.to_pb(),
+                premake,
+                premake_past: past,
+            })
+            .await?
+            .into_inner();
+        Ok((r.created.into_iter().map(Into::into).collect(), r.skipped))
+    }
+
+    /// Partitions, gaps, default rows and coverage of `schema.table`.
+    pub async fn partition_health(&self, schema: &str, table: &str) -> Result<PartitionHealth, Error> {
+        let r = self
+            .partitions()
+            .get_partition_health(pb::GetPartitionHealthRequest {
+                schema_name: schema.into(),
+                table_name: table.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(PartitionHealth {
+            key_column: r.key_column,
+            key_type: r.key_type,
+            partitions: r.partitions.into_iter().map(Into::into).collect(),
+            gaps: r.gaps.into_iter().map(|g| (time(g.start_time), time(g.end_time))).collect(),
+            default_rows: r.default_rows,
+            coverage_ahead: r.coverage_ahead.and_then(|d| Duration::try_from(d).ok()).unwrap_or_default(),
+        })
+    }
+
+    /// Drops partitions entirely older than `older_than` (or lists them with `dry_run`).
+    pub async fn drop_partitions(
+        &self,
+        schema: &str,
+        table: &str,
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<PartitionInfo>, Error> {
+        let r = self
+            .partitions()
+            .drop_partitions(pb::DropPartitionsRequest {
+                schema_name: schema.into(),
+                table_name: table.into(),
+                older_than: prost_types::Duration::try_from(older_than).ok(),
+                dry_run,
+            })
+            .await?
+            .into_inner();
+        Ok(r.partitions.into_iter().map(Into::into).collect())
+    }
+
+    /// Moves default-partition rows into partitions of `interval`.
+    pub async fn rescue_default_rows(
+        &self,
+        schema: &str,
+        table: &str,
+        interval: PartitionInterval,
+        dry_run: bool,
+    ) -> Result<Rescue, Error> {
+        let r = self
+            .partitions()
+            .rescue_default_rows(pb::RescueDefaultRowsRequest {
+                schema_name: schema.into(),
+                table_name: table.into(),
+                interval: interval.to_pb(),
+                dry_run,
+            })
+            .await?
+            .into_inner();
+        Ok(Rescue { rows_moved: r.rows_moved, partitions_created: r.partitions_created, rows_left: r.rows_left })
+    }
+}

@@ -1,0 +1,126 @@
+//! Partition upkeep on a real partitioned PostgreSQL table: rows stranded in the default partition
+//! rescued, premake, health (gaps, coverage), dropping whole old partitions; refusals on bad input
+//! and on SQLite.
+
+use std::time::Duration;
+
+use diesel::{QueryableByName, sql_types::BigInt};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use strata_client::partitions::PartitionInterval::Monthly;
+use strata_tests::{PgCluster, TestServer};
+use tonic::Code;
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql).get_result::<N>(c).await.unwrap().n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rescue_premake_health_and_drop_on_postgres() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("parts").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    // Rows from 1 to ~6 months back, none in the current month: all land in the default partition.
+    c.batch_execute(
+        "CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL, body text) PARTITION BY RANGE (at);
+         CREATE TABLE events_default PARTITION OF events DEFAULT;
+         CREATE TABLE plain (id int);
+         INSERT INTO events SELECT i, date_trunc('month', now(), 'UTC') - make_interval(hours => 1 + i), 'e' || i
+           FROM generate_series(1, 4000) i;",
+    )
+    .await
+    .unwrap();
+    let total = count(&mut c, "SELECT count(*)::int8 AS n FROM events").await;
+    let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
+    let client = server.client().await;
+
+    let h = client.partition_health("public", "events").await.unwrap();
+    assert_eq!((h.key_column.as_str(), h.key_type.as_str()), ("at", "timestamp with time zone"));
+    assert_eq!((h.partitions.len(), h.default_rows), (1, total));
+    assert!(h.partitions[0].is_default);
+
+    // Bad input changes nothing.
+    for (table, code) in [("events; DROP TABLE events", Code::InvalidArgument), ("plain", Code::FailedPrecondition)] {
+        let e = client.ensure_partitions("public", table, Monthly, 3, 0).await.unwrap_err();
+        assert_eq!(e.code(), Some(code), "{table}: {e}");
+    }
+    // A past month whose rows sit in the default partition cannot be created over them.
+    let e = client.ensure_partitions("public", "events", Monthly, 0, 2).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("rescue"), "{e}");
+
+    // Rescue: every stranded row moves to a monthly partition, one month per transaction.
+    let dry = client.rescue_default_rows("public", "events", Monthly, true).await.unwrap();
+    assert_eq!(dry.rows_moved, total);
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events_default").await, total, "dry run moved nothing");
+    let r = client.rescue_default_rows("public", "events", Monthly, false).await.unwrap();
+    assert_eq!((r.rows_moved, r.rows_left), (total, 0));
+    assert_eq!(r.partitions_created.len(), dry.partitions_created.len());
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events").await, total);
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events_default").await, 0);
+    // Every row sits in the partition of its month.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*)::int8 AS n FROM events e JOIN pg_class p ON p.oid = e.tableoid
+              WHERE p.relname <> 'events_p' || to_char(e.at AT TIME ZONE 'UTC', 'YYYYMM')"
+        )
+        .await,
+        0
+    );
+
+    // Premake: the current month and three ahead; rescued months are already covered.
+    let (created, skipped) = client.ensure_partitions("public", "events", Monthly, 3, 1).await.unwrap();
+    assert_eq!((created.len(), skipped), (4, 1));
+    let (again, skipped) = client.ensure_partitions("public", "events", Monthly, 3, 1).await.unwrap();
+    assert_eq!((again.len(), skipped), (0, 5), "idempotent");
+    let h = client.partition_health("public", "events").await.unwrap();
+    assert!(h.gaps.is_empty(), "{:?}", h.gaps);
+    assert!(h.coverage_ahead > Duration::from_secs(85 * 86_400), "{:?}", h.coverage_ahead);
+    assert_eq!(h.default_rows, 0);
+
+    // A hole shows up as a gap.
+    let ranges: Vec<_> = h.partitions.iter().filter(|p| !p.is_default).collect();
+    let middle = ranges[ranges.len() / 2].clone();
+    c.batch_execute(&format!("DROP TABLE \"{}\"", middle.name)).await.unwrap();
+    let h = client.partition_health("public", "events").await.unwrap();
+    assert_eq!(h.gaps, vec![(middle.start, middle.end)]);
+
+    // Drop whole partitions older than ~100 days: listed first, then gone with their rows only.
+    let older = Duration::from_secs(100 * 86_400);
+    let due = client.drop_partitions("public", "events", older, true).await.unwrap();
+    assert!(!due.is_empty());
+    let limit = chrono::Utc::now() - chrono::Duration::from_std(older).unwrap();
+    assert!(due.iter().all(|p| p.end.unwrap() <= limit));
+    let kept_rows = count(
+        &mut c,
+        &format!(
+            "SELECT count(*)::int8 AS n FROM events WHERE at >= '{}'",
+            due.iter().map(|p| p.end.unwrap()).max().unwrap().to_rfc3339()
+        ),
+    )
+    .await;
+    let dropped = client.drop_partitions("public", "events", older, false).await.unwrap();
+    assert_eq!(dropped.iter().map(|p| &p.name).collect::<Vec<_>>(), due.iter().map(|p| &p.name).collect::<Vec<_>>());
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events").await, kept_rows);
+    let left: Vec<String> =
+        client.partition_health("public", "events").await.unwrap().partitions.into_iter().map(|p| p.name).collect();
+    assert!(due.iter().all(|d| !left.contains(&d.name)));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitions_on_sqlite_are_a_clear_failed_precondition() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let e = server.client().await.partition_health("main", "events").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition));
+    assert!(e.to_string().contains("SQLite has no table partitioning"), "{e}");
+    server.stop().await.unwrap();
+}
