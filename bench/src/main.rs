@@ -8,6 +8,7 @@
 
 mod archive;
 mod files;
+mod partitions;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,18 @@ enum Command {
         /// strata's rows per batch.
         #[arg(long, default_value_t = 10_000)]
         batch_size: i32,
+    },
+    /// Partition upkeep vs pg_partman on identical monthly-partitioned tables (12 partitions 13–24
+    /// months old holding rows): strata's EnsurePartitions (24 ahead, 12 back) + DropPartitions
+    /// (older than a year) vs `create_parent(p_premake := 24)` + retention 12 months +
+    /// `run_maintenance_proc()` (target ratio ≤ 1.0). Needs Debian's postgresql-15-partman.
+    Partitions {
+        /// Fresh table pairs measured (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Rows in the old partitions of each table.
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
     },
     /// GetStorageMetrics p50 latency on PostgreSQL: a database with a 1M-row table vs one with a
     /// 10k-row table (target ratio ≤ 1.5), with `SELECT count(*)` on both as the contrast.
@@ -159,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Files { size_mib, dir } => files::run(size_mib << 20, dir).await,
             Command::Archive { rows, batch_size } => archive::run(rows, batch_size).await,
+            Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
         }
     })
 }

@@ -197,6 +197,7 @@ pub async fn ensure(
         start = interval.prev(start);
     }
     let mut created_names = Vec::new();
+    let mut statements = Vec::new();
     let mut skipped = 0;
     let mut d = start;
     for _ in 0..=(past + ahead) {
@@ -205,11 +206,16 @@ pub async fn ensure(
             skipped += 1;
         } else {
             let name = format!("{}_p{}", p.table, interval.suffix(d));
-            let mut conn = ctx.db.write().await?;
-            store::ddl(&mut conn, &create_sql(p, &name, d, next)).await.map_err(|e| ddl_error(&name, e))?;
+            statements.push(create_sql(p, &name, d, next));
             created_names.push(name);
         }
         d = next;
+    }
+    if !statements.is_empty() {
+        // All of them in one transaction: the parent's lock is taken once, and either every missing
+        // partition appears or none does.
+        let mut conn = ctx.db.write().await?;
+        store::ddl(&mut conn, &statements.join(";\n")).await.map_err(|e| ddl_error(&created_names.join(", "), e))?;
     }
     let now = list(ctx, p).await?;
     let created = now.into_iter().filter(|x| created_names.contains(&x.name)).collect();
@@ -252,7 +258,7 @@ pub async fn health(ctx: &Context, p: Parent) -> Result<Health> {
     Ok(Health { parent: p, partitions, gaps, default_rows, coverage_ahead })
 }
 
-/// Drops partitions entirely older than `now - older_than` (one DROP per transaction).
+/// Drops partitions entirely older than `now - older_than`, in one transaction.
 pub async fn drop_old(
     ctx: &Context,
     p: &Parent,
@@ -263,15 +269,14 @@ pub async fn drop_old(
         - chrono::Duration::from_std(older_than).map_err(|_| Error::InvalidArgument("older_than too large".into()))?;
     let due: Vec<Partition> =
         list(ctx, p).await?.into_iter().filter(|x| !x.is_default && x.end.is_some_and(|e| e <= cutoff)).collect();
-    if !dry_run {
-        for x in &due {
-            let mut conn = ctx.db.write().await?;
-            // DROP detaches and removes in one step: no half-done state to resume.
-            store::ddl(&mut conn, &format!("DROP TABLE {}.{}", quote(&p.schema), quote(&x.name)))
-                .await
-                .map_err(|e| ddl_error(&x.name, e))?;
-            tracing::info!(partition = %x.name, "dropped partition");
-        }
+    if !dry_run && !due.is_empty() {
+        // One transaction (DROP detaches and removes in one step): all due partitions go, or none.
+        let names: Vec<String> = due.iter().map(|x| format!("{}.{}", quote(&p.schema), quote(&x.name))).collect();
+        let mut conn = ctx.db.write().await?;
+        store::ddl(&mut conn, &format!("DROP TABLE {}", names.join(", ")))
+            .await
+            .map_err(|e| ddl_error(&names.join(", "), e))?;
+        tracing::info!(partitions = due.len(), "dropped partitions");
     }
     Ok(due)
 }
