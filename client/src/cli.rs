@@ -155,6 +155,15 @@ pub enum PartitionsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Archive whole partitions older than an archive policy's cutoff into segments, then drop
+    /// them (operator).
+    Archive {
+        /// Archive policy (its table is the partitioned parent).
+        policy: String,
+        /// Wait for the run to end.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Move rows out of the default partition into proper partitions (operator).
     Rescue {
         /// The partitioned table.
@@ -676,6 +685,28 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                         if dry_run { "would be dropped" } else { "dropped" }
                     )?;
                     print_partitions(out, &dropped)?;
+                }
+            }
+            PartitionsCommand::Archive { policy, wait } => {
+                let mut r = client.archive_partitions(&policy).await?;
+                if wait {
+                    r = client.wait_archive_run(&r.id, std::time::Duration::from_millis(200)).await?;
+                }
+                if cli.json {
+                    print_json(out, &r)?;
+                } else {
+                    writeln!(
+                        out,
+                        "run {} {:?}: {} row(s) in {} segment(s){}",
+                        r.id,
+                        r.state,
+                        r.rows_done,
+                        r.segments_done,
+                        if r.error.is_empty() { String::new() } else { format!(" — {}", r.error) }
+                    )?;
+                }
+                if r.state == crate::archive::RunState::Failed {
+                    return Ok(ExitCode::FAILURE);
                 }
             }
             PartitionsCommand::Rescue { table: t, schema, interval, dry_run } => {

@@ -161,6 +161,16 @@ impl Client {
         Ok(r.partitions.into_iter().map(Into::into).collect())
     }
 
+    /// Starts archiving whole partitions older than the cutoff of archive policy `policy`.
+    pub async fn archive_partitions(&self, policy: &str) -> Result<crate::archive::ArchiveRun, Error> {
+        let r = self
+            .partitions()
+            .archive_partitions(pb::ArchivePartitionsRequest { policy: policy.into() })
+            .await?
+            .into_inner();
+        Ok(r.run.unwrap_or_default().into())
+    }
+
     /// Moves default-partition rows into partitions of `interval`.
     pub async fn rescue_default_rows(
         &self,

@@ -174,3 +174,80 @@ pub async fn periods(conn: &mut Conn, schema: &str, table: &str, key: &str, ty: 
     .await?;
     Ok(rows.into_iter().map(|r| r.p).collect())
 }
+
+/// Detaches `partition` from `parent` and records it for `policy`, in one transaction.
+pub async fn detach_recorded(
+    conn: &mut Conn,
+    policy: &str,
+    schema: &str,
+    parent: &str,
+    partition: &str,
+    now: chrono::NaiveDateTime,
+) -> Result<()> {
+    use super::schema::pg::detached_partitions as d;
+    use diesel::ExpressionMethods;
+    let c = pg(conn)?;
+    c.transaction::<_, diesel::result::Error, _>(async |c| {
+        c.batch_execute(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")).await?;
+        diesel::insert_into(d::table)
+            .values((
+                d::policy_id.eq(policy),
+                d::schema_name.eq(schema),
+                d::table_name.eq(partition),
+                d::detached_at.eq(now),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut *c)
+            .await?;
+        c.batch_execute(&format!(
+            "ALTER TABLE {s}.{p} DETACH PARTITION {s}.{x}",
+            s = quote(schema),
+            p = quote(parent),
+            x = quote(partition)
+        ))
+        .await
+    })
+    .await?;
+    Ok(())
+}
+
+/// Partitions detached for `policy` and not yet dropped: (schema, table).
+pub async fn detached(conn: &mut Conn, policy: &str) -> Result<Vec<(String, String)>> {
+    use super::schema::pg::detached_partitions as d;
+    use diesel::{ExpressionMethods, QueryDsl};
+    let c = pg(conn)?;
+    Ok(d::table
+        .filter(d::policy_id.eq(policy))
+        .order(d::table_name)
+        .select((d::schema_name, d::table_name))
+        .load(c)
+        .await?)
+}
+
+/// Drops a detached partition that is now empty and forgets it, in one transaction. Returns the
+/// rows it still held (then nothing is dropped).
+pub async fn drop_recorded(conn: &mut Conn, policy: &str, schema: &str, table: &str) -> Result<i64> {
+    use super::schema::pg::detached_partitions as d;
+    use diesel::{ExpressionMethods, QueryDsl};
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let c = pg(conn)?;
+    Ok(c.transaction::<_, diesel::result::Error, _>(async |c| {
+        let t = format!("{}.{}", quote(schema), quote(table));
+        let left: N = diesel::sql_query(format!("SELECT count(*)::int8 AS n FROM {t}")).get_result(&mut *c).await?;
+        if left.n > 0 {
+            return Ok(left.n);
+        }
+        diesel::delete(
+            d::table.filter(d::policy_id.eq(policy)).filter(d::schema_name.eq(schema)).filter(d::table_name.eq(table)),
+        )
+        .execute(&mut *c)
+        .await?;
+        c.batch_execute(&format!("DROP TABLE {t}")).await?;
+        Ok(0)
+    })
+    .await?)
+}

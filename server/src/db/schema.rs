@@ -185,4 +185,10 @@ catalog! {
         updated_at -> [Timestamp],
         finished_at -> [Nullable<Timestamp>],
     }
+    detached_partitions (policy_id, schema_name, table_name) sqlite "strata_detached_partitions" {
+        policy_id -> [Text],
+        schema_name -> [Text],
+        table_name -> [Text],
+        detached_at -> [Timestamp],
+    }
 }

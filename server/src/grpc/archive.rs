@@ -127,7 +127,7 @@ fn policy(p: Policy) -> pb::ArchivePolicy {
     }
 }
 
-fn run(r: Run) -> pb::ArchiveRun {
+pub(super) fn run(r: Run) -> pb::ArchiveRun {
     let (ratio, rate) = (r.compression_ratio(), r.rows_per_second());
     let row = r.row;
     pb::ArchiveRun {

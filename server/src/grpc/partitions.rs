@@ -93,6 +93,18 @@ impl PartitionService for PartitionApi {
         Ok(Response::new(pb::DropPartitionsResponse { partitions: dropped.into_iter().map(partition).collect() }))
     }
 
+    async fn archive_partitions(
+        &self,
+        req: Request<pb::ArchivePartitionsRequest>,
+    ) -> Result<Response<pb::ArchivePartitionsResponse>, Status> {
+        let policy = req.into_inner().policy;
+        if policy.is_empty() {
+            return Err(Status::invalid_argument("policy is required"));
+        }
+        let r = crate::service::archive::archive_partitions(&self.ctx, &policy).await?;
+        Ok(Response::new(pb::ArchivePartitionsResponse { run: Some(super::archive::run(r)) }))
+    }
+
     async fn rescue_default_rows(
         &self,
         req: Request<pb::RescueDefaultRowsRequest>,

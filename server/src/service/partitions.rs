@@ -162,7 +162,8 @@ fn at(d: NaiveDate) -> DateTime<Utc> {
     d.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
 }
 
-async fn list(ctx: &Context, p: &Parent) -> Result<Vec<Partition>> {
+/// The table's partitions, with bounds.
+pub async fn list(ctx: &Context, p: &Parent) -> Result<Vec<Partition>> {
     let mut conn = ctx.db.write().await?;
     Ok(store::partitions(&mut conn, &p.schema, &p.table).await?.into_iter().map(Partition::from).collect())
 }
@@ -222,7 +223,8 @@ pub async fn ensure(
     Ok((created, skipped))
 }
 
-fn ddl_error(what: &str, e: db::Error) -> Error {
+/// Turns a DDL failure into an error the caller can act on.
+pub fn ddl_error(what: &str, e: db::Error) -> Error {
     let msg = e.to_string();
     if msg.contains("lock timeout") {
         Error::Unavailable(format!(

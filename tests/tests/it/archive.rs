@@ -417,3 +417,60 @@ async fn sqlite_archive_restore_and_purge() {
     assert!(left.iter().all(|r| !((r.id % 200) >= 100 && r.id % 4 == 0)));
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_and_shutdown_stop_runs_between_batches_and_say_so() {
+    use diesel_async::AsyncConnection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
+        db.to_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, created_at TEXT, body TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO t SELECT i, datetime('now', '-400 days'), 'row ' || i FROM s;",
+    )
+    .await
+    .unwrap();
+    let config = || test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    let server = TestServer::start(config()).await.unwrap();
+    let client = server.client().await;
+    client.create_policy(&ArchivePolicy { batch_size: 5, ..policy("t", "t", 30) }).await.unwrap();
+    let count = async |c: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<
+        diesel::SqliteConnection,
+    >| { diesel::sql_query("SELECT count(*) AS n FROM t").get_result::<N>(c).await.unwrap().n };
+
+    // CancelRun: the run stops after its current batch, recorded as cancelled; what it did stays.
+    let r = client.run_archive("t").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = client.cancel_archive_run(&r.id).await.unwrap();
+    assert!(asked.cancel_requested);
+    let r = client.wait_archive_run(&r.id, Duration::from_millis(20)).await.unwrap();
+    assert_eq!(r.state, RunState::Cancelled, "{r:?}");
+    assert_eq!(r.error, "cancelled on request");
+    assert!(r.rows_done > 0 && r.rows_done < 20000, "{r:?}");
+    assert_eq!(count(&mut c).await, 20000 - r.rows_done);
+    let archived: i64 = client.list_segments("t").await.unwrap().iter().map(|s| s.row_count).sum();
+    assert_eq!(archived, r.rows_done);
+
+    // Server shutdown: the run is cancelled and recorded as such, not left "running".
+    let r2 = start(&client, async || client.run_archive("t").await).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop().await.unwrap();
+    let server = TestServer::start(config()).await.unwrap();
+    let client = server.client().await;
+    let r2 = client.archive_run(&r2.id).await.unwrap();
+    assert_eq!((r2.state, r2.error.as_str()), (RunState::Cancelled, "server stopping"), "{r2:?}");
+    let archived: i64 = client.list_segments("t").await.unwrap().iter().map(|s| s.row_count).sum();
+    assert_eq!(count(&mut c).await + archived, 20000, "nothing lost or doubled");
+    // A new run (in bigger batches) finishes the job.
+    let p = client.policy("t").await.unwrap();
+    client.update_policy(&ArchivePolicy { batch_size: 2000, ..p }, &["batch_size"]).await.unwrap();
+    let r3 = start(&client, async || client.run_archive("t").await).await;
+    finish(&client, &r3.id).await;
+    assert_eq!(count(&mut c).await, 0);
+    server.stop().await.unwrap();
+}

@@ -59,6 +59,7 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("GetPartitionHealth", code(c.partition_health("public", "t").await)),
         ("DropPartitions", code(c.drop_partitions("public", "t", std::time::Duration::from_secs(1), true).await)),
         ("RescueDefaultRows", code(c.rescue_default_rows("public", "t", Monthly, true).await)),
+        ("ArchivePartitions", code(c.archive_partitions(MISSING).await)),
     ]
 }
 
@@ -90,6 +91,7 @@ const OPERATOR_ONLY: &[&str] = &[
     "EnsurePartitions",
     "DropPartitions",
     "RescueDefaultRows",
+    "ArchivePartitions",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -124,3 +124,98 @@ async fn partitions_on_sqlite_are_a_clear_failed_precondition() {
     assert!(e.to_string().contains("SQLite has no table partitioning"), "{e}");
     server.stop().await.unwrap();
 }
+
+#[derive(QueryableByName)]
+struct Doc {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    doc: String,
+}
+
+async fn docs(c: &mut diesel_async::AsyncPgConnection) -> std::collections::BTreeMap<i64, String> {
+    diesel::sql_query("SELECT id, row_to_json(t)::text AS doc FROM logs t")
+        .load::<Doc>(c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.doc))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_partitions_exports_whole_partitions_then_drops_them() {
+    use strata_client::archive::{ArchivePolicy, RunState, SegmentSelection};
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("partarch").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE logs (id bigint NOT NULL, at timestamptz NOT NULL, msg text) PARTITION BY RANGE (at)",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
+    let client = server.client().await;
+    client.ensure_partitions("public", "logs", Monthly, 1, 6).await.unwrap();
+    c.batch_execute(
+        "INSERT INTO logs SELECT i, now() - make_interval(hours => i), 'log ' || i || ' ü' FROM generate_series(1, 4000) i",
+    )
+    .await
+    .unwrap();
+    let original = docs(&mut c).await;
+    client
+        .create_policy(&ArchivePolicy {
+            name: "logs".into(),
+            table_name: "logs".into(),
+            time_column: "at".into(),
+            key_columns: vec!["id".into()],
+            archive_after: Duration::from_secs(60 * 86_400),
+            batch_size: 300,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(60);
+    let before = client.partition_health("public", "logs").await.unwrap().partitions;
+    let due: Vec<_> = before.iter().filter(|p| p.end.unwrap() <= cutoff).cloned().collect();
+    assert!(due.len() >= 2, "{due:?}");
+    let due_rows = original.values().filter(|d| {
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap();
+        due.iter().any(|p| at >= p.start.unwrap() && at < p.end.unwrap())
+    });
+    let due_rows = due_rows.count() as i64;
+
+    let run = client.archive_partitions("logs").await.unwrap();
+    let run = client.wait_archive_run(&run.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{run:?}");
+    assert_eq!(run.rows_done, due_rows);
+    let after: Vec<String> =
+        client.partition_health("public", "logs").await.unwrap().partitions.into_iter().map(|p| p.name).collect();
+    assert!(due.iter().all(|p| !after.contains(&p.name)), "due partitions dropped: {after:?}");
+    assert_eq!(after.len(), before.len() - due.len());
+    // Nothing is left detached or pending.
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM strata.detached_partitions").await, 0);
+    // Hot rows + archived rows are exactly the original rows.
+    let mut all = docs(&mut c).await;
+    client
+        .read_archive("logs", &SegmentSelection::default(), |_, rows| {
+            for r in rows {
+                let id = serde_json::from_str::<serde_json::Value>(&r).unwrap()["id"].as_i64().unwrap();
+                assert!(all.insert(id, r).is_none(), "row {id} twice");
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(all, original);
+
+    // Recreate the months and restore: the table is whole again.
+    client.ensure_partitions("public", "logs", Monthly, 1, 6).await.unwrap();
+    let r = client.restore_archive("logs", &SegmentSelection::default()).await.unwrap();
+    let r = client.wait_archive_run(&r.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!((r.state, r.rows_done), (RunState::Succeeded, due_rows));
+    assert_eq!(docs(&mut c).await, original);
+    server.stop().await.unwrap();
+}

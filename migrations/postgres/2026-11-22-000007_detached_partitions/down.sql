@@ -1,0 +1,1 @@
+DROP TABLE strata.detached_partitions;

@@ -1,0 +1,1 @@
+DROP TABLE strata_detached_partitions;
