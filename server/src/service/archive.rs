@@ -1217,7 +1217,13 @@ pub async fn read(
 pub async fn mark_orphaned_runs(ctx: &Context) -> Result<usize> {
     let mut conn = ctx.db.write().await?;
     let t = now();
-    let orphans = store::orphaned_runs(&mut conn, t).await?;
+    // SQLite serves one strata instance: at start-up every run still marked running is a leftover,
+    // whatever its lease says. PostgreSQL may have other live instances: only expired leases count.
+    let horizon = match ctx.db.backend() {
+        db::BackendKind::Sqlite => t + chrono::Duration::days(36_500),
+        db::BackendKind::Postgres => t,
+    };
+    let orphans = store::orphaned_runs(&mut conn, horizon).await?;
     for id in &orphans {
         store::finish_run(&mut conn, id, state::FAILED, Some("interrupted: its server stopped"), t).await?;
     }
