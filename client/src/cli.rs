@@ -85,7 +85,7 @@ pub enum Command {
         #[command(subcommand)]
         command: FilesCommand,
     },
-    /// Move blobs stored in a table into files (PostgreSQL).
+    /// Move blobs stored in a table (base64 text or bytea/BLOB) into files.
     Blobs {
         #[command(subcommand)]
         command: BlobsCommand,
@@ -221,8 +221,8 @@ pub enum BlobsCommand {
         /// Table holding the blobs.
         #[arg(long)]
         table: String,
-        /// Schema of the table.
-        #[arg(long, default_value = "public")]
+        /// Schema of the table (default: public on PostgreSQL, main on SQLite).
+        #[arg(long, default_value = "")]
         schema: String,
         /// Column holding the blobs.
         #[arg(long)]

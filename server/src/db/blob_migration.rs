@@ -1,5 +1,6 @@
-//! Blob migration persistence (PostgreSQL): the application table is addressed by identifiers
-//! validated against `information_schema` and quoted, never spliced from client text unchecked.
+//! Blob migration persistence, PostgreSQL and SQLite: the application table is addressed by
+//! identifiers validated against the live schema (`information_schema` / `pragma_table_xinfo`) and
+//! quoted, never spliced from client text unchecked.
 
 use chrono::NaiveDateTime;
 use diesel::{
@@ -7,13 +8,13 @@ use diesel::{
     prelude::*,
     sql_types::{BigInt, Binary, Text},
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Conn, Error, Result,
+    Conn, Result,
     files::{FileRow, record_file},
-    schema::pg as schema,
 };
+use crate::db_run;
 
 /// A validated target: every identifier exists and is quoted.
 #[derive(Debug, Clone)]
@@ -28,8 +29,10 @@ pub struct Target {
     pub blob: String,
     /// `"ref"`.
     pub reference: String,
-    /// Blob column holds base64 text (else bytea).
+    /// Blob column holds base64 text (else bytea / BLOB).
     pub base64: bool,
+    /// The table is in SQLite (placeholders and casts differ).
+    pub sqlite: bool,
 }
 
 #[derive(QueryableByName)]
@@ -44,11 +47,79 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-fn pg(conn: &mut Conn) -> Result<&mut AsyncPgConnection> {
-    match conn {
-        Conn::Pg(c) => Ok(c),
-        Conn::Sqlite(_) => Err(Error::Unsupported("blob migration needs PostgreSQL".into())),
+#[derive(QueryableByName)]
+struct SqliteColumn {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    ty: String,
+}
+
+/// SQLite's type affinity of a declared column type (section 3.1 of its datatype documentation).
+fn affinity(declared: &str) -> &'static str {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("INT") {
+        "integer"
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        "text"
+    } else if t.contains("BLOB") || t.is_empty() {
+        "blob"
+    } else {
+        "numeric"
     }
+}
+
+async fn resolve_sqlite(
+    c: &mut super::SqliteConn,
+    schema_name: &str,
+    table: &str,
+    key: &str,
+    blob: &str,
+    reference: &str,
+    base64: bool,
+) -> Result<std::result::Result<Target, String>> {
+    let cols: Vec<SqliteColumn> = diesel::sql_query("SELECT name, type AS ty FROM pragma_table_xinfo(?, ?)")
+        .bind::<Text, _>(table)
+        .bind::<Text, _>(schema_name)
+        .load(c)
+        .await
+        .unwrap_or_default();
+    if cols.is_empty() {
+        return Ok(Err(format!("table {schema_name}.{table} does not exist")));
+    }
+    let ty = |name: &str| cols.iter().find(|c| c.name == name).map(|c| affinity(&c.ty));
+    match ty(key) {
+        None => return Ok(Err(format!("column {key:?} does not exist in {table}"))),
+        Some("integer" | "text" | "numeric") => {}
+        Some(other) => return Ok(Err(format!("key column {key:?} has unsupported affinity {other}"))),
+    }
+    match (ty(blob), base64) {
+        (None, _) => return Ok(Err(format!("column {blob:?} does not exist in {table}"))),
+        (Some("text"), true) | (Some("blob"), false) => {}
+        (Some(other), _) => {
+            return Ok(Err(format!(
+                "blob column {blob:?} has {other} affinity; expected {}",
+                if base64 { "TEXT (base64)" } else { "BLOB" }
+            )));
+        }
+    }
+    match ty(reference) {
+        None => return Ok(Err(format!("column {reference:?} does not exist in {table}"))),
+        Some("text") => {}
+        Some(other) => return Ok(Err(format!("reference column {reference:?} has {other} affinity; expected TEXT"))),
+    }
+    if key == blob || key == reference || blob == reference {
+        return Ok(Err("key, blob and reference columns must differ".into()));
+    }
+    Ok(Ok(Target {
+        table: format!("{}.{}", quote(schema_name), quote(table)),
+        key: quote(key),
+        key_type: "",
+        blob: quote(blob),
+        reference: quote(reference),
+        base64,
+        sqlite: true,
+    }))
 }
 
 /// Looks the columns up in the live schema. Errors name what is wrong (the caller maps them to
@@ -62,7 +133,10 @@ pub async fn resolve(
     reference: &str,
     base64: bool,
 ) -> Result<std::result::Result<Target, String>> {
-    let c = pg(conn)?;
+    let c = match conn {
+        Conn::Pg(c) => c,
+        Conn::Sqlite(c) => return resolve_sqlite(c, schema_name, table, key, blob, reference, base64).await,
+    };
     let cols: Vec<Column> = diesel::sql_query(
         "SELECT column_name::text AS column_name, data_type::text AS data_type FROM information_schema.columns
           WHERE table_schema = $1 AND table_name = $2",
@@ -110,6 +184,7 @@ pub async fn resolve(
         blob: quote(blob),
         reference: quote(reference),
         base64,
+        sqlite: false,
     }))
 }
 
@@ -123,16 +198,16 @@ struct Pending {
 
 /// Rows still holding a blob and no reference, and the bytes their blobs occupy.
 pub async fn pending(conn: &mut Conn, t: &Target) -> Result<(i64, i64)> {
-    let c = pg(conn)?;
-    let p: Pending = diesel::sql_query(format!(
-        "SELECT count(*)::int8 AS rows, COALESCE(sum(octet_length({b})), 0)::int8 AS bytes FROM {t}
+    // SQLite's length() of a BLOB is its bytes; base64 text is ASCII, so characters are bytes.
+    let (count, len) = if t.sqlite { ("count(*)", "length") } else { ("count(*)::int8", "octet_length") };
+    let sql = format!(
+        "SELECT {count} AS rows, CAST(COALESCE(sum({len}({b})), 0) AS BIGINT) AS bytes FROM {t}
           WHERE {b} IS NOT NULL AND {r} IS NULL",
         b = t.blob,
         r = t.reference,
         t = t.table
-    ))
-    .get_result(c)
-    .await?;
+    );
+    let p: Pending = db_run!(conn, { diesel::sql_query(sql).get_result(conn).await? });
     Ok((p.rows, p.bytes))
 }
 
@@ -158,31 +233,39 @@ pub type Stored = (String, Vec<u8>);
 /// The next `limit` pending rows in key order. Migrated rows drop out of this set, so no cursor is
 /// needed and a restarted migration simply continues.
 pub async fn next_batch(conn: &mut Conn, t: &Target, limit: i64) -> Result<Vec<Stored>> {
-    let c = pg(conn)?;
+    // SQLite columns hold whatever was stored: the value is cast to what the migration expects.
+    let (value, placeholder) = match (t.sqlite, t.base64) {
+        (true, true) => (format!("CAST({} AS TEXT)", t.blob), "?"),
+        (true, false) => (format!("CAST({} AS BLOB)", t.blob), "?"),
+        (false, _) => (t.blob.clone(), "$1"),
+    };
     let sql = format!(
-        "SELECT {k}::text AS k, {b} AS v FROM {t} WHERE {b} IS NOT NULL AND {r} IS NULL ORDER BY {k} LIMIT $1",
+        "SELECT CAST({k} AS TEXT) AS k, {value} AS v FROM {t} WHERE {b} IS NOT NULL AND {r} IS NULL ORDER BY {k}
+          LIMIT {placeholder}",
         k = t.key,
         b = t.blob,
         r = t.reference,
         t = t.table
     );
-    Ok(if t.base64 {
-        diesel::sql_query(sql)
-            .bind::<BigInt, _>(limit)
-            .load::<RowB64>(c)
-            .await?
-            .into_iter()
-            .map(|r| (r.k, r.v.into_bytes()))
-            .collect()
-    } else {
-        diesel::sql_query(sql)
-            .bind::<BigInt, _>(limit)
-            .load::<RowBytea>(c)
-            .await?
-            .into_iter()
-            .map(|r| (r.k, r.v))
-            .collect()
-    })
+    Ok(db_run!(conn, {
+        if t.base64 {
+            diesel::sql_query(sql)
+                .bind::<BigInt, _>(limit)
+                .load::<RowB64>(conn)
+                .await?
+                .into_iter()
+                .map(|r| (r.k, r.v.into_bytes()))
+                .collect()
+        } else {
+            diesel::sql_query(sql)
+                .bind::<BigInt, _>(limit)
+                .load::<RowBytea>(conn)
+                .await?
+                .into_iter()
+                .map(|r| (r.k, r.v))
+                .collect()
+        }
+    }))
 }
 
 /// In one transaction: records `file` (and its blob, or a new reference to identical content),
@@ -197,17 +280,27 @@ pub async fn commit_row(
     migration: &str,
     now: NaiveDateTime,
 ) -> Result<Option<String>> {
-    let c = pg(conn)?;
-    let update = format!(
-        "UPDATE {t} SET {r} = $1, {b} = NULL WHERE {k} = CAST($2 AS {ty}) AND {r} IS NULL AND {b} IS NOT NULL",
-        t = t.table,
-        r = t.reference,
-        b = t.blob,
-        k = t.key,
-        ty = t.key_type
-    );
-    let out = c
-        .transaction::<_, diesel::result::Error, _>(async |c| {
+    // On SQLite the key parameter takes the key column's affinity in the comparison.
+    let update = if t.sqlite {
+        format!(
+            "UPDATE {t} SET {r} = ?, {b} = NULL WHERE {k} = ? AND {r} IS NULL AND {b} IS NOT NULL",
+            t = t.table,
+            r = t.reference,
+            b = t.blob,
+            k = t.key
+        )
+    } else {
+        format!(
+            "UPDATE {t} SET {r} = $1, {b} = NULL WHERE {k} = CAST($2 AS {ty}) AND {r} IS NULL AND {b} IS NOT NULL",
+            t = t.table,
+            r = t.reference,
+            b = t.blob,
+            k = t.key,
+            ty = t.key_type
+        )
+    };
+    let out = db_run!(conn, {
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
             use schema::blob_migrations as m;
             let n = diesel::sql_query(&update).bind::<Text, _>(&file.id).bind::<Text, _>(key).execute(&mut *c).await?;
             if n != 1 {
@@ -224,7 +317,8 @@ pub async fn commit_row(
                 .await?;
             Ok(stored)
         })
-        .await;
+        .await
+    });
     match out {
         Ok(k) => Ok(Some(k)),
         Err(diesel::result::Error::RollbackTransaction) => Ok(None),
@@ -271,59 +365,57 @@ pub struct MigrationRow {
 
 /// Stores a new migration.
 pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<()> {
-    let c = pg(conn)?;
-    use schema::blob_migrations as t;
-    diesel::insert_into(t::table)
-        .values((
-            t::id.eq(&m.id),
-            t::schema_name.eq(&m.schema_name),
-            t::table_name.eq(&m.table_name),
-            t::key_column.eq(&m.key_column),
-            t::blob_column.eq(&m.blob_column),
-            t::reference_column.eq(&m.reference_column),
-            t::encoding.eq(&m.encoding),
-            t::batch_size.eq(m.batch_size),
-            t::owner.eq(&m.owner),
-            t::content_type.eq(&m.content_type),
-            t::state.eq(&m.state),
-            t::rows_done.eq(m.rows_done),
-            t::bytes_done.eq(m.bytes_done),
-            t::error.eq(&m.error),
-            t::created_at.eq(m.created_at),
-            t::updated_at.eq(m.updated_at),
-        ))
-        .execute(c)
-        .await?;
+    db_run!(conn, {
+        use schema::blob_migrations as t;
+        diesel::insert_into(t::table)
+            .values((
+                t::id.eq(&m.id),
+                t::schema_name.eq(&m.schema_name),
+                t::table_name.eq(&m.table_name),
+                t::key_column.eq(&m.key_column),
+                t::blob_column.eq(&m.blob_column),
+                t::reference_column.eq(&m.reference_column),
+                t::encoding.eq(&m.encoding),
+                t::batch_size.eq(m.batch_size),
+                t::owner.eq(&m.owner),
+                t::content_type.eq(&m.content_type),
+                t::state.eq(&m.state),
+                t::rows_done.eq(m.rows_done),
+                t::bytes_done.eq(m.bytes_done),
+                t::error.eq(&m.error),
+                t::created_at.eq(m.created_at),
+                t::updated_at.eq(m.updated_at),
+            ))
+            .execute(conn)
+            .await?;
+    });
     Ok(())
 }
 
 /// The migration `id`.
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<MigrationRow>> {
-    let c = match conn {
-        Conn::Pg(c) => c,
-        Conn::Sqlite(_) => return Ok(None),
-    };
-    use schema::blob_migrations as t;
-    Ok(t::table.filter(t::id.eq(id)).first::<MigrationRow>(c).await.optional()?)
+    Ok(db_run!(conn, {
+        use schema::blob_migrations as t;
+        t::table.filter(t::id.eq(id)).first::<MigrationRow>(conn).await.optional()?
+    }))
 }
 
 /// Migrations still running (to resume at start-up).
 pub async fn running(conn: &mut Conn) -> Result<Vec<MigrationRow>> {
-    let c = match conn {
-        Conn::Pg(c) => c,
-        Conn::Sqlite(_) => return Ok(Vec::new()),
-    };
-    use schema::blob_migrations as t;
-    Ok(t::table.filter(t::state.eq("running")).load::<MigrationRow>(c).await?)
+    Ok(db_run!(conn, {
+        use schema::blob_migrations as t;
+        t::table.filter(t::state.eq("running")).load::<MigrationRow>(conn).await?
+    }))
 }
 
 /// Sets a migration's state (and error).
 pub async fn set_state(conn: &mut Conn, id: &str, state: &str, error: Option<&str>, now: NaiveDateTime) -> Result<()> {
-    let c = pg(conn)?;
-    use schema::blob_migrations as t;
-    diesel::update(t::table.filter(t::id.eq(id)))
-        .set((t::state.eq(state), t::error.eq(error), t::updated_at.eq(now)))
-        .execute(c)
-        .await?;
+    db_run!(conn, {
+        use schema::blob_migrations as t;
+        diesel::update(t::table.filter(t::id.eq(id)))
+            .set((t::state.eq(state), t::error.eq(error), t::updated_at.eq(now)))
+            .execute(conn)
+            .await?;
+    });
     Ok(())
 }

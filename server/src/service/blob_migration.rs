@@ -2,7 +2,7 @@
 //! Each row is written to the object store, read back and verified, then — in one transaction —
 //! recorded as a file, pointed at by the row's reference column and cleared from its blob column.
 //! A crash at any point leaves each row either untouched or fully migrated; a running migration
-//! resumes at start-up. PostgreSQL only.
+//! resumes at start-up. PostgreSQL and SQLite.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -52,10 +52,9 @@ fn ident(what: &str, s: &str) -> Result<()> {
 impl StartRequest {
     /// Checks the shape of the request (existence is checked against the live schema later).
     pub fn validate(mut self) -> Result<Self> {
-        if self.schema_name.is_empty() {
-            self.schema_name = "public".into();
+        if !self.schema_name.is_empty() {
+            ident("schema", &self.schema_name)?;
         }
-        ident("schema", &self.schema_name)?;
         ident("table", &self.table_name)?;
         ident("key column", &self.key_column)?;
         ident("blob column", &self.blob_column)?;
@@ -110,9 +109,6 @@ fn now() -> NaiveDateTime {
 }
 
 async fn target(ctx: &Context, r: &MigrationRow) -> Result<Target> {
-    if ctx.db.backend() != BackendKind::Postgres {
-        return Err(Error::FailedPrecondition("blob migration needs PostgreSQL".into()));
-    }
     let mut conn = ctx.db.write().await?;
     store::resolve(
         &mut conn,
@@ -128,7 +124,14 @@ async fn target(ctx: &Context, r: &MigrationRow) -> Result<Target> {
 }
 
 /// Starts a migration (or, with `dry_run`, only counts). Returns it and the pending rows and bytes.
-pub async fn start(ctx: &Context, req: StartRequest) -> Result<(Option<Migration>, i64, i64)> {
+pub async fn start(ctx: &Context, mut req: StartRequest) -> Result<(Option<Migration>, i64, i64)> {
+    if req.schema_name.is_empty() {
+        req.schema_name = match ctx.db.backend() {
+            BackendKind::Postgres => "public",
+            BackendKind::Sqlite => "main",
+        }
+        .into();
+    }
     let t = now();
     let row = MigrationRow {
         id: uuid::Uuid::now_v7().to_string(),
@@ -168,9 +171,6 @@ pub async fn get(ctx: &Context, id: &str) -> Result<Migration> {
 
 /// Resumes every migration left running by a previous process.
 pub async fn resume_all(ctx: &Context) -> Result<usize> {
-    if ctx.db.backend() != BackendKind::Postgres {
-        return Ok(0);
-    }
     let mut conn = ctx.db.write().await?;
     let rows = store::running(&mut conn).await?;
     let n = rows.len();

@@ -159,3 +159,92 @@ async fn base64_and_bytea_survive_interruption() {
     assert_eq!(files.files.len() as i64, 2 * with_blob, "one file per migrated value, none twice");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_base64_and_blob_columns_survive_interruption() {
+    use diesel_async::{AsyncConnection, sync_connection_wrapper::SyncConnectionWrapper};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut c = SyncConnectionWrapper::<diesel::SqliteConnection>::establish(db.to_str().unwrap()).await.unwrap();
+    diesel::sql_query("CREATE TABLE docs (id INTEGER PRIMARY KEY, b64 TEXT, b64_ref TEXT, raw BLOB, raw_ref TEXT)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let n = 90i64;
+    for i in 1..=n {
+        let b = blob(i);
+        diesel::sql_query("INSERT INTO docs (id, b64, raw) VALUES (?, ?, ?)")
+            .bind::<BigInt, _>(i)
+            .bind::<Nullable<Text>, _>(b.as_ref().map(|b| base64::engine::general_purpose::STANDARD.encode(b)))
+            .bind::<Nullable<diesel::sql_types::Binary>, _>(b.clone())
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let with_blob = (1..=n).filter(|i| blob(*i).is_some()).count() as i64;
+    let config =
+        || strata_tests::server::test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    let server = TestServer::start(config()).await.unwrap();
+    let client = server.client().await;
+    let spec = |base64: bool| BlobMigrationSpec {
+        table_name: "docs".into(),
+        key_column: "id".into(),
+        blob_column: if base64 { "b64" } else { "raw" }.into(),
+        reference_column: if base64 { "b64_ref" } else { "raw_ref" }.into(),
+        base64,
+        batch_size: 3,
+        owner: "migration".into(),
+        ..Default::default()
+    };
+    for bad in [
+        BlobMigrationSpec { table_name: "docs; DROP TABLE docs".into(), ..spec(true) },
+        BlobMigrationSpec { blob_column: "raw".into(), ..spec(true) },
+        BlobMigrationSpec { blob_column: "b64".into(), ..spec(false) },
+    ] {
+        assert_eq!(client.start_blob_migration(&bad).await.unwrap_err().code(), Some(Code::InvalidArgument));
+    }
+    let dry = client.start_blob_migration(&BlobMigrationSpec { dry_run: true, ..spec(false) }).await.unwrap();
+    assert_eq!(dry.pending_rows, with_blob);
+    assert_eq!(dry.pending_bytes, (1..=n).filter_map(blob).map(|b| b.len() as i64).sum::<i64>());
+
+    let id = client.start_blob_migration(&spec(true)).await.unwrap().migration.unwrap().id;
+    eventually("some rows migrated", Duration::from_secs(30), || {
+        let (c, id) = (client.clone(), id.clone());
+        async move { c.blob_migration(&id).await.ok().filter(|m| m.rows_done >= 10) }
+    })
+    .await;
+    server.stop().await.unwrap();
+    // Resumed by the next server; then the BLOB column.
+    let server = TestServer::start(config()).await.unwrap();
+    let client = server.client().await;
+    let done = eventually("the resumed migration", Duration::from_secs(60), || {
+        let (c, id) = (client.clone(), id.clone());
+        async move { c.blob_migration(&id).await.ok().filter(|m| m.state != "running") }
+    })
+    .await;
+    assert_eq!((done.state.as_str(), done.rows_done), ("done", with_blob), "{:?}", done.error);
+    let raw = client.start_blob_migration(&spec(false)).await.unwrap().migration.unwrap().id;
+    let done = eventually("the BLOB migration", Duration::from_secs(60), || {
+        let (c, id) = (client.clone(), raw.clone());
+        async move { c.blob_migration(&id).await.ok().filter(|m| m.state != "running") }
+    })
+    .await;
+    assert_eq!((done.state.as_str(), done.rows_done), ("done", with_blob), "{:?}", done.error);
+    let rows: Vec<Row> =
+        diesel::sql_query("SELECT id, b64, b64_ref, raw_ref, length(raw) AS raw_len FROM docs ORDER BY id")
+            .load(&mut c)
+            .await
+            .unwrap();
+    for r in rows {
+        match blob(r.id) {
+            None => assert!(r.b64_ref.is_none() && r.raw_ref.is_none()),
+            Some(original) => {
+                assert!(r.b64.is_none() && r.raw_len.is_none(), "row {} cleared", r.id);
+                for file in [r.b64_ref.unwrap(), r.raw_ref.unwrap()] {
+                    assert_eq!(client.download_bytes(&file, 0, 0).await.unwrap(), original, "row {}", r.id);
+                }
+            }
+        }
+    }
+    server.stop().await.unwrap();
+}
