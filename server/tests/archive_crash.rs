@@ -114,6 +114,17 @@ async fn archived(c: &mut AsyncPgConnection, s3: &S3Server) -> (BTreeMap<i64, St
     (out, pending)
 }
 
+/// Starts a run, waiting while the killed server's lease (1 s) has not expired yet.
+async fn start_run(client: &Client) -> strata_client::archive::ArchiveRun {
+    loop {
+        match client.run_archive("chat").await {
+            Ok(r) => return r,
+            Err(e) if e.to_string().contains("busy") => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// Table ∪ committed segments equals the original, each row exactly once.
 async fn check_exactly_once(c: &mut AsyncPgConnection, s3: &S3Server, original: &BTreeMap<i64, String>) -> usize {
     let table = hot(c).await;
@@ -181,13 +192,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
         let p = Process::spawn(&db_url, &s3.url());
         let client = p.client().await;
         // The killed server's lease must expire (1 s) before a new run may take the policy over.
-        let run = loop {
-            match client.run_archive("chat").await {
-                Ok(r) => break r,
-                Err(e) if e.to_string().contains("busy") => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let run = start_run(&client).await;
         tokio::time::sleep(Duration::from_millis(next() % 400)).await;
         let still_running = client.archive_run(&run.id).await.map(|r| r.state == RunState::Running).unwrap_or(false);
         p.kill9();
@@ -202,13 +207,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
     // A last server finishes the job; leftovers of the crashes are cleaned.
     let p = Process::spawn(&db_url, &s3.url());
     let client = p.client().await;
-    let run = loop {
-        match client.run_archive("chat").await {
-            Ok(r) => break r,
-            Err(e) if e.to_string().contains("busy") => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let run = start_run(&client).await;
     let run = client.wait_archive_run(&run.id, Duration::from_millis(50)).await.unwrap();
     assert_eq!(run.state, RunState::Succeeded, "{run:?}");
     let archived_rows = check_exactly_once(&mut c, &s3, &original).await;

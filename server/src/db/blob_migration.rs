@@ -55,6 +55,10 @@ struct SqliteColumn {
     ty: String,
 }
 
+fn same_columns(key: &str, blob: &str, reference: &str) -> Option<String> {
+    (key == blob || key == reference || blob == reference).then(|| "key, blob and reference columns must differ".into())
+}
+
 /// SQLite's type affinity of a declared column type (section 3.1 of its datatype documentation).
 fn affinity(declared: &str) -> &'static str {
     let t = declared.to_ascii_uppercase();
@@ -108,8 +112,8 @@ async fn resolve_sqlite(
         Some("text") => {}
         Some(other) => return Ok(Err(format!("reference column {reference:?} has {other} affinity; expected TEXT"))),
     }
-    if key == blob || key == reference || blob == reference {
-        return Ok(Err("key, blob and reference columns must differ".into()));
+    if let Some(e) = same_columns(key, blob, reference) {
+        return Ok(Err(e));
     }
     Ok(Ok(Target {
         table: format!("{}.{}", quote(schema_name), quote(table)),
@@ -174,8 +178,8 @@ pub async fn resolve(
         Some("text" | "character varying" | "uuid") => {}
         Some(other) => return Ok(Err(format!("reference column {reference:?} has unsupported type {other}"))),
     }
-    if key == blob || key == reference || blob == reference {
-        return Ok(Err("key, blob and reference columns must differ".into()));
+    if let Some(e) = same_columns(key, blob, reference) {
+        return Ok(Err(e));
     }
     Ok(Ok(Target {
         table: format!("{}.{}", quote(schema_name), quote(table)),

@@ -524,7 +524,7 @@ async fn archive_partitions_run(
     for x in &due {
         let mut conn = ctx.db.write().await?;
         if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
-            return Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()));
+            return Err(lease_lost());
         }
         parts::detach_recorded(&mut conn, &p.id, &parent.schema, &parent.table, &x.name, now())
             .await
@@ -740,6 +740,11 @@ async fn discard(ctx: &Context, segment_id: &str, object_key: Option<String>) ->
     Ok(())
 }
 
+/// The run's lease went to another run (this one stopped renewing it in time).
+fn lease_lost() -> Error {
+    Error::FailedPrecondition("another run took the policy over (lease expired)".into())
+}
+
 fn unavailable(e: crate::objects::Error) -> Error {
     Error::Unavailable(e.to_string())
 }
@@ -786,7 +791,7 @@ async fn archive_rows(
             }
             let mut conn = ctx.db.write().await?;
             if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
-                outcome = Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()));
+                outcome = Err(lease_lost());
                 more = false;
                 break;
             }
@@ -908,9 +913,7 @@ async fn one_batch(
             discard(&ctx, &segment_id, key).await?;
             Ok(BatchEnd::Empty)
         }
-        Ok(BatchOutcome::LeaseLost) => {
-            Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()))
-        }
+        Ok(BatchOutcome::LeaseLost) => Err(lease_lost()),
         Err(e) => {
             // The transaction rolled back: the rows are in the table, the segment must go.
             if let Err(d) = discard(&ctx, &segment_id, key).await {
@@ -1012,7 +1015,7 @@ async fn purge_rows(
         };
         let mut conn = ctx.db.write().await?;
         match store::purge_batch(&mut conn, &batch).await? {
-            None => return Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into())),
+            None => return Err(lease_lost()),
             Some((n, cancel, _)) => {
                 if let Some(stop) = stop_requested(ctx, cancel) {
                     return Ok(stop);
@@ -1114,7 +1117,7 @@ async fn restore_segments(
             // Lost the lease, or the segment was restored or deleted meanwhile.
             let mut conn = ctx.db.write().await?;
             if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
-                return Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()));
+                return Err(lease_lost());
             }
         }
         let mut conn = ctx.db.write().await?;
@@ -1142,7 +1145,7 @@ async fn retention(ctx: &Context, p: &Policy, run: &RunRow, cutoff: DateTime<Utc
         }
         let mut conn = ctx.db.write().await?;
         if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
-            return Err(Error::FailedPrecondition("another run took the policy over (lease expired)".into()));
+            return Err(lease_lost());
         }
         // Marked first: a crash after the object is gone leaves a manifest that says so, and the
         // next retention run finishes the job (deleting a missing object succeeds).

@@ -37,6 +37,21 @@ fn blob(i: i64) -> Option<Vec<u8>> {
     }
 }
 
+/// Every row with a blob points at files whose bytes equal the original, and its blob is cleared.
+async fn assert_migrated(client: &strata_client::Client, rows: Vec<Row>) {
+    for r in rows {
+        match blob(r.id) {
+            None => assert!(r.b64_ref.is_none() && r.raw_ref.is_none()),
+            Some(original) => {
+                assert!(r.b64.is_none() && r.raw_len.is_none(), "row {} cleared", r.id);
+                for file in [r.b64_ref.unwrap(), r.raw_ref.unwrap()] {
+                    assert_eq!(client.download_bytes(&file, 0, 0).await.unwrap(), original, "row {}", r.id);
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn base64_and_bytea_survive_interruption() {
     let cluster = PgCluster::shared();
@@ -137,17 +152,7 @@ async fn base64_and_bytea_survive_interruption() {
             .await
             .unwrap();
     assert_eq!(rows.len(), n as usize);
-    for r in rows {
-        match blob(r.id) {
-            None => assert!(r.b64_ref.is_none() && r.raw_ref.is_none()),
-            Some(original) => {
-                assert!(r.b64.is_none() && r.raw_len.is_none(), "row {} cleared", r.id);
-                for file in [r.b64_ref.unwrap(), r.raw_ref.unwrap()] {
-                    assert_eq!(client.download_bytes(&file, 0, 0).await.unwrap(), original, "row {}", r.id);
-                }
-            }
-        }
-    }
+    assert_migrated(&client, rows).await;
     let files = client
         .list_files(&strata_client::types::FileQuery {
             owner: Some("migration".into()),
@@ -235,16 +240,6 @@ async fn sqlite_base64_and_blob_columns_survive_interruption() {
             .load(&mut c)
             .await
             .unwrap();
-    for r in rows {
-        match blob(r.id) {
-            None => assert!(r.b64_ref.is_none() && r.raw_ref.is_none()),
-            Some(original) => {
-                assert!(r.b64.is_none() && r.raw_len.is_none(), "row {} cleared", r.id);
-                for file in [r.b64_ref.unwrap(), r.raw_ref.unwrap()] {
-                    assert_eq!(client.download_bytes(&file, 0, 0).await.unwrap(), original, "row {}", r.id);
-                }
-            }
-        }
-    }
+    assert_migrated(&client, rows).await;
     server.stop().await.unwrap();
 }
