@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/archive.proto",
     "strata/v1/backup.proto",
     "strata/v1/partitions.proto",
+    "strata/v1/maintenance.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

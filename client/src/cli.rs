@@ -95,6 +95,24 @@ pub enum Command {
         #[command(subcommand)]
         command: archive::ArchiveCommand,
     },
+    /// VACUUM (and ANALYZE) tables, reporting bytes reclaimed (operator).
+    Maintenance {
+        /// Table ("schema.table" or "table"); repeat; default: every user table.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// VACUUM FULL (rewrites the table under an exclusive lock).
+        #[arg(long)]
+        full: bool,
+        /// Skip ANALYZE.
+        #[arg(long)]
+        skip_analyze: bool,
+    },
+    /// Advice from the statistics views, with the numbers behind each item.
+    Recommend {
+        /// Tables at least this large (bytes) are "large" (default 1 GiB).
+        #[arg(long, default_value_t = 0)]
+        large_table_bytes: i64,
+    },
     /// Partition upkeep of time-range-partitioned PostgreSQL tables.
     Partitions {
         #[command(subcommand)]
@@ -645,6 +663,38 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 }
             }
         },
+        Command::Maintenance { tables, full, skip_analyze } => {
+            let done = client.run_maintenance(&tables, full, skip_analyze).await?;
+            if cli.json {
+                print_json(out, &done)?;
+            } else {
+                let mut t = table(&["table", "before", "after", "reclaimed", "dead rows", "time"]);
+                for m in &done {
+                    t.add_row(vec![
+                        format!("{}.{}", m.schema_name, m.table_name),
+                        bytes(m.size_before_bytes),
+                        bytes(m.size_after_bytes),
+                        bytes(m.reclaimed_bytes),
+                        m.dead_rows_before.to_string(),
+                        format!("{:.2} s", m.duration.as_secs_f64()),
+                    ]);
+                }
+                writeln!(out, "{t}")?;
+            }
+        }
+        Command::Recommend { large_table_bytes } => {
+            let recs = client.recommendations(large_table_bytes, 0).await?;
+            if cli.json {
+                print_json(out, &recs)?;
+            } else if recs.is_empty() {
+                writeln!(out, "no recommendations")?;
+            } else {
+                for r in &recs {
+                    let ev: Vec<String> = r.evidence.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    writeln!(out, "[{}] {} ({})", r.kind, r.message, ev.join(", "))?;
+                }
+            }
+        }
         Command::Partitions { command } => match command {
             PartitionsCommand::Ensure { table: t, schema, interval, premake, past } => {
                 let (created, skipped) = client.ensure_partitions(&schema, &t, interval, premake, past).await?;

@@ -19,6 +19,7 @@ pub mod cli;
 mod client;
 mod convert;
 mod files;
+pub mod maintenance;
 pub mod partitions;
 pub mod types;
 

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod backups;
 pub mod blob_migration;
 pub mod files;
+pub mod maintenance;
 pub mod migrations;
 pub mod partitions;
 pub mod schema;

@@ -49,6 +49,7 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.BackupService/GetBackup",
         "/strata.v1.BackupService/ListBackups",
         "/strata.v1.PartitionService/GetPartitionHealth",
+        "/strata.v1.MaintenanceService/GetRecommendations",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

@@ -6,6 +6,7 @@ pub mod auth;
 mod backup;
 mod convert;
 mod files;
+mod maintenance;
 mod partitions;
 mod status;
 mod storage;
@@ -15,7 +16,8 @@ use std::time::Duration;
 use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, archive_service_server::ArchiveServiceServer,
     backup_service_server::BackupServiceServer, file_service_server::FileServiceServer,
-    partition_service_server::PartitionServiceServer, storage_service_server::StorageServiceServer,
+    maintenance_service_server::MaintenanceServiceServer, partition_service_server::PartitionServiceServer,
+    storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <ArchiveServiceServer<archive::ArchiveApi> as tonic::server::NamedService>::NAME,
     <BackupServiceServer<backup::BackupApi> as tonic::server::NamedService>::NAME,
     <PartitionServiceServer<partitions::PartitionApi> as tonic::server::NamedService>::NAME,
+    <MaintenanceServiceServer<maintenance::MaintenanceApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -97,7 +100,8 @@ pub async fn serve(
         .add_service(FileServiceServer::new(files::FileApi { ctx: ctx.clone() }))
         .add_service(ArchiveServiceServer::new(archive::ArchiveApi { ctx: ctx.clone() }))
         .add_service(BackupServiceServer::new(backup::BackupApi { ctx: ctx.clone() }))
-        .add_service(PartitionServiceServer::new(partitions::PartitionApi { ctx }))
+        .add_service(PartitionServiceServer::new(partitions::PartitionApi { ctx: ctx.clone() }))
+        .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

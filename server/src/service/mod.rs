@@ -6,6 +6,7 @@ pub mod archive;
 pub mod backup;
 pub mod blob_migration;
 pub mod files;
+pub mod maintenance;
 pub mod metrics;
 pub mod partitions;
 

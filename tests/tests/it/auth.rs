@@ -60,6 +60,8 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("DropPartitions", code(c.drop_partitions("public", "t", std::time::Duration::from_secs(1), true).await)),
         ("RescueDefaultRows", code(c.rescue_default_rows("public", "t", Monthly, true).await)),
         ("ArchivePartitions", code(c.archive_partitions(MISSING).await)),
+        ("RunMaintenance", code(c.run_maintenance(&["missing_table".into()], false, false).await)),
+        ("GetRecommendations", code(c.recommendations(0, 0).await)),
     ]
 }
 
@@ -92,6 +94,7 @@ const OPERATOR_ONLY: &[&str] = &[
     "DropPartitions",
     "RescueDefaultRows",
     "ArchivePartitions",
+    "RunMaintenance",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,6 +11,7 @@ mod cli;
 mod files;
 mod growth;
 mod grpcurl;
+mod maintenance;
 mod metrics_postgres;
 mod metrics_sqlite;
 mod objects;

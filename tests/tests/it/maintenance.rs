@@ -1,0 +1,109 @@
+//! VACUUM reclaims space after a mass delete; recommendations appear for a crafted
+//! sequential-scan-heavy table, an unused index, dead-row bloat and a large table without policy.
+
+use std::time::Duration;
+
+use diesel_async::SimpleAsyncConnection;
+use strata_client::archive::ArchivePolicy;
+use strata_tests::{PgCluster, TestServer};
+use tonic::Code;
+
+use crate::support::eventually;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vacuum_reclaims_and_recommendations_have_evidence() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("maint").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE bulk (id bigint PRIMARY KEY, pad text) WITH (autovacuum_enabled = off);
+         INSERT INTO bulk SELECT i, repeat('x', 200) FROM generate_series(1, 100000) i;
+         CREATE TABLE scanned (id bigint PRIMARY KEY, room int, at timestamptz, body text);
+         INSERT INTO scanned SELECT i, i % 100, now(), md5(i::text) FROM generate_series(1, 30000) i;
+         CREATE INDEX scanned_body_unused ON scanned (body);
+         CREATE TABLE bloated (id bigint PRIMARY KEY, v text) WITH (autovacuum_enabled = off);
+         INSERT INTO bloated SELECT i, 'v' FROM generate_series(1, 5000) i;
+         DELETE FROM bloated WHERE id > 1000;
+         DELETE FROM bulk WHERE id > 10000;",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("ANALYZE scanned").await.unwrap();
+    for _ in 0..15 {
+        c.batch_execute("SELECT count(*) FROM scanned WHERE room = 5").await.unwrap();
+    }
+    let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
+    let client = server.client().await;
+
+    // Recommendations (statistics reach the views within a second or so).
+    let recs = eventually("recommendations", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let r = client.recommendations(1 << 20, 10_000).await.ok()?;
+            let has = |kind: &str, target: &str| r.iter().any(|x| x.kind == kind && x.target == target);
+            (has("index_candidate", "public.scanned")
+                && has("unused_index", "public.scanned_body_unused")
+                && has("vacuum", "public.bloated")
+                && has("archive_or_partition", "public.scanned"))
+            .then_some(r)
+        }
+    })
+    .await;
+    let idx = recs.iter().find(|r| r.kind == "index_candidate" && r.target == "public.scanned").unwrap();
+    assert!(idx.evidence["seq_scan"].parse::<i64>().unwrap() >= 15, "{idx:?}");
+    // The statistics views' own counters (they may count a load and an ANALYZE both).
+    assert!(idx.evidence["live_rows"].parse::<i64>().unwrap() >= 30_000, "{idx:?}");
+    let bloat = recs.iter().find(|r| r.kind == "vacuum" && r.target == "public.bloated").unwrap();
+    assert_eq!(bloat.evidence["dead_rows"], "4000", "{bloat:?}");
+    // The primary key is never "unused": it enforces uniqueness.
+    assert!(!recs.iter().any(|r| r.kind == "unused_index" && r.target.ends_with("_pkey")), "{recs:?}");
+    // A policy on the table answers the archive advice.
+    client
+        .create_policy(&ArchivePolicy {
+            name: "scanned".into(),
+            table_name: "scanned".into(),
+            time_column: "at".into(),
+            key_columns: vec!["id".into()],
+            archive_after: Duration::from_secs(86_400),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let recs = client.recommendations(1 << 20, 10_000).await.unwrap();
+    assert!(!recs.iter().any(|r| r.kind == "archive_or_partition" && r.target == "public.scanned"), "{recs:?}");
+
+    // VACUUM after deleting 90 % of a table's tail gives the space back.
+    let e = client.run_maintenance(&["nope".into()], false, false).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument));
+    let done = client.run_maintenance(&["public.bulk".into()], false, false).await.unwrap();
+    assert_eq!(done.len(), 1);
+    let m = &done[0];
+    assert_eq!(m.table_name, "bulk");
+    assert!(m.reclaimed_bytes > m.size_before_bytes / 2, "{m:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_vacuum_shrinks_the_file() {
+    use diesel_async::AsyncConnection;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
+        dir.path().join("strata.db").to_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "CREATE TABLE junk (id INTEGER PRIMARY KEY, pad TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO junk SELECT i, hex(randomblob(100)) FROM s;
+         DELETE FROM junk WHERE id > 1000;",
+    )
+    .await
+    .unwrap();
+    let done = server.client().await.run_maintenance(&[], false, false).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert!(done[0].reclaimed_bytes > 2_000_000, "{:?}", done[0]);
+    server.stop().await.unwrap();
+}
