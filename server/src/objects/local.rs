@@ -152,6 +152,57 @@ impl LocalStore {
         .map_err(|e| Error::Io { path: "list".into(), source: std::io::Error::other(e) })?
     }
 
+    /// Continues an unfinished write left by a previous process: keeps the staging file's first
+    /// `committed` bytes (passing them to `visit`, e.g. to rebuild hashes) and returns a writer
+    /// positioned after them. None when the staging file is gone or shorter than that.
+    pub(super) async fn reopen_write<H>(
+        &self,
+        key: &str,
+        committed: u64,
+        mut visit: H,
+    ) -> Result<Option<(LocalWriter, H)>>
+    where
+        H: FnMut(&[u8]) + Send + 'static,
+    {
+        let target = self.path(key)?;
+        let staging = self.staging(key);
+        let path = staging.clone();
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(std::fs::File, H)>> {
+            use std::io::{Read, Seek};
+            let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if file.metadata()?.len() < committed {
+                return Ok(None);
+            }
+            // Bytes past the committed offset were never acknowledged: drop them.
+            file.set_len(committed)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = committed;
+            while left > 0 {
+                let n = file.read(&mut buf[..left.min(1 << 20) as usize])?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                visit(&buf[..n]);
+                left -= n as u64;
+            }
+            file.seek(SeekFrom::Start(committed))?;
+            Ok(Some((file, visit)))
+        })
+        .await
+        .map_err(|e| Error::Io { path: staging.display().to_string(), source: std::io::Error::other(e) })?
+        .map_err(io(&staging))?;
+        Ok(opened.map(|(file, visit)| (LocalWriter::new_at(file, staging, target, committed), visit)))
+    }
+
+    /// Bytes in the staging file of `key`, if there is one.
+    pub(super) async fn staging_len(&self, key: &str) -> Option<u64> {
+        fs::metadata(self.staging(key)).await.ok().map(|m| m.len())
+    }
+
     pub(super) async fn abort_orphan(&self, key: &str) -> Result<()> {
         let staging = self.staging(key);
         match fs::remove_file(&staging).await {
@@ -222,8 +273,13 @@ fn writer_thread(
 
 impl LocalWriter {
     fn new(file: std::fs::File, staging: PathBuf, target: PathBuf) -> Self {
+        Self::new_at(file, staging, target, 0)
+    }
+
+    /// A writer whose file already holds `written` bytes (the file is positioned after them).
+    fn new_at(file: std::fs::File, staging: PathBuf, target: PathBuf, written: u64) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let written = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(written));
         let failed = Arc::new(Mutex::new(None));
         let (w, f) = (written.clone(), failed.clone());
         let thread = std::thread::Builder::new()

@@ -117,6 +117,29 @@ impl ObjectStore {
         }
     }
 
+    /// Continues a write a previous server process left unfinished, keeping its first `committed`
+    /// bytes, which are passed to `visit` (to rebuild hashes). Only a local store can: an S3
+    /// multipart upload's parts cannot be read back. None when it cannot be continued.
+    pub async fn reopen_write<H>(&self, key: &str, committed: u64, visit: H) -> Result<Option<(ObjectWriter, H)>>
+    where
+        H: FnMut(&[u8]) + Send + 'static,
+    {
+        match self {
+            Self::Local(s) => {
+                Ok(s.reopen_write(key, committed, visit).await?.map(|(w, h)| (ObjectWriter::Local(w), h)))
+            }
+            Self::S3(_) => Ok(None),
+        }
+    }
+
+    /// Whether [`ObjectStore::reopen_write`] can continue at `committed` (the staging data is there).
+    pub async fn can_reopen(&self, key: &str, committed: u64) -> bool {
+        match self {
+            Self::Local(s) => s.staging_len(key).await.is_some_and(|n| n >= committed),
+            Self::S3(_) => false,
+        }
+    }
+
     /// Abandons an unfinished write identified by what [`ObjectWriter::resume_token`] returned
     /// (after a restart, when the writer itself is gone).
     pub async fn abort_orphan(&self, key: &str, token: &str) -> Result<()> {

@@ -390,8 +390,12 @@ pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
         row.committed_offset as u64
     } else {
         match ctx.uploads.existing(id) {
-            // Not in memory: nothing of it survived a restart.
-            None => 0,
+            // Not in memory (the server restarted): a local staging file holding the committed
+            // bytes can be continued; an S3 multipart upload cannot (its parts cannot be re-hashed).
+            None => {
+                let committed = row.committed_offset as u64;
+                if committed > 0 && ctx.objects.can_reopen(&row.object_key, committed).await { committed } else { 0 }
+            }
             Some(slot) => match slot.try_lock() {
                 // A stream is writing it: the last checkpoint is what is durable.
                 Err(_) => row.committed_offset as u64,
@@ -448,6 +452,30 @@ where
     let mut guard = slot
         .try_lock()
         .map_err(|_| Error::FailedPrecondition(format!("upload {} is being written by another stream", row.id)))?;
+    if guard.is_none() && row.committed_offset > 0 {
+        // First stream since this process started: continue what a previous process committed,
+        // rebuilding the hashes from the bytes on disk (local store only).
+        let committed = row.committed_offset as u64;
+        let hashes = Arc::new(std::sync::Mutex::new(Hashes::new(
+            row.declared_sha256.is_some() || ctx.file_limits.always_sha256,
+        )));
+        let feed = hashes.clone();
+        let reopened = ctx
+            .objects
+            .reopen_write(&row.object_key, committed, move |data: &[u8]| feed.lock().expect("hash lock").update(data))
+            .await
+            .map_err(object_err)?;
+        if let Some((writer, visit)) = reopened {
+            drop(visit);
+            let running = Arc::try_unwrap(hashes).ok().expect("the visitor is gone").into_inner().expect("hash lock");
+            let mut session = Session::new(writer, running.sha256.is_some());
+            session.at_boundaries.push_back((committed, running.clone()));
+            session.running = running;
+            session.received = committed;
+            tracing::info!(upload = %row.id, committed, "continuing an upload a previous process started");
+            *guard = Some(session);
+        }
+    }
     if guard.is_none() {
         // First stream since start: discard what a previous server process may have left.
         if !row.writer_token.is_empty() || row.committed_offset > 0 {
