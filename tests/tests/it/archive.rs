@@ -320,14 +320,9 @@ async fn sqlite_rows(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_archive_restore_and_purge() {
-    use diesel_async::AsyncConnection;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
-        db.to_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = crate::support::sqlite(&db).await;
     c.batch_execute(
         "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT, status TEXT, body TEXT, ratio REAL, data BLOB, n INTEGER);
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 600)
@@ -420,14 +415,9 @@ async fn sqlite_archive_restore_and_purge() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_and_shutdown_stop_runs_between_batches_and_say_so() {
-    use diesel_async::AsyncConnection;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
-        db.to_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = crate::support::sqlite(&db).await;
     c.batch_execute(
         "CREATE TABLE t (id INTEGER PRIMARY KEY, created_at TEXT, body TEXT);
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use diesel::{QueryableByName, sql_types::Text};
-use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use strata_client::backup::BackupState;
 use strata_server::service::backup::Retention;
 use strata_tests::{PgCluster, S3Server, TestServer, pg::bindir, server::test_config};
@@ -91,11 +91,7 @@ async fn postgres_dump_streams_to_s3_restores_and_rotates() {
 async fn sqlite_snapshot_is_checked_and_opens() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
-    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
-        dir.path().join("strata.db").to_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = crate::support::sqlite(&dir.path().join("strata.db")).await;
     c.batch_execute(
         "CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT, data BLOB);
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 2000)
@@ -115,11 +111,7 @@ async fn sqlite_snapshot_is_checked_and_opens() {
     );
     let path = dir.path().join("objects").join(&b.object_key);
     assert_eq!(std::fs::metadata(&path).unwrap().len() as i64, b.size_bytes);
-    let mut copy = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
-        path.to_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut copy = crate::support::sqlite(&path).await;
     assert_eq!(diesel::sql_query(sql).get_result::<Digest>(&mut copy).await.unwrap().d, before);
     // No snapshot or check copy is left beside the database.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())

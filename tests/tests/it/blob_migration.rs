@@ -167,10 +167,9 @@ async fn base64_and_bytea_survive_interruption() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_base64_and_blob_columns_survive_interruption() {
-    use diesel_async::{AsyncConnection, sync_connection_wrapper::SyncConnectionWrapper};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let mut c = SyncConnectionWrapper::<diesel::SqliteConnection>::establish(db.to_str().unwrap()).await.unwrap();
+    let mut c = crate::support::sqlite(&db).await;
     diesel::sql_query("CREATE TABLE docs (id INTEGER PRIMARY KEY, b64 TEXT, b64_ref TEXT, raw BLOB, raw_ref TEXT)")
         .execute(&mut c)
         .await

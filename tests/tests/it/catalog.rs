@@ -49,7 +49,7 @@ async fn catalog_matches_migrations_on_postgres() {
 }
 
 mod sqlite {
-    use diesel::{Connection, RunQueryDsl as _, sqlite::SqliteConnection};
+    use diesel::RunQueryDsl as _;
     use strata_server::db::schema::CATALOG;
     use strata_tests::TestServer;
 
@@ -59,7 +59,7 @@ mod sqlite {
     async fn catalog_matches_migrations_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let server = TestServer::sqlite(dir.path()).await.unwrap();
-        let mut c = SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
+        let mut c = crate::support::sqlite_sync(&dir.path().join("strata.db"));
         for (_, sqlite_name, columns) in CATALOG {
             let live: Vec<String> =
                 diesel::sql_query(format!("SELECT name FROM pragma_table_info('{sqlite_name}') ORDER BY cid"))

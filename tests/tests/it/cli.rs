@@ -63,15 +63,11 @@ async fn cli_commands_print_tables_and_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_archive_create_plan_run_read_restore() {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    use diesel_async::SimpleAsyncConnection;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
     let db = dir.path().join("strata.db");
-    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
-        db.to_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = crate::support::sqlite(&db).await;
     c.batch_execute(
         "CREATE TABLE notes (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, state TEXT, body TEXT);
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40)

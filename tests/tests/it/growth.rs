@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use diesel::{Connection, RunQueryDsl as _, sqlite::SqliteConnection};
+use diesel::RunQueryDsl as _;
 use strata_client::types::{GrowthQuery, GrowthWindow};
 use strata_tests::TestServer;
 
@@ -86,7 +86,7 @@ async fn growth_on_postgres_reads_fitted_trends() {
 async fn growth_on_sqlite_reads_fitted_trends() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
-    let mut c = SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
+    let mut c = crate::support::sqlite_sync(&dir.path().join("strata.db"));
     for s in synthetic_samples(|ago| format!("datetime('now', '-{ago}')")) {
         let s = s.replace("{snapshots}", "strata_snapshots").replace("{snapshot_tables}", "strata_snapshot_tables");
         diesel::sql_query(&s).execute(&mut c).unwrap();
@@ -109,7 +109,7 @@ async fn snapshots_record_real_growth_and_page() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
     let client = server.client().await;
-    let mut c = SqliteConnection::establish(dir.path().join("strata.db").to_str().unwrap()).unwrap();
+    let mut c = crate::support::sqlite_sync(&dir.path().join("strata.db"));
     diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)").execute(&mut c).unwrap();
     let first = client.record_snapshot().await.unwrap();
     assert_eq!(first.table_count, 1);

@@ -86,14 +86,9 @@ async fn vacuum_reclaims_and_recommendations_have_evidence() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_vacuum_shrinks_the_file() {
-    use diesel_async::AsyncConnection;
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
-    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
-        dir.path().join("strata.db").to_str().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut c = crate::support::sqlite(&dir.path().join("strata.db")).await;
     c.batch_execute(
         "CREATE TABLE junk (id INTEGER PRIMARY KEY, pad TEXT);
          WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)

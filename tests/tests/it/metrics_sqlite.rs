@@ -1,6 +1,6 @@
 //! GetStorageMetrics on the embedded SQLite default, checked against the file and known rows.
 
-use diesel::{Connection, RunQueryDsl, sqlite::SqliteConnection};
+use diesel::RunQueryDsl;
 use strata_client::types::{Backend, NodeRole, RowCountSource};
 use strata_tests::TestServer;
 
@@ -9,7 +9,7 @@ async fn sqlite_metrics_match_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
     let path = dir.path().join("strata.db");
-    let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let mut c = crate::support::sqlite_sync(&path);
     diesel::sql_query("CREATE TABLE messages (id INTEGER PRIMARY KEY, room TEXT NOT NULL, body TEXT NOT NULL)")
         .execute(&mut c)
         .unwrap();

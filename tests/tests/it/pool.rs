@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::{Connection, RunQueryDsl as _, sqlite::SqliteConnection};
+use diesel::RunQueryDsl as _;
 use diesel_async::SimpleAsyncConnection;
 use strata_tests::{PgCluster, TestServer, server::test_config};
 
@@ -57,7 +57,7 @@ async fn sqlite_pool_exhaustion_is_unavailable() {
     let client = server.client().await;
 
     // Our write lock makes RecordSnapshot wait (busy timeout) while holding the only connection.
-    let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    let mut c = crate::support::sqlite_sync(&path);
     diesel::sql_query("BEGIN IMMEDIATE").execute(&mut c).unwrap();
     let writer = {
         let client = client.clone();

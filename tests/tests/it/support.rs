@@ -48,3 +48,26 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A connection to a SQLite file a strata server also uses. It waits for the server's write locks
+/// (as the server's own connections do) instead of failing at once with "database is locked".
+pub(crate) async fn sqlite(
+    path: &std::path::Path,
+) -> diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection> {
+    use diesel_async::AsyncConnection;
+    let mut c = diesel_async::sync_connection_wrapper::SyncConnectionWrapper::<diesel::SqliteConnection>::establish(
+        path.to_str().expect("utf-8 path"),
+    )
+    .await
+    .expect("open SQLite");
+    c.batch_execute("PRAGMA busy_timeout = 10000").await.expect("busy_timeout");
+    c
+}
+
+/// The same as [`sqlite`], as a blocking connection.
+pub(crate) fn sqlite_sync(path: &std::path::Path) -> diesel::SqliteConnection {
+    use diesel::{Connection, connection::SimpleConnection};
+    let mut c = diesel::SqliteConnection::establish(path.to_str().expect("utf-8 path")).expect("open SQLite");
+    c.batch_execute("PRAGMA busy_timeout = 10000").expect("busy_timeout");
+    c
+}
