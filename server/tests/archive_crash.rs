@@ -185,6 +185,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
     eprintln!("kill points seed {seed}");
     let mut kills_mid_run = 0;
     let mut attempts = 0;
+    let mut last_killed = None;
     while kills_mid_run < 22 {
         attempts += 1;
         assert!(attempts < 60, "could not kill mid-run often enough ({kills_mid_run} of 22)");
@@ -199,6 +200,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
         let after = check_exactly_once(&mut c, &s3, &original).await;
         if still_running {
             kills_mid_run += 1;
+            last_killed = Some(run.id.clone());
         }
         eprintln!("kill {attempts}: archived rows {before} -> {after}, mid-run: {still_running}");
         assert!(after >= before);
@@ -207,6 +209,11 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
     // A last server finishes the job; leftovers of the crashes are cleaned.
     let p = Process::spawn(&db_url, &s3.url());
     let client = p.client().await;
+    // Once its lease (1 s) has lapsed, the last killed run reads as interrupted, not running.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let killed = client.archive_run(last_killed.as_deref().expect("a run killed mid-way")).await.unwrap();
+    assert_eq!(killed.state, RunState::Failed, "{killed:?}");
+    assert!(killed.error.contains("interrupted"), "{killed:?}");
     let run = start_run(&client).await;
     let run = client.wait_archive_run(&run.id, Duration::from_millis(50)).await.unwrap();
     assert_eq!(run.state, RunState::Succeeded, "{run:?}");

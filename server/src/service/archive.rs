@@ -423,7 +423,20 @@ pub async fn plan(ctx: &Context, id_or_name: &str) -> Result<Plan> {
 /// A run by id.
 pub async fn get_run(ctx: &Context, id: &str) -> Result<Run> {
     let mut conn = ctx.db.read_prefer_primary().await?.0;
-    Ok(store::get_run(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("run {id:?}")))?.into())
+    let row = store::get_run(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("run {id:?}")))?;
+    drop(conn);
+    let mut row = row;
+    if row.state == state::RUNNING {
+        // A run whose lease has lapsed has no server working on it any more: say so now rather
+        // than when the next run takes the policy over (which records it). Reported, not written:
+        // the lease is the only authority on whether a run is alive.
+        let mut conn = ctx.db.read_prefer_primary().await?.0;
+        if store::orphaned_runs(&mut conn, now()).await?.contains(&row.id) {
+            row.state = state::FAILED.into();
+            row.error = Some("interrupted: its lease expired (its server stopped)".into());
+        }
+    }
+    Ok(row.into())
 }
 
 /// Runs newest first; the page token is the last id returned.
