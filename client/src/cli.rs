@@ -671,7 +671,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 let mut t = table(&["table", "before", "after", "reclaimed", "dead rows", "time"]);
                 for m in &done {
                     t.add_row(vec![
-                        format!("{}.{}", m.schema_name, m.table_name),
+                        if m.schema_name.is_empty() {
+                            m.table_name.clone()
+                        } else {
+                            format!("{}.{}", m.schema_name, m.table_name)
+                        },
                         bytes(m.size_before_bytes),
                         bytes(m.size_after_bytes),
                         bytes(m.reclaimed_bytes),

@@ -42,8 +42,9 @@ pub async fn run(ctx: &Context, tables: &[(String, String)], full: bool, analyze
         let before = store::sqlite_size(&mut conn).await?;
         store::sqlite_vacuum(&mut conn, analyze).await?;
         let after = store::sqlite_size(&mut conn).await?;
+        // SQLite vacuums the whole file: the "table" is the database file itself.
         return Ok(vec![TableResult {
-            schema: "main".into(),
+            schema: String::new(),
             table: ctx.db.sqlite_path().unwrap_or("").into(),
             size_before: before,
             size_after: after,
