@@ -24,15 +24,22 @@ pub enum Error {
     /// A token that cannot be sent as a header (e.g. contains a newline).
     #[error("the token contains characters that cannot be sent in a header")]
     InvalidToken,
-    /// The server answered with an error status.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    /// The server answered with an error status. (Not a `source`: the message already says all
+    /// the status does, and printing both would repeat it.)
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
     /// A local file could not be read or written.
     #[error("{0}")]
     Io(String),
     /// The server sent a response the SDK does not understand.
     #[error("malformed response: {0}")]
     Malformed(String),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Status(s)
+    }
 }
 
 impl Error {
