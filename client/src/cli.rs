@@ -106,6 +106,9 @@ pub enum Command {
         /// Skip ANALYZE.
         #[arg(long)]
         skip_analyze: bool,
+        /// Space is running out: first start every purge policy's run and every retention now.
+        #[arg(long)]
+        emergency: bool,
     },
     /// Advice from the statistics views, with the numbers behind each item.
     Recommend {
@@ -663,8 +666,19 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 }
             }
         },
-        Command::Maintenance { tables, full, skip_analyze } => {
-            let done = client.run_maintenance(&tables, full, skip_analyze).await?;
+        Command::Maintenance { tables, full, skip_analyze, emergency } => {
+            let done = if emergency {
+                let report = client.emergency_maintenance().await?;
+                for id in &report.started_runs {
+                    writeln!(out, "started run {id} (follow it with `strata archive status {id}`)")?;
+                }
+                for s in &report.skipped_policies {
+                    writeln!(out, "not started: {s}")?;
+                }
+                report.tables
+            } else {
+                client.run_maintenance(&tables, full, skip_analyze).await?
+            };
             if cli.json {
                 print_json(out, &done)?;
             } else {

@@ -29,6 +29,17 @@ pub struct TableMaintenance {
     pub duration: Duration,
 }
 
+/// What a maintenance call did.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintenanceReport {
+    /// Per table.
+    pub tables: Vec<TableMaintenance>,
+    /// Emergency: archive-service runs started (purge, retention).
+    pub started_runs: Vec<String>,
+    /// Emergency: policies not started, "name: reason".
+    pub skipped_policies: Vec<String>,
+}
+
 /// A recommendation with its evidence.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recommendation {
@@ -59,12 +70,29 @@ impl Client {
         full: bool,
         skip_analyze: bool,
     ) -> Result<Vec<TableMaintenance>, Error> {
+        Ok(self.maintenance_report(tables, full, skip_analyze, false).await?.tables)
+    }
+
+    /// Emergency maintenance: starts every purge policy's run and every retention now, then
+    /// vacuums; returns what was done and the runs started.
+    pub async fn emergency_maintenance(&self) -> Result<MaintenanceReport, Error> {
+        self.maintenance_report(&[], false, false, true).await
+    }
+
+    async fn maintenance_report(
+        &self,
+        tables: &[String],
+        full: bool,
+        skip_analyze: bool,
+        emergency: bool,
+    ) -> Result<MaintenanceReport, Error> {
         let r = self
             .maintenance()
-            .run_maintenance(pb::RunMaintenanceRequest { tables: tables.to_vec(), skip_analyze, full })
+            .run_maintenance(pb::RunMaintenanceRequest { tables: tables.to_vec(), skip_analyze, full, emergency })
             .await?
             .into_inner();
-        Ok(r.tables
+        let tables = r
+            .tables
             .into_iter()
             .map(|t| TableMaintenance {
                 schema_name: t.schema_name,
@@ -75,7 +103,8 @@ impl Client {
                 dead_rows_before: t.dead_rows_before,
                 duration: dur(t.duration),
             })
-            .collect())
+            .collect();
+        Ok(MaintenanceReport { tables, started_runs: r.started_runs, skipped_policies: r.skipped_policies })
     }
 
     /// Advice from the statistics views (thresholds 0: the server's defaults).

@@ -211,6 +211,8 @@ pub async fn delete_policy(conn: &mut Conn, id: &str, now: NaiveDateTime) -> Res
     Ok(db_run!(conn, {
         use schema::{archive_policies as p, archive_segments as s};
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            // Write first (see `lock_first` in acquire_lease).
+            diesel::update(p::table.filter(p::id.eq(id))).set(p::updated_at.eq(p::updated_at)).execute(&mut *c).await?;
             let busy = p::table
                 .filter(p::id.eq(id).and(p::lease_until.gt(now)))
                 .select(p::lease_owner)
@@ -250,6 +252,14 @@ pub async fn acquire_lease(
     Ok(db_run!(conn, {
         use schema::archive_policies as p;
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            // lock_first: a write to the policy row before any read. On PostgreSQL it locks the row
+            // (serializing lease changes); on SQLite it takes the write lock up front, because a
+            // transaction that reads first cannot upgrade to writing once another connection has
+            // committed (SQLITE_BUSY at once; the busy timeout does not apply).
+            diesel::update(p::table.filter(p::id.eq(policy)))
+                .set(p::updated_at.eq(p::updated_at))
+                .execute(&mut *c)
+                .await?;
             let (owner, lease_until) = p::table
                 .filter(p::id.eq(policy))
                 .select((p::lease_owner, p::lease_until))

@@ -336,12 +336,16 @@ pub async fn delete_file(conn: &mut Conn, id: &str) -> Result<Option<(String, bo
     let out = db_run!(conn, {
         conn.transaction(async |conn| {
             use schema::{blobs as b, files as f};
-            let Some(blake3) =
-                f::table.filter(f::id.eq(id)).select(f::blake3).first::<String>(&mut *conn).await.optional()?
+            // Write first: on SQLite a transaction that reads before its first write cannot take
+            // the write lock if another connection committed meanwhile (SQLITE_BUSY, no waiting).
+            let Some(blake3) = diesel::delete(f::table.filter(f::id.eq(id)))
+                .returning(f::blake3)
+                .get_result::<String>(&mut *conn)
+                .await
+                .optional()?
             else {
                 return Ok(None);
             };
-            diesel::delete(f::table.filter(f::id.eq(id))).execute(&mut *conn).await?;
             let (refs, key): (i64, String) = diesel::update(b::table.filter(b::blake3.eq(&blake3)))
                 .set(b::ref_count.eq(b::ref_count - 1i64))
                 .returning((b::ref_count, b::object_key))

@@ -23,6 +23,8 @@ impl MaintenanceService for MaintenanceApi {
         let r = req.into_inner();
         let tables = r.tables.iter().map(|t| maintenance::parse_table(t)).collect::<Result<Vec<_>, _>>()?;
         let started = std::time::Instant::now();
+        let (runs, skipped) =
+            if r.emergency { maintenance::emergency(&self.ctx).await? } else { (Vec::new(), Vec::new()) };
         let done = maintenance::run(&self.ctx, &tables, r.full, !r.skip_analyze).await?;
         let tables: Vec<pb::TableMaintenance> = done
             .into_iter()
@@ -40,6 +42,8 @@ impl MaintenanceService for MaintenanceApi {
             reclaimed_bytes: tables.iter().map(|t| t.reclaimed_bytes).sum(),
             tables,
             duration: Some(dur(started.elapsed())),
+            started_runs: runs,
+            skipped_policies: skipped,
         }))
     }
 

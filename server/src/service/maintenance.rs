@@ -25,6 +25,30 @@ pub struct TableResult {
     pub duration: Duration,
 }
 
+/// Emergency mode: starts every purge policy's run and every archive policy's retention now.
+/// Returns (run ids started, "policy: reason" for those that could not start).
+pub async fn emergency(ctx: &Context) -> Result<(Vec<String>, Vec<String>)> {
+    use super::archive::{self, Mode};
+    let (mut started, mut skipped) = (Vec::new(), Vec::new());
+    for p in archive::list_policies(ctx).await? {
+        let r = match (p.spec.mode, p.spec.delete_after) {
+            (Mode::Purge, _) => archive::run(ctx, &p.id).await,
+            (Mode::Archive, Some(_)) => archive::apply_retention(ctx, &p.id).await,
+            (Mode::Archive, None) => continue,
+        };
+        match r {
+            Ok(run) => started.push(run.row.id),
+            Err(e) => skipped.push(format!("{}: {e}", p.spec.name)),
+        }
+    }
+    tracing::warn!(
+        started = started.len(),
+        skipped = skipped.len(),
+        "emergency maintenance: purge and retention started"
+    );
+    Ok((started, skipped))
+}
+
 /// Parses `schema.table` or `table` (schema `public`).
 pub fn parse_table(s: &str) -> Result<(String, String)> {
     let (schema, table) = s.split_once('.').unwrap_or(("public", s));

@@ -102,3 +102,73 @@ async fn sqlite_vacuum_shrinks_the_file() {
     assert!(done[0].reclaimed_bytes > 2_000_000, "{:?}", done[0]);
     server.stop().await.unwrap();
 }
+
+async fn count(
+    c: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+    sql: &str,
+) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel_async::RunQueryDsl::get_result::<N>(diesel::sql_query(sql), c).await.unwrap().n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emergency_mode_starts_purges_and_retention_now() {
+    use strata_client::archive::{PolicyMode, RunState};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let mut c = crate::support::sqlite(&dir.path().join("strata.db")).await;
+    c.batch_execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT);
+         CREATE TABLE logs (id INTEGER PRIMARY KEY, created_at TEXT, msg TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+         INSERT INTO events SELECT i, datetime('now', '-' || i || ' days') FROM s;
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+         INSERT INTO logs SELECT i, datetime('now', '-' || i || ' days'), 'm' || i FROM s;",
+    )
+    .await
+    .unwrap();
+    let client = server.client().await;
+    let base = |name: &str, table: &str, days: u64| ArchivePolicy {
+        name: name.into(),
+        table_name: table.into(),
+        time_column: "created_at".into(),
+        key_columns: vec!["id".into()],
+        archive_after: Duration::from_secs(days * 86_400),
+        ..Default::default()
+    };
+    client
+        .create_policy(&ArchivePolicy { mode: PolicyMode::Purge, ..base("purge-events", "events", 100) })
+        .await
+        .unwrap();
+    client
+        .create_policy(&ArchivePolicy {
+            delete_after: Some(Duration::from_secs(10 * 86_400)),
+            ..base("logs", "logs", 200)
+        })
+        .await
+        .unwrap();
+    // Archive logs older than 200 days: their segments are then older than delete_after.
+    let r = client.run_archive("logs").await.unwrap();
+    assert_eq!(client.wait_archive_run(&r.id, Duration::from_millis(20)).await.unwrap().state, RunState::Succeeded);
+    assert!(!client.list_segments("logs").await.unwrap().is_empty());
+
+    let report = client.emergency_maintenance().await.unwrap();
+    assert_eq!(report.started_runs.len(), 2, "{report:?}");
+    assert!(report.skipped_policies.is_empty(), "{report:?}");
+    for id in &report.started_runs {
+        let r = client.wait_archive_run(id, Duration::from_millis(20)).await.unwrap();
+        assert_eq!(r.state, RunState::Succeeded, "{r:?}");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) AS n FROM events").await, 99, "rows 100 days and older purged");
+    assert!(client.list_segments("logs").await.unwrap().is_empty(), "expired segments deleted");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) AS n FROM logs").await,
+        199,
+        "archived rows stay archived, the rest in place"
+    );
+    server.stop().await.unwrap();
+}
