@@ -466,24 +466,24 @@ pub async fn request_cancel(conn: &mut Conn, id: &str) -> Result<bool> {
     Ok(n == 1)
 }
 
-/// Runs still marked running whose policy lease is gone or expired: their server went away.
+/// Runs still marked running whose policy lease is gone or expired: their server went away. One
+/// statement, so it sees one consistent state: a run that ends meanwhile (state written before its
+/// lease is released) is never reported.
 pub async fn orphaned_runs(conn: &mut Conn, now: NaiveDateTime) -> Result<Vec<String>> {
     Ok(db_run!(conn, {
+        use diesel::dsl::{exists, not};
         use schema::{archive_policies as p, archive_runs as r};
-        let running: Vec<(String, String)> =
-            r::table.filter(r::state.eq(state::RUNNING)).select((r::id, r::policy_id)).load(conn).await?;
-        let mut out = Vec::new();
-        for (run, policy) in running {
-            let held = p::table
-                .filter(p::id.eq(&policy).and(p::lease_owner.eq(&run)).and(p::lease_until.gt(now)))
-                .count()
-                .get_result::<i64>(conn)
-                .await?;
-            if held == 0 {
-                out.push(run);
-            }
-        }
-        out
+        r::table
+            .filter(r::state.eq(state::RUNNING))
+            .filter(not(exists(
+                p::table
+                    .filter(p::id.eq(r::policy_id))
+                    .filter(p::lease_owner.eq(r::id.nullable()))
+                    .filter(p::lease_until.gt(now)),
+            )))
+            .select(r::id)
+            .load::<String>(conn)
+            .await?
     }))
 }
 
