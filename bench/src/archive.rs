@@ -199,7 +199,7 @@ pub(crate) async fn run(rows: u64, batch_size: i32) -> anyhow::Result<()> {
     let t = Instant::now();
     let window_start = mono();
     let r = client.run_archive("chat").await?;
-    let r = client.wait_archive_run(&r.id, Duration::from_millis(5)).await?;
+    let r = client.wait_archive_run(&r.id, Duration::from_millis(25)).await?;
     let strata_secs = t.elapsed().as_secs_f64();
     println!("strata run window (CLOCK_MONOTONIC): {window_start:.6},{:.6}", mono());
     if r.state != RunState::Succeeded {
