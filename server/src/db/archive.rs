@@ -13,7 +13,7 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
 
-use super::{Conn, Error, Result};
+use super::{Conn, Error, Result, quote};
 use crate::db_run;
 
 /// Run states as stored.
@@ -705,10 +705,6 @@ struct SqliteColumn {
 struct Count {
     #[diesel(sql_type = BigInt)]
     n: i64,
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 fn sql_string(s: &str) -> String {

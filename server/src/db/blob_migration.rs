@@ -13,6 +13,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::{
     Conn, Result,
     files::{FileRow, record_file},
+    quote,
 };
 use crate::db_run;
 
@@ -41,10 +42,6 @@ struct Column {
     column_name: String,
     #[diesel(sql_type = Text)]
     data_type: String,
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[derive(QueryableByName)]

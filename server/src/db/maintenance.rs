@@ -6,11 +6,7 @@ use diesel::{
 };
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 
-use super::{Conn, Result};
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
+use super::{Conn, Result, quote};
 
 /// A user table with its size and dead rows (PostgreSQL).
 #[derive(Debug, Clone, QueryableByName)]

@@ -238,6 +238,12 @@ macro_rules! db_run {
     };
 }
 
+/// Quotes an SQL identifier (doubling embedded quotes). Callers check identifiers against the
+/// live schema first; quoting keeps even odd but real names intact.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
 /// Removes the password from a URL so it can be shown or logged.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {

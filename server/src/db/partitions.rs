@@ -9,7 +9,7 @@ use diesel::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
-use super::{Conn, Error, Result};
+use super::{Conn, Error, Result, quote};
 
 /// How long partition DDL waits for the parent's lock before giving up (the caller may retry).
 pub const DDL_LOCK_TIMEOUT: &str = "2s";
@@ -21,11 +21,6 @@ fn pg(conn: &mut Conn) -> Result<&mut AsyncPgConnection> {
             Err(Error::Unsupported("partitions need PostgreSQL; SQLite has no table partitioning".into()))
         }
     }
-}
-
-/// Quotes an identifier.
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[derive(QueryableByName)]

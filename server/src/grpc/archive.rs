@@ -7,12 +7,9 @@ use strata_client::pb::{self, archive_service_server::ArchiveService};
 use tonic::{Request, Response, Status};
 
 use super::convert::{dur, duration, time, ts};
-use crate::{
-    db::archive::{FilterSpec, SegmentRow, state},
-    service::{
-        Context, Error,
-        archive::{self, Mode, Policy, PolicySpec, Run, RunKind, Selection},
-    },
+use crate::service::{
+    Context, Error,
+    archive::{self, FilterSpec, Mode, Policy, PolicySpec, Run, RunKind, SegmentRow, Selection, state},
 };
 
 /// gRPC adapter of [`archive`].

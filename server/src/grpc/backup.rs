@@ -4,9 +4,9 @@ use strata_client::pb::{self, backup_service_server::BackupService};
 use tonic::{Request, Response, Status};
 
 use super::convert::ts;
-use crate::{
-    db::backups::{self as store, BackupRow},
-    service::{Context, Error, backup},
+use crate::service::{
+    Context, Error,
+    backup::{self, BackupRow},
 };
 
 /// gRPC adapter of [`backup`].
@@ -17,8 +17,8 @@ pub(super) struct BackupApi {
 fn backup_pb(b: BackupRow) -> pb::Backup {
     pb::Backup {
         state: match b.state.as_str() {
-            store::RUNNING => pb::BackupState::Running,
-            store::SUCCEEDED => pb::BackupState::Succeeded,
+            backup::RUNNING => pb::BackupState::Running,
+            backup::SUCCEEDED => pb::BackupState::Succeeded,
             _ => pb::BackupState::Failed,
         } as i32,
         id: b.id,

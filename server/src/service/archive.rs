@@ -15,14 +15,14 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, ident, now, store_unavailable};
 use crate::db::{
     self,
-    archive::{
-        self as store, Batch, BatchError, BatchOutcome, DueRow, FilterSpec, PolicyRow, RunRow, Sealed, SegmentRow,
-        TableSpec, state,
-    },
+    archive::{self as store, Batch, BatchError, BatchOutcome, DueRow, PolicyRow, RunRow, Sealed, TableSpec},
 };
+
+/// Catalog shapes the gRPC edge encodes as they are.
+pub use crate::db::archive::{FilterSpec, SegmentRow, state};
 
 /// zstd level of segments: level 3 (zstd's default) compresses chat-like text ≈ 3× at several
 /// hundred MB/s per core, fast enough that the database, not compression, bounds a run.
@@ -76,14 +76,6 @@ pub struct PolicySpec {
     pub batch_size: i64,
     /// Archive or purge.
     pub mode: Mode,
-}
-
-fn ident(what: &str, s: &str) -> Result<()> {
-    // 63 bytes is PostgreSQL's identifier limit; the live schema decides the rest.
-    if s.is_empty() || s.len() > 63 || s.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!("{what} {s:?} is not a valid identifier")));
-    }
-    Ok(())
 }
 
 impl PolicySpec {
@@ -299,11 +291,6 @@ pub enum Selection {
     },
     /// These ids.
     Ids(Vec<String>),
-}
-
-fn now() -> NaiveDateTime {
-    let n = Utc::now();
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
 }
 
 fn micros_to_time(us: i64) -> Option<NaiveDateTime> {
@@ -725,10 +712,10 @@ async fn clean_pending(ctx: &Context, p: &Policy, run: &RunRow) -> Result<()> {
     // A pending segment's object key holds the rows' month, known only once written, so the
     // table's archive prefix is listed once — only after an interruption.
     let ids: HashSet<&str> = doomed.iter().map(String::as_str).collect();
-    for o in ctx.objects.list(&table_prefix(p)).await.map_err(unavailable)? {
+    for o in ctx.objects.list(&table_prefix(p)).await.map_err(store_unavailable)? {
         let stem = o.key.rsplit('/').next().unwrap_or("").trim_end_matches(".jsonl.zst");
         if ids.contains(stem) {
-            ctx.objects.delete(&o.key).await.map_err(unavailable)?;
+            ctx.objects.delete(&o.key).await.map_err(store_unavailable)?;
         }
     }
     let mut conn = ctx.db.write().await?;
@@ -747,7 +734,7 @@ async fn discard(ctx: &Context, segment_id: &str, object_key: Option<String>) ->
     }
     drop(conn);
     if let Some(key) = object_key {
-        ctx.objects.delete(&key).await.map_err(unavailable)?;
+        ctx.objects.delete(&key).await.map_err(store_unavailable)?;
     }
     store::delete_segment(&mut ctx.db.write().await?, segment_id).await?;
     Ok(())
@@ -756,10 +743,6 @@ async fn discard(ctx: &Context, segment_id: &str, object_key: Option<String>) ->
 /// The run's lease went to another run (this one stopped renewing it in time).
 fn lease_lost() -> Error {
     Error::FailedPrecondition("another run took the policy over (lease expired)".into())
-}
-
-fn unavailable(e: crate::objects::Error) -> Error {
-    Error::Unavailable(e.to_string())
 }
 
 /// Batches in flight at once on PostgreSQL: while one batch's segment is compressed and uploaded,
@@ -971,15 +954,15 @@ async fn seal(
     let size = compressed.len() as u64;
     let compressed_at = started.elapsed();
     *written.lock().expect("lock") = Some(object_key.clone());
-    let mut w = ctx.objects.begin_write(&object_key, Some(size)).await.map_err(unavailable)?;
-    w.write(compressed).await.map_err(unavailable)?;
-    w.finish().await.map_err(unavailable)?;
+    let mut w = ctx.objects.begin_write(&object_key, Some(size)).await.map_err(store_unavailable)?;
+    w.write(compressed).await.map_err(store_unavailable)?;
+    w.finish().await.map_err(store_unavailable)?;
     let written_at = started.elapsed();
     // Verify what the store holds before the rows are deleted.
     let mut h = Sha256::new();
     let mut read = 0u64;
-    let mut s = ctx.objects.get(&object_key, 0, None).await.map_err(unavailable)?;
-    while let Some(chunk) = s.try_next().await.map_err(unavailable)? {
+    let mut s = ctx.objects.get(&object_key, 0, None).await.map_err(store_unavailable)?;
+    while let Some(chunk) = s.try_next().await.map_err(store_unavailable)? {
         read += chunk.len() as u64;
         h.update(&chunk);
     }
@@ -1082,9 +1065,9 @@ async fn load_segment(ctx: &Context, s: &SegmentRow) -> Result<Vec<u8>> {
         crate::objects::Error::NotFound(_) => {
             Error::DataLoss(format!("segment {} object {} is missing", s.id, s.object_key))
         }
-        e => unavailable(e),
+        e => store_unavailable(e),
     })?;
-    while let Some(chunk) = stream.try_next().await.map_err(unavailable)? {
+    while let Some(chunk) = stream.try_next().await.map_err(store_unavailable)? {
         body.extend_from_slice(&chunk);
     }
     let expected = s.sha256.clone();
@@ -1164,7 +1147,7 @@ async fn retention(ctx: &Context, p: &Policy, run: &RunRow, cutoff: DateTime<Utc
         // next retention run finishes the job (deleting a missing object succeeds).
         store::set_segment_state(&mut conn, &s.id, state::DELETING).await?;
         drop(conn);
-        ctx.objects.delete(&s.object_key).await.map_err(unavailable)?;
+        ctx.objects.delete(&s.object_key).await.map_err(store_unavailable)?;
         let mut conn = ctx.db.write().await?;
         store::delete_segment(&mut conn, &s.id).await?;
         let progress = store::Progress {

@@ -8,16 +8,19 @@
 use std::{collections::HashSet, path::PathBuf, process::Stdio, time::Duration};
 
 use bytes::Bytes;
-use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
+use chrono::{Datelike, NaiveDateTime};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, now, store_unavailable};
 use crate::db::{
     self,
-    backups::{self as store, BackupRow},
+    backups::{self as store},
 };
+
+/// A backup as stored, and its states: what the gRPC edge encodes.
+pub use crate::db::backups::{BackupRow, FAILED, RUNNING, SUCCEEDED};
 
 /// A running backup refreshes its heartbeat this often ...
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -35,11 +38,6 @@ pub struct Retention {
     pub weekly: usize,
     /// The newest backup of each of the last N months.
     pub monthly: usize,
-}
-
-fn now() -> NaiveDateTime {
-    let n = Utc::now();
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
 }
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
@@ -148,10 +146,6 @@ async fn run(ctx: Context, mut row: BackupRow) {
     }
 }
 
-fn unavailable(e: crate::objects::Error) -> Error {
-    Error::Unavailable(e.to_string())
-}
-
 fn tool(ctx: &Context, name: &str) -> PathBuf {
     match &ctx.config.pg_bin_dir {
         Some(dir) => dir.join(name),
@@ -200,7 +194,7 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
         let _ = stderr.read_to_string(&mut s).await;
         s
     });
-    let mut w = ctx.objects.begin_write(&row.object_key, None).await.map_err(unavailable)?;
+    let mut w = ctx.objects.begin_write(&row.object_key, None).await.map_err(store_unavailable)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let copied: Result<()> = async {
@@ -216,7 +210,7 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
             }
             hash.update(&buf);
             size += n as u64;
-            w.write(Bytes::from(buf)).await.map_err(unavailable)?;
+            w.write(Bytes::from(buf)).await.map_err(store_unavailable)?;
         }
     }
     .await;
@@ -230,7 +224,7 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
         let _ = w.abort().await;
         return Err(Error::FailedPrecondition(format!("pg_dump failed ({status}): {}", stderr.trim())));
     }
-    w.finish().await.map_err(unavailable)?;
+    w.finish().await.map_err(store_unavailable)?;
     let sha256 = hex::encode(hash.finalize());
 
     // The check reads the object back, not the bytes just sent: what the store holds is what counts.
@@ -243,14 +237,14 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
         .spawn()
         .map_err(|e| Error::FailedPrecondition(format!("cannot run pg_restore: {e} (set pg_bin_dir)")))?;
     let mut stdin = check.stdin.take().expect("piped");
-    let mut stream = ctx.objects.get(&row.object_key, 0, None).await.map_err(unavailable)?;
+    let mut stream = ctx.objects.get(&row.object_key, 0, None).await.map_err(store_unavailable)?;
     let mut reread = Sha256::new();
     let feed = async {
-        while let Some(chunk) = stream.try_next().await.map_err(unavailable)? {
+        while let Some(chunk) = stream.try_next().await.map_err(store_unavailable)? {
             reread.update(&chunk);
             if stdin.write_all(&chunk).await.is_err() {
                 // pg_restore stopped reading (it needs only the table of contents); keep hashing.
-                while let Some(chunk) = stream.try_next().await.map_err(unavailable)? {
+                while let Some(chunk) = stream.try_next().await.map_err(store_unavailable)? {
                     reread.update(&chunk);
                 }
                 break;
@@ -291,7 +285,7 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
         }
     }
     let mut file = tokio::fs::File::open(&snapshot).await.map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?;
-    let mut w = ctx.objects.begin_write(&row.object_key, None).await.map_err(unavailable)?;
+    let mut w = ctx.objects.begin_write(&row.object_key, None).await.map_err(store_unavailable)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -305,10 +299,10 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
         size += n as u64;
         if let Err(e) = w.write(Bytes::from(buf)).await {
             let _ = w.abort().await;
-            return Err(unavailable(e));
+            return Err(store_unavailable(e));
         }
     }
-    w.finish().await.map_err(unavailable)?;
+    w.finish().await.map_err(store_unavailable)?;
     let sha256 = hex::encode(hash.finalize());
 
     // Download the stored copy and open it.
@@ -316,8 +310,8 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
     let _cleanup_check = RemoveOnDrop(check.clone());
     let mut out = tokio::fs::File::create(&check).await.map_err(|e| Error::Unavailable(format!("check copy: {e}")))?;
     let mut reread = Sha256::new();
-    let mut stream = ctx.objects.get(&row.object_key, 0, None).await.map_err(unavailable)?;
-    while let Some(chunk) = stream.try_next().await.map_err(unavailable)? {
+    let mut stream = ctx.objects.get(&row.object_key, 0, None).await.map_err(store_unavailable)?;
+    while let Some(chunk) = stream.try_next().await.map_err(store_unavailable)? {
         reread.update(&chunk);
         out.write_all(&chunk).await.map_err(|e| Error::Unavailable(format!("check copy: {e}")))?;
     }
@@ -387,7 +381,7 @@ async fn rotate(ctx: &Context) -> Result<usize> {
     let kept = keep(&listed, ctx.config.backup_retention);
     let mut removed = 0;
     for b in all.iter().filter(|b| !kept.contains(&b.id)) {
-        ctx.objects.delete(&b.object_key).await.map_err(unavailable)?;
+        ctx.objects.delete(&b.object_key).await.map_err(store_unavailable)?;
         store::delete(&mut ctx.db.write().await?, &b.id).await?;
         removed += 1;
     }

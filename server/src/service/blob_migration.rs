@@ -6,10 +6,10 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, ident, now};
 use crate::db::{
     BackendKind,
     blob_migration::{self as store, MigrationRow, Target},
@@ -39,14 +39,6 @@ pub struct StartRequest {
     pub owner: String,
     /// MIME type of created files.
     pub content_type: String,
-}
-
-fn ident(what: &str, s: &str) -> Result<()> {
-    // PostgreSQL identifiers are at most 63 bytes; the live schema decides the rest.
-    if s.is_empty() || s.len() > 63 || s.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!("{what} {s:?} is not a valid identifier")));
-    }
-    Ok(())
 }
 
 impl StartRequest {
@@ -101,11 +93,6 @@ impl From<MigrationRow> for Migration {
             updated_at: r.updated_at.and_utc(),
         }
     }
-}
-
-fn now() -> NaiveDateTime {
-    let n = Utc::now();
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
 }
 
 async fn target(ctx: &Context, r: &MigrationRow) -> Result<Target> {

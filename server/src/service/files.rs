@@ -14,11 +14,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use sha2::Digest as _;
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, now};
 use crate::{
     db::files::{self as store, FileFilter, FileRow, UploadRow},
     objects::{self, ByteStream, ObjectWriter},
@@ -290,12 +290,6 @@ impl UploadSessions {
     fn existing(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Option<Session>>>> {
         self.sessions.lock().expect("sessions lock").get(id).cloned()
     }
-}
-
-fn now() -> NaiveDateTime {
-    let n = Utc::now();
-    // Microseconds: what PostgreSQL stores, so values read back compare equal.
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
 }
 
 fn new_id() -> String {

@@ -51,6 +51,26 @@ pub enum Error {
 /// Result alias of this layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Now, at microsecond precision: what PostgreSQL stores, so values read back compare equal.
+pub(crate) fn now() -> chrono::NaiveDateTime {
+    let n = Utc::now();
+    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
+}
+
+/// Checks the shape of an SQL identifier from a client (63 bytes is PostgreSQL's limit); whether
+/// it exists is for the live schema to say.
+pub(crate) fn ident(what: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > 63 || s.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!("{what} {s:?} is not a valid identifier")));
+    }
+    Ok(())
+}
+
+/// An object-store failure during background work: the store is unavailable for now.
+pub(crate) fn store_unavailable(e: crate::objects::Error) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
 /// What every service needs: the database and the server's identity.
 #[derive(Clone)]
 pub struct Context {

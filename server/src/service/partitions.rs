@@ -3,10 +3,11 @@
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, ident};
 use crate::db::{
     self,
-    partitions::{self as store, PartitionRow, quote},
+    partitions::{self as store, PartitionRow},
+    quote,
 };
 
 /// Length of one partition.
@@ -108,13 +109,6 @@ pub struct Health {
     pub default_rows: i64,
     /// How far ahead of now the newest partition reaches.
     pub coverage_ahead: std::time::Duration,
-}
-
-fn ident(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.len() > 63 || s.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!("{what} {s:?} is not a valid identifier")));
-    }
-    Ok(())
 }
 
 /// Checks the table is range-partitioned on one time column.
