@@ -80,7 +80,12 @@ async fn postgres_dump_streams_to_s3_restores_and_rotates() {
         last = client.wait_backup(&b.id, Duration::from_millis(50)).await.unwrap();
         assert_eq!(last.state, BackupState::Succeeded);
     }
-    let listed = client.list_backups(100).await.unwrap();
+    // Rotation follows the checked backup's record (moments after it reads Succeeded).
+    let listed = crate::support::eventually("rotation", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { client.list_backups(100).await.ok().filter(|l| l.len() == 1) }
+    })
+    .await;
     assert_eq!(listed.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), vec![last.id.as_str()]);
     assert!(!path.exists(), "rotated-out backup's object is gone");
     assert!(s3.root.join("strata-backups").join(&last.object_key).exists());
