@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/backup.proto",
     "strata/v1/partitions.proto",
     "strata/v1/maintenance.proto",
+    "strata/v1/scheduler.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

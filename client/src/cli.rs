@@ -1,6 +1,7 @@
 //! The `strata` command line, as a library so tests can drive it in-process.
 
 mod archive;
+mod jobs;
 
 use std::{io::Write, process::ExitCode};
 
@@ -125,6 +126,16 @@ pub enum Command {
     Backup {
         #[command(subcommand)]
         command: BackupCommand,
+    },
+    /// Scheduled jobs: list, create, run now, pause, resume, history.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
+    /// Start, stop or inspect the scheduler across every instance.
+    Scheduler {
+        #[command(subcommand)]
+        command: jobs::SchedulerCommand,
     },
     /// gRPC health status (exit code 1 unless SERVING).
     Health {
@@ -383,18 +394,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
                 if let Some(c) = &i.config {
                     writeln!(
                         out,
-                        "listen {}  objects {}  pool {} (acquire {:?})  statement timeout {:?}  max replica lag {:?}  sampler {}  tokens {}{}",
+                        "listen {}  objects {}  pool {} (acquire {:?})  statement timeout {:?}  max replica lag {:?}  scheduler {}  tokens {}{}",
                         c.listen_address,
                         c.object_store_url,
                         c.pool_max_size,
                         c.pool_acquire_timeout,
                         c.statement_timeout,
                         c.max_replica_lag,
-                        if c.metrics_sample_interval.is_zero() {
-                            "off".to_string()
-                        } else {
-                            format!("{:?}", c.metrics_sample_interval)
-                        },
+                        if c.run_scheduler { "on" } else { "off" },
                         c.auth_token_count,
                         if c.loopback_only { " (loopback only)" } else { "" }
                     )?;
@@ -838,6 +845,16 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         },
         Command::Archive { command } => {
             if !archive::run(&client, command, cli.json, out).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Jobs { command } => {
+            if !jobs::run_jobs(&client, command, cli.json, out).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Scheduler { command } => {
+            if !jobs::run_scheduler(&client, command, cli.json, out).await? {
                 return Ok(ExitCode::FAILURE);
             }
         }

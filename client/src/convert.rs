@@ -64,7 +64,7 @@ impl TryFrom<pb::GetInfoResponse> for ServerInfo {
             pool_acquire_timeout: dur(c.pool_acquire_timeout).unwrap_or_default(),
             statement_timeout: dur(c.statement_timeout).unwrap_or_default(),
             max_replica_lag: dur(c.max_replica_lag).unwrap_or_default(),
-            metrics_sample_interval: dur(c.metrics_sample_interval).unwrap_or_default(),
+            run_scheduler: c.run_scheduler,
             auth_token_count: c.auth_token_count,
             loopback_only: c.loopback_only,
         });

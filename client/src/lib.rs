@@ -21,6 +21,7 @@ mod convert;
 mod files;
 pub mod maintenance;
 pub mod partitions;
+pub mod scheduler;
 pub mod types;
 
 pub use client::{Client, Error, HealthStatus};

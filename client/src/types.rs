@@ -102,9 +102,8 @@ pub struct ConfigSummary {
     /// Max replica lag tolerated for reads.
     #[serde(with = "secs", rename = "max_replica_lag_seconds")]
     pub max_replica_lag: Duration,
-    /// Sampler interval (zero: disabled).
-    #[serde(with = "secs", rename = "metrics_sample_interval_seconds")]
-    pub metrics_sample_interval: Duration,
+    /// Whether this instance runs scheduled jobs.
+    pub run_scheduler: bool,
     /// Number of configured tokens.
     pub auth_token_count: u32,
     /// Whether only loopback clients are accepted.

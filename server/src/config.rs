@@ -14,7 +14,10 @@
 //! | `connect_timeout`          | `STRATA_CONNECT_TIMEOUT`       | 3s                                   |
 //! | `max_replica_lag`          | `STRATA_MAX_REPLICA_LAG`       | 10s                                  |
 //! | `health_check_interval`    | `STRATA_HEALTH_CHECK_INTERVAL` | 500ms                                |
-//! | `metrics_sample_interval`  | `STRATA_METRICS_SAMPLE_INTERVAL` | 5m (0 disables)                    |
+//! | `run_scheduler`            | `STRATA_RUN_SCHEDULER`         | true                                 |
+//! | `scheduler_poll_interval`  | `STRATA_SCHEDULER_POLL_INTERVAL` | 1s                                 |
+//! | `scheduler_catch_up`       | `STRATA_SCHEDULER_CATCH_UP`    | 10m                                  |
+//! | `job_history`              | `STRATA_JOB_HISTORY`           | 100 runs per job                     |
 //! | `startup_timeout`          | `STRATA_STARTUP_TIMEOUT`       | 60s                                  |
 //! | `tokens` / `--auth-token`  | `STRATA_AUTH_TOKENS` (comma)   | none: loopback clients only          |
 //! | `log_format`               | `STRATA_LOG_FORMAT`            | `text` (`json` for log shippers)     |
@@ -161,9 +164,21 @@ pub struct ConfigArgs {
     /// How often every database node is probed (drives health status and read routing).
     #[arg(long, env = "STRATA_HEALTH_CHECK_INTERVAL", value_parser = parse_duration, global = true)]
     pub health_check_interval: Option<Duration>,
-    /// How often a storage metrics snapshot is stored for growth analysis; 0 disables the sampler.
-    #[arg(long, env = "STRATA_METRICS_SAMPLE_INTERVAL", value_parser = parse_duration, global = true)]
-    pub metrics_sample_interval: Option<Duration>,
+    /// Whether this instance runs scheduled jobs (false: it serves RPCs only). Any number of
+    /// instances may: each occurrence of a job runs exactly once among them.
+    #[arg(long, env = "STRATA_RUN_SCHEDULER", global = true)]
+    pub run_scheduler: Option<bool>,
+    /// How often the scheduler looks for due jobs and lapsed runs: the delay between a job's
+    /// time and its start is at most this.
+    #[arg(long, env = "STRATA_SCHEDULER_POLL_INTERVAL", value_parser = parse_duration, global = true)]
+    pub scheduler_poll_interval: Option<Duration>,
+    /// Occurrences missed (no instance up, or the job's previous run still going) are run late
+    /// when they are at most this old; older ones are recorded once as `missed`.
+    #[arg(long, env = "STRATA_SCHEDULER_CATCH_UP", value_parser = parse_duration, global = true)]
+    pub scheduler_catch_up: Option<Duration>,
+    /// Finished runs kept per job (older ones are pruned).
+    #[arg(long, env = "STRATA_JOB_HISTORY", global = true)]
+    pub job_history: Option<i64>,
     /// How long start-up waits for the primary database before giving up.
     #[arg(long, env = "STRATA_STARTUP_TIMEOUT", value_parser = parse_duration, global = true)]
     pub startup_timeout: Option<Duration>,
@@ -239,8 +254,12 @@ struct FileConfig {
     max_replica_lag: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     health_check_interval: Option<Duration>,
+    run_scheduler: Option<bool>,
     #[serde(default, with = "humantime_serde")]
-    metrics_sample_interval: Option<Duration>,
+    scheduler_poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    scheduler_catch_up: Option<Duration>,
+    job_history: Option<i64>,
     #[serde(default, with = "humantime_serde")]
     startup_timeout: Option<Duration>,
     tokens: Option<Vec<TokenSpec>>,
@@ -284,8 +303,14 @@ pub struct Config {
     pub max_replica_lag: Duration,
     /// Probe interval.
     pub health_check_interval: Duration,
-    /// Sampler interval (zero: off).
-    pub metrics_sample_interval: Duration,
+    /// This instance runs scheduled jobs.
+    pub run_scheduler: bool,
+    /// Scheduler poll interval.
+    pub scheduler_poll_interval: Duration,
+    /// How late a missed occurrence may still run.
+    pub scheduler_catch_up: Duration,
+    /// Finished runs kept per job.
+    pub job_history: i64,
     /// Start-up wait for the primary.
     pub startup_timeout: Duration,
     /// Configured tokens.
@@ -332,7 +357,12 @@ impl Default for Config {
             max_replica_lag: Duration::from_secs(10),
             // Probing twice a second reports a lost primary well within two seconds.
             health_check_interval: Duration::from_millis(500),
-            metrics_sample_interval: Duration::from_secs(300),
+            run_scheduler: true,
+            // Once a second: jobs start within a second of their time, and an idle poll is two
+            // indexed queries.
+            scheduler_poll_interval: Duration::from_secs(1),
+            scheduler_catch_up: Duration::from_secs(600),
+            job_history: 100,
             startup_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
             log_format: LogFormat::Text,
@@ -399,11 +429,14 @@ impl Config {
                 file.health_check_interval,
                 d.health_check_interval,
             ),
-            metrics_sample_interval: pick(
-                args.metrics_sample_interval,
-                file.metrics_sample_interval,
-                d.metrics_sample_interval,
+            run_scheduler: args.run_scheduler.or(file.run_scheduler).unwrap_or(d.run_scheduler),
+            scheduler_poll_interval: pick(
+                args.scheduler_poll_interval,
+                file.scheduler_poll_interval,
+                d.scheduler_poll_interval,
             ),
+            scheduler_catch_up: pick(args.scheduler_catch_up, file.scheduler_catch_up, d.scheduler_catch_up),
+            job_history: args.job_history.or(file.job_history).unwrap_or(d.job_history),
             startup_timeout: pick(args.startup_timeout, file.startup_timeout, d.startup_timeout),
             tokens: if args.auth_tokens.is_empty() {
                 file.tokens.unwrap_or_default()
@@ -445,6 +478,7 @@ impl Config {
             ("statement_timeout", self.statement_timeout),
             ("upload_expiry", self.upload_expiry),
             ("run_lease", self.run_lease),
+            ("scheduler_poll_interval", self.scheduler_poll_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
@@ -455,6 +489,9 @@ impl Config {
                 "s3_part_size must be at least {}",
                 crate::objects::MIN_PART_SIZE
             )));
+        }
+        if self.job_history < 1 {
+            return Err(ConfigError::Invalid("job_history must be at least 1".into()));
         }
         if self.s3_concurrency == 0 {
             return Err(ConfigError::Invalid("s3_concurrency must be at least 1".into()));
@@ -519,7 +556,7 @@ mod tests {
         let c = Config::load(&ConfigArgs { config: Some(path), ..Default::default() }).unwrap();
         let d = Config::default();
         assert_eq!((c.listen, c.pool_max_size, c.statement_timeout), (d.listen, d.pool_max_size, d.statement_timeout));
-        assert_eq!(c.metrics_sample_interval, d.metrics_sample_interval);
+        assert_eq!(c.scheduler_poll_interval, d.scheduler_poll_interval);
     }
 
     #[test]

@@ -102,11 +102,14 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     let jobs_cancel = CancellationToken::new();
     let mut jobs =
         vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
-    // Expiry is checked a few times per expiry period, at least every minute.
-    let expiry_check = (ctx.config.upload_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    jobs.push(tokio::spawn(jobs::expire_uploads(ctx.clone(), expiry_check, jobs_cancel.clone())));
-    if !ctx.config.metrics_sample_interval.is_zero() {
-        jobs.push(tokio::spawn(jobs::sampler(ctx.clone(), ctx.config.metrics_sample_interval, jobs_cancel.clone())));
+    match service::scheduler::ensure_builtin(&ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "built-in jobs created"),
+        Err(e) => tracing::error!(error = %e, "creating the built-in jobs failed"),
+    }
+    if ctx.config.run_scheduler {
+        let every = ctx.config.scheduler_poll_interval;
+        jobs.push(tokio::spawn(jobs::scheduler(ctx.clone(), every, jobs_cancel.clone())));
     }
     if let Err(e) = service::blob_migration::resume_all(&ctx).await {
         tracing::error!(error = %e, "resuming blob migrations failed");

@@ -23,7 +23,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
 }
 
-/// A configuration suited to tests: port 0, fast health checks, no sampler, short timeouts.
+/// A configuration suited to tests: port 0, fast health checks, no scheduled jobs (tests that want them turn them on), short timeouts.
 pub fn test_config(database_url: String, replica_urls: Vec<String>, objects: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -36,7 +36,8 @@ pub fn test_config(database_url: String, replica_urls: Vec<String>, objects: &Pa
         connect_timeout: Duration::from_secs(2),
         max_replica_lag: Duration::from_secs(10),
         health_check_interval: Duration::from_millis(200),
-        metrics_sample_interval: Duration::ZERO,
+        run_scheduler: false,
+        scheduler_poll_interval: Duration::from_millis(100),
         startup_timeout: Duration::from_secs(30),
         tokens: Vec::new(),
         ..Config::default()

@@ -11,6 +11,7 @@ pub mod files;
 pub mod maintenance;
 pub mod migrations;
 pub mod partitions;
+pub mod scheduler;
 pub mod schema;
 pub mod snapshots;
 pub mod stats;

@@ -191,4 +191,45 @@ catalog! {
         table_name -> [Text],
         detached_at -> [Timestamp],
     }
+    scheduler_state (id) sqlite "strata_scheduler_state" {
+        id -> [BigInt],
+        running -> [Bool],
+        changed_by -> [Text],
+        changed_at -> [Timestamp],
+    }
+    scheduler_instances (id) sqlite "strata_scheduler_instances" {
+        id -> [Text],
+        host -> [Text],
+        pid -> [BigInt],
+        started_at -> [Timestamp],
+        last_seen -> [Timestamp],
+    }
+    jobs (name) sqlite "strata_jobs" {
+        name -> [Text],
+        kind -> [Text],
+        target -> [Text],
+        options -> [Text],
+        schedule -> [Text],
+        time_zone -> [Text],
+        enabled -> [Bool],
+        timeout_ms -> [BigInt],
+        builtin -> [Bool],
+        next_due -> [Nullable<Timestamp>],
+        created_at -> [Timestamp],
+        updated_at -> [Timestamp],
+    }
+    job_runs (id) sqlite "strata_job_runs" {
+        id -> [Text],
+        job_name -> [Text],
+        scheduled_for -> [Timestamp],
+        run_trigger -> [Text],
+        state -> [Text],
+        owner -> [Text],
+        attempt -> [BigInt],
+        lease_until -> [Nullable<Timestamp>],
+        started_at -> [Timestamp],
+        finished_at -> [Nullable<Timestamp>],
+        message -> [Text],
+        error -> [Nullable<Text>],
+    }
 }

@@ -48,7 +48,7 @@ impl AdminService for AdminApi {
                 pool_acquire_timeout: Some(dur(c.pool_acquire_timeout)),
                 statement_timeout: Some(dur(c.statement_timeout)),
                 max_replica_lag: Some(dur(c.max_replica_lag)),
-                metrics_sample_interval: Some(dur(c.metrics_sample_interval)),
+                run_scheduler: c.run_scheduler,
                 auth_token_count: c.auth_token_count,
                 loopback_only: c.loopback_only,
             }),

@@ -50,6 +50,11 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.BackupService/ListBackups",
         "/strata.v1.PartitionService/GetPartitionHealth",
         "/strata.v1.MaintenanceService/GetRecommendations",
+        "/strata.v1.SchedulerService/GetSchedulerStatus",
+        "/strata.v1.SchedulerService/ListJobs",
+        "/strata.v1.SchedulerService/GetJob",
+        "/strata.v1.SchedulerService/ListJobRuns",
+        "/strata.v1.SchedulerService/GetJobRun",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

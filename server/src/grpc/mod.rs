@@ -8,6 +8,7 @@ mod convert;
 mod files;
 mod maintenance;
 mod partitions;
+mod scheduler;
 mod status;
 mod storage;
 
@@ -17,7 +18,7 @@ use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, archive_service_server::ArchiveServiceServer,
     backup_service_server::BackupServiceServer, file_service_server::FileServiceServer,
     maintenance_service_server::MaintenanceServiceServer, partition_service_server::PartitionServiceServer,
-    storage_service_server::StorageServiceServer,
+    scheduler_service_server::SchedulerServiceServer, storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <BackupServiceServer<backup::BackupApi> as tonic::server::NamedService>::NAME,
     <PartitionServiceServer<partitions::PartitionApi> as tonic::server::NamedService>::NAME,
     <MaintenanceServiceServer<maintenance::MaintenanceApi> as tonic::server::NamedService>::NAME,
+    <SchedulerServiceServer<scheduler::SchedulerApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -101,7 +103,8 @@ pub async fn serve(
         .add_service(ArchiveServiceServer::new(archive::ArchiveApi { ctx: ctx.clone() }))
         .add_service(BackupServiceServer::new(backup::BackupApi { ctx: ctx.clone() }))
         .add_service(PartitionServiceServer::new(partitions::PartitionApi { ctx: ctx.clone() }))
-        .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx }))
+        .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx: ctx.clone() }))
+        .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Context, files, metrics};
+use crate::service::{Context, scheduler};
 
 /// Probes every database node each `interval`: drives read routing and the health service.
 pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken) {
@@ -19,31 +19,27 @@ pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken
     }
 }
 
-/// Stores a storage-metrics snapshot each `interval` (growth history for `GetGrowth`).
-pub async fn sampler(ctx: Context, interval: Duration, cancel: CancellationToken) {
+/// The scheduler loop of this instance: polls for due jobs and lapsed runs each `interval`
+/// (see `service::scheduler`). The runs it starts are cancelled by `ctx.background` at shutdown.
+pub async fn scheduler(ctx: Context, interval: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tick.tick() => match metrics::record_snapshot(&ctx).await {
-                Ok(s) => tracing::debug!(snapshot = s.id, tables = s.table_count, bytes = s.database_size_bytes, "metrics snapshot stored"),
-                Err(e) => tracing::warn!(error = %e, "metrics snapshot failed; retrying at the next interval"),
+            _ = tick.tick() => match scheduler::poll(&ctx).await {
+                Ok(()) => failing = false,
+                // Logged once per outage, not once per poll.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "scheduler poll failed; retrying every poll interval");
+                }
+                Err(_) => {}
             },
         }
     }
-}
-
-/// Expires abandoned uploads each `interval` and discards their partial objects.
-pub async fn expire_uploads(ctx: Context, interval: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => if let Err(e) = files::expire_uploads(&ctx).await {
-                tracing::warn!(error = %e, "expiring uploads failed; retrying at the next interval");
-            },
-        }
+    if let Err(e) = scheduler::forget_self(&ctx).await {
+        tracing::debug!(error = %e, "could not remove this instance from the scheduler's list");
     }
 }

@@ -33,8 +33,8 @@ pub struct ConfigSummary {
     pub statement_timeout: Duration,
     /// Max replica lag.
     pub max_replica_lag: Duration,
-    /// Sampler interval.
-    pub metrics_sample_interval: Duration,
+    /// Runs scheduled jobs.
+    pub run_scheduler: bool,
     /// Token count.
     pub auth_token_count: u32,
     /// Loopback-only mode.
@@ -89,7 +89,7 @@ pub fn info(ctx: &Context) -> ServerInfo {
             pool_acquire_timeout: c.pool_acquire_timeout,
             statement_timeout: c.statement_timeout,
             max_replica_lag: c.max_replica_lag,
-            metrics_sample_interval: c.metrics_sample_interval,
+            run_scheduler: c.run_scheduler,
             auth_token_count: u32::try_from(c.tokens.len()).unwrap_or(u32::MAX),
             loopback_only: c.tokens.is_empty(),
         },

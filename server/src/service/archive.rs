@@ -216,7 +216,8 @@ pub enum RunKind {
 }
 
 impl RunKind {
-    fn as_str(self) -> &'static str {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Archive => "archive",
             RunKind::Purge => "purge",

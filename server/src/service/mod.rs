@@ -9,6 +9,7 @@ pub mod files;
 pub mod maintenance;
 pub mod metrics;
 pub mod partitions;
+pub mod scheduler;
 
 use std::time::Instant;
 
@@ -93,6 +94,8 @@ pub struct Context {
     pub started_at: DateTime<Utc>,
     /// Monotonic start time, for uptime.
     pub started: Instant,
+    /// This process among strata instances (`host:pid:random`): owner of the job runs it holds.
+    pub instance_id: String,
 }
 
 impl Context {
@@ -114,6 +117,12 @@ impl Context {
             config: std::sync::Arc::new(config),
             started_at: Utc::now(),
             started: Instant::now(),
+            instance_id: format!(
+                "{}:{}:{}",
+                scheduler::host_name(),
+                std::process::id(),
+                &uuid::Uuid::now_v7().simple().to_string()[24..]
+            ),
         }
     }
 }

@@ -5,6 +5,7 @@ use strata_client::{
     Client, Error, HealthStatus,
     archive::ArchivePolicy,
     partitions::PartitionInterval::Monthly,
+    scheduler::{JobChanges, JobKind, JobSpec},
     types::{FileQuery, GrowthQuery, UploadOptions},
 };
 use strata_tests::{
@@ -62,7 +63,37 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("ArchivePartitions", code(c.archive_partitions(MISSING).await)),
         ("RunMaintenance", code(c.run_maintenance(&["missing_table".into()], false, false).await)),
         ("GetRecommendations", code(c.recommendations(0, 0).await)),
+        ("GetSchedulerStatus", code(c.scheduler_status().await)),
+        ("StopScheduler", code(c.stop_scheduler().await)),
+        ("StartScheduler", code(c.start_scheduler().await)),
+        ("ListJobs", code(c.list_jobs().await)),
+        ("GetJob", code(c.job(MISSING).await)),
+        ("CreateJob", code(c.create_job(&bad_job()).await)),
+        (
+            "UpdateJob",
+            code(c.update_job(MISSING, JobChanges { schedule: Some("@daily".into()), ..Default::default() }).await),
+        ),
+        ("DeleteJob", code(c.delete_job(MISSING).await)),
+        ("PauseJob", code(c.pause_job(MISSING).await)),
+        ("ResumeJob", code(c.resume_job(MISSING).await)),
+        ("RunJobNow", code(c.run_job_now(MISSING).await)),
+        ("ListJobRuns", code(c.list_job_runs(None, 10).await)),
+        ("GetJobRun", code(c.job_run(MISSING).await)),
     ]
+}
+
+/// A job the server refuses (no such policy): authorized calls change nothing.
+fn bad_job() -> JobSpec {
+    JobSpec {
+        name: "auth-matrix".into(),
+        kind: JobKind::Archive,
+        target: MISSING.into(),
+        options: Default::default(),
+        schedule: "@daily".into(),
+        time_zone: String::new(),
+        enabled: true,
+        timeout: std::time::Duration::ZERO,
+    }
 }
 
 /// A well-formed id that names nothing: authorized calls answer NOT_FOUND.
@@ -95,6 +126,14 @@ const OPERATOR_ONLY: &[&str] = &[
     "RescueDefaultRows",
     "ArchivePartitions",
     "RunMaintenance",
+    "StartScheduler",
+    "StopScheduler",
+    "CreateJob",
+    "UpdateJob",
+    "DeleteJob",
+    "PauseJob",
+    "ResumeJob",
+    "RunJobNow",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
+use strata_client::scheduler::JobChanges;
 use strata_client::{
     Client,
     types::{FileQuery, UploadOptions, UploadState},
@@ -380,7 +381,14 @@ async fn sdk_upload_path_and_download_to() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn abandoned_uploads_expire_and_their_data_goes() {
-    let f = fixture(Store::Local, |c| c.upload_expiry = Duration::from_secs(2)).await;
+    let f = fixture(Store::Local, |c| {
+        c.upload_expiry = Duration::from_secs(2);
+        c.run_scheduler = true;
+    })
+    .await;
+    // The built-in expiry job, every second instead of every ten minutes.
+    let every_second = JobChanges { schedule: Some("* * * * * *".into()), ..Default::default() };
+    f.client.update_job("upload-expiry", every_second).await.unwrap();
     let id = f.client.create_upload(&opts("o"), "abandoned.bin", Some(10 << 20)).await.unwrap();
     // Half the bytes arrive, then the connection dies.
     let proxy = strata_tests::proxy::CutProxy::start(f.server.addr).await.unwrap();

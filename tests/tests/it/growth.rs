@@ -150,16 +150,21 @@ async fn snapshots_record_real_growth_and_page() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sampler_stores_snapshots_on_its_interval() {
+async fn the_sampling_job_stores_snapshots_on_its_schedule() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = strata_tests::server::test_config(
         format!("sqlite://{}", dir.path().join("strata.db").display()),
         vec![],
         dir.path(),
     );
-    config.metrics_sample_interval = Duration::from_millis(200);
+    config.run_scheduler = true;
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
+    let job = client.job("metrics-sample").await.unwrap();
+    assert!(job.builtin && job.spec.enabled && job.spec.schedule == "*/5 * * * *", "{job:?}");
+    let every_second =
+        strata_client::scheduler::JobChanges { schedule: Some("* * * * * *".into()), ..Default::default() };
+    client.update_job("metrics-sample", every_second).await.unwrap();
     let page = eventually("three sampled snapshots", Duration::from_secs(10), || {
         let c = client.clone();
         async move { c.list_snapshots(10, "").await.ok().filter(|p| p.snapshots.len() >= 3) }

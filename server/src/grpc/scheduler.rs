@@ -1,0 +1,256 @@
+//! SchedulerService: decode → service → encode.
+
+use strata_client::pb::{self, scheduler_service_server::SchedulerService};
+use tonic::{Request, Response, Status};
+
+use super::{
+    auth::Caller,
+    convert::{dur, duration, ts},
+};
+use crate::service::{
+    Context, Error,
+    scheduler::{self, Job, JobSpec, JobUpdate, Kind, RunRow, Status as SchedulerStatus},
+};
+
+/// gRPC adapter of [`scheduler`].
+pub(super) struct SchedulerApi {
+    pub(crate) ctx: Context,
+}
+
+fn kind_pb(k: Kind) -> pb::JobKind {
+    match k {
+        Kind::MetricsSample => pb::JobKind::MetricsSample,
+        Kind::UploadExpiry => pb::JobKind::UploadExpiry,
+        Kind::Archive => pb::JobKind::Archive,
+        Kind::Retention => pb::JobKind::Retention,
+        Kind::Maintenance => pb::JobKind::Maintenance,
+        Kind::PartitionPremake => pb::JobKind::PartitionPremake,
+        Kind::Backup => pb::JobKind::Backup,
+        Kind::BlobMigration => pb::JobKind::BlobMigration,
+    }
+}
+
+fn kind(k: i32) -> Result<Kind, Error> {
+    Ok(match pb::JobKind::try_from(k).unwrap_or(pb::JobKind::Unspecified) {
+        pb::JobKind::MetricsSample => Kind::MetricsSample,
+        pb::JobKind::UploadExpiry => Kind::UploadExpiry,
+        pb::JobKind::Archive => Kind::Archive,
+        pb::JobKind::Retention => Kind::Retention,
+        pb::JobKind::Maintenance => Kind::Maintenance,
+        pb::JobKind::PartitionPremake => Kind::PartitionPremake,
+        pb::JobKind::Backup => Kind::Backup,
+        pb::JobKind::BlobMigration => Kind::BlobMigration,
+        pb::JobKind::Unspecified => return Err(Error::InvalidArgument("job kind is required".into())),
+    })
+}
+
+fn run_pb(r: RunRow) -> pb::JobRun {
+    pb::JobRun {
+        trigger: match r.run_trigger.as_str() {
+            scheduler::TRIGGER_MANUAL => pb::JobRunTrigger::Manual,
+            _ => pb::JobRunTrigger::Schedule,
+        } as i32,
+        state: match r.state.as_str() {
+            scheduler::RUNNING => pb::JobRunState::Running,
+            scheduler::SUCCEEDED => pb::JobRunState::Succeeded,
+            scheduler::CANCELLED => pb::JobRunState::Cancelled,
+            scheduler::TIMED_OUT => pb::JobRunState::TimedOut,
+            scheduler::MISSED => pb::JobRunState::Missed,
+            _ => pb::JobRunState::Failed,
+        } as i32,
+        id: r.id,
+        job_name: r.job_name,
+        scheduled_time: Some(ts(r.scheduled_for.and_utc())),
+        instance: r.owner,
+        attempt: r.attempt,
+        start_time: Some(ts(r.started_at.and_utc())),
+        end_time: r.finished_at.map(|t| ts(t.and_utc())),
+        message: r.message,
+        error: r.error.unwrap_or_default(),
+    }
+}
+
+fn job_pb(j: Job) -> Result<pb::Job, Error> {
+    let spec = scheduler::spec_of(&j.row)?;
+    Ok(pb::Job {
+        name: spec.name,
+        kind: kind_pb(spec.kind) as i32,
+        target: spec.target,
+        options: spec.options.into_iter().collect(),
+        schedule: spec.schedule,
+        time_zone: spec.time_zone,
+        enabled: spec.enabled,
+        timeout: Some(dur(spec.timeout)),
+        builtin: j.row.builtin,
+        next_run_time: j.row.next_due.filter(|_| spec.enabled).map(|t| ts(t.and_utc())),
+        last_run: j.last_run.map(run_pb),
+        create_time: Some(ts(j.row.created_at.and_utc())),
+        update_time: Some(ts(j.row.updated_at.and_utc())),
+    })
+}
+
+fn status_pb(s: SchedulerStatus) -> pb::GetSchedulerStatusResponse {
+    pb::GetSchedulerStatusResponse {
+        running: s.running,
+        changed_by: s.changed_by,
+        change_time: Some(ts(s.changed_at.and_utc())),
+        instances: s
+            .instances
+            .into_iter()
+            .map(|(i, alive)| pb::SchedulerInstance {
+                id: i.id,
+                host: i.host,
+                pid: i.pid,
+                start_time: Some(ts(i.started_at.and_utc())),
+                last_seen_time: Some(ts(i.last_seen.and_utc())),
+                alive,
+            })
+            .collect(),
+        this_instance: s.this_instance,
+        this_instance_runs_scheduler: s.this_runs_scheduler,
+        running_runs: s.running_runs.into_iter().map(run_pb).collect(),
+    }
+}
+
+fn name(n: String) -> Result<String, Status> {
+    if n.is_empty() { Err(Error::InvalidArgument("name is required".into()).into()) } else { Ok(n) }
+}
+
+fn caller<T>(req: &Request<T>) -> String {
+    req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "unknown".into())
+}
+
+/// Fields UpdateJob may change.
+const SETTABLE: &[&str] = &["target", "options", "schedule", "time_zone", "timeout"];
+
+#[tonic::async_trait]
+impl SchedulerService for SchedulerApi {
+    async fn get_scheduler_status(
+        &self,
+        _req: Request<pb::GetSchedulerStatusRequest>,
+    ) -> Result<Response<pb::GetSchedulerStatusResponse>, Status> {
+        Ok(Response::new(status_pb(scheduler::status(&self.ctx).await?)))
+    }
+
+    async fn start_scheduler(
+        &self,
+        req: Request<pb::StartSchedulerRequest>,
+    ) -> Result<Response<pb::StartSchedulerResponse>, Status> {
+        let by = caller(&req);
+        let s = scheduler::set_running(&self.ctx, true, &by).await?;
+        Ok(Response::new(pb::StartSchedulerResponse { status: Some(status_pb(s)) }))
+    }
+
+    async fn stop_scheduler(
+        &self,
+        req: Request<pb::StopSchedulerRequest>,
+    ) -> Result<Response<pb::StopSchedulerResponse>, Status> {
+        let by = caller(&req);
+        let s = scheduler::set_running(&self.ctx, false, &by).await?;
+        Ok(Response::new(pb::StopSchedulerResponse { status: Some(status_pb(s)) }))
+    }
+
+    async fn list_jobs(&self, _req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = scheduler::list_jobs(&self.ctx).await?.into_iter().map(job_pb).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let n = name(req.into_inner().name)?;
+        Ok(Response::new(pb::GetJobResponse { job: Some(job_pb(scheduler::get_job(&self.ctx, &n).await?)?) }))
+    }
+
+    async fn create_job(&self, req: Request<pb::CreateJobRequest>) -> Result<Response<pb::CreateJobResponse>, Status> {
+        let j = req.into_inner().job.ok_or_else(|| Status::invalid_argument("job is required"))?;
+        let spec = JobSpec {
+            name: j.name,
+            kind: kind(j.kind)?,
+            target: j.target,
+            options: j.options.into_iter().collect(),
+            schedule: j.schedule,
+            time_zone: j.time_zone,
+            enabled: j.enabled,
+            timeout: j.timeout.map(|d| duration("timeout", d)).transpose()?.unwrap_or_default(),
+        };
+        let job = scheduler::create_job(&self.ctx, spec).await?;
+        Ok(Response::new(pb::CreateJobResponse { job: Some(job_pb(job)?) }))
+    }
+
+    async fn update_job(&self, req: Request<pb::UpdateJobRequest>) -> Result<Response<pb::UpdateJobResponse>, Status> {
+        let req = req.into_inner();
+        let j = req.job.ok_or_else(|| Status::invalid_argument("job is required"))?;
+        let n = name(j.name)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        if let Some(bad) = paths.iter().find(|p| !SETTABLE.contains(&p.as_str())) {
+            return Err(Status::invalid_argument(format!(
+                "update_mask: {bad:?} cannot be changed (settable: {}; pause and resume with PauseJob / ResumeJob)",
+                SETTABLE.join(", ")
+            )));
+        }
+        let set = |f: &str| paths.is_empty() || paths.iter().any(|p| p == f);
+        let u = JobUpdate {
+            target: set("target").then_some(j.target),
+            options: set("options").then(|| j.options.into_iter().collect()),
+            schedule: set("schedule").then_some(j.schedule),
+            time_zone: set("time_zone").then_some(j.time_zone),
+            timeout: if set("timeout") {
+                Some(j.timeout.map(|d| duration("timeout", d)).transpose()?.unwrap_or_default())
+            } else {
+                None
+            },
+        };
+        let job = scheduler::update_job(&self.ctx, &n, u).await?;
+        Ok(Response::new(pb::UpdateJobResponse { job: Some(job_pb(job)?) }))
+    }
+
+    async fn delete_job(&self, req: Request<pb::DeleteJobRequest>) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let n = name(req.into_inner().name)?;
+        scheduler::delete_job(&self.ctx, &n).await?;
+        Ok(Response::new(pb::DeleteJobResponse {}))
+    }
+
+    async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::PauseJobResponse>, Status> {
+        let n = name(req.into_inner().name)?;
+        let job = scheduler::set_enabled(&self.ctx, &n, false).await?;
+        Ok(Response::new(pb::PauseJobResponse { job: Some(job_pb(job)?) }))
+    }
+
+    async fn resume_job(&self, req: Request<pb::ResumeJobRequest>) -> Result<Response<pb::ResumeJobResponse>, Status> {
+        let n = name(req.into_inner().name)?;
+        let job = scheduler::set_enabled(&self.ctx, &n, true).await?;
+        Ok(Response::new(pb::ResumeJobResponse { job: Some(job_pb(job)?) }))
+    }
+
+    async fn run_job_now(&self, req: Request<pb::RunJobNowRequest>) -> Result<Response<pb::RunJobNowResponse>, Status> {
+        let n = name(req.into_inner().name)?;
+        let run = scheduler::run_now(&self.ctx, &n).await?;
+        Ok(Response::new(pb::RunJobNowResponse { run: Some(run_pb(run)) }))
+    }
+
+    async fn list_job_runs(
+        &self,
+        req: Request<pb::ListJobRunsRequest>,
+    ) -> Result<Response<pb::ListJobRunsResponse>, Status> {
+        let req = req.into_inner();
+        let size = match req.page_size {
+            0 => 100,
+            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
+            n => i64::from(n).min(1000),
+        };
+        let job = (!req.job_name.is_empty()).then_some(req.job_name.as_str());
+        let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
+        let (runs, next) = scheduler::list_runs(&self.ctx, job, size, token).await?;
+        Ok(Response::new(pb::ListJobRunsResponse {
+            runs: runs.into_iter().map(run_pb).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_job_run(&self, req: Request<pb::GetJobRunRequest>) -> Result<Response<pb::GetJobRunResponse>, Status> {
+        let id = req.into_inner().run_id;
+        if id.is_empty() {
+            return Err(Error::InvalidArgument("run_id is required".into()).into());
+        }
+        Ok(Response::new(pb::GetJobRunResponse { run: Some(run_pb(scheduler::get_run(&self.ctx, &id).await?)) }))
+    }
+}
