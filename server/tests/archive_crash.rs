@@ -52,7 +52,7 @@ impl Process {
             .env("STRATA_DATABASE_URL", db_url)
             .env("STRATA_OBJECT_STORE_URL", s3_url)
             .env("STRATA_RUN_LEASE", "1s")
-            .env("STRATA_METRICS_SAMPLE_INTERVAL", "0s")
+            .env("STRATA_RUN_SCHEDULER", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

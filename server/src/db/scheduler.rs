@@ -437,7 +437,8 @@ pub async fn renew(conn: &mut Conn, id: &str, owner: &str, attempt: i64, until: 
     }))
 }
 
-/// Ends a run held by (owner, attempt); false when it was taken over meanwhile.
+/// Ends a run held by (owner, attempt) and prunes the job's finished runs beyond the newest
+/// `keep`, in one transaction; false when the run was taken over meanwhile (nothing changes then).
 #[expect(clippy::too_many_arguments, reason = "one UPDATE's fields")]
 pub async fn finish(
     conn: &mut Conn,
@@ -448,26 +449,47 @@ pub async fn finish(
     message: &str,
     error: Option<&str>,
     now: NaiveDateTime,
+    keep: i64,
 ) -> Result<bool> {
     Ok(db_run!(conn, {
         use schema::job_runs as r;
-        diesel::update(
-            r::table
-                .filter(r::id.eq(id))
-                .filter(r::owner.eq(owner))
-                .filter(r::attempt.eq(attempt))
-                .filter(r::state.eq(RUNNING)),
-        )
-        .set((
-            r::state.eq(state),
-            r::message.eq(message),
-            r::error.eq(error),
-            r::lease_until.eq(None::<NaiveDateTime>),
-            r::finished_at.eq(Some(now)),
-        ))
-        .execute(conn)
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            let n = diesel::update(
+                r::table
+                    .filter(r::id.eq(id))
+                    .filter(r::owner.eq(owner))
+                    .filter(r::attempt.eq(attempt))
+                    .filter(r::state.eq(RUNNING)),
+            )
+            .set((
+                r::state.eq(state),
+                r::message.eq(message),
+                r::error.eq(error),
+                r::lease_until.eq(None::<NaiveDateTime>),
+                r::finished_at.eq(Some(now)),
+            ))
+            .execute(&mut *c)
+            .await?;
+            if n != 1 {
+                return Ok(false);
+            }
+            let job: String = r::table.filter(r::id.eq(id)).select(r::job_name).first(&mut *c).await?;
+            let kept: Vec<String> = r::table
+                .filter(r::job_name.eq(&job))
+                .filter(r::state.ne(RUNNING))
+                .order(r::id.desc())
+                .limit(keep)
+                .select(r::id)
+                .load(&mut *c)
+                .await?;
+            diesel::delete(
+                r::table.filter(r::job_name.eq(&job)).filter(r::state.ne(RUNNING)).filter(r::id.ne_all(kept)),
+            )
+            .execute(&mut *c)
+            .await?;
+            Ok(true)
+        })
         .await?
-            == 1
     }))
 }
 
@@ -499,17 +521,5 @@ pub async fn last_run(conn: &mut Conn, job: &str) -> Result<Option<RunRow>> {
     Ok(db_run!(conn, {
         use schema::job_runs as r;
         r::table.filter(r::job_name.eq(job)).order(r::id.desc()).first::<RunRow>(conn).await.optional()?
-    }))
-}
-
-/// Deletes a job's finished runs beyond the newest `keep`.
-pub async fn prune_runs(conn: &mut Conn, job: &str, keep: i64) -> Result<usize> {
-    Ok(db_run!(conn, {
-        use schema::job_runs as r;
-        let kept = r::table.filter(r::job_name.eq(job)).order(r::id.desc()).limit(keep).select(r::id);
-        let kept: Vec<String> = kept.load(conn).await?;
-        diesel::delete(r::table.filter(r::job_name.eq(job)).filter(r::state.ne(RUNNING)).filter(r::id.ne_all(kept)))
-            .execute(conn)
-            .await?
     }))
 }

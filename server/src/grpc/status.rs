@@ -10,7 +10,9 @@ impl From<service::Error> for Status {
             service::Error::InvalidArgument(_) => Code::InvalidArgument,
             service::Error::NotFound(_) => Code::NotFound,
             service::Error::AlreadyExists(_) => Code::AlreadyExists,
-            service::Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            // FAILED_PRECONDITION rather than ABORTED: retrying at once does not help, the holder
+            // has to finish (or its lease lapse) first.
+            service::Error::FailedPrecondition(_) | service::Error::Busy(_) => Code::FailedPrecondition,
             service::Error::DataLoss(_) => Code::DataLoss,
             service::Error::OutOfRange(_) => Code::OutOfRange,
             service::Error::Cancelled(_) => Code::Cancelled,

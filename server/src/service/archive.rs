@@ -597,7 +597,7 @@ async fn start(ctx: &Context, p: Policy, kind: RunKind, cutoff: Option<DateTime<
     let mut conn = ctx.db.write().await?;
     match store::acquire_lease(&mut conn, &p.id, &id, lease_until(ctx), t).await? {
         Err(holder) => {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::Busy(format!(
                 "policy {:?} is busy: run {holder} holds it (its lease is renewed every batch)",
                 p.spec.name
             )));

@@ -157,7 +157,7 @@ fn tool(ctx: &Context, name: &str) -> PathBuf {
 /// environment instead (a command line is visible to every local user).
 fn libpq_target(url: &str) -> Result<(String, Option<String>)> {
     let mut u = url::Url::parse(url).map_err(|e| Error::FailedPrecondition(format!("database url: {e}")))?;
-    let password = u.password().map(|p| percent_decode(p));
+    let password = u.password().map(percent_decode);
     let _ = u.set_password(None);
     Ok((u.to_string(), password))
 }

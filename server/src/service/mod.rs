@@ -32,6 +32,9 @@ pub enum Error {
     /// The operation does not apply in the current state or on this backend.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Another run holds the resource (a policy's lease); retry once it ends or its lease lapses.
+    #[error("{0}")]
+    Busy(String),
     /// Data does not match what was declared (size, checksum); nothing was kept.
     #[error("{0}")]
     DataLoss(String),

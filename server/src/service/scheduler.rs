@@ -11,7 +11,11 @@
 //! instance is up, run late if they are at most `scheduler_catch_up` old, in order; older ones are
 //! recorded once as `missed`.
 
-use std::{collections::BTreeMap, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
 use chrono::{NaiveDateTime, Utc};
 use chrono_tz::Tz;
@@ -830,11 +834,9 @@ async fn execute(ctx: Context, job: JobRow, run: RunRow) {
     };
     let recorded = async {
         let mut conn = ctx.db.write().await?;
-        let ok =
-            store::finish(&mut conn, &run.id, &ctx.instance_id, run.attempt, state, &message, error.as_deref(), now())
-                .await?;
-        store::prune_runs(&mut conn, &job.name, ctx.config.job_history).await?;
-        Ok::<_, crate::db::Error>(ok)
+        let keep = ctx.config.job_history;
+        store::finish(&mut conn, &run.id, &ctx.instance_id, run.attempt, state, &message, error.as_deref(), now(), keep)
+            .await
     }
     .await;
     match recorded {
@@ -863,10 +865,22 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
             Ok(format!("{n} abandoned upload(s) expired"))
         }
         Kind::Archive | Kind::Retention => {
-            let run = if spec.kind == Kind::Archive {
-                super::archive::run(ctx, &spec.target).await?
-            } else {
-                super::archive::apply_retention(ctx, &spec.target).await?
+            // A run of an instance that died holds the policy until its lease lapses: wait that
+            // long (twice, for clock skew) before calling the policy busy.
+            let patience = Instant::now() + ctx.config.run_lease * 2 + Duration::from_secs(1);
+            let run = loop {
+                let r = if spec.kind == Kind::Archive {
+                    super::archive::run(ctx, &spec.target).await
+                } else {
+                    super::archive::apply_retention(ctx, &spec.target).await
+                };
+                match r {
+                    Err(Error::Busy(_)) if Instant::now() < patience => tokio::select! {
+                        _ = stop.cancelled() => anyhow::bail!("stopped while the policy was busy"),
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    },
+                    r => break r?,
+                }
             };
             let id = run.row.id.clone();
             let run = wait_archive(ctx, &id, &stop).await?;

@@ -18,4 +18,5 @@ mod objects;
 mod partitions;
 mod pool;
 mod routing;
+mod scheduler;
 mod support;
