@@ -30,6 +30,8 @@ pub enum JobKind {
     Backup,
     /// Move a table's blobs into the object store (target: table).
     BlobMigration,
+    /// Evaluate the alert rules.
+    AlertEvaluation,
 }
 
 impl JobKind {
@@ -43,6 +45,7 @@ impl JobKind {
             JobKind::PartitionPremake => pb::JobKind::PartitionPremake,
             JobKind::Backup => pb::JobKind::Backup,
             JobKind::BlobMigration => pb::JobKind::BlobMigration,
+            JobKind::AlertEvaluation => pb::JobKind::AlertEvaluation,
         }
     }
     fn from_pb(k: i32) -> Option<Self> {
@@ -55,6 +58,7 @@ impl JobKind {
             pb::JobKind::PartitionPremake => JobKind::PartitionPremake,
             pb::JobKind::Backup => JobKind::Backup,
             pb::JobKind::BlobMigration => JobKind::BlobMigration,
+            pb::JobKind::AlertEvaluation => JobKind::AlertEvaluation,
             pb::JobKind::Unspecified => return None,
         })
     }

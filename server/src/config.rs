@@ -18,6 +18,13 @@
 //! | `scheduler_poll_interval`  | `STRATA_SCHEDULER_POLL_INTERVAL` | 1s                                 |
 //! | `scheduler_catch_up`       | `STRATA_SCHEDULER_CATCH_UP`    | 10m                                  |
 //! | `job_history`              | `STRATA_JOB_HISTORY`           | 100 runs per job                     |
+//! | `alert_history`            | `STRATA_ALERT_HISTORY`         | 1000 resolved alerts                 |
+//! | `alert_webhook_url`        | `STRATA_ALERT_WEBHOOK_URL`     | none                                 |
+//! | `alert_webhook_secret`     | `STRATA_ALERT_WEBHOOK_SECRET`  | none (unsigned)                      |
+//! | `alert_smtp_url`           | `STRATA_ALERT_SMTP_URL`        | none                                 |
+//! | `alert_email_from`         | `STRATA_ALERT_EMAIL_FROM`      | `strata@localhost`                   |
+//! | `alert_email_to`           | `STRATA_ALERT_EMAIL_TO` (comma) | none                                |
+//! | `alert_notify_attempts`    | `STRATA_ALERT_NOTIFY_ATTEMPTS` | 8                                    |
 //! | `startup_timeout`          | `STRATA_STARTUP_TIMEOUT`       | 60s                                  |
 //! | `tokens` / `--auth-token`  | `STRATA_AUTH_TOKENS` (comma)   | none: loopback clients only          |
 //! | `log_format`               | `STRATA_LOG_FORMAT`            | `text` (`json` for log shippers)     |
@@ -179,6 +186,29 @@ pub struct ConfigArgs {
     /// Finished runs kept per job (older ones are pruned).
     #[arg(long, env = "STRATA_JOB_HISTORY", global = true)]
     pub job_history: Option<i64>,
+    /// Resolved alerts kept (the oldest are deleted with their timelines).
+    #[arg(long, env = "STRATA_ALERT_HISTORY", global = true)]
+    pub alert_history: Option<i64>,
+    /// Webhook that receives every alert change as a JSON POST.
+    #[arg(long, env = "STRATA_ALERT_WEBHOOK_URL", global = true)]
+    pub alert_webhook_url: Option<String>,
+    /// Shared secret: webhooks carry `X-Strata-Signature: sha256=HMAC(secret, timestamp.body)`.
+    #[arg(long, env = "STRATA_ALERT_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub alert_webhook_secret: Option<String>,
+    /// SMTP server for alert emails: `smtp://[user:pass@]host[:port]` (STARTTLS with
+    /// `?tls=required`) or `smtps://…` (TLS).
+    #[arg(long, env = "STRATA_ALERT_SMTP_URL", hide_env_values = true, global = true)]
+    pub alert_smtp_url: Option<String>,
+    /// Sender of alert emails.
+    #[arg(long, env = "STRATA_ALERT_EMAIL_FROM", global = true)]
+    pub alert_email_from: Option<String>,
+    /// Recipient of alert emails; repeat or separate with commas.
+    #[arg(long = "alert-email-to", env = "STRATA_ALERT_EMAIL_TO", value_delimiter = ',', global = true)]
+    pub alert_email_to: Vec<String>,
+    /// Delivery attempts per notification (exponential backoff from 1 s to 5 min) before it is
+    /// recorded as failed.
+    #[arg(long, env = "STRATA_ALERT_NOTIFY_ATTEMPTS", global = true)]
+    pub alert_notify_attempts: Option<u32>,
     /// How long start-up waits for the primary database before giving up.
     #[arg(long, env = "STRATA_STARTUP_TIMEOUT", value_parser = parse_duration, global = true)]
     pub startup_timeout: Option<Duration>,
@@ -260,6 +290,13 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     scheduler_catch_up: Option<Duration>,
     job_history: Option<i64>,
+    alert_history: Option<i64>,
+    alert_webhook_url: Option<String>,
+    alert_webhook_secret: Option<String>,
+    alert_smtp_url: Option<String>,
+    alert_email_from: Option<String>,
+    alert_email_to: Option<Vec<String>>,
+    alert_notify_attempts: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     startup_timeout: Option<Duration>,
     tokens: Option<Vec<TokenSpec>>,
@@ -311,6 +348,20 @@ pub struct Config {
     pub scheduler_catch_up: Duration,
     /// Finished runs kept per job.
     pub job_history: i64,
+    /// Resolved alerts kept.
+    pub alert_history: i64,
+    /// Alert webhook.
+    pub alert_webhook_url: Option<String>,
+    /// Webhook signing secret (never log it).
+    pub alert_webhook_secret: Option<String>,
+    /// SMTP URL (may hold a password: never log it).
+    pub alert_smtp_url: Option<String>,
+    /// Email sender.
+    pub alert_email_from: String,
+    /// Email recipients.
+    pub alert_email_to: Vec<String>,
+    /// Delivery attempts per notification.
+    pub alert_notify_attempts: u32,
     /// Start-up wait for the primary.
     pub startup_timeout: Duration,
     /// Configured tokens.
@@ -363,6 +414,15 @@ impl Default for Config {
             scheduler_poll_interval: Duration::from_secs(1),
             scheduler_catch_up: Duration::from_secs(600),
             job_history: 100,
+            alert_history: 1000,
+            alert_webhook_url: None,
+            alert_webhook_secret: None,
+            alert_smtp_url: None,
+            alert_email_from: "strata@localhost".into(),
+            alert_email_to: Vec::new(),
+            // 1 + 2 + … + 64 s between the first seven: a receiver down for two minutes still
+            // gets every notification.
+            alert_notify_attempts: 8,
             startup_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
             log_format: LogFormat::Text,
@@ -437,6 +497,20 @@ impl Config {
             ),
             scheduler_catch_up: pick(args.scheduler_catch_up, file.scheduler_catch_up, d.scheduler_catch_up),
             job_history: args.job_history.or(file.job_history).unwrap_or(d.job_history),
+            alert_history: args.alert_history.or(file.alert_history).unwrap_or(d.alert_history),
+            alert_webhook_url: args.alert_webhook_url.clone().or(file.alert_webhook_url),
+            alert_webhook_secret: args.alert_webhook_secret.clone().or(file.alert_webhook_secret),
+            alert_smtp_url: args.alert_smtp_url.clone().or(file.alert_smtp_url),
+            alert_email_from: args.alert_email_from.clone().or(file.alert_email_from).unwrap_or(d.alert_email_from),
+            alert_email_to: if args.alert_email_to.is_empty() {
+                file.alert_email_to.unwrap_or_default()
+            } else {
+                args.alert_email_to.clone()
+            },
+            alert_notify_attempts: args
+                .alert_notify_attempts
+                .or(file.alert_notify_attempts)
+                .unwrap_or(d.alert_notify_attempts),
             startup_timeout: pick(args.startup_timeout, file.startup_timeout, d.startup_timeout),
             tokens: if args.auth_tokens.is_empty() {
                 file.tokens.unwrap_or_default()
@@ -489,6 +563,17 @@ impl Config {
                 "s3_part_size must be at least {}",
                 crate::objects::MIN_PART_SIZE
             )));
+        }
+        if self.alert_history < 1 {
+            return Err(ConfigError::Invalid("alert_history must be at least 1".into()));
+        }
+        if self.alert_notify_attempts < 1 {
+            return Err(ConfigError::Invalid("alert_notify_attempts must be at least 1".into()));
+        }
+        if let Some(u) = &self.alert_webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid("alert_webhook_url must be an http:// or https:// URL".into()));
         }
         if self.job_history < 1 {
             return Err(ConfigError::Invalid("job_history must be at least 1".into()));

@@ -107,10 +107,17 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
         Ok(n) => tracing::info!(jobs = n, "built-in jobs created"),
         Err(e) => tracing::error!(error = %e, "creating the built-in jobs failed"),
     }
+    match service::alerts::ensure_builtin(&ctx).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rules = n, "built-in alert rules created"),
+        Err(e) => tracing::error!(error = %e, "creating the built-in alert rules failed"),
+    }
     if ctx.config.run_scheduler {
         let every = ctx.config.scheduler_poll_interval;
         jobs.push(tokio::spawn(jobs::scheduler(ctx.clone(), every, jobs_cancel.clone())));
+        jobs.push(tokio::spawn(jobs::notifier(ctx.clone(), every.min(Duration::from_millis(500)), jobs_cancel.clone())));
     }
+    jobs.push(tokio::spawn(service::alerts::tail(ctx.clone(), jobs_cancel.clone())));
     if let Err(e) = service::blob_migration::resume_all(&ctx).await {
         tracing::error!(error = %e, "resuming blob migrations failed");
     }

@@ -4,6 +4,7 @@
 //! Queries are written once and expanded per backend with [`db_run!`], because generic functions
 //! over `AsyncConnection` do not compose with Diesel's `as_select()` and backend-specific SQL types.
 
+pub mod alerts;
 pub mod archive;
 pub mod backups;
 pub mod blob_migration;

@@ -27,6 +27,7 @@ fn kind_pb(k: Kind) -> pb::JobKind {
         Kind::PartitionPremake => pb::JobKind::PartitionPremake,
         Kind::Backup => pb::JobKind::Backup,
         Kind::BlobMigration => pb::JobKind::BlobMigration,
+        Kind::AlertEvaluation => pb::JobKind::AlertEvaluation,
     }
 }
 
@@ -40,6 +41,7 @@ fn kind(k: i32) -> Result<Kind, Error> {
         pb::JobKind::PartitionPremake => Kind::PartitionPremake,
         pb::JobKind::Backup => Kind::Backup,
         pb::JobKind::BlobMigration => Kind::BlobMigration,
+        pb::JobKind::AlertEvaluation => Kind::AlertEvaluation,
         pb::JobKind::Unspecified => return Err(Error::InvalidArgument("job kind is required".into())),
     })
 }

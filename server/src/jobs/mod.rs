@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Context, scheduler};
+use crate::service::{Context, alerts, scheduler};
 
 /// Probes every database node each `interval`: drives read routing and the health service.
 pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken) {
@@ -15,6 +15,28 @@ pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => { ctx.db.probe_all().await; }
+        }
+    }
+}
+
+/// Sends due alert notifications (webhook, email) every `interval`, with retries recorded in
+/// the catalog. Runs on instances that run the scheduler.
+pub async fn notifier(ctx: Context, interval: Duration, cancel: CancellationToken) {
+    let http = match reqwest::Client::builder().timeout(Duration::from_secs(15)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; alert notifications are not sent");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => if let Err(e) = alerts::deliver_due(&ctx, &http).await {
+                tracing::warn!(error = %e, "sending alert notifications failed; retrying");
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 //! they know nothing of protobuf or gRPC.
 
 pub mod admin;
+pub mod alerts;
 pub mod archive;
 pub mod backup;
 pub mod blob_migration;
@@ -97,6 +98,8 @@ pub struct Context {
     pub started_at: DateTime<Utc>,
     /// Monotonic start time, for uptime.
     pub started: Instant,
+    /// Alert changes for WatchAlerts subscribers (fed by `alerts::tail`).
+    pub alert_feed: alerts::Feed,
     /// This process among strata instances (`host:pid:random`): owner of the job runs it holds.
     pub instance_id: String,
 }
@@ -120,6 +123,7 @@ impl Context {
             config: std::sync::Arc::new(config),
             started_at: Utc::now(),
             started: Instant::now(),
+            alert_feed: tokio::sync::broadcast::channel(alerts::FEED_CAPACITY).0,
             instance_id: format!(
                 "{}:{}:{}",
                 scheduler::host_name(),

@@ -51,11 +51,13 @@ pub enum Kind {
     Backup,
     /// Move blobs of a table into the object store (target: table).
     BlobMigration,
+    /// Evaluate the alert rules.
+    AlertEvaluation,
 }
 
 impl Kind {
     /// Every kind, for listings.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::MetricsSample,
         Kind::UploadExpiry,
         Kind::Archive,
@@ -64,6 +66,7 @@ impl Kind {
         Kind::PartitionPremake,
         Kind::Backup,
         Kind::BlobMigration,
+        Kind::AlertEvaluation,
     ];
 
     /// Stored name.
@@ -77,6 +80,7 @@ impl Kind {
             Kind::PartitionPremake => "partition_premake",
             Kind::Backup => "backup",
             Kind::BlobMigration => "blob_migration",
+            Kind::AlertEvaluation => "alert_evaluation",
         }
     }
 
@@ -218,15 +222,7 @@ impl JobSpec {
     /// Checks everything a client sent; the policy or table a job names is checked against the
     /// catalog and the live schema by [`create_job`] / [`update_job`].
     pub fn validate(mut self) -> Result<Self> {
-        if self.name.is_empty()
-            || self.name.len() > 100
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "job name {:?} must be 1-100 characters of letters, digits, '.', '_', '-', ':'",
-                self.name
-            )));
-        }
+        check_name("job", &self.name)?;
         if self.time_zone.is_empty() {
             self.time_zone = "UTC".into();
         }
@@ -278,6 +274,16 @@ impl JobSpec {
         }
         Ok(self)
     }
+}
+
+/// Names of jobs and alert rules: 1-100 letters, digits, '.', '_', '-', ':'.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 100 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c)) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name {name:?} must be 1-100 characters of letters, digits, '.', '_', '-', ':'"
+        )));
+    }
+    Ok(())
 }
 
 fn bool_option(k: &str, v: &str) -> Result<bool> {
@@ -345,6 +351,8 @@ fn builtin_jobs() -> Vec<JobSpec> {
         timeout: Duration::from_secs(timeout_secs),
     };
     vec![
+        // Alerts: thresholds are checked every minute.
+        job("alert-evaluation", Kind::AlertEvaluation, "* * * * *", true, 300),
         // Growth history: the seeds sample every 5 minutes.
         job("metrics-sample", Kind::MetricsSample, "*/5 * * * *", true, 300),
         job("upload-expiry", Kind::UploadExpiry, "*/10 * * * *", true, 600),
@@ -863,6 +871,17 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
         Kind::UploadExpiry => {
             let n = super::files::expire_uploads(ctx).await?;
             Ok(format!("{n} abandoned upload(s) expired"))
+        }
+        Kind::AlertEvaluation => {
+            let e = super::alerts::evaluate(ctx).await?;
+            let mut m = format!(
+                "{} rule(s), {} series: {} fired, {} escalated, {} resolved",
+                e.rules, e.series, e.fired, e.escalated, e.resolved
+            );
+            if !e.failed_rules.is_empty() {
+                m.push_str(&format!("; unreadable: {}", e.failed_rules.join("; ")));
+            }
+            Ok(m)
         }
         Kind::Archive | Kind::Retention => {
             // A run of an instance that died holds the policy until its lease lapses: wait that
