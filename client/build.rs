@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "strata/v1/partitions.proto",
     "strata/v1/maintenance.proto",
     "strata/v1/scheduler.proto",
+    "strata/v1/alerts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

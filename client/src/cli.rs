@@ -1,5 +1,6 @@
 //! The `strata` command line, as a library so tests can drive it in-process.
 
+mod alerts;
 mod archive;
 mod jobs;
 
@@ -127,6 +128,13 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Alerts: list, show with timeline, acknowledge, resolve, watch live; rules.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts::AlertsCommand,
+    },
+    /// A 0-100 health score with the factors behind it.
+    HealthReport,
     /// Scheduled jobs: list, create, run now, pause, resume, history.
     Jobs {
         #[command(subcommand)]
@@ -847,6 +855,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             if !archive::run(&client, command, cli.json, out).await? {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Alerts { command } => {
+            if !alerts::run(&client, command, cli.json, out).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::HealthReport => {
+            alerts::health(&client, cli.json, out).await?;
         }
         Command::Jobs { command } => {
             if !jobs::run_jobs(&client, command, cli.json, out).await? {

@@ -13,6 +13,7 @@
 //! Methods return the domain types of [`types`], never raw protobuf messages. The generated
 //! protobuf code stays reachable under [`pb`] for callers that need it.
 
+pub mod alerts;
 pub mod archive;
 pub mod backup;
 pub mod cli;

@@ -115,7 +115,11 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     if ctx.config.run_scheduler {
         let every = ctx.config.scheduler_poll_interval;
         jobs.push(tokio::spawn(jobs::scheduler(ctx.clone(), every, jobs_cancel.clone())));
-        jobs.push(tokio::spawn(jobs::notifier(ctx.clone(), every.min(Duration::from_millis(500)), jobs_cancel.clone())));
+        jobs.push(tokio::spawn(jobs::notifier(
+            ctx.clone(),
+            every.min(Duration::from_millis(500)),
+            jobs_cancel.clone(),
+        )));
     }
     jobs.push(tokio::spawn(service::alerts::tail(ctx.clone(), jobs_cancel.clone())));
     if let Err(e) = service::blob_migration::resume_all(&ctx).await {
@@ -125,6 +129,13 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
         Ok(0) => {}
         Ok(n) => tracing::warn!(runs = n, "archive runs of a stopped server recorded as interrupted"),
         Err(e) => tracing::error!(error = %e, "checking for interrupted archive runs failed"),
+    }
+    {
+        let (closing, shutdown) = (ctx.closing.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            closing.cancel();
+        });
     }
     let served = grpc::serve(ctx.clone(), listener, shutdown).await;
     jobs_cancel.cancel();

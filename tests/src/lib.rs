@@ -2,6 +2,7 @@
 //! a streaming replica (started here, on free loopback ports, torn down at exit) and a real strata
 //! server on `127.0.0.1:0`.
 
+pub mod notify;
 pub mod pg;
 pub mod proxy;
 pub mod s3;

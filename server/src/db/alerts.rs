@@ -410,7 +410,12 @@ pub async fn events_of(conn: &mut Conn, alert_id: &str) -> Result<Vec<EventRow>>
 pub async fn recent_events(conn: &mut Conn, after: i64, since: NaiveDateTime, limit: i64) -> Result<Vec<EventRow>> {
     Ok(db_run!(conn, {
         use schema::alert_events as e;
-        e::table.filter(e::id.gt(after).or(e::at.ge(since))).order(e::id.asc()).limit(limit).load::<EventRow>(conn).await?
+        e::table
+            .filter(e::id.gt(after).or(e::at.ge(since)))
+            .order(e::id.asc())
+            .limit(limit)
+            .load::<EventRow>(conn)
+            .await?
     }))
 }
 
@@ -431,7 +436,8 @@ pub async fn notifications_of(conn: &mut Conn, alert_id: &str) -> Result<Vec<Not
 }
 
 /// Takes up to `limit` due notifications for `until` (a compare-and-set per row, so two
-/// instances never send the same one at once).
+/// instances never send the same one at once). A notification waits while an earlier one of the
+/// same alert and channel is still pending: receivers get each alert's changes in order.
 pub async fn claim_due(
     conn: &mut Conn,
     now: NaiveDateTime,
@@ -450,6 +456,17 @@ pub async fn claim_due(
             .await?;
         let mut claimed = Vec::new();
         for d in due {
+            let earlier: i64 = n::table
+                .filter(n::alert_id.eq(&d.alert_id))
+                .filter(n::channel.eq(&d.channel))
+                .filter(n::state.eq(PENDING))
+                .filter(n::id.lt(&d.id))
+                .count()
+                .get_result(conn)
+                .await?;
+            if earlier > 0 {
+                continue;
+            }
             let won = diesel::update(
                 n::table
                     .filter(n::id.eq(&d.id))
@@ -522,7 +539,8 @@ pub async fn record_attempt(
     Ok(())
 }
 
-/// Deletes the oldest resolved alerts beyond `keep`, with their events and notifications.
+/// Deletes the oldest resolved alerts beyond `keep`, with their events and notifications; an
+/// alert with a notification still pending stays until it is delivered or has failed.
 pub async fn prune_resolved(conn: &mut Conn, keep: i64) -> Result<usize> {
     Ok(db_run!(conn, {
         use schema::{alert_events as e, alert_notifications as n, alerts as t};
@@ -533,9 +551,12 @@ pub async fn prune_resolved(conn: &mut Conn, keep: i64) -> Result<usize> {
             .select(t::id)
             .load(conn)
             .await?;
+        let undelivered: Vec<String> =
+            n::table.filter(n::state.eq(PENDING)).select(n::alert_id).distinct().load(conn).await?;
         let gone: Vec<String> = t::table
             .filter(t::state.eq(RESOLVED))
             .filter(t::id.ne_all(kept))
+            .filter(t::id.ne_all(undelivered))
             .select(t::id)
             .load(conn)
             .await?;
@@ -545,7 +566,9 @@ pub async fn prune_resolved(conn: &mut Conn, keep: i64) -> Result<usize> {
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
             diesel::delete(e::table.filter(e::alert_id.eq_any(gone.clone()))).execute(&mut *c).await?;
             diesel::delete(n::table.filter(n::alert_id.eq_any(gone.clone()))).execute(&mut *c).await?;
-            diesel::delete(t::table.filter(t::id.eq_any(gone.clone())).filter(t::state.eq(RESOLVED))).execute(&mut *c).await
+            diesel::delete(t::table.filter(t::id.eq_any(gone.clone())).filter(t::state.eq(RESOLVED)))
+                .execute(&mut *c)
+                .await
         })
         .await?
     }))

@@ -55,6 +55,12 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.SchedulerService/GetJob",
         "/strata.v1.SchedulerService/ListJobRuns",
         "/strata.v1.SchedulerService/GetJobRun",
+        "/strata.v1.AlertService/GetRule",
+        "/strata.v1.AlertService/ListRules",
+        "/strata.v1.AlertService/ListAlerts",
+        "/strata.v1.AlertService/GetAlert",
+        "/strata.v1.AlertService/WatchAlerts",
+        "/strata.v1.AlertService/GetHealthReport",
     ];
     if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
         None

@@ -1,6 +1,7 @@
 //! The gRPC edge: one file per service (decode → service → encode), auth, health and reflection.
 
 mod admin;
+mod alerts;
 mod archive;
 pub mod auth;
 mod backup;
@@ -15,10 +16,11 @@ mod storage;
 use std::time::Duration;
 
 use strata_client::pb::{
-    self, admin_service_server::AdminServiceServer, archive_service_server::ArchiveServiceServer,
-    backup_service_server::BackupServiceServer, file_service_server::FileServiceServer,
-    maintenance_service_server::MaintenanceServiceServer, partition_service_server::PartitionServiceServer,
-    scheduler_service_server::SchedulerServiceServer, storage_service_server::StorageServiceServer,
+    self, admin_service_server::AdminServiceServer, alert_service_server::AlertServiceServer,
+    archive_service_server::ArchiveServiceServer, backup_service_server::BackupServiceServer,
+    file_service_server::FileServiceServer, maintenance_service_server::MaintenanceServiceServer,
+    partition_service_server::PartitionServiceServer, scheduler_service_server::SchedulerServiceServer,
+    storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <PartitionServiceServer<partitions::PartitionApi> as tonic::server::NamedService>::NAME,
     <MaintenanceServiceServer<maintenance::MaintenanceApi> as tonic::server::NamedService>::NAME,
     <SchedulerServiceServer<scheduler::SchedulerApi> as tonic::server::NamedService>::NAME,
+    <AlertServiceServer<alerts::AlertApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Keeps the health service in step with the primary's reachability: every strata service (and the
@@ -104,7 +107,8 @@ pub async fn serve(
         .add_service(BackupServiceServer::new(backup::BackupApi { ctx: ctx.clone() }))
         .add_service(PartitionServiceServer::new(partitions::PartitionApi { ctx: ctx.clone() }))
         .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx: ctx.clone() }))
-        .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx }))
+        .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx: ctx.clone() }))
+        .add_service(AlertServiceServer::new(alerts::AlertApi { ctx }))
         // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
         // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
         // tonic binds itself, so it is set on the incoming stream here.

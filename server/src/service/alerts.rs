@@ -193,7 +193,9 @@ impl RuleSpec {
             }
         }
         match (self.warning, self.critical) {
-            (None, None) => return Err(Error::InvalidArgument("a rule needs a warning or a critical threshold".into())),
+            (None, None) => {
+                return Err(Error::InvalidArgument("a rule needs a warning or a critical threshold".into()));
+            }
             (Some(w), Some(c)) if !cmp.crosses(c, w) => {
                 return Err(Error::InvalidArgument(format!(
                     "the critical threshold ({c}) must be at least as bad as the warning one ({w}) for a rule that fires {}",
@@ -428,7 +430,11 @@ pub async fn acknowledge(ctx: &Context, id: &str, by: &str, note: &str) -> Resul
         match a.state.as_str() {
             FIRING => {}
             ACKNOWLEDGED => return Err(Error::FailedPrecondition(format!("alert {id} is already acknowledged"))),
-            s => return Err(Error::FailedPrecondition(format!("alert {id} is {s}: only firing alerts can be acknowledged"))),
+            s => {
+                return Err(Error::FailedPrecondition(format!(
+                    "alert {id} is {s}: only firing alerts can be acknowledged"
+                )));
+            }
         }
         let t = now();
         let previous = a.updated_at;
@@ -476,7 +482,8 @@ async fn close(ctx: &Context, conn: &mut db::Conn, a: AlertRow, by: &str, note: 
     }
     let t = now();
     let previous = a.updated_at;
-    let next = AlertRow { state: RESOLVED.into(), resolved_at: Some(t), resolved_by: Some(by.into()), updated_at: t, ..a };
+    let next =
+        AlertRow { state: RESOLVED.into(), resolved_at: Some(t), resolved_by: Some(by.into()), updated_at: t, ..a };
     let ev = NewEvent { kind: "resolved".into(), value: Some(next.value), actor: by.into(), note: note.into() };
     let notify = notifications(ctx, &next, "resolved", note);
     Ok(matches!(store::save(conn, &next, Some(previous), Some(&ev), &notify).await?, Saved::Done(_)))
@@ -550,7 +557,9 @@ fn local_paths(ctx: &Context) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Some(p) = ctx.db.sqlite_path() {
         let p = std::path::Path::new(p);
-        out.push(p.parent().filter(|d| !d.as_os_str().is_empty()).map(|d| d.to_path_buf()).unwrap_or_else(|| ".".into()));
+        out.push(
+            p.parent().filter(|d| !d.as_os_str().is_empty()).map(|d| d.to_path_buf()).unwrap_or_else(|| ".".into()),
+        );
     }
     if let Some(dir) = ctx.config.object_store_url.strip_prefix("file://") {
         out.push(std::path::PathBuf::from(dir));
@@ -574,7 +583,11 @@ async fn observe(ctx: &Context, rule: &RuleSpec, cache: &mut Cache) -> Result<Ve
                     || rule.table == format!("{}.{}", t.schema_name, t.table_name)
             })
             .map(|t| {
-                labelled("table", format!("{}.{}", t.schema_name, t.table_name), (t.table_bytes + t.index_bytes + t.toast_bytes) as f64)
+                labelled(
+                    "table",
+                    format!("{}.{}", t.schema_name, t.table_name),
+                    (t.table_bytes + t.index_bytes + t.toast_bytes) as f64,
+                )
             })
             .collect(),
         Metric::DailyGrowth => one(cache.growth(ctx, None).await?.database.bytes_per_day),
@@ -603,7 +616,8 @@ async fn observe(ctx: &Context, rule: &RuleSpec, cache: &mut Cache) -> Result<Ve
             .into_iter()
             .filter_map(|p| {
                 let (total, free) = disk_space(&p)?;
-                (total > 0).then(|| labelled("path", p.display().to_string(), 100.0 * (total - free) as f64 / total as f64))
+                (total > 0)
+                    .then(|| labelled("path", p.display().to_string(), 100.0 * (total - free) as f64 / total as f64))
             })
             .collect(),
         Metric::PoolUtilizationPercent => ctx
@@ -637,9 +651,10 @@ async fn observe(ctx: &Context, rule: &RuleSpec, cache: &mut Cache) -> Result<Ve
             .into_iter()
             .filter(|j| j.row.enabled)
             .map(|j| {
-                let failed = j.last_run.as_ref().is_some_and(|r| {
-                    r.state == super::scheduler::FAILED || r.state == super::scheduler::TIMED_OUT
-                });
+                let failed = j
+                    .last_run
+                    .as_ref()
+                    .is_some_and(|r| r.state == super::scheduler::FAILED || r.state == super::scheduler::TIMED_OUT);
                 labelled("job", j.row.name, if failed { 1.0 } else { 0.0 })
             })
             .collect(),
@@ -701,7 +716,11 @@ fn fmt_value(v: f64) -> String {
 }
 
 fn summary(rule: &RuleSpec, labels: &BTreeMap<String, String>, value: f64, sev: Severity, threshold: f64) -> String {
-    let on: Vec<String> = labels.iter().filter(|(k, _)| ["table", "node", "path", "job"].contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+    let on: Vec<String> = labels
+        .iter()
+        .filter(|(k, _)| ["table", "node", "path", "job"].contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let cmp = if rule.comparison == Some(Comparison::Below) { "≤" } else { "≥" };
     let unit = rule.metric.unit();
     format!(
@@ -833,7 +852,8 @@ async fn apply(
                 updated_at: t,
             };
             if firing {
-                let ev = NewEvent { kind: "firing".into(), value: Some(value), actor: "strata".into(), note: String::new() };
+                let ev =
+                    NewEvent { kind: "firing".into(), value: Some(value), actor: "strata".into(), note: String::new() };
                 let notify = notifications(ctx, &a, "firing", "");
                 if let Saved::Done(_) = store::save(&mut conn, &a, None, Some(&ev), &notify).await? {
                     out.fired += 1;
@@ -853,7 +873,10 @@ async fn apply(
                 }
             } else if sev > old {
                 // Escalation fires again, also when someone had acknowledged the lesser alert.
-                (AlertRow { state: FIRING.into(), acknowledged_at: None, acknowledged_by: None, ..a.clone() }, Some("escalated"))
+                (
+                    AlertRow { state: FIRING.into(), acknowledged_at: None, acknowledged_by: None, ..a.clone() },
+                    Some("escalated"),
+                )
             } else if sev < old {
                 (a.clone(), Some("deescalated"))
             } else {
@@ -862,8 +885,14 @@ async fn apply(
             if kind.is_none() && a.value == value && a.severity == sev.as_str() {
                 return Ok(());
             }
-            let next = AlertRow { severity: sev.as_str().into(), value, threshold, summary: text, updated_at: t, ..next };
-            let ev = kind.map(|k| NewEvent { kind: k.into(), value: Some(value), actor: "strata".into(), note: String::new() });
+            let next =
+                AlertRow { severity: sev.as_str().into(), value, threshold, summary: text, updated_at: t, ..next };
+            let ev = kind.map(|k| NewEvent {
+                kind: k.into(),
+                value: Some(value),
+                actor: "strata".into(),
+                note: String::new(),
+            });
             let notify = match kind {
                 Some(k @ ("firing" | "escalated")) => notifications(ctx, &next, k, ""),
                 _ => Vec::new(),
@@ -914,12 +943,18 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
         let mut conn = ctx.db.write().await?;
         match result {
             Ok(()) => {
-                let ev = NewEvent { kind: "notified".into(), value: None, actor: "strata".into(), note: format!("{} to {}", d.channel, d.target) };
+                let ev = NewEvent {
+                    kind: "notified".into(),
+                    value: None,
+                    actor: "strata".into(),
+                    note: format!("{} to {}", d.channel, d.target),
+                };
                 store::record_attempt(&mut conn, &d, "sent", t, None, t, Some(&ev)).await?;
                 tracing::info!(alert = %d.alert_id, channel = %d.channel, attempt = d.attempts + 1, "alert notification sent");
             }
             Err(e) if d.attempts + 1 < i64::from(ctx.config.alert_notify_attempts) => {
-                let next = t + chrono::Duration::from_std(retry_delay(d.attempts)).unwrap_or(chrono::Duration::seconds(300));
+                let next =
+                    t + chrono::Duration::from_std(retry_delay(d.attempts)).unwrap_or(chrono::Duration::seconds(300));
                 store::record_attempt(&mut conn, &d, PENDING, next, Some(&e), t, None).await?;
                 tracing::warn!(alert = %d.alert_id, channel = %d.channel, attempt = d.attempts + 1, error = %e, "alert notification failed; retrying");
             }
@@ -1072,6 +1107,91 @@ pub async fn tail(ctx: Context, cancel: tokio_util::sync::CancellationToken) {
     }
 }
 
+/// What WatchAlerts sends.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// An open alert as it is.
+    Snapshot(AlertRow),
+    /// An event and the alert after it.
+    Event(Box<(EventRow, AlertRow)>),
+    /// The subscriber missed changes; snapshots follow.
+    Resync,
+}
+
+/// Which changes a subscriber wants.
+#[derive(Debug, Clone, Default)]
+pub struct WatchFilter {
+    /// Open alerts first.
+    pub send_initial: bool,
+    /// At least this severity.
+    pub min_severity: Option<Severity>,
+    /// Only this rule.
+    pub rule: Option<String>,
+}
+
+impl WatchFilter {
+    fn passes(&self, a: &AlertRow) -> bool {
+        self.rule.as_ref().is_none_or(|r| r == &a.rule_name)
+            && self.min_severity.is_none_or(|m| Severity::parse(&a.severity) >= m)
+    }
+}
+
+/// Severity from its stored name.
+pub fn severity(s: &str) -> Severity {
+    Severity::parse(s)
+}
+
+async fn send_open(
+    ctx: &Context,
+    f: &WatchFilter,
+    tx: &tokio::sync::mpsc::Sender<Result<WatchItem>>,
+) -> std::result::Result<(), ()> {
+    let states = vec![FIRING.to_string(), ACKNOWLEDGED.to_string()];
+    match list_alerts(ctx, &AlertFilter { states, ..Default::default() }, 10_000, None).await {
+        Ok((open, _)) => {
+            for a in open.into_iter().rev().filter(|a| f.passes(a)) {
+                tx.send(Ok(WatchItem::Snapshot(a))).await.map_err(|_| ())?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            Err(())
+        }
+    }
+}
+
+/// Streams alert changes to `tx` until the subscriber goes away or the server stops. Subscribes
+/// before reading the open alerts, so nothing between the two is lost.
+pub async fn watch(ctx: Context, f: WatchFilter, tx: tokio::sync::mpsc::Sender<Result<WatchItem>>) {
+    let mut rx = ctx.alert_feed.subscribe();
+    if f.send_initial && send_open(&ctx, &f, &tx).await.is_err() {
+        return;
+    }
+    loop {
+        let item = tokio::select! {
+            _ = ctx.closing.cancelled() => break,
+            _ = tx.closed() => break,
+            r = rx.recv() => r,
+        };
+        match item {
+            Ok(Change::Event(b)) => {
+                if f.passes(&b.1) && tx.send(Ok(WatchItem::Event(b))).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Change::Resync) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "an alert watcher fell behind; resyncing it");
+                if tx.send(Ok(WatchItem::Resync)).await.is_err() || send_open(&ctx, &f, &tx).await.is_err() {
+                    break;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
 /// A factor of the health score.
 #[derive(Debug, Clone)]
 pub struct Factor {
@@ -1116,8 +1236,12 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
     )
     .await?;
     let count = |sev: &str, state: &str| open.iter().filter(|a| a.severity == sev && a.state == state).count() as u32;
-    let (cf, ca, wf, wa) =
-        (count("critical", FIRING), count("critical", ACKNOWLEDGED), count("warning", FIRING), count("warning", ACKNOWLEDGED));
+    let (cf, ca, wf, wa) = (
+        count("critical", FIRING),
+        count("critical", ACKNOWLEDGED),
+        count("warning", FIRING),
+        count("warning", ACKNOWLEDGED),
+    );
     factors.push(Factor {
         name: "critical_alerts",
         penalty: (cf * 25 + ca * 10).min(60),
@@ -1128,11 +1252,8 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
         penalty: (wf * 8 + wa * 3).min(30),
         detail: format!("{wf} firing, {wa} acknowledged (8 and 3 points each, at most 30)"),
     });
-    let lagging: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.role == db::Role::Replica && !n.serving_reads)
-        .map(|n| n.name.clone())
-        .collect();
+    let lagging: Vec<String> =
+        nodes.iter().filter(|n| n.role == db::Role::Replica && !n.serving_reads).map(|n| n.name.clone()).collect();
     factors.push(Factor {
         name: "replicas",
         penalty: if lagging.is_empty() { 0 } else { 10 },
@@ -1154,23 +1275,30 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
     factors.push(Factor {
         name: "pool_saturation",
         penalty: if pool_wait > 0.2 { 10 } else { 0 },
-        detail: format!("{:.0} % of checkouts waited or timed out on the busiest pool (over 20 % costs 10)", pool_wait * 100.0),
+        detail: format!(
+            "{:.0} % of checkouts waited or timed out on the busiest pool (over 20 % costs 10)",
+            pool_wait * 100.0
+        ),
     });
     let failed: Vec<String> = super::scheduler::list_jobs(ctx)
         .await?
         .into_iter()
         .filter(|j| {
             j.row.enabled
-                && j.last_run.as_ref().is_some_and(|r| {
-                    r.state == super::scheduler::FAILED || r.state == super::scheduler::TIMED_OUT
-                })
+                && j.last_run
+                    .as_ref()
+                    .is_some_and(|r| r.state == super::scheduler::FAILED || r.state == super::scheduler::TIMED_OUT)
         })
         .map(|j| j.row.name)
         .collect();
     factors.push(Factor {
         name: "failed_jobs",
         penalty: (failed.len() as u32 * 5).min(15),
-        detail: if failed.is_empty() { "none".into() } else { format!("{} (5 points each, at most 15)", failed.join(", ")) },
+        detail: if failed.is_empty() {
+            "none".into()
+        } else {
+            format!("{} (5 points each, at most 15)", failed.join(", "))
+        },
     });
     // Days until the disk (or the database's file system) is full at the current growth.
     let mut cache = Cache::default();
@@ -1260,7 +1388,10 @@ mod tests {
     #[test]
     fn webhook_signatures_are_hmac_sha256_of_timestamp_and_body() {
         // Computed independently: Python's hmac.new(b"secret", b"1700000000.{}", hashlib.sha256).
-        assert_eq!(sign("secret", 1_700_000_000, "{}"), "sha256=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163");
+        assert_eq!(
+            sign("secret", 1_700_000_000, "{}"),
+            "sha256=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163"
+        );
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct Context {
     pub file_limits: files::FileLimits,
     /// Cancelled when the server stops: background work started by RPCs ends with it.
     pub background: tokio_util::sync::CancellationToken,
+    /// Cancelled as soon as the server starts shutting down: endless streams (WatchAlerts) end
+    /// with it, so draining the RPCs in flight does not wait for them forever.
+    pub closing: tokio_util::sync::CancellationToken,
     /// Background work started by RPCs (runs, migrations); awaited at shutdown so each records how
     /// it ended.
     pub tasks: tokio_util::task::TaskTracker,
@@ -119,6 +122,7 @@ impl Context {
             uploads: Default::default(),
             file_limits,
             background: Default::default(),
+            closing: Default::default(),
             tasks: Default::default(),
             config: std::sync::Arc::new(config),
             started_at: Utc::now(),

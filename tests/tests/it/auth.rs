@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use strata_client::{
     Client, Error, HealthStatus,
+    alerts::{AlertMetric, AlertRule},
     archive::ArchivePolicy,
     partitions::PartitionInterval::Monthly,
     scheduler::{JobChanges, JobKind, JobSpec},
@@ -79,6 +80,23 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
         ("RunJobNow", code(c.run_job_now(MISSING).await)),
         ("ListJobRuns", code(c.list_job_runs(None, 10).await)),
         ("GetJobRun", code(c.job_run(MISSING).await)),
+        (
+            "CreateRule",
+            code(c.create_rule(&AlertRule::new("auth-matrix", AlertMetric::DatabaseSize, None, None)).await),
+        ),
+        ("GetRule", code(c.rule(MISSING).await)),
+        ("ListRules", code(c.list_rules().await)),
+        (
+            "UpdateRule",
+            code(c.update_rule(&AlertRule::new(MISSING, AlertMetric::DatabaseSize, Some(1.0), None), &[]).await),
+        ),
+        ("DeleteRule", code(c.delete_rule(MISSING).await)),
+        ("ListAlerts", code(c.list_alerts(&Default::default(), 10).await)),
+        ("GetAlert", code(c.alert(MISSING).await)),
+        ("AcknowledgeAlert", code(c.acknowledge_alert(MISSING, "").await)),
+        ("ResolveAlert", code(c.resolve_alert(MISSING, "").await)),
+        ("WatchAlerts", code(c.watch_alerts(false, None, None).await.map(|_| ()))),
+        ("GetHealthReport", code(c.health_report().await)),
     ]
 }
 
@@ -134,6 +152,11 @@ const OPERATOR_ONLY: &[&str] = &[
     "PauseJob",
     "ResumeJob",
     "RunJobNow",
+    "CreateRule",
+    "UpdateRule",
+    "DeleteRule",
+    "AcknowledgeAlert",
+    "ResolveAlert",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

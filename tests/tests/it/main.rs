@@ -2,6 +2,7 @@
 //! on a real PostgreSQL primary + streaming replica started by the harness (one shared cluster per
 //! run; tests that stop nodes start their own).
 
+mod alerts;
 mod archive;
 mod auth;
 mod backup;

@@ -1,0 +1,255 @@
+//! Alerts on real metric changes (a SQLite table grown past its thresholds and shrunk again):
+//! firing, acknowledgement, escalation, resolution, deduplication, for-duration, manual resolve,
+//! bounded history, WatchAlerts, the health score, and notifications received by a real local
+//! HTTP listener (signed, retried after a failure) and a real local SMTP listener.
+
+use std::time::Duration;
+
+use diesel_async::SimpleAsyncConnection;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use strata_client::{
+    Client,
+    alerts::{AlertChange, AlertMetric, AlertQuery, AlertRule, AlertSeverity, AlertState},
+    scheduler::JobRunState,
+};
+use strata_tests::{
+    TestServer,
+    notify::{SmtpSink, WebhookSink},
+    server::test_config,
+};
+use tonic::Code;
+
+use crate::support::eventually;
+
+const SECRET: &str = "webhook-secret";
+
+/// Runs the alert-evaluation job now and waits for it.
+async fn evaluate(c: &Client) -> String {
+    let r = c.run_job_now("alert-evaluation").await.unwrap();
+    let r = c.wait_job_run(&r.id, Duration::from_millis(20)).await.unwrap();
+    assert_eq!(r.state, JobRunState::Succeeded, "{r:?}");
+    r.message
+}
+
+/// Grows `t` by `rows` rows of 10 KiB.
+async fn grow(db: &std::path::Path, from: i64, rows: i64) {
+    let mut c = crate::support::sqlite(db).await;
+    c.batch_execute(&format!(
+        "WITH RECURSIVE s(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM s WHERE i < {})
+         INSERT INTO messages SELECT i, randomblob(10240) FROM s;",
+        from + rows - 1
+    ))
+    .await
+    .unwrap();
+}
+
+async fn only(c: &Client, rule: &str) -> Vec<strata_client::alerts::Alert> {
+    c.list_alerts(&AlertQuery { rule: Some(rule.into()), ..Default::default() }, 100).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_fire_escalate_acknowledge_resolve_and_notify_on_real_growth() {
+    let hook = WebhookSink::start(1).await.unwrap();
+    let smtp = SmtpSink::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut config = test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    config.run_scheduler = true;
+    config.alert_webhook_url = Some(hook.url());
+    config.alert_webhook_secret = Some(SECRET.into());
+    config.alert_smtp_url = Some(smtp.url());
+    config.alert_email_from = "strata@example.com".into();
+    config.alert_email_to = vec!["ops@example.com".into(), "dba@example.com".into()];
+    config.alert_history = 2;
+    let server = TestServer::start(config).await.unwrap();
+    let c = server.client().await;
+    // Evaluations happen when this test says: the built-in jobs are paused, the built-in rules
+    // (whose disk and latency figures depend on the machine) disabled.
+    for j in c.list_jobs().await.unwrap() {
+        c.pause_job(&j.spec.name).await.unwrap();
+    }
+    let builtin = c.list_rules().await.unwrap();
+    assert_eq!(builtin.len(), 6);
+    let db_size = builtin.iter().find(|r| r.name == "database-size").unwrap();
+    assert_eq!((db_size.warning, db_size.critical), (Some(500.0 * 1048576.0), Some(1024.0 * 1048576.0)));
+    for mut r in builtin {
+        r.enabled = false;
+        c.update_rule(&r, &["enabled"]).await.unwrap();
+    }
+    assert_eq!(c.delete_rule("database-size").await.unwrap_err().code(), Some(Code::FailedPrecondition));
+
+    crate::support::sqlite(&db)
+        .await
+        .batch_execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB)")
+        .await
+        .unwrap();
+    let mut rule = AlertRule::new("big-messages", AlertMetric::TableSize, Some(500_000.0), Some(2_000_000.0));
+    rule.table = "messages".into();
+    rule.labels.insert("team".into(), "chat".into());
+    // Bad rules change nothing.
+    let bad = AlertRule { critical: Some(100.0), ..rule.clone() };
+    assert_eq!(c.create_rule(&bad).await.unwrap_err().code(), Some(Code::InvalidArgument));
+    c.create_rule(&rule).await.unwrap();
+    assert_eq!(c.create_rule(&rule).await.unwrap_err().code(), Some(Code::AlreadyExists));
+
+    let mut watch = Box::pin(c.watch_alerts(false, None, Some("big-messages")).await.unwrap());
+    // Give the feed's tailer a moment to start from the current end of the timeline.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // Below the warning threshold: nothing.
+    grow(&db, 1, 10).await;
+    evaluate(&c).await;
+    assert!(only(&c, "big-messages").await.is_empty());
+
+    // Past the warning threshold: one firing warning alert, deduplicated across evaluations.
+    grow(&db, 11, 60).await;
+    evaluate(&c).await;
+    evaluate(&c).await;
+    let alerts = only(&c, "big-messages").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!((a.state, a.severity), (AlertState::Firing, AlertSeverity::Warning), "{a:?}");
+    assert!(a.value >= 500_000.0 && a.threshold == 500_000.0, "{a:?}");
+    assert_eq!(a.labels["table"], "main.messages");
+    assert_eq!(a.labels["team"], "chat");
+    assert!(a.summary.contains("table=main.messages"), "{}", a.summary);
+    let id = a.id.clone();
+
+    // Acknowledged by the operator (loopback), with a note.
+    let acked = c.acknowledge_alert(&id, "looking into it").await.unwrap();
+    assert_eq!((acked.state, acked.acknowledged_by.as_str()), (AlertState::Acknowledged, "loopback"));
+    assert_eq!(c.acknowledge_alert(&id, "").await.unwrap_err().code(), Some(Code::FailedPrecondition));
+
+    // Past the critical threshold: the same alert escalates and fires again.
+    grow(&db, 71, 200).await;
+    evaluate(&c).await;
+    let a = &only(&c, "big-messages").await[0];
+    assert_eq!(
+        (a.id.as_str(), a.state, a.severity),
+        (id.as_str(), AlertState::Firing, AlertSeverity::Critical),
+        "{a:?}"
+    );
+    let health = c.health_report().await.unwrap();
+    let critical = health.factors.iter().find(|f| f.name == "critical_alerts").unwrap();
+    assert_eq!(critical.penalty, 25, "{health:?}");
+    assert!(health.score <= 75, "{health:?}");
+
+    // The table shrinks: resolved by strata.
+    crate::support::sqlite(&db).await.batch_execute("DELETE FROM messages; VACUUM;").await.unwrap();
+    evaluate(&c).await;
+    let a = &only(&c, "big-messages").await[0];
+    assert_eq!((a.state, a.resolved_by.as_str()), (AlertState::Resolved, "strata"), "{a:?}");
+    assert!(c.health_report().await.unwrap().score > health.score);
+
+    // The timeline tells the story in order.
+    let d = c.alert(&id).await.unwrap();
+    let kinds: Vec<&str> = d.events.iter().map(|e| e.kind.as_str()).filter(|k| !k.starts_with("notif")).collect();
+    assert_eq!(kinds, ["firing", "acknowledged", "escalated", "resolved"], "{:?}", d.events);
+    assert_eq!(d.events.iter().find(|e| e.kind == "acknowledged").unwrap().note, "looking into it");
+
+    // WatchAlerts saw every transition.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let c = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("a change").unwrap().unwrap();
+        if let AlertChange::Event { event, alert } = c {
+            assert_eq!(alert.id, id);
+            if !event.kind.starts_with("notif") {
+                seen.push(event.kind);
+            }
+        }
+    }
+    assert_eq!(seen, ["firing", "acknowledged", "escalated", "resolved"]);
+
+    // Webhooks: one per transition, signed, the first retried after the receiver's 500.
+    let webhooks = eventually("four delivered webhooks", Duration::from_secs(20), || {
+        let got = hook.received();
+        async move { (got.iter().filter(|r| r.status == 200).count() >= 4).then_some(got) }
+    })
+    .await;
+    // In order per alert: the failed first one is retried before the next goes out.
+    assert_eq!(webhooks[0].status, 500);
+    assert_eq!(
+        webhooks[0].headers["x-strata-delivery"], webhooks[1].headers["x-strata-delivery"],
+        "a retry, not a new one"
+    );
+    for w in &webhooks {
+        assert!(w.request_line.starts_with("POST /hook"), "{w:?}");
+        let ts = &w.headers["x-strata-timestamp"];
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{ts}.{}", w.body).as_bytes());
+        assert_eq!(w.headers["x-strata-signature"], format!("sha256={}", hex::encode(mac.finalize().into_bytes())));
+        let doc: serde_json::Value = serde_json::from_str(&w.body).unwrap();
+        assert_eq!(doc["alert"]["id"], id.as_str());
+    }
+    let events: Vec<String> = webhooks
+        .iter()
+        .filter(|w| w.status == 200)
+        .map(|w| serde_json::from_str::<serde_json::Value>(&w.body).unwrap()["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["firing", "acknowledged", "escalated", "resolved"]);
+    // Emails: the same four, to both recipients.
+    let mails = eventually("four mails", Duration::from_secs(20), || {
+        let got = smtp.mails();
+        async move { (got.len() >= 4).then_some(got) }
+    })
+    .await;
+    assert_eq!(mails[0].from, "strata@example.com");
+    assert_eq!(mails[0].to, ["ops@example.com", "dba@example.com"]);
+    assert!(
+        mails[0].data.contains("Subject: [strata] FIRING warning: table_size table=main.messages"),
+        "{}",
+        mails[0].data
+    );
+    assert!(mails[2].data.contains("ESCALATED critical"), "{}", mails[2].data);
+    // Deliveries are recorded on the alert.
+    let d = eventually("deliveries recorded", Duration::from_secs(10), || {
+        let (c, id) = (c.clone(), id.clone());
+        async move {
+            let d = c.alert(&id).await.unwrap();
+            (d.notifications.iter().filter(|n| n.state == "sent").count() == 8).then_some(d)
+        }
+    })
+    .await;
+    let first = d.notifications.iter().find(|n| n.channel == "webhook").unwrap();
+    assert_eq!(first.attempts, 2, "{first:?}");
+    assert!(first.last_error.is_empty() || first.last_error.contains("500"), "{first:?}");
+    assert_eq!(d.events.iter().filter(|e| e.kind == "notified").count(), 8);
+
+    // A for-duration holds the alert pending (not listed by default) until it has lasted.
+    let mut slow = AlertRule::new("slow-messages", AlertMetric::TableSize, Some(0.0), None);
+    slow.table = "messages".into();
+    slow.for_duration = Duration::from_secs(1);
+    c.create_rule(&slow).await.unwrap();
+    evaluate(&c).await;
+    assert!(only(&c, "slow-messages").await.is_empty());
+    let pending = c
+        .list_alerts(
+            &AlertQuery { states: vec![AlertState::Pending], rule: Some("slow-messages".into()), ..Default::default() },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    evaluate(&c).await;
+    let a = only(&c, "slow-messages").await;
+    assert_eq!(a[0].state, AlertState::Firing, "{a:?}");
+    // Resolved by hand while the condition holds: the next evaluation opens a new alert.
+    c.resolve_alert(&a[0].id, "known, fixing").await.unwrap();
+    assert_eq!(c.resolve_alert(&a[0].id, "").await.unwrap_err().code(), Some(Code::FailedPrecondition));
+    evaluate(&c).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    evaluate(&c).await;
+    let a = only(&c, "slow-messages").await;
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0].state, AlertState::Firing);
+    // Deleting the rule resolves its alert; only `alert_history` (2) resolved alerts are kept.
+    c.delete_rule("slow-messages").await.unwrap();
+    evaluate(&c).await;
+    let resolved =
+        c.list_alerts(&AlertQuery { states: vec![AlertState::Resolved], ..Default::default() }, 100).await.unwrap();
+    assert_eq!(resolved.len(), 2, "{resolved:?}");
+    assert_eq!(c.alert(&id).await.unwrap_err().code(), Some(Code::NotFound), "the oldest was pruned");
+    server.stop().await.unwrap();
+}
