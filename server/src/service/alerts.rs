@@ -552,19 +552,32 @@ fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
     Some((total, free))
 }
 
-/// Local paths strata writes to: the SQLite file and a `file://` object store.
+/// Local paths strata writes to: the SQLite file and a `file://` object store, one per file
+/// system (a disk holding both is reported once).
 fn local_paths(ctx: &Context) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
+    use std::os::unix::fs::MetadataExt;
+    let mut candidates = Vec::new();
     if let Some(p) = ctx.db.sqlite_path() {
         let p = std::path::Path::new(p);
-        out.push(
+        candidates.push(
             p.parent().filter(|d| !d.as_os_str().is_empty()).map(|d| d.to_path_buf()).unwrap_or_else(|| ".".into()),
         );
     }
     if let Some(dir) = ctx.config.object_store_url.strip_prefix("file://") {
-        out.push(std::path::PathBuf::from(dir));
+        candidates.push(std::path::PathBuf::from(dir));
     }
-    out
+    let mut devices = Vec::new();
+    candidates
+        .into_iter()
+        .filter(|p| match std::fs::metadata(p) {
+            Ok(m) if devices.contains(&m.dev()) => false,
+            Ok(m) => {
+                devices.push(m.dev());
+                true
+            }
+            Err(_) => false,
+        })
+        .collect()
 }
 
 /// Reads a metric's current series.

@@ -253,3 +253,105 @@ async fn alerts_fire_escalate_acknowledge_resolve_and_notify_on_real_growth() {
     assert_eq!(c.alert(&id).await.unwrap_err().code(), Some(Code::NotFound), "the oldest was pruned");
     server.stop().await.unwrap();
 }
+
+/// Disables every built-in rule except `keep`.
+async fn only_builtin(c: &Client, keep: &[&str]) {
+    for mut r in c.list_rules().await.unwrap() {
+        if r.builtin && !keep.contains(&r.name.as_str()) {
+            r.enabled = false;
+            c.update_rule(&r, &["enabled"]).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_job_raises_the_failed_job_alert_and_costs_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("strata.db");
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let c = server.client().await;
+    only_builtin(&c, &["failed-job"]).await;
+    crate::support::sqlite(&db)
+        .await
+        .batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY, created_at TEXT); INSERT INTO t VALUES (1, '2020-01-01 00:00:00');")
+        .await
+        .unwrap();
+    c.create_policy(&strata_client::archive::ArchivePolicy {
+        name: "t".into(),
+        table_name: "t".into(),
+        time_column: "created_at".into(),
+        key_columns: vec!["id".into()],
+        archive_after: Duration::from_secs(86_400),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let job = strata_client::scheduler::JobSpec {
+        name: "archive-t".into(),
+        kind: strata_client::scheduler::JobKind::Archive,
+        target: "t".into(),
+        options: Default::default(),
+        schedule: "@daily".into(),
+        time_zone: String::new(),
+        enabled: true,
+        timeout: Duration::ZERO,
+    };
+    c.create_job(&job).await.unwrap();
+    // The application drops the table under the policy: the job fails.
+    crate::support::sqlite(&db).await.batch_execute("DROP TABLE t").await.unwrap();
+    let r = c.run_job_now("archive-t").await.unwrap();
+    let r = c.wait_job_run(&r.id, Duration::from_millis(20)).await.unwrap();
+    assert_eq!(r.state, JobRunState::Failed, "{r:?}");
+    evaluate(&c).await;
+    let a = only(&c, "failed-job").await;
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!((a[0].state, a[0].labels["job"].as_str()), (AlertState::Firing, "archive-t"));
+    let h = c.health_report().await.unwrap();
+    assert_eq!(h.factors.iter().find(|f| f.name == "failed_jobs").unwrap().penalty, 5, "{h:?}");
+    // Paused, the job no longer counts: the alert resolves.
+    c.pause_job("archive-t").await.unwrap();
+    evaluate(&c).await;
+    assert_eq!(only(&c, "failed-job").await[0].state, AlertState::Resolved);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_in_a_default_partition_and_table_growth_alert_on_postgres() {
+    let f = crate::support::PgFixture::new("alerts").await;
+    let c = f.server.client().await;
+    only_builtin(&c, &[]).await;
+    f.sql(
+        "CREATE TABLE events (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at);
+         CREATE TABLE events_default PARTITION OF events DEFAULT;
+         CREATE TABLE blobs (id bigint PRIMARY KEY, body text);",
+    )
+    .await;
+    let mut stray = AlertRule::new("stray-events", AlertMetric::DefaultPartitionRows, Some(1.0), Some(100.0));
+    stray.table = "public.events".into();
+    c.create_rule(&stray).await.unwrap();
+    let mut big = AlertRule::new("big-blobs", AlertMetric::TableSize, Some(1_000_000.0), None);
+    big.table = "blobs".into();
+    c.create_rule(&big).await.unwrap();
+    evaluate(&c).await;
+    assert!(only(&c, "stray-events").await.is_empty());
+    assert!(only(&c, "big-blobs").await.is_empty());
+
+    f.sql("INSERT INTO events SELECT i, now() FROM generate_series(1, 5) i;").await;
+    // Incompressible text, so TOAST cannot shrink it below the threshold.
+    f.sql("INSERT INTO blobs SELECT i, (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 40)) FROM generate_series(1, 1500) i; ANALYZE blobs;").await;
+    evaluate(&c).await;
+    let a = &only(&c, "stray-events").await[0];
+    assert_eq!((a.state, a.severity, a.value), (AlertState::Firing, AlertSeverity::Warning, 5.0), "{a:?}");
+    let b = &only(&c, "big-blobs").await[0];
+    assert_eq!((b.state, b.labels["table"].as_str()), (AlertState::Firing, "public.blobs"), "{b:?}");
+
+    f.sql("INSERT INTO events SELECT i, now() FROM generate_series(6, 200) i;").await;
+    evaluate(&c).await;
+    let a = &only(&c, "stray-events").await[0];
+    assert_eq!((a.state, a.severity), (AlertState::Firing, AlertSeverity::Critical), "escalated: {a:?}");
+
+    f.sql("DELETE FROM events; TRUNCATE blobs;").await;
+    evaluate(&c).await;
+    assert_eq!(only(&c, "stray-events").await[0].state, AlertState::Resolved);
+    assert_eq!(only(&c, "big-blobs").await[0].state, AlertState::Resolved);
+}
