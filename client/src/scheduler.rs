@@ -104,6 +104,27 @@ pub struct JobSpec {
     pub timeout: Duration,
 }
 
+impl JobSpec {
+    /// An enabled job without target, options or timeout, scheduled in UTC.
+    pub fn new(name: &str, kind: JobKind, schedule: &str) -> Self {
+        JobSpec {
+            name: name.into(),
+            kind,
+            target: String::new(),
+            options: BTreeMap::new(),
+            schedule: schedule.into(),
+            time_zone: "UTC".into(),
+            enabled: true,
+            timeout: Duration::ZERO,
+        }
+    }
+
+    /// The same job with a target (policy or table).
+    pub fn target(self, target: &str) -> Self {
+        JobSpec { target: target.into(), ..self }
+    }
+}
+
 /// A job as the server has it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {

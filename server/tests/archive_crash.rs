@@ -2,11 +2,7 @@
 //! kill, each original row is exactly once either in the table or in a committed segment; after
 //! the last restart a re-run finishes the job and leaves no pending segment or stray object.
 
-use std::{
-    collections::BTreeMap,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use diesel::{
     QueryableByName,
@@ -17,7 +13,7 @@ use strata_client::{
     Client,
     archive::{ArchivePolicy, RunState},
 };
-use strata_tests::{PgCluster, S3Server, pg::free_port};
+use strata_tests::{PgCluster, S3Server, process::ServerProcess};
 
 const BUCKET: &str = "strata-crash";
 
@@ -39,46 +35,16 @@ struct Seg {
     row_count: i64,
 }
 
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Process {
-    fn spawn(db_url: &str, s3_url: &str) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_strata-server"))
-            .env("STRATA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("STRATA_DATABASE_URL", db_url)
-            .env("STRATA_OBJECT_STORE_URL", s3_url)
-            .env("STRATA_RUN_LEASE", "1s")
-            .env("STRATA_RUN_SCHEDULER", "false")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn strata-server");
-        Process { child, url: format!("http://127.0.0.1:{port}") }
-    }
-
-    async fn client(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(c) = Client::connect(self.url.clone()).await
-                && c.info().await.is_ok()
-            {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    fn kill9(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
+fn spawn(db_url: &str, s3_url: &str) -> ServerProcess {
+    ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_strata-server"),
+        &[
+            ("STRATA_DATABASE_URL", db_url),
+            ("STRATA_OBJECT_STORE_URL", s3_url),
+            ("STRATA_RUN_LEASE", "1s"),
+            ("STRATA_RUN_SCHEDULER", "false"),
+        ],
+    )
 }
 
 async fn hot(c: &mut AsyncPgConnection) -> BTreeMap<i64, String> {
@@ -156,7 +122,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
     let db_url = cluster.primary_url(&db);
 
     // The policy is created through a first server, which is then killed as well.
-    let first = Process::spawn(&db_url, &s3.url());
+    let mut first = spawn(&db_url, &s3.url());
     first
         .client()
         .await
@@ -190,7 +156,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
         attempts += 1;
         assert!(attempts < 60, "could not kill mid-run often enough ({kills_mid_run} of 22)");
         let before = check_exactly_once(&mut c, &s3, &original).await;
-        let p = Process::spawn(&db_url, &s3.url());
+        let mut p = spawn(&db_url, &s3.url());
         let client = p.client().await;
         // The killed server's lease must expire (1 s) before a new run may take the policy over.
         let run = start_run(&client).await;
@@ -208,7 +174,7 @@ async fn kill_9_during_archival_loses_and_duplicates_nothing() {
     }
 
     // A last server finishes the job; leftovers of the crashes are cleaned.
-    let p = Process::spawn(&db_url, &s3.url());
+    let mut p = spawn(&db_url, &s3.url());
     let client = p.client().await;
     // Once its lease (1 s) has lapsed, the last killed run reads as interrupted, not running.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -3,11 +3,7 @@
 //! (SIGKILL) the process holding a long archival run lets another instance take the run over and
 //! finish the schedule.
 
-use std::{
-    collections::BTreeMap,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use diesel::{QueryableByName, sql_types::BigInt};
@@ -17,59 +13,20 @@ use strata_client::{
     archive::ArchivePolicy,
     scheduler::{JobKind, JobRun, JobRunState, JobSpec},
 };
-use strata_tests::{PgCluster, pg::free_port};
+use strata_tests::{PgCluster, process::ServerProcess};
 
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Process {
-    fn spawn(db_url: &str, objects: &std::path::Path) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_strata-server"))
-            .env("STRATA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("STRATA_DATABASE_URL", db_url)
-            .env("STRATA_OBJECT_STORE_URL", format!("file://{}", objects.display()))
-            .env("STRATA_RUN_LEASE", "1s")
-            .env("STRATA_RUN_SCHEDULER", "true")
-            .env("STRATA_SCHEDULER_POLL_INTERVAL", "100ms")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn strata-server");
-        Process { child, url: format!("http://127.0.0.1:{port}") }
-    }
-
-    async fn client(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(c) = Client::connect(self.url.clone()).await
-                && c.info().await.is_ok()
-            {
-                return c;
-            }
-            assert!(Instant::now() < deadline, "server did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn spawn(db_url: &str, objects: &std::path::Path) -> ServerProcess {
+    let objects = format!("file://{}", objects.display());
+    ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_strata-server"),
+        &[
+            ("STRATA_DATABASE_URL", db_url),
+            ("STRATA_OBJECT_STORE_URL", &objects),
+            ("STRATA_RUN_LEASE", "1s"),
+            ("STRATA_RUN_SCHEDULER", "true"),
+            ("STRATA_SCHEDULER_POLL_INTERVAL", "100ms"),
+        ],
+    )
 }
 
 #[derive(QueryableByName)]
@@ -79,16 +36,7 @@ struct Count {
 }
 
 fn job(name: &str, kind: JobKind, target: &str, schedule: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        kind,
-        target: target.into(),
-        options: Default::default(),
-        schedule: schedule.into(),
-        time_zone: "UTC".into(),
-        enabled: true,
-        timeout: Duration::from_secs(600),
-    }
+    JobSpec { timeout: Duration::from_secs(600), ..JobSpec::new(name, kind, schedule).target(target) }
 }
 
 /// The scheduled runs of `job` for occurrences in [from, to], by occurrence.
@@ -144,7 +92,7 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     .await
     .unwrap();
     let db_url = cluster.primary_url(&db);
-    let mut procs: Vec<Process> = (0..3).map(|_| Process::spawn(&db_url, objects.path())).collect();
+    let mut procs: Vec<ServerProcess> = (0..3).map(|_| spawn(&db_url, objects.path())).collect();
     let client = procs[0].client().await;
     for p in &procs[1..] {
         p.client().await;

@@ -4,6 +4,7 @@
 
 pub mod notify;
 pub mod pg;
+pub mod process;
 pub mod proxy;
 pub mod s3;
 pub mod server;

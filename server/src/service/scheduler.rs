@@ -556,11 +556,23 @@ pub async fn set_enabled(ctx: &Context, name: &str, enabled: bool) -> Result<Job
 pub async fn run_now(ctx: &Context, name: &str) -> Result<RunRow> {
     let job = get_job(ctx, name).await?.row;
     let t = now();
-    let run = RunRow {
+    let run = new_run(ctx, &job.name, t, TRIGGER_MANUAL, t);
+    let mut conn = ctx.db.write().await?;
+    if !store::insert_run(&mut conn, &run).await? {
+        return Err(Error::FailedPrecondition(format!("job {name:?} is running already")));
+    }
+    drop(conn);
+    spawn(ctx, job, run.clone());
+    Ok(run)
+}
+
+/// A first attempt of `job` for occurrence `at`, running on this instance from `t`.
+fn new_run(ctx: &Context, job: &str, at: NaiveDateTime, trigger: &str, t: NaiveDateTime) -> RunRow {
+    RunRow {
         id: uuid::Uuid::now_v7().to_string(),
-        job_name: job.name.clone(),
-        scheduled_for: t,
-        run_trigger: TRIGGER_MANUAL.into(),
+        job_name: job.to_owned(),
+        scheduled_for: at,
+        run_trigger: trigger.into(),
         state: RUNNING.into(),
         owner: ctx.instance_id.clone(),
         attempt: 1,
@@ -569,14 +581,7 @@ pub async fn run_now(ctx: &Context, name: &str) -> Result<RunRow> {
         finished_at: None,
         message: String::new(),
         error: None,
-    };
-    let mut conn = ctx.db.write().await?;
-    if !store::insert_run(&mut conn, &run).await? {
-        return Err(Error::FailedPrecondition(format!("job {name:?} is running already")));
     }
-    drop(conn);
-    spawn(ctx, job, run.clone());
-    Ok(run)
 }
 
 /// Runs newest first, of one job or all; returns the next page token.
@@ -724,20 +729,7 @@ pub async fn poll(ctx: &Context) -> Result<()> {
             ),
             error: None,
         });
-        let run = plan.run.map(|at| RunRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            job_name: job.name.clone(),
-            scheduled_for: at,
-            run_trigger: TRIGGER_SCHEDULE.into(),
-            state: RUNNING.into(),
-            owner: ctx.instance_id.clone(),
-            attempt: 1,
-            lease_until: Some(t + lease(ctx)),
-            started_at: t,
-            finished_at: None,
-            message: String::new(),
-            error: None,
-        });
+        let run = plan.run.map(|at| new_run(ctx, &job.name, at, TRIGGER_SCHEDULE, t));
         match store::claim(&mut conn, &job.name, due, plan.next, missed.as_ref(), run.as_ref()).await? {
             Claim::Claimed => {
                 if let Some(m) = &missed {

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use strata_client::{
     Client,
     alerts::{AlertChange, AlertMetric, AlertQuery, AlertRule, AlertSeverity, AlertState},
-    scheduler::JobRunState,
+    scheduler::{JobKind, JobRunState, JobSpec},
 };
 use strata_tests::{
     TestServer,
@@ -286,16 +286,7 @@ async fn a_failing_job_raises_the_failed_job_alert_and_costs_health() {
     })
     .await
     .unwrap();
-    let job = strata_client::scheduler::JobSpec {
-        name: "archive-t".into(),
-        kind: strata_client::scheduler::JobKind::Archive,
-        target: "t".into(),
-        options: Default::default(),
-        schedule: "@daily".into(),
-        time_zone: String::new(),
-        enabled: true,
-        timeout: Duration::ZERO,
-    };
+    let job = JobSpec::new("archive-t", JobKind::Archive, "@daily").target("t");
     c.create_job(&job).await.unwrap();
     // The application drops the table under the policy: the job fails.
     crate::support::sqlite(&db).await.batch_execute("DROP TABLE t").await.unwrap();
@@ -354,4 +345,71 @@ async fn rows_in_a_default_partition_and_table_growth_alert_on_postgres() {
     evaluate(&c).await;
     assert_eq!(only(&c, "stray-events").await[0].state, AlertState::Resolved);
     assert_eq!(only(&c, "big-blobs").await[0].state, AlertState::Resolved);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_does_not_read_is_resynced_and_stalls_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let c = server.client().await;
+    only_builtin(&c, &[]).await;
+    // 800 tables, one alert each: 1 600 changes (firing, then resolved), more than the feed holds
+    // for a subscriber that stopped reading.
+    let mut sql = String::new();
+    for i in 0..800 {
+        sql.push_str(&format!("CREATE TABLE t{i} (id INTEGER PRIMARY KEY);"));
+    }
+    crate::support::sqlite(&dir.path().join("strata.db")).await.batch_execute(&sql).await.unwrap();
+    let rule = AlertRule::new("every-table", AlertMetric::TableSize, Some(0.0), None);
+    c.create_rule(&rule).await.unwrap();
+
+    // The SDK opens wide HTTP/2 windows; this subscriber uses the protocol's default 64 KiB, so
+    // the server soon cannot send it more and its feed position falls behind.
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = strata_client::pb::alert_service_client::AlertServiceClient::new(channel)
+        .watch_alerts(strata_client::pb::WatchAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let fast = c.watch_alerts(false, None, None).await.unwrap();
+    let counted = tokio::spawn(async move {
+        let mut fast = Box::pin(fast);
+        let (mut fired, mut resolved) = (0, 0);
+        while fired < 800 || resolved < 800 {
+            match fast.next().await {
+                Some(Ok(AlertChange::Event { event, .. })) if event.kind == "firing" => fired += 1,
+                Some(Ok(AlertChange::Event { event, .. })) if event.kind == "resolved" => resolved += 1,
+                Some(Ok(AlertChange::Resync)) => panic!("the reading subscriber fell behind"),
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        (fired, resolved)
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // Evaluations finish while one subscriber reads nothing.
+    let m = evaluate(&c).await;
+    assert!(m.contains("800 fired"), "{m}");
+    c.update_rule(&AlertRule { warning: Some(1e12), ..rule }, &["warning_threshold"]).await.unwrap();
+    let m = evaluate(&c).await;
+    assert!(m.contains("800 resolved"), "{m}");
+    let (fired, resolved) = tokio::time::timeout(Duration::from_secs(60), counted).await.expect("all changes").unwrap();
+    assert_eq!((fired, resolved), (800, 800));
+
+    // The one that did not read is told it missed changes, then gets the open alerts (none now).
+    let mut resynced = false;
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), slow.next()).await {
+        if item.unwrap().kind == strata_client::pb::AlertChangeKind::Resync as i32 {
+            resynced = true;
+            break;
+        }
+    }
+    assert!(resynced, "no RESYNC for a subscriber 1 600 changes behind");
+    server.stop().await.unwrap();
 }

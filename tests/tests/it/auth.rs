@@ -102,16 +102,7 @@ async fn call_all(c: &Client) -> Vec<(&'static str, Option<Code>)> {
 
 /// A job the server refuses (no such policy): authorized calls change nothing.
 fn bad_job() -> JobSpec {
-    JobSpec {
-        name: "auth-matrix".into(),
-        kind: JobKind::Archive,
-        target: MISSING.into(),
-        options: Default::default(),
-        schedule: "@daily".into(),
-        time_zone: String::new(),
-        enabled: true,
-        timeout: std::time::Duration::ZERO,
-    }
+    JobSpec::new("auth-matrix", JobKind::Archive, "@daily").target(MISSING)
 }
 
 /// A well-formed id that names nothing: authorized calls answer NOT_FOUND.

@@ -138,3 +138,107 @@ async fn cli_archive_create_plan_run_read_restore() {
     let err = run(cli, &mut Vec::new()).await.unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_jobs_scheduler_alerts_and_health_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let ok = std::process::ExitCode::SUCCESS;
+
+    let (_, out) = strata(&server, &["jobs", "ls"]).await;
+    assert!(out.contains("metrics-sample") && out.contains("*/5 * * * *"), "{out}");
+    let (code, out) = strata(
+        &server,
+        &[
+            "jobs",
+            "create",
+            "nightly",
+            "--kind",
+            "maintenance",
+            "--schedule",
+            "0 4 * * *",
+            "--time-zone",
+            "Asia/Tokyo",
+            "--option",
+            "full=false",
+        ],
+    )
+    .await;
+    assert_eq!(code, ok, "{out}");
+    assert!(out.contains("job nightly created; next run") && out.contains("19:00:00"), "{out}");
+    let url = server.url();
+    let bad = Cli::try_parse_from([
+        "strata",
+        "--url",
+        &url,
+        "jobs",
+        "create",
+        "bad",
+        "--kind",
+        "backup",
+        "--schedule",
+        "every day",
+    ])
+    .unwrap();
+    let err = run(bad, &mut Vec::new()).await.unwrap_err().to_string();
+    assert!(err.contains("InvalidArgument") && err.contains("not a cron expression"), "{err}");
+    let (code, out) = strata(&server, &["jobs", "run", "nightly", "--wait"]).await;
+    assert_eq!(code, ok, "{out}");
+    assert!(out.contains("succeeded") && out.contains("table(s) vacuumed"), "{out}");
+    let (_, out) = strata(&server, &["--json", "jobs", "runs", "nightly"]).await;
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs[0]["state"], "succeeded");
+    assert_eq!(runs[0]["manual"], true);
+    let (_, out) = strata(&server, &["jobs", "pause", "nightly"]).await;
+    assert!(out.contains("paused"), "{out}");
+    let (_, out) = strata(&server, &["jobs", "resume", "nightly"]).await;
+    assert!(out.contains("resumed"), "{out}");
+    let (_, out) = strata(&server, &["jobs", "update", "nightly", "--schedule", "30 4 * * *"]).await;
+    assert!(out.contains("19:30:00"), "{out}");
+    let (_, out) = strata(&server, &["jobs", "rm", "nightly"]).await;
+    assert!(out.contains("deleted"), "{out}");
+    let (_, out) = strata(&server, &["scheduler", "stop"]).await;
+    assert!(out.contains("scheduler stopped"), "{out}");
+    let (_, out) = strata(&server, &["--json", "scheduler", "start"]).await;
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["running"], true);
+
+    {
+        use diesel_async::SimpleAsyncConnection;
+        let mut c = crate::support::sqlite(&dir.path().join("strata.db")).await;
+        c.batch_execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)").await.unwrap();
+    }
+    let (_, out) = strata(&server, &["alerts", "rules", "ls"]).await;
+    assert!(out.contains("database-size (built in)"), "{out}");
+    let (code, out) = strata(
+        &server,
+        &["alerts", "rules", "create", "any-table", "--metric", "table-size", "--warning", "0", "--label", "team=ops"],
+    )
+    .await;
+    assert_eq!(code, ok, "{out}");
+    let (_, out) = strata(&server, &["alerts", "rules", "update", "any-table", "--critical", "1000000000"]).await;
+    assert!(out.contains("updated"), "{out}");
+    // Only this rule: the built-in ones depend on the machine (disk usage).
+    for r in ["database-size", "probe-latency", "disk-used", "pool-utilization", "replica-lag", "failed-job"] {
+        strata(&server, &["alerts", "rules", "update", r, "--enabled", "false"]).await;
+    }
+    let (code, out) = strata(&server, &["jobs", "run", "alert-evaluation", "--wait"]).await;
+    assert_eq!(code, ok, "{out}");
+    let (_, out) = strata(&server, &["--json", "alerts", "ls"]).await;
+    let alerts: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = alerts[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(alerts[0]["labels"]["team"], "ops");
+    let (_, out) = strata(&server, &["alerts", "ack", &id, "--note", "mine"]).await;
+    assert!(out.contains("acknowledged by loopback"), "{out}");
+    let (_, out) = strata(&server, &["alerts", "show", &id]).await;
+    assert!(out.contains("acknowledged") && out.contains("mine"), "{out}");
+    let (_, out) = strata(&server, &["alerts", "resolve", &id]).await;
+    assert!(out.contains("resolved by loopback"), "{out}");
+    let (_, out) = strata(&server, &["alerts", "rules", "rm", "any-table"]).await;
+    assert!(out.contains("deleted"), "{out}");
+    let (_, out) = strata(&server, &["--json", "health-report"]).await;
+    let h: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(h["score"].as_u64().unwrap() <= 100);
+    assert!(h["factors"].as_array().unwrap().iter().any(|f| f["name"] == "critical_alerts"));
+    server.stop().await.unwrap();
+}

@@ -16,16 +16,7 @@ use tonic::Code;
 use crate::support::eventually;
 
 fn job(name: &str, kind: JobKind, target: &str, schedule: &str) -> JobSpec {
-    JobSpec {
-        name: name.into(),
-        kind,
-        target: target.into(),
-        options: Default::default(),
-        schedule: schedule.into(),
-        time_zone: String::new(),
-        enabled: true,
-        timeout: Duration::ZERO,
-    }
+    JobSpec::new(name, kind, schedule).target(target)
 }
 
 async fn finished_runs(c: &Client, job: &str) -> usize {
@@ -54,7 +45,8 @@ async fn jobs_are_checked_paused_resumed_run_now_stopped_and_pruned() {
     assert_eq!(
         builtin,
         [
-            ("backup".to_string(), "0 2 * * *".to_string()),
+            ("alert-evaluation".to_string(), "* * * * *".to_string()),
+            ("backup".into(), "0 2 * * *".into()),
             ("maintenance".into(), "0 3 * * *".into()),
             ("metrics-sample".into(), "*/5 * * * *".into()),
             ("upload-expiry".into(), "*/10 * * * *".into()),
@@ -86,7 +78,7 @@ async fn jobs_are_checked_paused_resumed_run_now_stopped_and_pruned() {
         ..job("x", JobKind::Maintenance, "", "@daily")
     };
     assert_eq!(code(c.create_job(&with_option).await), Some(Code::InvalidArgument));
-    assert_eq!(c.list_jobs().await.unwrap().len(), 4, "nothing stored");
+    assert_eq!(c.list_jobs().await.unwrap().len(), 5, "nothing stored");
     let e = c.delete_job("backup").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition));
     assert_eq!(c.delete_job("nope").await.unwrap_err().code(), Some(Code::NotFound));
