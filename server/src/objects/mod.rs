@@ -85,6 +85,21 @@ impl ObjectStore {
         })
     }
 
+    /// Stores `data` under `key` whole. On S3 an object no larger than one part goes in a single
+    /// PutObject (one round trip instead of three for a multipart upload); larger ones and local
+    /// files go through [`ObjectStore::begin_write`]. Either way nothing is visible until it is
+    /// complete.
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<u64> {
+        if let Self::S3(s) = self
+            && (data.len() as u64) <= s.part_size()
+        {
+            return s.put(key, data).await;
+        }
+        let mut w = self.begin_write(key, Some(data.len() as u64)).await?;
+        w.write(data).await?;
+        w.finish().await
+    }
+
     /// Streams `length` bytes of `key` from `offset` (`None`: to the end).
     pub async fn get(&self, key: &str, offset: u64, length: Option<u64>) -> Result<ByteStream> {
         match self {

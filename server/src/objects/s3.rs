@@ -111,6 +111,29 @@ impl S3Store {
         Ok(format!("{}{key}", self.prefix))
     }
 
+    pub(super) fn part_size(&self) -> u64 {
+        self.settings.part_size
+    }
+
+    /// One PutObject of a whole (small) object.
+    pub(super) async fn put(&self, key: &str, data: Bytes) -> Result<u64> {
+        let full = self.full_key(key)?;
+        let size = data.len() as u64;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(&full)
+            .content_length(size as i64)
+            .body(AwsBody::from(data));
+        if let Some(class) = &self.settings.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        // As for parts: no SHA-256 payload signing; callers verify content themselves.
+        req.customize().disable_payload_signing().send().await.map_err(s3_err("PutObject", &full))?;
+        Ok(size)
+    }
+
     pub(super) async fn begin_write(&self, key: &str, expected_size: Option<u64>) -> Result<S3Writer> {
         let full = self.full_key(key)?;
         // Grow parts (in whole MiB) for files that would otherwise need more than 10 000 of them.

@@ -44,6 +44,14 @@ async fn exercise(store: ObjectStore, part: usize) {
             assert_eq!(read_all(&store, &key, len as u64 - 2, None).await, data[len - 2..]);
         }
     }
+    // Whole-object puts: one request up to a part, a multipart upload beyond.
+    for (i, len) in [0, 1, 1000, part, part + 1].into_iter().enumerate() {
+        let key = format!("blobs/put{i}");
+        let data = pattern(len, 50 + i as u64);
+        assert_eq!(store.put(&key, Bytes::from(data.clone())).await.unwrap(), len as u64);
+        assert_eq!(read_all(&store, &key, 0, None).await, data, "put of {len} bytes");
+        store.delete(&key).await.unwrap();
+    }
     assert!(store.get("blobs/t2", 990, Some(11)).await.is_err(), "range past the end");
     assert!(matches!(store.get("blobs/missing", 0, None).await, Err(strata_server::objects::Error::NotFound(_))));
 
