@@ -66,6 +66,12 @@ impl Server {
         .await
         .with_context(|| format!("object store {}", db::redact_url(&config.object_store_url)))?;
         let ctx = Context::new(db, objects, config);
+        // Before serving: the built-in jobs and rules exist once the server answers.
+        let jobs = service::scheduler::ensure_builtin(&ctx).await.context("creating the built-in jobs")?;
+        let rules = service::alerts::ensure_builtin(&ctx).await.context("creating the built-in alert rules")?;
+        if jobs + rules > 0 {
+            tracing::info!(jobs, rules, "built-in jobs and alert rules created");
+        }
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(ctx, listener, shutdown.clone()));
         tracing::info!(%addr, "strata listening");
@@ -102,16 +108,6 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     let jobs_cancel = CancellationToken::new();
     let mut jobs =
         vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
-    match service::scheduler::ensure_builtin(&ctx).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(jobs = n, "built-in jobs created"),
-        Err(e) => tracing::error!(error = %e, "creating the built-in jobs failed"),
-    }
-    match service::alerts::ensure_builtin(&ctx).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(rules = n, "built-in alert rules created"),
-        Err(e) => tracing::error!(error = %e, "creating the built-in alert rules failed"),
-    }
     if ctx.config.run_scheduler {
         let every = ctx.config.scheduler_poll_interval;
         jobs.push(tokio::spawn(jobs::scheduler(ctx.clone(), every, jobs_cancel.clone())));
