@@ -174,21 +174,28 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
             assert!(pair[0].ended_at.unwrap() <= pair[1].started_at.unwrap(), "{:?} overlaps {:?}", pair[0], pair[1]);
         }
     }
-    // The work, not only the bookkeeping, happened once per tick: one snapshot per sampling run
-    // (plus one for a run killed mid-way and taken over).
+    // The work, not only the bookkeeping, happened once per tick: each sampling run names the
+    // snapshot it stored ("snapshot N: …"); they are distinct, and the snapshot table holds no
+    // other row between the first and the last of them (but one per run killed mid-way and
+    // taken over).
     let taken_over = sample.values().flatten().filter(|r| r.attempt > 1).count() as i64;
-    let snapshots = diesel::sql_query(format!(
-        "SELECT count(*)::int8 AS n FROM strata.snapshots WHERE taken_at >= '{}' AND taken_at < '{}'",
-        from.naive_utc(),
-        (sample.keys().last().unwrap().naive_utc() + chrono::Duration::milliseconds(999)),
+    let ids: std::collections::BTreeSet<i64> = sample
+        .values()
+        .flatten()
+        .map(|r| r.message.strip_prefix("snapshot ").and_then(|m| m.split(':').next()).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), sample_ticks, "one snapshot per run");
+    let (first, last) = (ids.first().unwrap(), ids.last().unwrap());
+    let stored = diesel::sql_query(format!(
+        "SELECT count(*)::int8 AS n FROM strata.snapshots WHERE id BETWEEN {first} AND {last}"
     ))
     .get_result::<Count>(&mut c)
     .await
     .unwrap()
     .n;
     assert!(
-        (sample_ticks as i64..=sample_ticks as i64 + taken_over).contains(&snapshots),
-        "{snapshots} snapshots for {sample_ticks} ticks ({taken_over} taken over)"
+        (sample_ticks as i64..=sample_ticks as i64 + taken_over).contains(&stored),
+        "{stored} snapshots stored for {sample_ticks} ticks ({taken_over} taken over)"
     );
     // Every due row was archived exactly once: the hot table plus committed segments hold 40 000.
     let hot = diesel::sql_query("SELECT count(*)::int8 AS n FROM events").get_result::<Count>(&mut c).await.unwrap().n;
