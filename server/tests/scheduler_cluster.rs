@@ -185,7 +185,8 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
         .map(|r| r.message.strip_prefix("snapshot ").and_then(|m| m.split(':').next()).unwrap().parse().unwrap())
         .collect();
     assert_eq!(ids.len(), sample_ticks, "one snapshot per run");
-    let (first, last) = (ids.first().unwrap(), ids.last().unwrap());
+    // (Through iter(): Diesel's RunQueryDsl::first would shadow BTreeSet::first.)
+    let (first, last) = (ids.iter().next().unwrap(), ids.iter().next_back().unwrap());
     let stored = diesel::sql_query(format!(
         "SELECT count(*)::int8 AS n FROM strata.snapshots WHERE id BETWEEN {first} AND {last}"
     ))
