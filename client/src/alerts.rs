@@ -262,9 +262,7 @@ pub struct AlertQuery {
     pub since: Option<DateTime<Utc>>,
 }
 
-fn time(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-}
+use crate::convert::ts as time;
 
 fn state(s: i32) -> AlertState {
     match pb::AlertState::try_from(s).unwrap_or(pb::AlertState::Unspecified) {

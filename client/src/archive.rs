@@ -13,9 +13,7 @@ use crate::{
     pb::{self, archive_service_client::ArchiveServiceClient},
 };
 
-fn time(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-}
+use crate::convert::ts as time;
 
 fn duration(d: Option<prost_types::Duration>) -> Option<Duration> {
     d.and_then(|d| Duration::try_from(d).ok())

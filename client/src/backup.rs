@@ -47,9 +47,7 @@ pub struct Backup {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-fn time(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-}
+use crate::convert::ts as time;
 
 impl From<pb::Backup> for Backup {
     fn from(b: pb::Backup) -> Self {

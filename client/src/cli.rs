@@ -360,6 +360,16 @@ fn table(headers: &[&str]) -> Table {
     t
 }
 
+/// `KEY=VALUE` arguments (job options, rule labels).
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// A UTC time to the second, or `-`.
+fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+}
+
 fn print_json<T: Serialize>(out: &mut dyn Write, v: &T) -> anyhow::Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
     Ok(())

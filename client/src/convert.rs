@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 
 use crate::{Error, pb, types::*};
 
-fn ts(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+/// A server timestamp (None when absent or out of range).
+pub(crate) fn ts(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
 }
 

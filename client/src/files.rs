@@ -308,6 +308,17 @@ impl Client {
         })
     }
 
+    /// Polls a blob migration every `interval` until it is no longer running.
+    pub async fn wait_blob_migration(&self, id: &str, interval: std::time::Duration) -> Result<BlobMigration, Error> {
+        loop {
+            let m = self.blob_migration(id).await?;
+            if m.state != "running" {
+                return Ok(m);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
     /// A blob migration's progress.
     pub async fn blob_migration(&self, id: &str) -> Result<BlobMigration, Error> {
         let r = self.files().get_blob_migration(pb::GetBlobMigrationRequest { id: id.to_owned() }).await?.into_inner();

@@ -46,9 +46,7 @@ pub struct PartitionInfo {
     pub is_default: bool,
 }
 
-fn time(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-}
+use crate::convert::ts as time;
 
 impl From<pb::Partition> for PartitionInfo {
     fn from(p: pb::Partition) -> Self {

@@ -200,9 +200,7 @@ pub struct SchedulerStatus {
     pub running_runs: Vec<JobRun>,
 }
 
-fn time(t: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    t.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
-}
+use crate::convert::ts as time;
 
 impl From<pb::JobRun> for JobRun {
     fn from(r: pb::JobRun) -> Self {

@@ -2,11 +2,10 @@
 
 use std::{io::Write, time::Duration};
 
-use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use futures::StreamExt;
 
-use super::{print_json, table};
+use super::{key_value, print_json, table, when};
 use crate::{
     Client,
     alerts::{AlertChange, AlertMetric, AlertQuery, AlertRule, AlertSeverity, AlertState},
@@ -123,14 +122,6 @@ pub enum RulesCommand {
         /// Rule name.
         name: String,
     },
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
-}
-
-fn when(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn name<T: serde::Serialize>(v: T) -> String {

@@ -2,10 +2,9 @@
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
-use chrono::{DateTime, Utc};
 use clap::Subcommand;
 
-use super::{print_json, table};
+use super::{key_value, print_json, table, when};
 use crate::{
     Client,
     scheduler::{JobChanges, JobKind, JobRun, JobRunState, JobSpec, SchedulerStatus},
@@ -104,14 +103,6 @@ pub enum SchedulerCommand {
     Start,
     /// Stop scheduled runs on every instance; running ones finish (operator).
     Stop,
-}
-
-fn key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
-}
-
-fn when(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn state(s: JobRunState) -> String {

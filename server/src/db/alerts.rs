@@ -9,7 +9,7 @@ use chrono::NaiveDateTime;
 use diesel::{OptionalExtension, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Conn, Result};
+use super::{Conn, Result, is_unique_violation};
 use crate::db_run;
 
 /// Condition holds, not for long enough yet (no notification).
@@ -197,10 +197,6 @@ macro_rules! alert_values {
             $t::updated_at.eq($a.updated_at),
         )
     };
-}
-
-fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
 /// Stores a rule; false when the name is taken.

@@ -5,7 +5,7 @@ use chrono::NaiveDateTime;
 use diesel::{OptionalExtension, prelude::*};
 use diesel_async::RunQueryDsl;
 
-use super::{Conn, Result};
+use super::{Conn, Result, is_unique_violation};
 use crate::db_run;
 
 /// Running.
@@ -80,7 +80,7 @@ pub async fn insert_running(conn: &mut Conn, b: &BackupRow) -> Result<bool> {
     });
     match r {
         Ok(_) => Ok(true),
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+        Err(e) if is_unique_violation(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

@@ -240,6 +240,11 @@ macro_rules! db_run {
     };
 }
 
+/// Whether a write failed on a unique index: the callers' "exists already" / "busy" answer.
+pub(crate) fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+}
+
 /// Quotes an SQL identifier (doubling embedded quotes). Callers check identifiers against the
 /// live schema first; quoting keeps even odd but real names intact.
 pub fn quote(ident: &str) -> String {

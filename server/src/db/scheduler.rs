@@ -10,7 +10,7 @@ use chrono::NaiveDateTime;
 use diesel::{OptionalExtension, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Conn, Result};
+use super::{Conn, Result, is_unique_violation};
 use crate::db_run;
 
 /// Running.
@@ -166,10 +166,6 @@ macro_rules! run_values {
             $t::error.eq(&$r.error),
         )
     };
-}
-
-fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(e, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
 }
 
 /// The switch.
@@ -513,6 +509,14 @@ pub async fn list_runs(conn: &mut Conn, job: Option<&str>, before: Option<&str>,
             q = q.filter(r::id.lt(b));
         }
         q.order(r::id.desc()).limit(limit).load::<RunRow>(conn).await?
+    }))
+}
+
+/// Runs in progress, oldest first.
+pub async fn running_runs(conn: &mut Conn) -> Result<Vec<RunRow>> {
+    Ok(db_run!(conn, {
+        use schema::job_runs as r;
+        r::table.filter(r::state.eq(RUNNING)).order(r::id.asc()).load::<RunRow>(conn).await?
     }))
 }
 

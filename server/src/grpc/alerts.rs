@@ -7,8 +7,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
-    auth::Caller,
-    convert::{dur, duration, time, ts},
+    auth::caller_name,
+    convert::{dur, duration, page_size, required, time, ts},
 };
 use crate::service::{
     Context, Error,
@@ -201,14 +201,6 @@ fn health_pb(h: HealthReport) -> pb::GetHealthReportResponse {
     }
 }
 
-fn required(what: &str, v: String) -> Result<String, Status> {
-    if v.is_empty() { Err(Error::InvalidArgument(format!("{what} is required")).into()) } else { Ok(v) }
-}
-
-fn caller<T>(req: &Request<T>) -> String {
-    req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "unknown".into())
-}
-
 /// Fields UpdateRule may change.
 const SETTABLE: &[&str] = &[
     "table",
@@ -293,7 +285,7 @@ impl AlertService for AlertApi {
         &self,
         req: Request<pb::DeleteRuleRequest>,
     ) -> Result<Response<pb::DeleteRuleResponse>, Status> {
-        let by = caller(&req);
+        let by = caller_name(&req);
         let name = required("name", req.into_inner().name)?;
         alerts::delete_rule(&self.ctx, &name, &by).await?;
         Ok(Response::new(pb::DeleteRuleResponse {}))
@@ -304,11 +296,7 @@ impl AlertService for AlertApi {
         req: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
         let req = req.into_inner();
-        let size = match req.page_size {
-            0 => 100,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => i64::from(n).min(1000),
-        };
+        let size = page_size(req.page_size, 100)?;
         let f = AlertFilter {
             states: req.states.into_iter().map(|s| state(s).map(str::to_owned)).collect::<Result<_, _>>()?,
             severity: severity(req.severity).map(|s| s.as_str().to_owned()),
@@ -332,7 +320,7 @@ impl AlertService for AlertApi {
         &self,
         req: Request<pb::AcknowledgeAlertRequest>,
     ) -> Result<Response<pb::AcknowledgeAlertResponse>, Status> {
-        let by = caller(&req);
+        let by = caller_name(&req);
         let req = req.into_inner();
         let id = required("alert_id", req.alert_id)?;
         let d = alerts::acknowledge(&self.ctx, &id, &by, &req.note).await?;
@@ -343,7 +331,7 @@ impl AlertService for AlertApi {
         &self,
         req: Request<pb::ResolveAlertRequest>,
     ) -> Result<Response<pb::ResolveAlertResponse>, Status> {
-        let by = caller(&req);
+        let by = caller_name(&req);
         let req = req.into_inner();
         let id = required("alert_id", req.alert_id)?;
         let d = alerts::resolve(&self.ctx, &id, &by, &req.note).await?;

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use strata_client::pb::{self, archive_service_server::ArchiveService};
 use tonic::{Request, Response, Status};
 
-use super::convert::{dur, duration, time, ts};
+use super::convert::{dur, duration, page_size, required, time, ts};
 use crate::service::{
     Context, Error,
     archive::{self, FilterSpec, Mode, Policy, PolicySpec, Run, RunKind, SegmentRow, Selection, state},
@@ -180,10 +180,6 @@ fn segment(s: SegmentRow) -> pb::ArchiveSegment {
     }
 }
 
-fn required(what: &str, v: String) -> Result<String, Error> {
-    if v.is_empty() { Err(Error::InvalidArgument(format!("{what} is required"))) } else { Ok(v) }
-}
-
 fn selection(
     start: Option<prost_types::Timestamp>,
     end: Option<prost_types::Timestamp>,
@@ -201,14 +197,6 @@ fn selection(
         Err(Error::InvalidArgument("give segment_ids or a time range, not both".into()))
     } else {
         Ok(Selection::Ids(ids))
-    }
-}
-
-fn page_size(n: i32, default: i64) -> Result<i64, Error> {
-    match n {
-        0 => Ok(default),
-        n if n < 0 => Err(Error::InvalidArgument("page_size must not be negative".into())),
-        n => Ok(i64::from(n).min(1000)),
     }
 }
 

@@ -23,6 +23,12 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The caller's name for records (who acknowledged, who stopped the scheduler): the token's
+/// name, `loopback`, or `unknown` when no check ran.
+pub(crate) fn caller_name<T>(req: &tonic::Request<T>) -> String {
+    req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "unknown".into())
+}
+
 /// The role each RPC needs. Paths not listed under `/strata.` need `operator` (deny by default).
 fn required_role(path: &str) -> Option<Role> {
     const PUBLIC_PREFIXES: &[&str] = &[

@@ -3,7 +3,7 @@
 use strata_client::pb::{self, backup_service_server::BackupService};
 use tonic::{Request, Response, Status};
 
-use super::convert::ts;
+use super::convert::{page_size, ts};
 use crate::service::{
     Context, Error,
     backup::{self, BackupRow},
@@ -53,11 +53,7 @@ impl BackupService for BackupApi {
         req: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         let req = req.into_inner();
-        let size = match req.page_size {
-            0 => 100,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => i64::from(n).min(1000),
-        };
+        let size = page_size(req.page_size, 100)?;
         let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let (rows, next) = backup::list(&self.ctx, size, token).await?;
         Ok(Response::new(pb::ListBackupsResponse {

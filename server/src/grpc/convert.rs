@@ -25,6 +25,20 @@ pub(crate) fn duration(what: &str, d: prost_types::Duration) -> Result<Duration,
     Duration::try_from(d).map_err(|_| crate::service::Error::InvalidArgument(format!("{what} must not be negative")))
 }
 
+/// A required string field, or INVALID_ARGUMENT naming it.
+pub(crate) fn required(what: &str, v: String) -> Result<String, crate::service::Error> {
+    if v.is_empty() { Err(crate::service::Error::InvalidArgument(format!("{what} is required"))) } else { Ok(v) }
+}
+
+/// A List request's page size: `default` when unset, at most 1000, never negative.
+pub(crate) fn page_size(n: i32, default: i64) -> Result<i64, crate::service::Error> {
+    match n {
+        0 => Ok(default),
+        n if n < 0 => Err(crate::service::Error::InvalidArgument("page_size must not be negative".into())),
+        n => Ok(i64::from(n).min(1000)),
+    }
+}
+
 pub(crate) fn dur(d: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration { seconds: i64::MAX, nanos: 0 })
 }

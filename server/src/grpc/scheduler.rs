@@ -4,8 +4,8 @@ use strata_client::pb::{self, scheduler_service_server::SchedulerService};
 use tonic::{Request, Response, Status};
 
 use super::{
-    auth::Caller,
-    convert::{dur, duration, ts},
+    auth::caller_name,
+    convert::{dur, duration, page_size, required, ts},
 };
 use crate::service::{
     Context, Error,
@@ -114,14 +114,6 @@ fn status_pb(s: SchedulerStatus) -> pb::GetSchedulerStatusResponse {
     }
 }
 
-fn name(n: String) -> Result<String, Status> {
-    if n.is_empty() { Err(Error::InvalidArgument("name is required".into()).into()) } else { Ok(n) }
-}
-
-fn caller<T>(req: &Request<T>) -> String {
-    req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "unknown".into())
-}
-
 /// Fields UpdateJob may change.
 const SETTABLE: &[&str] = &["target", "options", "schedule", "time_zone", "timeout"];
 
@@ -138,7 +130,7 @@ impl SchedulerService for SchedulerApi {
         &self,
         req: Request<pb::StartSchedulerRequest>,
     ) -> Result<Response<pb::StartSchedulerResponse>, Status> {
-        let by = caller(&req);
+        let by = caller_name(&req);
         let s = scheduler::set_running(&self.ctx, true, &by).await?;
         Ok(Response::new(pb::StartSchedulerResponse { status: Some(status_pb(s)) }))
     }
@@ -147,7 +139,7 @@ impl SchedulerService for SchedulerApi {
         &self,
         req: Request<pb::StopSchedulerRequest>,
     ) -> Result<Response<pb::StopSchedulerResponse>, Status> {
-        let by = caller(&req);
+        let by = caller_name(&req);
         let s = scheduler::set_running(&self.ctx, false, &by).await?;
         Ok(Response::new(pb::StopSchedulerResponse { status: Some(status_pb(s)) }))
     }
@@ -158,7 +150,7 @@ impl SchedulerService for SchedulerApi {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let n = name(req.into_inner().name)?;
+        let n = required("name", req.into_inner().name)?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job_pb(scheduler::get_job(&self.ctx, &n).await?)?) }))
     }
 
@@ -181,7 +173,7 @@ impl SchedulerService for SchedulerApi {
     async fn update_job(&self, req: Request<pb::UpdateJobRequest>) -> Result<Response<pb::UpdateJobResponse>, Status> {
         let req = req.into_inner();
         let j = req.job.ok_or_else(|| Status::invalid_argument("job is required"))?;
-        let n = name(j.name)?;
+        let n = required("name", j.name)?;
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         if let Some(bad) = paths.iter().find(|p| !SETTABLE.contains(&p.as_str())) {
             return Err(Status::invalid_argument(format!(
@@ -206,25 +198,25 @@ impl SchedulerService for SchedulerApi {
     }
 
     async fn delete_job(&self, req: Request<pb::DeleteJobRequest>) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        let n = name(req.into_inner().name)?;
+        let n = required("name", req.into_inner().name)?;
         scheduler::delete_job(&self.ctx, &n).await?;
         Ok(Response::new(pb::DeleteJobResponse {}))
     }
 
     async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::PauseJobResponse>, Status> {
-        let n = name(req.into_inner().name)?;
+        let n = required("name", req.into_inner().name)?;
         let job = scheduler::set_enabled(&self.ctx, &n, false).await?;
         Ok(Response::new(pb::PauseJobResponse { job: Some(job_pb(job)?) }))
     }
 
     async fn resume_job(&self, req: Request<pb::ResumeJobRequest>) -> Result<Response<pb::ResumeJobResponse>, Status> {
-        let n = name(req.into_inner().name)?;
+        let n = required("name", req.into_inner().name)?;
         let job = scheduler::set_enabled(&self.ctx, &n, true).await?;
         Ok(Response::new(pb::ResumeJobResponse { job: Some(job_pb(job)?) }))
     }
 
     async fn run_job_now(&self, req: Request<pb::RunJobNowRequest>) -> Result<Response<pb::RunJobNowResponse>, Status> {
-        let n = name(req.into_inner().name)?;
+        let n = required("name", req.into_inner().name)?;
         let run = scheduler::run_now(&self.ctx, &n).await?;
         Ok(Response::new(pb::RunJobNowResponse { run: Some(run_pb(run)) }))
     }
@@ -234,11 +226,7 @@ impl SchedulerService for SchedulerApi {
         req: Request<pb::ListJobRunsRequest>,
     ) -> Result<Response<pb::ListJobRunsResponse>, Status> {
         let req = req.into_inner();
-        let size = match req.page_size {
-            0 => 100,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => i64::from(n).min(1000),
-        };
+        let size = page_size(req.page_size, 100)?;
         let job = (!req.job_name.is_empty()).then_some(req.job_name.as_str());
         let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let (runs, next) = scheduler::list_runs(&self.ctx, job, size, token).await?;
@@ -249,10 +237,7 @@ impl SchedulerService for SchedulerApi {
     }
 
     async fn get_job_run(&self, req: Request<pb::GetJobRunRequest>) -> Result<Response<pb::GetJobRunResponse>, Status> {
-        let id = req.into_inner().run_id;
-        if id.is_empty() {
-            return Err(Error::InvalidArgument("run_id is required".into()).into());
-        }
+        let id = required("run_id", req.into_inner().run_id)?;
         Ok(Response::new(pb::GetJobRunResponse { run: Some(run_pb(scheduler::get_run(&self.ctx, &id).await?)) }))
     }
 }

@@ -633,8 +633,7 @@ pub async fn status(ctx: &Context) -> Result<Status> {
             (i, alive)
         })
         .collect();
-    let running_runs =
-        store::list_runs(&mut conn, None, None, 10_000).await?.into_iter().filter(|r| r.state == RUNNING).collect();
+    let running_runs = store::running_runs(&mut conn).await?;
     Ok(Status {
         running: s.running,
         changed_by: s.changed_by,

@@ -131,18 +131,10 @@ async fn base64_and_bytea_survive_interruption() {
     // A new server resumes it by itself; then the bytea column.
     let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
     let client = server.client().await;
-    let done = eventually("the resumed migration", Duration::from_secs(60), || {
-        let (c, id) = (client.clone(), id.clone());
-        async move { c.blob_migration(&id).await.ok().filter(|m| m.state != "running") }
-    })
-    .await;
+    let done = finished(&client, &id, "the resumed migration").await;
     assert_eq!((done.state.as_str(), done.rows_done), ("done", with_blob), "{:?}", done.error);
     let raw = client.start_blob_migration(&spec(false)).await.unwrap().migration.unwrap().id;
-    let done = eventually("the bytea migration", Duration::from_secs(60), || {
-        let (c, id) = (client.clone(), raw.clone());
-        async move { c.blob_migration(&id).await.ok().filter(|m| m.state != "running") }
-    })
-    .await;
+    let done = finished(&client, &raw, "the bytea migration").await;
     assert_eq!((done.state.as_str(), done.rows_done), ("done", with_blob), "{:?}", done.error);
 
     // Every row's bytes equal the original, exactly once, and the blob columns are cleared.
@@ -221,18 +213,10 @@ async fn sqlite_base64_and_blob_columns_survive_interruption() {
     // Resumed by the next server; then the BLOB column.
     let server = TestServer::start(config()).await.unwrap();
     let client = server.client().await;
-    let done = eventually("the resumed migration", Duration::from_secs(60), || {
-        let (c, id) = (client.clone(), id.clone());
-        async move { c.blob_migration(&id).await.ok().filter(|m| m.state != "running") }
-    })
-    .await;
+    let done = finished(&client, &id, "the resumed migration").await;
     assert_eq!((done.state.as_str(), done.rows_done), ("done", with_blob), "{:?}", done.error);
     let raw = client.start_blob_migration(&spec(false)).await.unwrap().migration.unwrap().id;
-    let done = eventually("the BLOB migration", Duration::from_secs(60), || {
-        let (c, id) = (client.clone(), raw.clone());
-        async move { c.blob_migration(&id).await.ok().filter(|m| m.state != "running") }
-    })
-    .await;
+    let done = finished(&client, &raw, "the BLOB migration").await;
     assert_eq!((done.state.as_str(), done.rows_done), ("done", with_blob), "{:?}", done.error);
     let rows: Vec<Row> =
         diesel::sql_query("SELECT id, b64, b64_ref, raw_ref, length(raw) AS raw_len FROM docs ORDER BY id")
@@ -241,4 +225,12 @@ async fn sqlite_base64_and_blob_columns_survive_interruption() {
             .unwrap();
     assert_migrated(&client, rows).await;
     server.stop().await.unwrap();
+}
+
+/// Waits (at most a minute) until a migration is no longer running.
+async fn finished(client: &strata_client::Client, id: &str, what: &str) -> strata_client::types::BlobMigration {
+    tokio::time::timeout(Duration::from_secs(60), client.wait_blob_migration(id, Duration::from_millis(100)))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap()
 }
