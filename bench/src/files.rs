@@ -43,8 +43,6 @@ impl ServerProcess {
             .arg(format!("sqlite://{}", dir.join("strata.db").display()))
             .arg("--object-store-url")
             .arg(object_store_url)
-            .arg("--metrics-sample-interval")
-            .arg("0")
             .args(extra)
             .env("STRATA_LOG", "warn")
             .stdout(Stdio::null())

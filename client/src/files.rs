@@ -213,11 +213,12 @@ impl Client {
     }
 
     /// Downloads a file to `path`: written to a temporary file beside it, synced, then renamed, so
-    /// `path` never holds a partial file. Checks the BLAKE3 of what arrived.
+    /// `path` never holds a partial file. Checks the BLAKE3 of what arrived. After a dropped
+    /// connection or a transient server error (a server shutting down) it continues from the bytes
+    /// it already has, with exponential backoff, as [`Client::upload_path`] does.
     pub async fn download_to(&self, file_id: &str, path: impl AsRef<Path>) -> Result<File, Error> {
         let path = path.as_ref();
         let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
-        let (file, mut stream) = self.download(file_id, 0, 0).await?;
         let tmp = path.with_extension(format!("strata-{}.part", std::process::id()));
         let out = std::fs::File::create(&tmp).map_err(io)?;
         // Hash and write on a thread of their own, so they overlap receiving the next chunks.
@@ -235,23 +236,50 @@ impl Client {
             Ok::<_, std::io::Error>(hasher.finalize().to_hex().to_string())
         });
         let result = async {
-            while let Some(chunk) = stream.try_next().await? {
-                if tx.send(chunk).await.is_err() {
-                    break;
+            let mut delays = backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10))
+                .with_max_times(MAX_ATTEMPTS)
+                .build();
+            let mut received = 0u64;
+            let file = loop {
+                // Offset 0 with length 0 is the whole file; later attempts ask for the rest.
+                let attempt = async {
+                    let (file, mut stream) = self.download(file_id, received, 0).await?;
+                    while let Some(chunk) = stream.try_next().await? {
+                        received += chunk.len() as u64;
+                        if tx.send(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok::<_, Error>(file)
                 }
-            }
+                .await;
+                match attempt {
+                    Ok(file) => break file,
+                    Err(e) if transient(&e) => match delays.next() {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                }
+            };
             drop(tx);
             let got = writer.await.map_err(|e| Error::Io(e.to_string()))?.map_err(io)?;
+            if received != file.size_bytes {
+                return Err(Error::Io(format!("downloaded {received} bytes, expected {}", file.size_bytes)));
+            }
             if got != file.blake3 {
                 return Err(Error::Io(format!("downloaded content has BLAKE3 {got}, expected {}", file.blake3)));
             }
-            tokio::fs::rename(&tmp, path).await.map_err(io)
+            tokio::fs::rename(&tmp, path).await.map_err(io)?;
+            Ok(file)
         }
         .await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
-        result.map(|_| file)
+        result
     }
 
     /// One page of files, newest first.

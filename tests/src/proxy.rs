@@ -45,3 +45,80 @@ impl CutProxy {
         self.cut.cancel();
     }
 }
+
+/// Forwards connections to `target`; the first one is cut once `limit` bytes have gone from the
+/// server to the client (a network failure in the middle of a download, at a byte count rather
+/// than a moment, so tests do not depend on timing). Later connections are forwarded whole.
+pub struct CutOnceProxy {
+    /// Address clients connect to.
+    pub addr: SocketAddr,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl CutOnceProxy {
+    /// Starts the proxy on a free loopback port.
+    pub async fn start(target: SocketAddr, limit: u64) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+        let first = std::sync::Arc::new(AtomicBool::new(true));
+        let (token, counter) = (stop.clone(), cuts.clone());
+        tokio::spawn(async move {
+            loop {
+                let (inbound, _) = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => break },
+                };
+                let (token, counter) = (token.clone(), counter.clone());
+                let cut_this = first.swap(false, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let (mut in_r, mut in_w) = inbound.into_split();
+                    let (mut out_r, mut out_w) = outbound.into_split();
+                    let up = tokio::io::copy(&mut in_r, &mut out_w);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 << 10];
+                        let mut sent = 0u64;
+                        loop {
+                            let room = if cut_this { (limit - sent).min(buf.len() as u64) as usize } else { buf.len() };
+                            if room == 0 {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            match out_r.read(&mut buf[..room]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    if in_w.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                    sent += n as u64;
+                                }
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, cuts, stop })
+    }
+
+    /// How many connections were cut so far (0 or 1).
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CutOnceProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -224,7 +224,7 @@ enum Cmd {
 }
 
 /// A write to a staging file, performed by a thread of its own.
-pub struct LocalWriter {
+pub(super) struct LocalWriter {
     tx: tokio::sync::mpsc::Sender<Cmd>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Bytes the thread has written (whole chunks only).

@@ -16,6 +16,7 @@ use aws_sdk_s3::{
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::{ByteStream, Error, ObjectInfo, Result, check_key};
 
@@ -265,7 +266,7 @@ fn percent(s: &str) -> String {
 type PartResult = (i32, u64, Result<String>);
 
 /// A multipart upload in progress.
-pub struct S3Writer {
+pub(super) struct S3Writer {
     client: Client,
     bucket: Arc<str>,
     key: String,
@@ -333,15 +334,47 @@ impl S3Writer {
     pub(super) async fn write(&mut self, data: Bytes) -> Result<()> {
         self.buf.extend_from_slice(&data);
         while self.buf.len() as u64 >= self.part_size {
-            let part = self.buf.split_to(self.part_size as usize).freeze();
-            // Bounded parts in flight: memory stays at about (concurrency + 1) × part size.
+            // Bounded parts in flight: memory stays at about (concurrency + 1) × part size. Waited
+            // for before the part leaves `buf`, so a write dropped here (cancelled) loses nothing
+            // that a checkpoint would not account for.
             while self.inflight.len() >= self.concurrency {
-                let r = self.inflight.join_next().await.expect("nonempty").expect("part task panicked");
-                self.record(r)?;
+                let r = self.inflight.join_next().await.expect("nonempty");
+                self.record(r.expect("part task panicked"))?;
             }
+            let part = self.buf.split_to(self.part_size as usize).freeze();
             self.spawn_part(part);
         }
         Ok(())
+    }
+
+    /// Waits for the parts in flight, recording them; when `cancel` fires, abandons the rest.
+    /// Returns the first failure.
+    async fn drain(&mut self, cancel: &CancellationToken) -> Result<()> {
+        let mut first_err = None;
+        let mut abandoned = false;
+        loop {
+            let joined = tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !abandoned => {
+                    self.inflight.abort_all();
+                    abandoned = true;
+                    first_err.get_or_insert(Error::Cancelled);
+                    continue;
+                }
+                j = self.inflight.join_next() => j,
+            };
+            match joined {
+                None => break,
+                Some(Ok(r)) => {
+                    if let Err(e) = self.record(r) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                Some(Err(e)) if e.is_cancelled() => {}
+                Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     pub(super) fn committed(&self) -> u64 {
@@ -355,26 +388,21 @@ impl S3Writer {
         n
     }
 
-    pub(super) async fn checkpoint(&mut self) -> Result<u64> {
-        let mut first_err = None;
-        while let Some(r) = self.inflight.join_next().await {
-            if let Err(e) = self.record(r.expect("part task panicked")) {
-                first_err.get_or_insert(e);
-            }
-        }
+    pub(super) async fn checkpoint(&mut self, cancel: &CancellationToken) -> Result<u64> {
+        let drained = self.drain(cancel).await;
         let committed = self.committed();
         // Parts past a gap would be sent again from the committed offset: forget them.
         let contiguous = (committed / self.part_size) as i32;
         self.done.retain(|n, _| *n <= contiguous);
         self.buf.clear();
         self.buf_start = committed;
-        if let Some(e) = first_err {
+        if let Err(e) = drained {
             tracing::warn!(key = %self.key, error = %e, committed, "part upload failed; the writer resumes at the committed offset");
         }
         Ok(committed)
     }
 
-    pub(super) async fn finish(mut self) -> Result<u64> {
+    pub(super) async fn finish(mut self, cancel: &CancellationToken) -> Result<u64> {
         if !self.buf.is_empty() || self.done.is_empty() && self.inflight.is_empty() {
             let last = std::mem::take(&mut self.buf).freeze();
             if last.is_empty() {
@@ -390,9 +418,7 @@ impl S3Writer {
             }
             self.spawn_part(last);
         }
-        while let Some(r) = self.inflight.join_next().await {
-            self.record(r.expect("part task panicked"))?;
-        }
+        self.drain(cancel).await?;
         let size = self.committed();
         if size != self.buf_start {
             return Err(Error::S3 { op: "CompleteMultipartUpload", key: self.key, message: "missing parts".into() });

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use super::{Context, Error, Result, ident, now, store_unavailable};
 use crate::db::{
@@ -713,10 +714,10 @@ async fn clean_pending(ctx: &Context, p: &Policy, run: &RunRow) -> Result<()> {
     // A pending segment's object key holds the rows' month, known only once written, so the
     // table's archive prefix is listed once — only after an interruption.
     let ids: HashSet<&str> = doomed.iter().map(String::as_str).collect();
-    for o in ctx.objects.list(&table_prefix(p)).await.map_err(store_unavailable)? {
+    for o in ctx.objects.list(&table_prefix(p), &ctx.background).await.map_err(store_unavailable)? {
         let stem = o.key.rsplit('/').next().unwrap_or("").trim_end_matches(".jsonl.zst");
         if ids.contains(stem) {
-            ctx.objects.delete(&o.key).await.map_err(store_unavailable)?;
+            ctx.objects.delete(&o.key, &ctx.background).await.map_err(store_unavailable)?;
         }
     }
     let mut conn = ctx.db.write().await?;
@@ -735,7 +736,9 @@ async fn discard(ctx: &Context, segment_id: &str, object_key: Option<String>) ->
     }
     drop(conn);
     if let Some(key) = object_key {
-        ctx.objects.delete(&key).await.map_err(store_unavailable)?;
+        // Cleanup of a batch that failed (or was stopped): it runs to its end even while the
+        // server stops, so the next run finds nothing to clean.
+        ctx.objects.delete(&key, &CancellationToken::new()).await.map_err(store_unavailable)?;
     }
     store::delete_segment(&mut ctx.db.write().await?, segment_id).await?;
     Ok(())
@@ -831,7 +834,12 @@ async fn archive_rows(
             Err(e) => {
                 more = false;
                 if outcome.is_ok() {
-                    outcome = Err(e);
+                    // A batch cut short by the server stopping was rolled back: the run stopped,
+                    // it did not fail.
+                    outcome = match (e, stop_requested(ctx, false)) {
+                        (Error::Cancelled(_), Some(stop)) => Ok(stop),
+                        (e, _) => Err(e),
+                    };
                 }
             }
         }
@@ -955,13 +963,13 @@ async fn seal(
     let size = compressed.len() as u64;
     let compressed_at = started.elapsed();
     *written.lock().expect("lock") = Some(object_key.clone());
-    ctx.objects.put(&object_key, compressed.clone()).await.map_err(store_unavailable)?;
+    ctx.objects.put(&object_key, compressed.clone(), &ctx.background).await.map_err(store_unavailable)?;
     let written_at = started.elapsed();
     // Verify what the store holds before the rows are deleted: byte for byte against what was
     // sent (exact, and cheaper than hashing it again; the manifest's SHA-256 is of these bytes).
     let mut read = 0usize;
     let mut same = true;
-    let mut s = ctx.objects.get(&object_key, 0, None).await.map_err(store_unavailable)?;
+    let mut s = ctx.objects.get(&object_key, 0, None, &ctx.background).await.map_err(store_unavailable)?;
     while let Some(chunk) = s.try_next().await.map_err(store_unavailable)? {
         let end = read + chunk.len();
         same &= end <= compressed.len() && compressed[read..end] == chunk[..];
@@ -1062,7 +1070,7 @@ async fn select_segments(ctx: &Context, p: &Policy, sel: &Selection) -> Result<V
 /// Fetches a segment, checks its SHA-256 and decompresses it.
 async fn load_segment(ctx: &Context, s: &SegmentRow) -> Result<Vec<u8>> {
     let mut body = Vec::with_capacity(s.compressed_bytes.max(0) as usize);
-    let mut stream = ctx.objects.get(&s.object_key, 0, None).await.map_err(|e| match e {
+    let mut stream = ctx.objects.get(&s.object_key, 0, None, &ctx.background).await.map_err(|e| match e {
         crate::objects::Error::NotFound(_) => {
             Error::DataLoss(format!("segment {} object {} is missing", s.id, s.object_key))
         }
@@ -1148,7 +1156,7 @@ async fn retention(ctx: &Context, p: &Policy, run: &RunRow, cutoff: DateTime<Utc
         // next retention run finishes the job (deleting a missing object succeeds).
         store::set_segment_state(&mut conn, &s.id, state::DELETING).await?;
         drop(conn);
-        ctx.objects.delete(&s.object_key).await.map_err(store_unavailable)?;
+        ctx.objects.delete(&s.object_key, &ctx.background).await.map_err(store_unavailable)?;
         let mut conn = ctx.db.write().await?;
         store::delete_segment(&mut conn, &s.id).await?;
         let progress = store::Progress {

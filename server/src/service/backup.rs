@@ -124,8 +124,9 @@ async fn run(ctx: Context, mut row: BackupRow) {
         }
         Err(e) => {
             tracing::error!(backup = %row.id, error = %e, "backup failed");
-            // Nothing half-written may pass for a backup.
-            let _ = ctx.objects.delete(&row.object_key).await;
+            // Nothing half-written may pass for a backup: cleanup runs to its end even while the
+            // server stops.
+            let _ = ctx.objects.delete(&row.object_key, &tokio_util::sync::CancellationToken::new()).await;
             row.state = store::FAILED.into();
             row.error = Some(e.to_string());
         }
@@ -194,7 +195,7 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
         let _ = stderr.read_to_string(&mut s).await;
         s
     });
-    let mut w = ctx.objects.begin_write(&row.object_key, None).await.map_err(store_unavailable)?;
+    let mut w = ctx.objects.begin_write(&row.object_key, None, &ctx.background).await.map_err(store_unavailable)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let copied: Result<()> = async {
@@ -237,7 +238,7 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
         .spawn()
         .map_err(|e| Error::FailedPrecondition(format!("cannot run pg_restore: {e} (set pg_bin_dir)")))?;
     let mut stdin = check.stdin.take().expect("piped");
-    let mut stream = ctx.objects.get(&row.object_key, 0, None).await.map_err(store_unavailable)?;
+    let mut stream = ctx.objects.get(&row.object_key, 0, None, &ctx.background).await.map_err(store_unavailable)?;
     let mut reread = Sha256::new();
     let feed = async {
         while let Some(chunk) = stream.try_next().await.map_err(store_unavailable)? {
@@ -285,7 +286,7 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
         }
     }
     let mut file = tokio::fs::File::open(&snapshot).await.map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?;
-    let mut w = ctx.objects.begin_write(&row.object_key, None).await.map_err(store_unavailable)?;
+    let mut w = ctx.objects.begin_write(&row.object_key, None, &ctx.background).await.map_err(store_unavailable)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -310,7 +311,7 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
     let _cleanup_check = RemoveOnDrop(check.clone());
     let mut out = tokio::fs::File::create(&check).await.map_err(|e| Error::Unavailable(format!("check copy: {e}")))?;
     let mut reread = Sha256::new();
-    let mut stream = ctx.objects.get(&row.object_key, 0, None).await.map_err(store_unavailable)?;
+    let mut stream = ctx.objects.get(&row.object_key, 0, None, &ctx.background).await.map_err(store_unavailable)?;
     while let Some(chunk) = stream.try_next().await.map_err(store_unavailable)? {
         reread.update(&chunk);
         out.write_all(&chunk).await.map_err(|e| Error::Unavailable(format!("check copy: {e}")))?;
@@ -381,7 +382,7 @@ async fn rotate(ctx: &Context) -> Result<usize> {
     let kept = keep(&listed, ctx.config.backup_retention);
     let mut removed = 0;
     for b in all.iter().filter(|b| !kept.contains(&b.id)) {
-        ctx.objects.delete(&b.object_key).await.map_err(store_unavailable)?;
+        ctx.objects.delete(&b.object_key, &ctx.background).await.map_err(store_unavailable)?;
         store::delete(&mut ctx.db.write().await?, &b.id).await?;
         removed += 1;
     }

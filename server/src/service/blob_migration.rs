@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::{Context, Error, Result, ident, now};
+use super::{Context, Error, Result, ident, now, store_unavailable};
 use crate::db::{
     BackendKind,
     blob_migration::{self as store, MigrationRow, Target},
@@ -173,9 +173,14 @@ async fn run(ctx: Context, row: MigrationRow) {
     let stop = ctx.background.clone();
     // Stopping the server drops the work wherever it is, as a crash would: each row is atomic.
     let outcome = tokio::select! {
+        biased;
         _ = stop.cancelled() => return,
         r = run_batches(&ctx, &row) => r,
     };
+    if matches!(outcome, Err(Error::Cancelled(_))) && stop.is_cancelled() {
+        // An object store call saw the same stop first: still a stop, not a failure.
+        return;
+    }
     let (state, error) = match &outcome {
         Ok(()) => ("done", None),
         Err(e) => ("failed", Some(e.to_string())),
@@ -221,18 +226,17 @@ async fn move_one(ctx: &Context, target: &Target, row: &MigrationRow, key: &str,
     let object_key = format!("blobs/{}", uuid::Uuid::now_v7());
     let blake3 = blake3::hash(&data).to_hex().to_string();
     let size = data.len() as u64;
-    let unavailable = |e: crate::objects::Error| Error::Unavailable(e.to_string());
-    let mut w = ctx.objects.begin_write(&object_key, Some(size)).await.map_err(unavailable)?;
-    w.write(data).await.map_err(unavailable)?;
-    w.finish().await.map_err(unavailable)?;
+    let mut w = ctx.objects.begin_write(&object_key, Some(size), &ctx.background).await.map_err(store_unavailable)?;
+    w.write(data).await.map_err(store_unavailable)?;
+    w.finish().await.map_err(store_unavailable)?;
     // Verify what the store holds before the table forgets the blob.
     let mut h = blake3::Hasher::new();
-    let mut s = ctx.objects.get(&object_key, 0, None).await.map_err(unavailable)?;
-    while let Some(chunk) = s.try_next().await.map_err(unavailable)? {
+    let mut s = ctx.objects.get(&object_key, 0, None, &ctx.background).await.map_err(store_unavailable)?;
+    while let Some(chunk) = s.try_next().await.map_err(store_unavailable)? {
         h.update(&chunk);
     }
     if h.finalize().to_hex().as_str() != blake3 {
-        let _ = ctx.objects.delete(&object_key).await;
+        let _ = ctx.objects.delete(&object_key, &ctx.background).await;
         return Err(Error::DataLoss(format!("row {key}: the stored object does not match the blob")));
     }
     let file = FileRow {
@@ -252,7 +256,7 @@ async fn move_one(ctx: &Context, target: &Target, row: &MigrationRow, key: &str,
     drop(conn);
     if stored.as_deref() != Some(object_key.as_str()) {
         // Identical content existed, or the row changed meanwhile: our copy is not needed.
-        let _ = ctx.objects.delete(&object_key).await;
+        let _ = ctx.objects.delete(&object_key, &ctx.background).await;
     }
     Ok(())
 }

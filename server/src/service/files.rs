@@ -388,7 +388,11 @@ pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
             // bytes can be continued; an S3 multipart upload cannot (its parts cannot be re-hashed).
             None => {
                 let committed = row.committed_offset as u64;
-                if committed > 0 && ctx.objects.can_reopen(&row.object_key, committed).await { committed } else { 0 }
+                if committed > 0 && ctx.objects.can_reopen(&row.object_key, committed, &ctx.closing).await.map_err(object_err)? {
+                    committed
+                } else {
+                    0
+                }
             }
             Some(slot) => match slot.try_lock() {
                 // A stream is writing it: the last checkpoint is what is durable.
@@ -456,7 +460,12 @@ where
         let feed = hashes.clone();
         let reopened = ctx
             .objects
-            .reopen_write(&row.object_key, committed, move |data: &[u8]| feed.lock().expect("hash lock").update(data))
+            .reopen_write(
+                &row.object_key,
+                committed,
+                move |data: &[u8]| feed.lock().expect("hash lock").update(data),
+                &ctx.closing,
+            )
             .await
             .map_err(object_err)?;
         if let Some((writer, visit)) = reopened {
@@ -473,10 +482,13 @@ where
     if guard.is_none() {
         // First stream since start: discard what a previous server process may have left.
         if !row.writer_token.is_empty() || row.committed_offset > 0 {
-            ctx.objects.abort_orphan(&row.object_key, &row.writer_token).await.map_err(object_err)?;
+            ctx.objects.abort_orphan(&row.object_key, &row.writer_token, &ctx.closing).await.map_err(object_err)?;
         }
         let writer =
-            ctx.objects.begin_write(&row.object_key, row.declared_size.map(|s| s as u64)).await.map_err(object_err)?;
+            ctx.objects
+                .begin_write(&row.object_key, row.declared_size.map(|s| s as u64), &ctx.closing)
+                .await
+                .map_err(object_err)?;
         let token = writer.resume_token();
         let mut conn = ctx.db.write().await?;
         store::record_progress(&mut conn, &row.id, 0, &token, now()).await?;
@@ -496,7 +508,18 @@ where
     let limit = row.declared_size.map_or(ctx.file_limits.max_file_size, |s| s as u64);
     let receiving = std::time::Instant::now();
     loop {
-        match chunks.next().await {
+        let next = tokio::select! {
+            biased;
+            // Shutting down: keep what is durable and let the client continue elsewhere or later,
+            // rather than holding the drain for as long as a slow client takes.
+            _ = ctx.closing.cancelled() => {
+                let committed = checkpoint(ctx, &row, session).await?;
+                tracing::info!(upload = %row.id, committed, "upload stream stopped by shutdown; resumable");
+                return Err(object_err(objects::Error::Cancelled));
+            }
+            next = chunks.next() => next,
+        };
+        match next {
             Some(Ok(chunk)) => {
                 if session.received + chunk.len() as u64 > limit {
                     let why = if row.declared_size.is_some() {
@@ -608,14 +631,14 @@ async fn finish(ctx: &Context, row: &UploadRow, session: Session) -> Result<File
         Ok(k) => k,
         Err(e) => {
             // Not recorded: the object must not linger.
-            let _ = ctx.objects.delete(&row.object_key).await;
+            let _ = ctx.objects.delete(&row.object_key, &ctx.background).await;
             return Err(e.into());
         }
     };
     drop(conn);
     if key != row.object_key {
         // Identical content was stored already: keep one copy.
-        if let Err(e) = ctx.objects.delete(&row.object_key).await {
+        if let Err(e) = ctx.objects.delete(&row.object_key, &ctx.background).await {
             tracing::warn!(key = %row.object_key, error = %e, "removing a duplicate object failed; reconciliation will");
         }
     }
@@ -627,6 +650,10 @@ fn object_err(e: objects::Error) -> Error {
     match e {
         objects::Error::NotFound(k) => Error::NotFound(format!("object {k}")),
         objects::Error::Range { .. } => Error::OutOfRange(e.to_string()),
+        // RPCs pass the token that fires when the server starts shutting down.
+        objects::Error::Cancelled => Error::Unavailable(
+            "the server is shutting down; retry (an upload continues from its committed offset)".into(),
+        ),
         other => Error::Unavailable(other.to_string()),
     }
 }
@@ -651,7 +678,7 @@ pub async fn expire_uploads(ctx: &Context) -> Result<usize> {
         };
         let discarded = match session {
             Some(s) => s.writer.abort().await,
-            None => ctx.objects.abort_orphan(&row.object_key, &row.writer_token).await,
+            None => ctx.objects.abort_orphan(&row.object_key, &row.writer_token, &ctx.background).await,
         };
         if let Err(e) = discarded {
             tracing::warn!(upload = %row.id, error = %e, "discarding an expired upload's data failed; retrying next round");
@@ -688,7 +715,7 @@ pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Resu
         return Err(Error::OutOfRange(format!("range {offset}+{length} is outside file {id} of {} bytes", file.size)));
     }
     let length = if length == 0 { None } else { Some(length) };
-    let stream = ctx.objects.get(&key, offset, length).await.map_err(object_err)?;
+    let stream = ctx.objects.get(&key, offset, length, &ctx.closing).await.map_err(object_err)?;
     Ok((file, stream))
 }
 
@@ -751,7 +778,7 @@ pub async fn delete(ctx: &Context, id: &str) -> Result<bool> {
     let mut conn = ctx.db.write().await?;
     let (key, last) = store::delete_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
     drop(conn);
-    if last && let Err(e) = ctx.objects.delete(&key).await {
+    if last && let Err(e) = ctx.objects.delete(&key, &ctx.background).await {
         // The catalog no longer references it: reconciliation removes it later.
         tracing::warn!(key = %key, error = %e, "deleting an unreferenced object failed");
     }
@@ -783,7 +810,7 @@ pub async fn reconcile(ctx: &Context, repair: bool, grace: Duration) -> Result<R
     let blobs = store::all_blobs(&mut conn).await?;
     let open = store::open_upload_keys(&mut conn).await?;
     drop(conn);
-    let objects = ctx.objects.list("blobs/").await.map_err(object_err)?;
+    let objects = ctx.objects.list("blobs/", &ctx.closing).await.map_err(object_err)?;
     let known: std::collections::HashSet<&str> =
         blobs.iter().map(|(_, k, _)| k.as_str()).chain(open.iter().map(String::as_str)).collect();
     let present: std::collections::HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
@@ -798,14 +825,14 @@ pub async fn reconcile(ctx: &Context, repair: bool, grace: Duration) -> Result<R
                 continue;
             }
             drop(conn);
-            ctx.objects.delete(&o.key).await.map_err(object_err)?;
+            ctx.objects.delete(&o.key, &ctx.closing).await.map_err(object_err)?;
             tracing::info!(key = %o.key, "deleted orphan object");
             out.deleted.push(o.key.clone());
         }
     }
     for (blake3, key, already) in blobs.iter().filter(|(_, k, _)| !present.contains(k.as_str())) {
         // Listed before the object was deleted along with its last file? Check both again.
-        if ctx.objects.head(key).await.map_err(object_err)?.is_some() {
+        if ctx.objects.head(key, &ctx.closing).await.map_err(object_err)?.is_some() {
             continue;
         }
         let mut conn = ctx.db.write().await?;

@@ -73,7 +73,11 @@ pub(crate) fn ident(what: &str, s: &str) -> Result<()> {
 
 /// An object-store failure during background work: the store is unavailable for now.
 pub(crate) fn store_unavailable(e: crate::objects::Error) -> Error {
-    Error::Unavailable(e.to_string())
+    match e {
+        // Background work passes `Context::background`: it fired because the server is stopping.
+        crate::objects::Error::Cancelled => Error::Cancelled("server stopping".into()),
+        e => Error::Unavailable(e.to_string()),
+    }
 }
 
 /// What every service needs: the database and the server's identity.

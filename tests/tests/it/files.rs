@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
+use futures::TryStreamExt;
 use strata_client::scheduler::JobChanges;
 use strata_client::{
     Client,
@@ -377,6 +378,85 @@ async fn sdk_upload_path_and_download_to() {
     f.client.download_to(&file.id, &dst).await.unwrap();
     assert_eq!(std::fs::read(&dst).unwrap(), data);
     f.server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn download_to_continues_after_a_dropped_connection() {
+    let f = fixture(Store::Local, |_| {}).await;
+    let data = pattern(24 << 20, 31);
+    let file = f.client.upload_bytes(&opts("d"), "big.bin", Bytes::from(data.clone())).await.unwrap();
+    // The first connection dies after 10 MiB have reached the client; the SDK reconnects and asks
+    // for the rest.
+    let proxy = strata_tests::proxy::CutOnceProxy::start(f.server.addr, 10 << 20).await.unwrap();
+    let via_proxy = Client::connect(format!("http://{}", proxy.addr)).await.unwrap();
+    let dst = f.dir.path().join("copy.bin");
+    let got = via_proxy.download_to(&file.id, &dst).await.unwrap();
+    assert_eq!(proxy.cuts(), 1, "the download was interrupted once");
+    assert_eq!(got.id, file.id);
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.contains(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    f.server.stop().await.unwrap();
+}
+
+/// Shutdown does not wait for slow transfers: an upload in progress is checkpointed and answered
+/// UNAVAILABLE (a new server continues it from the committed offset), a download ends with
+/// UNAVAILABLE rather than a silent cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_stops_transfers_resumably() {
+    let f = fixture(Store::Local, |_| {}).await;
+    let stored = pattern(24 << 20, 32);
+    let file = f.client.upload_bytes(&opts("s"), "stored.bin", Bytes::from(stored.clone())).await.unwrap();
+    // Its own connection, so the upload's connection closing cannot disturb what this one reads.
+    let downloader = f.server.client().await;
+    let (_, mut download) = downloader.download(&file.id, 0, 0).await.unwrap();
+    let mut downloaded = download.try_next().await.unwrap().unwrap().len();
+
+    let data = pattern(3 * PART, 33);
+    let id = f.client.create_upload(&opts("s"), "cut.bin", Some(data.len() as u64)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let upload = {
+        let (c, id) = (f.client.clone(), id.clone());
+        tokio::spawn(async move { c.resume_upload(&id, 0, tokio_stream::wrappers::ReceiverStream::new(rx)).await })
+    };
+    for chunk in data[..PART + 12345].chunks(256 << 10) {
+        tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    // The sender stays open, as a slow client's would; shutdown must not wait for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = tokio::spawn(f.server.stop());
+    let ended = upload.await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
+    let end = loop {
+        match download.try_next().await {
+            Ok(Some(c)) => downloaded += c.len(),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let end = end.expect("the download ends with an error, not as if the file were complete");
+    assert_eq!(end.code(), Some(Code::Unavailable), "{end}");
+    assert!(downloaded < stored.len());
+    tokio::time::timeout(Duration::from_secs(30), stopping).await.expect("shutdown finishes").unwrap().unwrap();
+    drop(tx);
+
+    let config = test_config(
+        format!("sqlite://{}", f.dir.path().join("strata.db").display()),
+        vec![],
+        &f.dir.path().join("objects"),
+    );
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    let committed = client.upload_status(&id).await.unwrap().committed_offset;
+    assert!(committed > 0 && committed <= PART as u64 + 12345, "what arrived before the shutdown was kept: {committed}");
+    let rest = mib_chunks(&data[committed as usize..]);
+    let done = client.resume_upload(&id, committed, futures::stream::iter(rest)).await.unwrap();
+    assert_eq!(client.download_bytes(&done.id, 0, 0).await.unwrap(), data);
+    server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,8 +2,14 @@
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use strata_server::objects::{MIN_PART_SIZE, ObjectStore, S3Settings};
+use strata_server::objects::{Error, MIN_PART_SIZE, ObjectStore, S3Settings};
 use strata_tests::S3Server;
+use tokio_util::sync::CancellationToken;
+
+/// A token nobody cancels: the calls that are not about cancellation.
+fn live() -> CancellationToken {
+    CancellationToken::new()
+}
 
 /// Deterministic, incompressible-looking bytes.
 pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -19,16 +25,16 @@ pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn read_all(store: &ObjectStore, key: &str, offset: u64, length: Option<u64>) -> Vec<u8> {
-    let chunks: Vec<Bytes> = store.get(key, offset, length).await.unwrap().try_collect().await.unwrap();
+    let chunks: Vec<Bytes> = store.get(key, offset, length, &live()).await.unwrap().try_collect().await.unwrap();
     chunks.concat()
 }
 
 async fn write_in_chunks(store: &ObjectStore, key: &str, data: &[u8]) -> u64 {
-    let mut w = store.begin_write(key, Some(data.len() as u64)).await.unwrap();
+    let mut w = store.begin_write(key, Some(data.len() as u64), &live()).await.unwrap();
     for c in data.chunks(1 << 20) {
         w.write(Bytes::copy_from_slice(c)).await.unwrap();
     }
-    assert_eq!(store.head(key).await.unwrap(), None, "nothing visible before finish");
+    assert_eq!(store.head(key, &live()).await.unwrap(), None, "nothing visible before finish");
     w.finish().await.unwrap()
 }
 
@@ -37,7 +43,7 @@ async fn exercise(store: ObjectStore, part: usize) {
         let key = format!("blobs/t{i}");
         let data = pattern(len, i as u64);
         assert_eq!(write_in_chunks(&store, &key, &data).await, len as u64);
-        assert_eq!(store.head(&key).await.unwrap(), Some(len as u64));
+        assert_eq!(store.head(&key, &live()).await.unwrap(), Some(len as u64));
         assert_eq!(read_all(&store, &key, 0, None).await, data, "round trip of {len} bytes");
         if len > 10 {
             assert_eq!(read_all(&store, &key, 3, Some(7)).await, data[3..10]);
@@ -48,16 +54,16 @@ async fn exercise(store: ObjectStore, part: usize) {
     for (i, len) in [0, 1, 1000, part, part + 1].into_iter().enumerate() {
         let key = format!("blobs/put{i}");
         let data = pattern(len, 50 + i as u64);
-        assert_eq!(store.put(&key, Bytes::from(data.clone())).await.unwrap(), len as u64);
+        assert_eq!(store.put(&key, Bytes::from(data.clone()), &live()).await.unwrap(), len as u64);
         assert_eq!(read_all(&store, &key, 0, None).await, data, "put of {len} bytes");
-        store.delete(&key).await.unwrap();
+        store.delete(&key, &live()).await.unwrap();
     }
-    assert!(store.get("blobs/t2", 990, Some(11)).await.is_err(), "range past the end");
-    assert!(matches!(store.get("blobs/missing", 0, None).await, Err(strata_server::objects::Error::NotFound(_))));
+    assert!(store.get("blobs/t2", 990, Some(11), &live()).await.is_err(), "range past the end");
+    assert!(matches!(store.get("blobs/missing", 0, None, &live()).await, Err(strata_server::objects::Error::NotFound(_))));
 
     // Resume: a checkpoint keeps whole parts; writing continues from the committed offset.
     let data = pattern(2 * part + 4321, 99);
-    let mut w = store.begin_write("blobs/resumed", None).await.unwrap();
+    let mut w = store.begin_write("blobs/resumed", None, &live()).await.unwrap();
     w.write(Bytes::copy_from_slice(&data[..part + 1000])).await.unwrap();
     let committed = w.checkpoint().await.unwrap() as usize;
     assert_eq!(committed % w.part_size() as usize, 0);
@@ -67,17 +73,75 @@ async fn exercise(store: ObjectStore, part: usize) {
     assert_eq!(read_all(&store, "blobs/resumed", 0, None).await, data);
 
     // Abort leaves nothing behind.
-    let mut w = store.begin_write("blobs/aborted", None).await.unwrap();
+    let mut w = store.begin_write("blobs/aborted", None, &live()).await.unwrap();
     w.write(Bytes::from(pattern(part + 10, 5))).await.unwrap();
     w.abort().await.unwrap();
-    assert_eq!(store.head("blobs/aborted").await.unwrap(), None);
+    assert_eq!(store.head("blobs/aborted", &live()).await.unwrap(), None);
 
-    let listed: Vec<String> = store.list("blobs/").await.unwrap().into_iter().map(|o| o.key).collect();
+    let listed: Vec<String> = store.list("blobs/", &live()).await.unwrap().into_iter().map(|o| o.key).collect();
     assert_eq!(listed, ["blobs/resumed", "blobs/t0", "blobs/t1", "blobs/t2", "blobs/t3", "blobs/t4"]);
-    store.delete("blobs/t1").await.unwrap();
-    store.delete("blobs/t1").await.unwrap();
-    assert_eq!(store.head("blobs/t1").await.unwrap(), None);
-    assert!(store.begin_write("../escape", None).await.is_err());
+    store.delete("blobs/t1", &live()).await.unwrap();
+    store.delete("blobs/t1", &live()).await.unwrap();
+    assert_eq!(store.head("blobs/t1", &live()).await.unwrap(), None);
+    assert!(store.begin_write("../escape", None, &live()).await.is_err());
+    cancellation(&store, part).await;
+}
+
+/// A cancelled token stops every kind of call; what a writer had made durable stays reported, and
+/// nothing becomes visible.
+async fn cancellation(store: &ObjectStore, part: usize) {
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    assert!(matches!(store.head("blobs/t0", &cancelled).await, Err(Error::Cancelled)));
+    assert!(matches!(store.list("blobs/", &cancelled).await, Err(Error::Cancelled)));
+    assert!(matches!(store.delete("blobs/t0", &cancelled).await, Err(Error::Cancelled)));
+    assert!(matches!(store.get("blobs/t0", 0, None, &cancelled).await, Err(Error::Cancelled)));
+    assert!(matches!(store.put("blobs/never", Bytes::from_static(b"x"), &cancelled).await, Err(Error::Cancelled)));
+    assert!(matches!(store.begin_write("blobs/never", None, &cancelled).await, Err(Error::Cancelled)));
+    assert_eq!(store.head("blobs/t0", &live()).await.unwrap(), Some(0), "the refused delete changed nothing");
+    assert_eq!(store.head("blobs/never", &live()).await.unwrap(), None);
+
+    // A stream cancelled part-way ends with an error, not silently (which would read as the end).
+    let data = pattern(3 * part + 5, 7);
+    write_in_chunks(store, "blobs/long", &data).await;
+    let token = CancellationToken::new();
+    let mut stream = store.get("blobs/long", 0, None, &token).await.unwrap();
+    let first = stream.try_next().await.unwrap().expect("a first chunk");
+    assert!(!first.is_empty());
+    token.cancel();
+    let mut rest = Vec::new();
+    let end = loop {
+        match stream.try_next().await {
+            Ok(Some(c)) => rest.push(c),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    assert!(matches!(end, Some(Error::Cancelled)), "the stream ends with Cancelled, got {end:?}");
+    assert!(first.len() + rest.iter().map(Bytes::len).sum::<usize>() < data.len());
+
+    // A writer whose token fires: writes and finish refuse, the checkpoint still reports what is
+    // durable, abort cleans up, nothing is ever visible.
+    let token = CancellationToken::new();
+    let mut w = store.begin_write("blobs/cut", None, &token).await.unwrap();
+    w.write(Bytes::copy_from_slice(&data[..2 * part + 1])).await.unwrap();
+    token.cancel();
+    assert!(matches!(w.write(Bytes::copy_from_slice(&data[2 * part + 1..])).await, Err(Error::Cancelled)));
+    let committed = w.checkpoint().await.unwrap();
+    assert!(committed <= 2 * part as u64 + 1 && committed.is_multiple_of(w.part_size()), "{committed}");
+    assert_eq!(store.head("blobs/cut", &live()).await.unwrap(), None);
+    assert!(matches!(w.finish().await, Err(Error::Cancelled)));
+    assert_eq!(store.head("blobs/cut", &live()).await.unwrap(), None, "a refused finish publishes nothing");
+    let mut w = store.begin_write("blobs/cut2", None, &token.child_token()).await;
+    assert!(matches!(w, Err(Error::Cancelled)), "a child of a cancelled token is cancelled");
+    let token = CancellationToken::new();
+    w = store.begin_write("blobs/cut2", None, &token).await;
+    let mut w = w.unwrap();
+    w.write(Bytes::copy_from_slice(&data[..part])).await.unwrap();
+    token.cancel();
+    w.abort().await.unwrap();
+    assert_eq!(store.head("blobs/cut2", &live()).await.unwrap(), None);
+    store.delete("blobs/long", &live()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
