@@ -225,14 +225,17 @@ impl Client {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut out = std::io::BufWriter::with_capacity(CHUNK, out);
+            let mut out = out;
+            let mut behind = crate::writeback::WriteBehind::default();
             let mut hasher = blake3::Hasher::new();
+            let mut written = 0;
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
                 out.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                behind.wrote(&out, written);
             }
-            out.flush()?;
-            out.get_ref().sync_all()?;
+            out.sync_all()?;
             Ok::<_, std::io::Error>(hasher.finalize().to_hex().to_string())
         });
         let result = async {

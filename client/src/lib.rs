@@ -24,6 +24,7 @@ pub mod maintenance;
 pub mod partitions;
 pub mod scheduler;
 pub mod types;
+pub mod writeback;
 
 pub use client::{Client, Error, HealthStatus};
 pub use files::sha256_of;

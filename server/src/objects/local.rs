@@ -241,6 +241,8 @@ fn writer_thread(
     failed: Arc<Mutex<Option<String>>>,
 ) {
     use std::io::Write;
+    // Writeback overlaps receiving, so the fsync that publishes the object has little left to do.
+    let mut behind = strata_client::writeback::WriteBehind::at(written.load(Ordering::Acquire));
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Cmd::Data(d) => {
@@ -249,7 +251,8 @@ fn writer_thread(
                 }
                 match file.write_all(&d) {
                     Ok(()) => {
-                        written.fetch_add(d.len() as u64, Ordering::Release);
+                        let end = written.fetch_add(d.len() as u64, Ordering::Release) + d.len() as u64;
+                        behind.wrote(&file, end);
                     }
                     Err(e) => *failed.lock().expect("lock") = Some(e.to_string()),
                 }
