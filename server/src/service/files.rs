@@ -509,7 +509,9 @@ pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
             // bytes can be continued; an S3 multipart upload cannot (its parts cannot be re-hashed).
             None => {
                 let committed = row.committed_offset as u64;
-                if committed > 0 && ctx.objects.can_reopen(&row.object_key, committed, &ctx.closing).await.map_err(object_err)? {
+                if committed > 0
+                    && ctx.objects.can_reopen(&row.object_key, committed, &ctx.closing).await.map_err(object_err)?
+                {
                     committed
                 } else {
                     0
@@ -602,11 +604,11 @@ where
         if !row.writer_token.is_empty() || row.committed_offset > 0 {
             ctx.objects.abort_orphan(&row.object_key, &row.writer_token, &ctx.closing).await.map_err(object_err)?;
         }
-        let writer =
-            ctx.objects
-                .begin_write(&row.object_key, row.declared_size.map(|s| s as u64), &ctx.closing)
-                .await
-                .map_err(object_err)?;
+        let writer = ctx
+            .objects
+            .begin_write(&row.object_key, row.declared_size.map(|s| s as u64), &ctx.closing)
+            .await
+            .map_err(object_err)?;
         let token = writer.resume_token();
         let mut conn = ctx.db.write().await?;
         store::record_progress(&mut conn, &row.id, 0, &token, now()).await?;

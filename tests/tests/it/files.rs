@@ -452,7 +452,10 @@ async fn shutdown_stops_transfers_resumably() {
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
     let committed = client.upload_status(&id).await.unwrap().committed_offset;
-    assert!(committed > 0 && committed <= PART as u64 + 12345, "what arrived before the shutdown was kept: {committed}");
+    assert!(
+        committed > 0 && committed <= PART as u64 + 12345,
+        "what arrived before the shutdown was kept: {committed}"
+    );
     let rest = mib_chunks(&data[committed as usize..]);
     let done = client.resume_upload(&id, committed, futures::stream::iter(rest)).await.unwrap();
     assert_eq!(client.download_bytes(&done.id, 0, 0).await.unwrap(), data);

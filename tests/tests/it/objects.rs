@@ -59,7 +59,10 @@ async fn exercise(store: ObjectStore, part: usize) {
         store.delete(&key, &live()).await.unwrap();
     }
     assert!(store.get("blobs/t2", 990, Some(11), &live()).await.is_err(), "range past the end");
-    assert!(matches!(store.get("blobs/missing", 0, None, &live()).await, Err(strata_server::objects::Error::NotFound(_))));
+    assert!(matches!(
+        store.get("blobs/missing", 0, None, &live()).await,
+        Err(strata_server::objects::Error::NotFound(_))
+    ));
 
     // Resume: a checkpoint keeps whole parts; writing continues from the committed offset.
     let data = pattern(2 * part + 4321, 99);
