@@ -154,85 +154,110 @@ fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
 
-fn report(what: &str, bytes: u64, strata: Duration, base_name: &str, base: Duration, target: f64) -> bool {
-    let ratio = base.as_secs_f64() / strata.as_secs_f64();
-    let pass = ratio >= target;
-    println!(
-        "{what}: strata {:.2}s ({:.2} GB/s) vs {base_name} {:.2}s ({:.2} GB/s) → ratio {ratio:.2} (target ≥ {target}) {}",
-        strata.as_secs_f64(),
-        gbps(bytes, strata),
-        base.as_secs_f64(),
-        gbps(bytes, base),
-        if pass { "PASS" } else { "FAIL" }
-    );
-    pass
+/// One comparison's rounds: (strata, baseline) times.
+#[derive(Default)]
+struct Rounds(Vec<(Duration, Duration)>);
+
+impl Rounds {
+    fn add(&mut self, strata: Duration, base: Duration) {
+        self.0.push((strata, base));
+    }
+
+    /// Prints every round and the median ratio; returns whether the median meets `target`.
+    fn report(&self, what: &str, bytes: u64, base_name: &str, target: f64) -> bool {
+        let mut ratios: Vec<f64> = self.0.iter().map(|(s, b)| b.as_secs_f64() / s.as_secs_f64()).collect();
+        for (i, (s, b)) in self.0.iter().enumerate() {
+            println!(
+                "  {what}, round {}: strata {:.2}s ({:.2} GB/s) vs {base_name} {:.2}s ({:.2} GB/s) → {:.2}",
+                i + 1,
+                s.as_secs_f64(),
+                gbps(bytes, *s),
+                b.as_secs_f64(),
+                gbps(bytes, *b),
+                ratios[i]
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        let pass = median >= target;
+        println!(
+            "{what}: median ratio {median:.2} over {} rounds (target ≥ {target}) {}",
+            ratios.len(),
+            if pass { "PASS" } else { "FAIL" }
+        );
+        pass
+    }
 }
 
-/// Every file benchmark; `size` bytes each.
-pub(crate) async fn run(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
+/// Every file benchmark; `size` bytes each, `rounds` times.
+pub(crate) async fn run(size: u64, rounds: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let work = match dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::Builder::new().prefix("strata-bench-").tempdir_in(".")?,
     };
     let w = work.path();
-    println!("working in {} with {} MiB files", w.display(), size >> 20);
+    println!("working in {} with {} MiB files, {rounds} rounds", w.display(), size >> 20);
     let src = w.join("source.bin");
-    make_file(&src, size, 0x5eed ^ std::process::id() as u64)?;
-    let sha = strata_client::sha256_of(&src).await?;
+    let pid = u64::from(std::process::id());
     let mut all = true;
 
-    // --- local store: upload vs cp + sync ---
+    // --- local store ---
     let objects = w.join("objects");
     let server = ServerProcess::start(w, &format!("file://{}", objects.display()), &[]).await?;
     let client = Client::connect(server.url.clone()).await?;
-    // Warm the page cache of the source for both sides alike.
-    time_cmd(&format!("cat {} > /dev/null", src.display()))?;
-    sync();
-    let base_cp = time_cmd(&format!("cp {} {} && sync", src.display(), w.join("cp.bin").display()))?;
-    std::fs::remove_file(w.join("cp.bin"))?;
-    sync();
-    let before = rss(server.pid());
-    let sampler = RssSampler::start(server.pid());
-    let t = Instant::now();
-    let file = client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
-    let upload = t.elapsed();
-    let peak = sampler.finish();
-    anyhow::ensure!(file.size_bytes == size, "uploaded size");
-    all &= report("upload 1 file → file://", size, upload, "cp+sync", base_cp, 0.8);
-    let growth = peak.saturating_sub(before);
+    let (mut up, mut up_sha, mut down) = (Rounds::default(), Rounds::default(), Rounds::default());
+    let mut growth = 0;
+    for round in 0..rounds as u64 {
+        // Upload vs cp + sync. Fresh content every time, so nothing deduplicates.
+        make_file(&src, size, 0x5eed ^ pid ^ (round << 32))?;
+        // Warm the page cache of the source for both sides alike.
+        time_cmd(&format!("cat {} > /dev/null", src.display()))?;
+        sync();
+        let base = time_cmd(&format!("cp {} {} && sync", src.display(), w.join("cp.bin").display()))?;
+        std::fs::remove_file(w.join("cp.bin"))?;
+        sync();
+        let before = rss(server.pid());
+        let sampler = RssSampler::start(server.pid());
+        let t = Instant::now();
+        let file = client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
+        let took = t.elapsed();
+        growth = growth.max(sampler.finish().saturating_sub(before));
+        anyhow::ensure!(file.size_bytes == size, "uploaded size");
+        up.add(took, base);
+
+        // With a declared SHA-256 vs openssl.
+        make_file(&src, size, 0xface ^ pid ^ (round << 32))?;
+        let sha = strata_client::sha256_of(&src).await?;
+        time_cmd(&format!("cat {} > /dev/null", src.display()))?;
+        let base = time_cmd(&format!("openssl dgst -sha256 {} > /dev/null", src.display()))?;
+        let opts = UploadOptions { declared_sha256: Some(sha), ..Default::default() };
+        let t = Instant::now();
+        let with_sha = client.upload_path(&src, &opts, |_, _| {}).await?;
+        up_sha.add(t.elapsed(), base);
+        anyhow::ensure!(with_sha.sha256.is_some(), "sha256 verified");
+        client.delete_file(&with_sha.id).await?;
+
+        // Download vs cp of the stored object (the only one left).
+        let stored = objects.join("blobs").read_dir()?.next().context("stored object")??.path();
+        sync();
+        let base = time_cmd(&format!("cp {} {} && sync", stored.display(), w.join("cp2.bin").display()))?;
+        std::fs::remove_file(w.join("cp2.bin"))?;
+        let t = Instant::now();
+        client.download_to(&file.id, w.join("download.bin")).await?;
+        down.add(t.elapsed(), base);
+        std::fs::remove_file(w.join("download.bin"))?;
+        client.delete_file(&file.id).await?;
+    }
+    all &= up.report("upload → file://", size, "cp+sync", 0.8);
     let rss_ok = growth <= 64 << 20;
     all &= rss_ok;
     println!(
-        "server RSS during upload: {} MiB before, {} MiB peak, growth {} MiB (target ≤ 64) {}",
-        before >> 20,
-        peak >> 20,
+        "server RSS growth during uploads: at most {} MiB (target ≤ 64) {}",
         growth >> 20,
         if rss_ok { "PASS" } else { "FAIL" }
     );
-
-    // --- with a declared SHA-256 vs openssl ---
-    let base_sha = time_cmd(&format!("openssl dgst -sha256 {} > /dev/null", src.display()))?;
-    let opts = UploadOptions { declared_sha256: Some(sha.clone()), ..Default::default() };
-    make_file(&src, size, 0xface ^ std::process::id() as u64)?;
-    let sha2 = strata_client::sha256_of(&src).await?;
-    let opts = UploadOptions { declared_sha256: Some(sha2), ..opts };
-    time_cmd(&format!("cat {} > /dev/null", src.display()))?;
-    let t = Instant::now();
-    let f2 = client.upload_path(&src, &opts, |_, _| {}).await?;
-    let upload_sha = t.elapsed();
-    anyhow::ensure!(f2.sha256.is_some(), "sha256 verified");
-    all &= report("upload with declared SHA-256 → file://", size, upload_sha, "openssl dgst -sha256", base_sha, 0.9);
-
-    // --- download vs cp ---
-    let stored = objects.join("blobs").read_dir()?.next().context("stored object")??.path();
-    sync();
-    let base_dl = time_cmd(&format!("cp {} {} && sync", stored.display(), w.join("cp2.bin").display()))?;
-    std::fs::remove_file(w.join("cp2.bin"))?;
-    let t = Instant::now();
-    client.download_to(&file.id, w.join("download.bin")).await?;
-    let download = t.elapsed();
-    std::fs::remove_file(w.join("download.bin"))?;
-    all &= report("download → file", size, download, "cp+sync", base_dl, 0.8);
+    all &= up_sha.report("upload with declared SHA-256 → file://", size, "openssl dgst -sha256", 0.9);
+    all &= down.report("download → file", size, "cp+sync", 0.8);
     drop(client);
     drop(server);
     std::fs::remove_dir_all(&objects)?;
@@ -241,11 +266,17 @@ pub(crate) async fn run(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let s3 = S3Server::start("bench")?;
     let server = ServerProcess::start(w, &s3.url(), &["--s3-concurrency", "4"]).await?;
     let client = Client::connect(server.url.clone()).await?;
-    let base_s3 = direct_multipart(&s3, &src, 8 << 20, 4).await?;
-    let t = Instant::now();
-    client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
-    let upload_s3 = t.elapsed();
-    all &= report("upload → S3 (s3s-fs)", size, upload_s3, "aws-sdk-s3 multipart", base_s3, 0.9);
+    let mut s3_up = Rounds::default();
+    for round in 0..rounds as u64 {
+        make_file(&src, size, 0x53 ^ pid ^ (round << 32))?;
+        time_cmd(&format!("cat {} > /dev/null", src.display()))?;
+        let base = direct_multipart(&s3, &src, 8 << 20, 4).await?;
+        let t = Instant::now();
+        let file = client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
+        s3_up.add(t.elapsed(), base);
+        client.delete_file(&file.id).await?;
+    }
+    all &= s3_up.report("upload → S3 (s3s-fs)", size, "aws-sdk-s3 multipart", 0.9);
     drop(client);
     drop(server);
     drop(s3);

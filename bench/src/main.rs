@@ -29,11 +29,15 @@ enum Command {
     /// 1 GiB file benchmarks against a `strata-server` process: upload to file:// vs `cp`+`sync`
     /// (≥ 0.8), with a declared SHA-256 vs `openssl dgst -sha256` (≥ 0.9), download vs `cp`+`sync`
     /// (≥ 0.8), upload to S3 (s3s-fs) vs a direct aws-sdk-s3 multipart upload (≥ 0.9), and the
-    /// server's peak RSS growth during an upload (≤ 64 MiB).
+    /// server's peak RSS growth during an upload (≤ 64 MiB). Each comparison runs `--rounds` times,
+    /// baseline and strata back to back; the verdict is on the median ratio.
     Files {
         /// File size in MiB.
         #[arg(long, default_value_t = 1024)]
         size_mib: u64,
+        /// Rounds of every comparison (the machine is shared: one round can be off by 2×).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Directory for the files (default: a temporary one under the current directory).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
@@ -170,7 +174,7 @@ fn main() -> anyhow::Result<()> {
             Command::MetricsLatency { iterations, large_rows, small_rows } => {
                 metrics_latency(iterations, large_rows, small_rows).await
             }
-            Command::Files { size_mib, dir } => files::run(size_mib << 20, dir).await,
+            Command::Files { size_mib, rounds, dir } => files::run(size_mib << 20, rounds.max(1), dir).await,
             Command::Archive { rows, batch_size } => archive::run(rows, batch_size).await,
             Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
         }
