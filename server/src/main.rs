@@ -14,6 +14,12 @@ use strata_server::{
 
 use crate::cli::{Cli, Command};
 
+/// Streams allocate a buffer per message (≈ 1 MiB for file chunks); glibc's malloc handed such
+/// buffers back to the kernel and page-faulted fresh ones in: measured, 16 % of the server's CPU
+/// during a 3 GiB upload went to page faults. mimalloc keeps them for reuse.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::HashToken { token }) = &cli.command {
