@@ -17,6 +17,7 @@ use crate::{
         BlobMigration, BlobMigrationSpec, BlobMigrationStart, File, FilePage, FileQuery, Reconciliation, UploadOptions,
         UploadState, UploadStatus,
     },
+    writeback,
 };
 
 /// Bytes per upload message: large enough to amortize per-message cost, far below the 4 MiB
@@ -265,20 +266,35 @@ impl Client {
         let path = path.as_ref();
         let io = |e: std::io::Error| Error::Io(format!("{}: {e}", path.display()));
         let tmp = path.with_extension(format!("strata-{}.part", std::process::id()));
-        let out = std::fs::File::create(&tmp).map_err(io)?;
+        let out = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(true).open(&tmp);
+        let out = out.map_err(io)?;
+        // Around the page cache where the file system allows it (see `writeback`).
+        let direct = match writeback::open_direct(&tmp) {
+            Some(d) => Some(writeback::DirectWriter::new(d, &out, 0).map_err(io)?),
+            None => None,
+        };
         // Hash and write on a thread of their own, so they overlap receiving the next chunks.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut out = out;
-            let mut behind = crate::writeback::WriteBehind::default();
+            let (mut out, mut direct) = (out, direct);
+            let mut behind = writeback::WriteBehind::default();
             let mut hasher = blake3::Hasher::new();
             let mut written = 0;
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
-                out.write_all(&chunk)?;
                 written += chunk.len() as u64;
-                behind.wrote(&out, written);
+                match &mut direct {
+                    Some(d) => d.push(&chunk)?,
+                    None => {
+                        out.write_all(&chunk)?;
+                        behind.wrote(&out, written);
+                    }
+                }
+            }
+            if let Some(d) = &mut direct {
+                d.flush_partial()?;
+                out.set_len(written)?;
             }
             out.sync_all()?;
             Ok::<_, std::io::Error>(hasher.finalize().to_hex().to_string())
