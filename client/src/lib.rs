@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod archive;
 pub mod backup;
+pub mod buffers;
 pub mod cli;
 mod client;
 mod convert;

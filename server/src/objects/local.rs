@@ -14,7 +14,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
 
-use strata_client::writeback::{DirectWriter, open_direct};
+use strata_client::{
+    buffers::BufferPool,
+    writeback::{DirectWriter, open_direct},
+};
 
 use super::{ByteStream, Error, ObjectInfo, Result, check_key};
 
@@ -92,14 +95,16 @@ impl LocalStore {
             if let Err(e) = file.seek(SeekFrom::Start(offset)) {
                 return send_err(e);
             }
+            let pool = BufferPool::new(READ_CHUNK, 2 * QUEUE);
             let mut left = length;
             while left > 0 {
-                let mut buf = vec![0u8; READ_CHUNK.min(left as usize)];
-                if let Err(e) = file.read_exact(&mut buf) {
+                let mut buf = pool.take();
+                let n = READ_CHUNK.min(left as usize);
+                if let Err(e) = file.read_exact(&mut buf[..n]) {
                     return send_err(e);
                 }
-                left -= buf.len() as u64;
-                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                left -= n as u64;
+                if tx.blocking_send(Ok(pool.bytes(buf, n))).is_err() {
                     return;
                 }
             }
