@@ -47,6 +47,15 @@ fn transient(e: &Error) -> bool {
     }
 }
 
+/// Waits between attempts of a transfer that failed transiently.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(MAX_ATTEMPTS)
+        .build()
+}
+
 impl Client {
     fn files(&self) -> FileServiceClient<Svc> {
         FileServiceClient::with_interceptor(self.channel.clone(), self.auth.clone()).max_decoding_message_size(8 << 20)
@@ -112,11 +121,7 @@ impl Client {
         });
         let upload_id = self.create_upload(&opts, &name, Some(size)).await?;
         let progress = std::sync::Arc::new(progress);
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(MAX_ATTEMPTS)
-            .build();
+        let mut delays = retry_delays();
         loop {
             let status = self.upload_status(&upload_id).await;
             let attempt = match status {
@@ -256,11 +261,7 @@ impl Client {
             Ok::<_, std::io::Error>(hasher.finalize().to_hex().to_string())
         });
         let result = async {
-            let mut delays = backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(10))
-                .with_max_times(MAX_ATTEMPTS)
-                .build();
+            let mut delays = retry_delays();
             let mut received = 0u64;
             let file = loop {
                 // Offset 0 with length 0 is the whole file; later attempts ask for the rest.

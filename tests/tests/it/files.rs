@@ -54,6 +54,17 @@ async fn fixture(store: Store, tweak: impl FnOnce(&mut Config)) -> Fixture {
     Fixture { server, client, dir, _s3: s3 }
 }
 
+impl Fixture {
+    /// A configuration for another server on this fixture's catalog and local store.
+    fn local_config(&self) -> Config {
+        test_config(
+            format!("sqlite://{}", self.dir.path().join("strata.db").display()),
+            vec![],
+            &self.dir.path().join("objects"),
+        )
+    }
+}
+
 fn opts(owner: &str) -> UploadOptions {
     UploadOptions { owner: owner.into(), content_type: Some("application/octet-stream".into()), ..Default::default() }
 }
@@ -428,6 +439,7 @@ async fn shutdown_stops_transfers_resumably() {
     }
     // The sender stays open, as a slow client's would; shutdown must not wait for it.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let config = f.local_config();
     let stopping = tokio::spawn(f.server.stop());
     let ended = upload.await.unwrap().unwrap_err();
     assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
@@ -444,11 +456,6 @@ async fn shutdown_stops_transfers_resumably() {
     tokio::time::timeout(Duration::from_secs(30), stopping).await.expect("shutdown finishes").unwrap().unwrap();
     drop(tx);
 
-    let config = test_config(
-        format!("sqlite://{}", f.dir.path().join("strata.db").display()),
-        vec![],
-        &f.dir.path().join("objects"),
-    );
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
     let committed = client.upload_status(&id).await.unwrap().committed_offset;
@@ -587,12 +594,8 @@ async fn local_upload_continues_after_a_server_restart() {
     .await;
     // A new server process (same catalog and store) continues at the committed offset; the hashes
     // it rebuilds from disk make the declared SHA-256 check pass.
+    let config = f.local_config();
     f.server.stop().await.unwrap();
-    let config = test_config(
-        format!("sqlite://{}", f.dir.path().join("strata.db").display()),
-        vec![],
-        &f.dir.path().join("objects"),
-    );
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
     let status = client.upload_status(&id).await.unwrap();
@@ -616,11 +619,7 @@ async fn s3_upload_starts_over_after_a_server_restart() {
         async move { c.upload_status(&id).await.ok().filter(|s| s.committed_offset > 0) }
     })
     .await;
-    let mut config = test_config(
-        format!("sqlite://{}", f.dir.path().join("strata.db").display()),
-        vec![],
-        &f.dir.path().join("objects"),
-    );
+    let mut config = f.local_config();
     config.object_store_url = f._s3.as_ref().unwrap().url();
     config.s3_part_size = MIN_PART_SIZE;
     f.server.stop().await.unwrap();
