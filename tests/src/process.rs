@@ -14,22 +14,26 @@ use crate::pg::free_port;
 pub struct ServerProcess {
     child: Child,
     url: String,
+    /// Its warnings and errors, shown when it does not come up.
+    log: tempfile::NamedTempFile,
 }
 
 impl ServerProcess {
     /// Starts `binary` (the server crate's `env!("CARGO_BIN_EXE_strata-server")`) with `env`
-    /// added to `STRATA_LISTEN` on a free port; logs only warnings, to nowhere.
+    /// added to `STRATA_LISTEN` on a free port; logs only warnings, to a file shown if it does not
+    /// come up.
     pub fn spawn(binary: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(binary)
             .env("STRATA_LISTEN", format!("127.0.0.1:{port}"))
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("log file"))
             .spawn()
             .expect("spawn strata-server");
-        ServerProcess { child, url: format!("http://127.0.0.1:{port}") }
+        ServerProcess { child, url: format!("http://127.0.0.1:{port}"), log }
     }
 
     /// A client, once the server answers (at most 30 s).
@@ -41,7 +45,10 @@ impl ServerProcess {
             {
                 return c;
             }
-            assert!(Instant::now() < deadline, "server did not come up");
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+                panic!("server at {} did not come up within 30 s; its log:\n{log}", self.url);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
