@@ -14,6 +14,7 @@
 //! | `connect_timeout`          | `STRATA_CONNECT_TIMEOUT`       | 3s                                   |
 //! | `max_replica_lag`          | `STRATA_MAX_REPLICA_LAG`       | 10s                                  |
 //! | `health_check_interval`    | `STRATA_HEALTH_CHECK_INTERVAL` | 500ms                                |
+//! | `shutdown_grace`           | `STRATA_SHUTDOWN_GRACE`        | 10s                                  |
 //! | `run_scheduler`            | `STRATA_RUN_SCHEDULER`         | true                                 |
 //! | `scheduler_poll_interval`  | `STRATA_SCHEDULER_POLL_INTERVAL` | 1s                                 |
 //! | `scheduler_catch_up`       | `STRATA_SCHEDULER_CATCH_UP`    | 10m                                  |
@@ -171,6 +172,10 @@ pub struct ConfigArgs {
     /// How often every database node is probed (drives health status and read routing).
     #[arg(long, env = "STRATA_HEALTH_CHECK_INTERVAL", value_parser = parse_duration, global = true)]
     pub health_check_interval: Option<Duration>,
+    /// How long a stopping server lets calls in progress and background runs finish before it
+    /// closes the remaining connections.
+    #[arg(long, env = "STRATA_SHUTDOWN_GRACE", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Option<Duration>,
     /// Whether this instance runs scheduled jobs (false: it serves RPCs only). Any number of
     /// instances may: each occurrence of a job runs exactly once among them.
     #[arg(long, env = "STRATA_RUN_SCHEDULER", global = true)]
@@ -284,6 +289,8 @@ struct FileConfig {
     max_replica_lag: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     health_check_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
     run_scheduler: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     scheduler_poll_interval: Option<Duration>,
@@ -340,6 +347,8 @@ pub struct Config {
     pub max_replica_lag: Duration,
     /// Probe interval.
     pub health_check_interval: Duration,
+    /// What shutdown waits for calls and runs in progress.
+    pub shutdown_grace: Duration,
     /// This instance runs scheduled jobs.
     pub run_scheduler: bool,
     /// Scheduler poll interval.
@@ -408,6 +417,8 @@ impl Default for Config {
             max_replica_lag: Duration::from_secs(10),
             // Probing twice a second reports a lost primary well within two seconds.
             health_check_interval: Duration::from_millis(500),
+            // Within the usual 30 s an orchestrator allows between SIGTERM and SIGKILL.
+            shutdown_grace: Duration::from_secs(10),
             run_scheduler: true,
             // Once a second: jobs start within a second of their time, and an idle poll is two
             // indexed queries.
@@ -489,6 +500,7 @@ impl Config {
                 file.health_check_interval,
                 d.health_check_interval,
             ),
+            shutdown_grace: pick(args.shutdown_grace, file.shutdown_grace, d.shutdown_grace),
             run_scheduler: args.run_scheduler.or(file.run_scheduler).unwrap_or(d.run_scheduler),
             scheduler_poll_interval: pick(
                 args.scheduler_poll_interval,

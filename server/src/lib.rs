@@ -100,9 +100,6 @@ impl Server {
     }
 }
 
-/// How long shutdown waits for background runs to finish their current batch.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Serves until `shutdown`; then stops accepting RPCs, cancels jobs and closes the pools, in order.
 async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
@@ -138,8 +135,9 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
     ctx.background.cancel();
     // Runs stop after their current batch and record how they ended.
     ctx.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, ctx.tasks.wait()).await.is_err() {
-        tracing::warn!("background work still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+    let grace = ctx.config.shutdown_grace;
+    if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
+        tracing::warn!("background work still running after {grace:?}; stopping anyway");
     }
     for j in jobs {
         let _ = j.await;

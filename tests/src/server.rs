@@ -91,9 +91,13 @@ impl TestServer {
     }
 
     /// Stops the server and waits for a clean shutdown.
+    /// Bounded: a server that does not stop fails the test rather than holding the suite.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        const LIMIT: Duration = Duration::from_secs(120);
         match self.server.take() {
-            Some(s) => s.stop().await,
+            Some(s) => tokio::time::timeout(LIMIT, s.stop())
+                .await
+                .map_err(|_| anyhow::anyhow!("the server did not stop within {LIMIT:?}"))?,
             None => Ok(()),
         }
     }

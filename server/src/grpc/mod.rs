@@ -6,6 +6,7 @@ mod archive;
 pub mod auth;
 mod backup;
 mod convert;
+mod drain;
 mod files;
 mod maintenance;
 mod partitions;
@@ -69,7 +70,8 @@ const MAX_FRAME: u32 = 1 << 20;
 /// Keeps idle client connections alive through NATs and detects dead peers.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// Serves every service on `listener` until `shutdown` is cancelled, then drains in-flight calls.
+/// Serves every service on `listener` until `shutdown` is cancelled, then drains in-flight calls
+/// for at most `shutdown_grace`.
 pub async fn serve(
     ctx: Context,
     listener: TcpListener,
@@ -90,6 +92,20 @@ pub async fn serve(
         .build_v1alpha()
         .expect("embedded descriptor sets are valid");
 
+    // Calls in progress get the grace period to end; then the connections still open are closed.
+    let close = CancellationToken::new();
+    {
+        let (shutdown, close, grace) = (shutdown.clone(), close.clone(), ctx.config.shutdown_grace);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = close.cancelled() => {}
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!("calls still in progress after the {grace:?} shutdown grace period; closing their connections");
+                    close.cancel();
+                }
+            }
+        });
+    }
     let auth = auth::AuthLayer::new(auth::Authorizer::new(&ctx.config.tokens));
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -109,14 +125,9 @@ pub async fn serve(
         .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx: ctx.clone() }))
         .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx: ctx.clone() }))
         .add_service(AlertServiceServer::new(alerts::AlertApi { ctx }))
-        // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
-        // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets
-        // tonic binds itself, so it is set on the incoming stream here.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled(),
-        )
+        .serve_with_incoming_shutdown(drain::incoming(listener, close.clone()), shutdown.cancelled())
         .await;
+    close.cancel();
     shutdown.cancel();
     let _ = health_task.await;
     result

@@ -1163,14 +1163,29 @@ async fn send_open(
     match list_alerts(ctx, &AlertFilter { states, ..Default::default() }, 10_000, None).await {
         Ok((open, _)) => {
             for a in open.into_iter().rev().filter(|a| f.passes(a)) {
-                tx.send(Ok(WatchItem::Snapshot(a))).await.map_err(|_| ())?;
+                deliver(ctx, tx, Ok(WatchItem::Snapshot(a))).await?;
             }
             Ok(())
         }
         Err(e) => {
-            let _ = tx.send(Err(e)).await;
+            let _ = deliver(ctx, tx, Err(e)).await;
             Err(())
         }
+    }
+}
+
+/// Hands one item to the subscriber's stream; Err when the subscriber went away or the server is
+/// stopping. A subscriber that stopped reading must not keep this task (and the server's
+/// shutdown) waiting in a full channel.
+async fn deliver(
+    ctx: &Context,
+    tx: &tokio::sync::mpsc::Sender<Result<WatchItem>>,
+    item: Result<WatchItem>,
+) -> std::result::Result<(), ()> {
+    tokio::select! {
+        biased;
+        _ = ctx.closing.cancelled() => Err(()),
+        sent = tx.send(item) => sent.map_err(|_| ()),
     }
 }
 
@@ -1189,14 +1204,18 @@ pub async fn watch(ctx: Context, f: WatchFilter, tx: tokio::sync::mpsc::Sender<R
         };
         match item {
             Ok(Change::Event(b)) => {
-                if f.passes(&b.1) && tx.send(Ok(WatchItem::Event(b))).await.is_err() {
+                if f.passes(&b.1) && deliver(&ctx, &tx, Ok(WatchItem::Event(b))).await.is_err() {
                     break;
                 }
             }
             Ok(Change::Resync) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::debug!(missed = n, "an alert watcher fell behind; resyncing it");
-                if tx.send(Ok(WatchItem::Resync)).await.is_err() || send_open(&ctx, &f, &tx).await.is_err() {
+                // The changes still queued for this subscriber are older than the snapshot that
+                // follows: start again from now (before reading the snapshot, so nothing after it
+                // is lost) rather than replay them after it.
+                rx = rx.resubscribe();
+                if deliver(&ctx, &tx, Ok(WatchItem::Resync)).await.is_err() || send_open(&ctx, &f, &tx).await.is_err() {
                     break;
                 }
             }

@@ -23,6 +23,7 @@ use croner::{
     Cron,
     parser::{CronParser, Seconds},
 };
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Error, Result, now};
@@ -805,8 +806,12 @@ async fn execute(ctx: Context, job: JobRow, run: RunRow) {
             }
         })
     };
+    // Whatever happens below, the heartbeat stops with this task: a lease renewed forever would
+    // show the run as running forever and refuse every later run of the job.
+    let _heartbeat_stops = stop.clone().drop_guard();
     let timeout = (job.timeout_ms > 0).then(|| Duration::from_millis(job.timeout_ms as u64));
-    let work = perform(&ctx, &job, stop.clone());
+    // A panic in the work is a failed run, recorded like any other failure.
+    let work = panics_as_errors(perform(&ctx, &job, stop.clone()));
     tokio::pin!(work);
     let outcome = tokio::select! {
         r = &mut work => Outcome::Done(r),
@@ -847,6 +852,21 @@ async fn execute(ctx: Context, job: JobRow, run: RunRow) {
         }
         Err(e) => {
             tracing::error!(job = %job.name, run = %run.id, error = %e, "recording a job run's end failed; another instance will run it again")
+        }
+    }
+}
+
+/// `work`, with a panic inside it turned into an error carrying the panic's message.
+async fn panics_as_errors(work: impl Future<Output = anyhow::Result<String>>) -> anyhow::Result<String> {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(done) => done,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            Err(anyhow::anyhow!("the job's work panicked: {msg}"))
         }
     }
 }
@@ -995,6 +1015,17 @@ mod tests {
 
     fn at(s: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_an_error_with_its_message() {
+        let ok = panics_as_errors(async { Ok("done".to_string()) }).await;
+        assert_eq!(ok.unwrap(), "done");
+        let static_msg = panics_as_errors(async { panic!("boom") }).await.unwrap_err();
+        assert_eq!(static_msg.to_string(), "the job's work panicked: boom");
+        let n = 7;
+        let formatted = panics_as_errors(async move { panic!("row {n} is odd") }).await.unwrap_err();
+        assert_eq!(formatted.to_string(), "the job's work panicked: row 7 is odd");
     }
 
     #[test]

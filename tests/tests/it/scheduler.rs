@@ -111,7 +111,7 @@ async fn jobs_are_checked_paused_resumed_run_now_stopped_and_pruned() {
     assert_eq!(c.list_job_runs(Some("tick"), 100).await.unwrap().len(), before, "a paused job ran");
     let manual = c.run_job_now("tick").await.unwrap();
     assert!(manual.manual);
-    let manual = c.wait_job_run(&manual.id, Duration::from_millis(50)).await.unwrap();
+    let manual = crate::support::finished_run(&c, &manual.id).await;
     assert_eq!(manual.state, JobRunState::Succeeded, "{manual:?}");
     let resumed = c.resume_job("tick").await.unwrap();
     assert!(resumed.spec.enabled && resumed.next_run_at.is_some());
@@ -141,7 +141,7 @@ async fn jobs_are_checked_paused_resumed_run_now_stopped_and_pruned() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(c.list_job_runs(Some("tick"), 1).await.unwrap()[0].id, newest, "ran while stopped");
     let manual = c.run_job_now("tick").await.unwrap();
-    assert_eq!(c.wait_job_run(&manual.id, Duration::from_millis(50)).await.unwrap().state, JobRunState::Succeeded);
+    assert_eq!(crate::support::finished_run(&c, &manual.id).await.state, JobRunState::Succeeded);
     let s = c.start_scheduler().await.unwrap();
     assert!(s.running);
     assert!(s.instances.iter().any(|i| i.id == s.this_instance && i.alive), "{s:?}");
@@ -222,7 +222,7 @@ async fn timeouts_shutdown_and_missed_occurrences_are_recorded() {
     let r = c.run_job_now("slow").await.unwrap();
     // Not twice at once.
     assert_eq!(c.run_job_now("slow").await.unwrap_err().code(), Some(Code::FailedPrecondition));
-    let r = c.wait_job_run(&r.id, Duration::from_millis(50)).await.unwrap();
+    let r = crate::support::finished_run(&c, &r.id).await;
     assert_eq!(r.state, JobRunState::TimedOut, "{r:?}");
     assert!(r.error.contains("timed out after 300ms"), "{r:?}");
     let archive_run = &c.list_archive_runs(Some("t"), 10).await.unwrap()[0];

@@ -49,6 +49,16 @@ where
     }
 }
 
+/// Waits for job run `id` to end. Bounded (longer than any built-in job's timeout), so a run that
+/// never ends fails the test instead of holding the whole suite.
+pub(crate) async fn finished_run(c: &strata_client::Client, id: &str) -> strata_client::scheduler::JobRun {
+    let limit = Duration::from_secs(400);
+    tokio::time::timeout(limit, c.wait_job_run(id, Duration::from_millis(20)))
+        .await
+        .unwrap_or_else(|_| panic!("job run {id} still running after {limit:?}"))
+        .unwrap()
+}
+
 /// A connection to a SQLite file a strata server also uses. It waits for the server's write locks
 /// (as the server's own connections do) instead of failing at once with "database is locked".
 pub(crate) async fn sqlite(
