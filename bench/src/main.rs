@@ -53,6 +53,9 @@ enum Command {
         /// strata's rows per batch.
         #[arg(long, default_value_t = 10_000)]
         batch_size: i32,
+        /// Rounds, each on fresh copies; the median ratio is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Partition upkeep vs pg_partman on identical monthly-partitioned tables (12 partitions 13–24
     /// months old holding rows): strata's EnsurePartitions (24 ahead, 12 back) + DropPartitions
@@ -175,7 +178,7 @@ fn main() -> anyhow::Result<()> {
                 metrics_latency(iterations, large_rows, small_rows).await
             }
             Command::Files { size_mib, rounds, dir } => files::run(size_mib << 20, rounds.max(1), dir).await,
-            Command::Archive { rows, batch_size } => archive::run(rows, batch_size).await,
+            Command::Archive { rows, batch_size, rounds } => archive::run(rows, batch_size, rounds.max(1)).await,
             Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
         }
     })

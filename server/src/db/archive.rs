@@ -821,12 +821,16 @@ async fn resolve_pg(
     let tc = format!("t.{}", quote(spec.time_column));
     let p = "$1::json";
     let cast = |expr: &str, ty: &str| format!("CAST(({expr}) AS {ty})");
-    let cutoff = format!("{tc} < {}", cast(&format!("{p}->>'cutoff'"), &time.ty));
+    // Values taken from the JSON parameter are scalar subqueries: PostgreSQL then evaluates them
+    // once per statement (an InitPlan) instead of parsing the parameter again for every row
+    // scanned (measured: the per-row cast of the cutoff alone was ~3 % of a run's CPU).
+    let once = |expr: String| format!("(SELECT {expr})");
+    let cutoff = format!("{tc} < {}", once(cast(&format!("{p}->>'cutoff'"), &time.ty)));
     let mut conds = vec![cutoff];
     for (i, f) in spec.filters.iter().enumerate() {
         let col = find(&columns, &f.column, &table).expect("checked above");
         let c = format!("t.{}", quote(&f.column));
-        let one = cast(&format!("{p}->'f'->{i}->>0"), &col.ty);
+        let one = once(cast(&format!("{p}->'f'->{i}->>0"), &col.ty));
         let many = format!("SELECT {} FROM json_array_elements_text({p}->'f'->{i}) x", cast("x", &col.ty));
         conds.push(match f.op.as_str() {
             "in" => format!("{c} IN ({many})"),
@@ -866,8 +870,9 @@ async fn resolve_pg(
         select_first: select(""),
         select_after: select(&format!(" AND {key_tuple} > {after}")),
         // The batch's rows are locked FOR UPDATE, so their ctids are stable until commit: a TID scan
-        // deletes them without an index lookup per row.
-        delete_keys: format!("DELETE FROM {t} WHERE ctid = ANY($1::tid[])"),
+        // deletes them without an index lookup per row. The array goes through a scalar subquery so
+        // the planner does not estimate the selectivity of each of its 10 000 elements.
+        delete_keys: format!("DELETE FROM {t} WHERE ctid = ANY(CAST((SELECT $1::tid[]) AS tid[]))"),
         delete_by_location: true,
         purge: format!(
             "DELETE FROM {t} d WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}

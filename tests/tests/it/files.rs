@@ -437,8 +437,17 @@ async fn shutdown_stops_transfers_resumably() {
     for chunk in data[..PART + 12345].chunks(256 << 10) {
         tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
     }
-    // The sender stays open, as a slow client's would; shutdown must not wait for it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sender stays open, as a slow client's would; shutdown must not wait for it. Stop only once
+    // bytes have reached the store (a fixed sleep was not always enough on a busy machine).
+    let staging = f.dir.path().join("objects/.staging");
+    eventually("the upload's first bytes in the store", Duration::from_secs(30), || {
+        let staging = staging.clone();
+        async move {
+            let sizes = std::fs::read_dir(&staging).ok()?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len());
+            (sizes.sum::<u64>() >= (PART / 2) as u64).then_some(())
+        }
+    })
+    .await;
     let config = f.local_config();
     let stopping = tokio::spawn(f.server.stop());
     let ended = upload.await.unwrap().unwrap_err();
