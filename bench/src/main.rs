@@ -17,6 +17,11 @@ use clap::{Parser, Subcommand};
 use diesel_async::SimpleAsyncConnection;
 use strata_tests::{PgCluster, TestServer};
 
+/// The allocator the `strata-server` binary ships with: benchmarks that run the server in this
+/// process (metrics, archive, partitions) measure it as shipped, not with glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "strata-bench", about = "strata benchmarks (release mode)")]
 struct Cli {

@@ -106,9 +106,11 @@ async fn postgres_archive_read_restore_retention_with_s3() {
             ratio double precision,
             tags text[],
             day date,
-            body_len int GENERATED ALWAYS AS (length(body)) STORED
+            body_len int GENERATED ALWAYS AS (length(body)) STORED,
+            note varchar(60),
+            \"odd \"\"name\"\" \\\\\" text
         );
-        INSERT INTO messages (created_at, status, body, meta, data, amount, ratio, tags, day)
+        INSERT INTO messages (created_at, status, body, meta, data, amount, ratio, tags, day, note, \"odd \"\"name\"\" \\\\\")
         SELECT now() - make_interval(days => 400 - i / 5, secs => i),
                CASE WHEN i % 3 = 0 THEN 'OPEN' ELSE 'COMPLETED' END,
                CASE WHEN i % 11 = 0 THEN NULL ELSE 'héllo wörld 🚀 «' || i || '» ' || repeat('ab', i % 50) || E'\\n\"q\"' END,
@@ -117,7 +119,9 @@ async fn postgres_archive_read_restore_retention_with_s3() {
                CASE WHEN i % 13 = 0 THEN NULL ELSE 12345678901234567890.123456789012 + i END,
                CASE WHEN i % 17 = 0 THEN NULL ELSE 0.1 * i + 1e-17 END,
                CASE WHEN i % 4 = 0 THEN NULL ELSE ARRAY['a', 'b,c', i::text] END,
-               (now() - make_interval(days => i % 400))::date
+               (now() - make_interval(days => i % 400))::date,
+               CASE WHEN i % 9 = 0 THEN NULL ELSE E'back\\\\slash\\ttab\\x01\\x1f ctl ' || chr(127) || ' ' || i END,
+               CASE WHEN i % 6 = 0 THEN NULL ELSE '' END
           FROM generate_series(1, 2000) i;
         ANALYZE messages;",
     )
