@@ -61,6 +61,9 @@ impl From<pb::Partition> for PartitionInfo {
     }
 }
 
+/// A hole between two consecutive partitions: from the end of one to the start of the next.
+pub type Gap = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// A partitioned table's state.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionHealth {
@@ -71,7 +74,7 @@ pub struct PartitionHealth {
     /// Partitions by start, then the default.
     pub partitions: Vec<PartitionInfo>,
     /// Holes between consecutive partitions.
-    pub gaps: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub gaps: Vec<Gap>,
     /// Rows in the default partition.
     pub default_rows: i64,
     /// How far ahead partitions reach.

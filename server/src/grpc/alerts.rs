@@ -356,7 +356,7 @@ impl AlertService for AlertApi {
                 WatchItem::Snapshot(a) => pb::WatchAlertsResponse {
                     kind: pb::AlertChangeKind::Snapshot as i32,
                     event: None,
-                    alert: Some(alert_pb(a)),
+                    alert: Some(alert_pb(*a)),
                 },
                 WatchItem::Event(b) => {
                     let (e, a) = *b;

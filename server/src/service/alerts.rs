@@ -217,11 +217,10 @@ impl RuleSpec {
             Metric::DefaultPartitionRows if self.table.is_empty() => {
                 return Err(Error::InvalidArgument("default_partition_rows rules need a table".into()));
             }
-            Metric::TableSize | Metric::DefaultPartitionRows => {
-                if !self.table.is_empty() {
-                    super::maintenance::parse_table(&self.table)?;
-                }
+            Metric::TableSize | Metric::DefaultPartitionRows if !self.table.is_empty() => {
+                super::maintenance::parse_table(&self.table)?;
             }
+            Metric::TableSize | Metric::DefaultPartitionRows => {}
             _ if !self.table.is_empty() => {
                 return Err(Error::InvalidArgument(format!("{} rules take no table", self.metric.as_str())));
             }
@@ -691,14 +690,13 @@ impl Cache {
     }
 
     async fn growth(&mut self, ctx: &Context, target: Option<i64>) -> Result<&super::metrics::Growth> {
-        if !self.growth.contains_key(&target) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.growth.entry(target) {
             let q = super::metrics::GrowthQuery {
                 window: super::metrics::Window::Week,
                 target_size_bytes: target,
                 prefix: super::metrics::TablePrefix::parse("")?,
             };
-            let g = super::metrics::growth(ctx, &q).await?;
-            self.growth.insert(target, g);
+            e.insert(super::metrics::growth(ctx, &q).await?);
         }
         Ok(&self.growth[&target])
     }
@@ -1124,7 +1122,7 @@ pub async fn tail(ctx: Context, cancel: tokio_util::sync::CancellationToken) {
 #[derive(Debug, Clone)]
 pub enum WatchItem {
     /// An open alert as it is.
-    Snapshot(AlertRow),
+    Snapshot(Box<AlertRow>),
     /// An event and the alert after it.
     Event(Box<(EventRow, AlertRow)>),
     /// The subscriber missed changes; snapshots follow.
@@ -1163,7 +1161,7 @@ async fn send_open(
     match list_alerts(ctx, &AlertFilter { states, ..Default::default() }, 10_000, None).await {
         Ok((open, _)) => {
             for a in open.into_iter().rev().filter(|a| f.passes(a)) {
-                deliver(ctx, tx, Ok(WatchItem::Snapshot(a))).await?;
+                deliver(ctx, tx, Ok(WatchItem::Snapshot(Box::new(a)))).await?;
             }
             Ok(())
         }

@@ -27,7 +27,7 @@ const SECRET: &str = "webhook-secret";
 /// Runs the alert-evaluation job now and waits for it.
 async fn evaluate(c: &Client) -> String {
     let r = c.run_job_now("alert-evaluation").await.unwrap();
-    let r = crate::support::finished_run(&c, &r.id).await;
+    let r = crate::support::finished_run(c, &r.id).await;
     assert_eq!(r.state, JobRunState::Succeeded, "{r:?}");
     r.message
 }
