@@ -65,6 +65,22 @@ impl Fixture {
     }
 }
 
+/// Reads a download stream to its end: the bytes read, and the error it ended with (None when it
+/// ended as complete).
+async fn read_rest<S, E>(mut stream: S) -> (usize, Option<E>)
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let mut read = 0;
+    loop {
+        match stream.try_next().await {
+            Ok(Some(c)) => read += c.len(),
+            Ok(None) => return (read, None),
+            Err(e) => return (read, Some(e)),
+        }
+    }
+}
+
 fn opts(owner: &str) -> UploadOptions {
     UploadOptions { owner: owner.into(), content_type: Some("application/octet-stream".into()), ..Default::default() }
 }
@@ -452,13 +468,8 @@ async fn shutdown_stops_transfers_resumably() {
     let stopping = tokio::spawn(f.server.stop());
     let ended = upload.await.unwrap().unwrap_err();
     assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
-    let end = loop {
-        match download.try_next().await {
-            Ok(Some(c)) => downloaded += c.len(),
-            Ok(None) => break None,
-            Err(e) => break Some(e),
-        }
-    };
+    let (rest, end) = read_rest(download).await;
+    downloaded += rest;
     let end = end.expect("the download ends with an error, not as if the file were complete");
     assert_eq!(end.code(), Some(Code::Unavailable), "{end}");
     assert!(downloaded < stored.len());
@@ -495,13 +506,8 @@ async fn a_client_that_stops_reading_cannot_hold_the_shutdown() {
     f.server.stop().await.unwrap();
     // What the client had received is still readable; then the cut connection is an error, never
     // an end that reads as the whole file.
-    let end = loop {
-        match download.try_next().await {
-            Ok(Some(c)) => downloaded += c.len(),
-            Ok(None) => break None,
-            Err(e) => break Some(e),
-        }
-    };
+    let (rest, end) = read_rest(download).await;
+    downloaded += rest;
     assert!(end.is_some(), "a download cut by the shutdown ended as if complete");
     assert!(downloaded < stored.len(), "{downloaded}");
 }
