@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::{
     OptionalExtension, QueryableByName,
     prelude::*,
-    sql_types::{Array, BigInt, Bool, Nullable, Text},
+    sql_types::{BigInt, Bool, Nullable, Text},
 };
 use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
 
@@ -637,8 +637,6 @@ pub struct TableSql {
     select_after: String,
     /// Deletes the selected rows: by `ctid` array on PostgreSQL, by JSON array of keys on SQLite.
     delete_keys: String,
-    /// Whether `delete_keys` takes row locations.
-    delete_by_location: bool,
     /// Deletes up to `limit` due rows.
     purge: String,
     /// Counts due rows: `rows`, `bytes`, `min_ts`, `max_ts`.
@@ -650,44 +648,70 @@ pub struct TableSql {
 }
 
 /// How strata writes a PostgreSQL row as the JSON `row_to_json` would, byte for byte, while
-/// PostgreSQL escapes none of the text: `row_to_json` escapes strings one character at a time
-/// (`escape_json` was 9 % of all CPU during an archive run). Text columns arrive raw, in binary, and
-/// are escaped here; every other column arrives as `to_json(column)`, PostgreSQL's own JSON for its
-/// type.
+/// PostgreSQL escapes none of the text and builds no JSON it does not have to: `row_to_json` escapes
+/// strings one character at a time (`escape_json` was 9 % of all CPU during an archive run). Every
+/// column arrives as its own result column in the binary protocol: text raw (escaped here),
+/// integers and booleans in binary (written here), every other type as `to_json(column)`,
+/// PostgreSQL's own JSON for it. The row's time and location arrive in binary too.
 #[derive(Debug, Clone)]
 struct DocPlan {
-    /// Per column in table order: `"name":` and whether its value arrives raw (text).
-    columns: Vec<(String, bool)>,
+    /// Per column in table order: `"name":` and how its value arrives.
+    columns: Vec<(String, Render)>,
+    /// Positions of the key columns among `columns`.
+    keys: Vec<usize>,
     /// Counts the table's columns, to notice one added during a run (it would be missing from the
     /// documents).
     count_columns: String,
 }
 
-/// Text that `row_to_json` writes as the column's text output, escaped: the value needs no
-/// PostgreSQL-side conversion.
-fn raw_text(ty: &str) -> bool {
-    ty == "text" || ty.starts_with("character varying")
+/// How one column's value arrives from the select and becomes JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Render {
+    /// Text as stored; written as a JSON string.
+    Text,
+    /// A binary `smallint`/`integer`/`bigint`; written as a number.
+    Int,
+    /// A binary `boolean`.
+    Bool,
+    /// `to_json(column)::text`: already JSON.
+    Json,
+}
+
+impl Render {
+    fn of(ty: &str) -> Self {
+        match ty {
+            "text" => Render::Text,
+            t if t.starts_with("character varying") => Render::Text,
+            "smallint" | "integer" | "bigint" => Render::Int,
+            "boolean" => Render::Bool,
+            _ => Render::Json,
+        }
+    }
 }
 
 impl DocPlan {
-    /// The select's leading columns: `json_parts` (values already JSON) and `text_parts` (raw).
-    fn select_list(columns: &[ColumnInfo]) -> (String, String) {
-        let part = |raw: bool, f: fn(&str) -> String| {
-            columns.iter().filter(|c| raw_text(&c.ty) == raw).map(|c| f(&quote(&c.name))).collect::<Vec<_>>().join(", ")
-        };
-        (
-            format!("ARRAY[{}]::text[] AS json_parts", part(false, |c| format!("to_json(t.{c})::text"))),
-            format!("ARRAY[{}]::text[] AS text_parts", part(true, |c| format!("t.{c}::text"))),
-        )
+    /// The select's leading result columns: the table's columns in order, then the row's time and
+    /// its location.
+    fn select_list(columns: &[ColumnInfo], time: &str) -> String {
+        let mut list: Vec<String> = columns
+            .iter()
+            .map(|c| match Render::of(&c.ty) {
+                Render::Json => format!("to_json(t.{})::text", quote(&c.name)),
+                _ => format!("t.{}", quote(&c.name)),
+            })
+            .collect();
+        list.push(format!("t.{}", quote(time)));
+        list.push("t.ctid".into());
+        list.join(", ")
     }
 
-    fn new(columns: &[ColumnInfo], table: &str) -> Self {
-        let columns_json = columns
-            .iter()
-            .map(|c| (format!("{}:", serde_json::Value::from(c.name.as_str())), raw_text(&c.ty)))
-            .collect();
+    fn new(columns: &[ColumnInfo], keys: &[ColumnInfo], table: &str) -> Self {
         Self {
-            columns: columns_json,
+            columns: columns
+                .iter()
+                .map(|c| (format!("{}:", serde_json::Value::from(c.name.as_str())), Render::of(&c.ty)))
+                .collect(),
+            keys: keys.iter().filter_map(|k| columns.iter().position(|c| c.name == k.name)).collect(),
             count_columns: format!(
                 "SELECT count(*)::int8 AS n FROM pg_attribute
                   WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped",
@@ -696,102 +720,296 @@ impl DocPlan {
         }
     }
 
-    /// The row's document, identical to `row_to_json(t)::text`.
-    fn document(&self, json: Vec<Option<String>>, text: Vec<Option<String>>) -> std::result::Result<String, String> {
-        let size = self.columns.iter().map(|c| c.0.len() + 1).sum::<usize>()
-            + json.iter().chain(text.iter()).map(|v| v.as_ref().map_or(4, |v| v.len() + 2)).sum::<usize>();
-        let mut out = Vec::with_capacity(size + size / 16 + 2);
+    /// Appends the row's document, identical to `row_to_json(t)::text`, to `out`.
+    fn document(&self, row: &PgRawRow, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+        if row.fields.len() != self.columns.len() + 2 {
+            return Err(format!(
+                "the select returned {} values for the table's {} columns",
+                row.fields.len().saturating_sub(2),
+                self.columns.len()
+            ));
+        }
         out.push(b'{');
-        let (mut json, mut text) = (json.into_iter(), text.into_iter());
-        for (i, (prefix, raw)) in self.columns.iter().enumerate() {
+        for (i, (prefix, render)) in self.columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(prefix.as_bytes());
-            let value = if *raw { text.next() } else { json.next() };
-            match (value, raw) {
-                (None, _) => {
-                    return Err(format!(
-                        "the select returned fewer values than the table's {} columns",
-                        self.columns.len()
-                    ));
-                }
-                (Some(None), _) => out.extend_from_slice(b"null"),
-                // Escapes exactly the characters escape_json does (", \, and controls, as \b \f \n \r \t or \u00xx).
-                (Some(Some(v)), true) => serde_json::to_writer(&mut out, &v).map_err(|e| e.to_string())?,
-                (Some(Some(v)), false) => out.extend_from_slice(v.as_bytes()),
-            }
+            render_value(*render, row.field(i), out)?;
         }
         out.push(b'}');
+        Ok(())
+    }
+
+    /// The row's key as `json_build_array(keys…)::text` writes it.
+    fn key(&self, row: &PgRawRow) -> std::result::Result<String, String> {
+        let mut out = vec![b'['];
+        for (n, &i) in self.keys.iter().enumerate() {
+            if n > 0 {
+                out.extend_from_slice(b", ");
+            }
+            render_value(self.columns[i].1, row.field(i), &mut out)?;
+        }
+        out.push(b']');
         String::from_utf8(out).map_err(|e| e.to_string())
+    }
+
+    /// The row's time in Unix microseconds (None for NULL and ±infinity), from its binary value.
+    fn time(&self, row: &PgRawRow) -> std::result::Result<Option<i64>, String> {
+        const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+        let (oid, value) = row.typed(self.columns.len());
+        let Some(v) = value else { return Ok(None) };
+        Ok(match (oid, v.len()) {
+            // timestamptz and timestamp: microseconds since 2000-01-01 (a timestamp without time
+            // zone counts as UTC, as `extract(epoch …)` does).
+            (1184 | 1114, 8) => match i64::from_be_bytes(v.try_into().expect("8 bytes")) {
+                i64::MAX | i64::MIN => None,
+                us => us.checked_add(PG_EPOCH_MICROS),
+            },
+            // date: days since 2000-01-01.
+            (1082, 4) => match i32::from_be_bytes(v.try_into().expect("4 bytes")) {
+                i32::MAX | i32::MIN => None,
+                d => Some(i64::from(d) * 86_400_000_000 + PG_EPOCH_MICROS),
+            },
+            // Unix seconds.
+            (20 | 23 | 21, _) => int_value(v)?.checked_mul(1_000_000),
+            _ => return Err(format!("time column arrived as type oid {oid} ({} bytes)", v.len())),
+        })
+    }
+
+    /// The row's `ctid` as `tid` text, from its binary value (block number, line pointer).
+    fn location(&self, row: &PgRawRow, out: &mut String) -> std::result::Result<(), String> {
+        match row.field(self.columns.len() + 1) {
+            Some(v) if v.len() == 6 => {
+                let block = u32::from_be_bytes(v[..4].try_into().expect("4 bytes"));
+                let item = u16::from_be_bytes(v[4..].try_into().expect("2 bytes"));
+                use std::fmt::Write as _;
+                let _ = write!(out, "\"({block},{item})\"");
+                Ok(())
+            }
+            _ => Err("the row's ctid did not arrive".into()),
+        }
     }
 }
 
-/// A due row as the PostgreSQL select returns it.
-#[derive(QueryableByName)]
-struct PgDueRow {
-    #[diesel(sql_type = Array<Nullable<Text>>)]
-    json_parts: Vec<Option<String>>,
-    #[diesel(sql_type = Array<Nullable<Text>>)]
-    text_parts: Vec<Option<String>>,
-    #[diesel(sql_type = Text)]
-    key: String,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    ts: Option<i64>,
-    #[diesel(sql_type = Nullable<Text>)]
-    loc: Option<String>,
+/// A big-endian binary integer of 2, 4 or 8 bytes.
+fn int_value(v: &[u8]) -> std::result::Result<i64, String> {
+    Ok(match v.len() {
+        2 => i64::from(i16::from_be_bytes(v.try_into().expect("2 bytes"))),
+        4 => i64::from(i32::from_be_bytes(v.try_into().expect("4 bytes"))),
+        8 => i64::from_be_bytes(v.try_into().expect("8 bytes")),
+        n => return Err(format!("an integer of {n} bytes")),
+    })
 }
 
-/// Loads a batch's due rows, as documents.
+fn render_value(render: Render, value: Option<&[u8]>, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+    let Some(v) = value else {
+        out.extend_from_slice(b"null");
+        return Ok(());
+    };
+    match render {
+        Render::Text => push_json_string(out, v),
+        Render::Json => out.extend_from_slice(v),
+        Render::Int => out.extend_from_slice(itoa::Buffer::new().format(int_value(v)?).as_bytes()),
+        Render::Bool => out.extend_from_slice(if v == [0] { b"false" } else { b"true" }),
+    }
+    Ok(())
+}
+
+/// Appends `s` as a JSON string escaped exactly as PostgreSQL's `escape_json` does (and
+/// serde_json): `"`, `\` and the control characters, as `\b \f \n \r \t` or `\u00xx`. Text in
+/// archived rows rarely needs any of that, so it is checked eight bytes at a time.
+fn push_json_string(out: &mut Vec<u8>, s: &[u8]) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `w` is below 0x20, a quote or a backslash (exact for "any").
+    let special = |w: u64| {
+        let below = w.wrapping_sub(ONES * 0x20) & !w;
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        (below | (quote.wrapping_sub(ONES) & !quote) | (backslash.wrapping_sub(ONES) & !backslash)) & HIGH != 0
+    };
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let (mut start, mut i) = (0, 0);
+    while i < s.len() {
+        if let Some(w) = s.get(i..i + 8)
+            && !special(u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        {
+            i += 8;
+            continue;
+        }
+        let b = s[i];
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..0x20 => b"",
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// A row of the PostgreSQL select, as the binary values it arrived with.
+struct PgRawRow {
+    /// All values, back to back.
+    bytes: Vec<u8>,
+    /// Per value: its type oid and its range in `bytes`, or None for NULL.
+    fields: Vec<(u32, Option<(u32, u32)>)>,
+}
+
+impl PgRawRow {
+    fn field(&self, i: usize) -> Option<&[u8]> {
+        self.typed(i).1
+    }
+
+    fn typed(&self, i: usize) -> (u32, Option<&[u8]>) {
+        let Some(&(oid, range)) = self.fields.get(i) else { return (0, None) };
+        (oid, range.map(|(start, end)| &self.bytes[start as usize..end as usize]))
+    }
+}
+
+impl QueryableByName<diesel::pg::Pg> for PgRawRow {
+    fn build<'a>(row: &impl diesel::row::NamedRow<'a, diesel::pg::Pg>) -> diesel::deserialize::Result<Self> {
+        use diesel::row::{Field, Row};
+        let n = row.field_count();
+        let mut out = PgRawRow { bytes: Vec::with_capacity(1024), fields: Vec::with_capacity(n) };
+        for i in 0..n {
+            let field = Row::get(row, i).ok_or("a result column went missing")?;
+            match field.value() {
+                None => out.fields.push((0, None)),
+                Some(v) => {
+                    let start = u32::try_from(out.bytes.len())?;
+                    out.bytes.extend_from_slice(v.as_bytes());
+                    out.fields.push((v.get_oid().get(), Some((start, u32::try_from(out.bytes.len())?))));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Loads a batch's due rows, as the segment will hold them.
 trait LoadDue {
-    async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str) -> Result<Vec<DueRow>>;
+    async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str, out: &mut DueRows) -> Result<()>;
 }
 
 impl LoadDue for diesel_async::AsyncPgConnection {
-    async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str) -> Result<Vec<DueRow>> {
+    async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str, out: &mut DueRows) -> Result<()> {
         let plan = sql.doc.as_ref().ok_or_else(|| Error::Unsupported("no document plan for PostgreSQL".into()))?;
-        let rows: Vec<PgDueRow> = diesel::sql_query(select).bind::<Text, _>(params).load(self).await?;
-        if !rows.is_empty() {
-            // The rows are locked, and with them the table against ALTER TABLE: what the catalog
-            // says now holds until this transaction ends.
-            let n = diesel::sql_query(&plan.count_columns).get_result::<Count>(self).await?.n;
-            if n as usize != plan.columns.len() {
-                return Err(Error::Unsupported(format!(
-                    "the table now has {n} columns, not the {} this run started with: run again",
-                    plan.columns.len()
-                )));
-            }
+        let rows: Vec<PgRawRow> = diesel::sql_query(select).bind::<Text, _>(params).load(self).await?;
+        let (Some(first), Some(last)) = (rows.as_slice().first(), rows.as_slice().last()) else { return Ok(()) };
+        // The rows are locked, and with them the table against ALTER TABLE: what the catalog says
+        // now holds until this transaction ends.
+        let n = diesel::sql_query(&plan.count_columns).get_result::<Count>(self).await?.n;
+        if n as usize != plan.columns.len() {
+            return Err(Error::Unsupported(format!(
+                "the table now has {n} columns, not the {} this run started with: run again",
+                plan.columns.len()
+            )));
         }
-        rows.into_iter()
-            .map(|r| {
-                let doc = plan.document(r.json_parts, r.text_parts).map_err(Error::Unsupported)?;
-                Ok(DueRow { doc, key: r.key, ts: r.ts, loc: r.loc })
-            })
-            .collect()
+        out.first_key = plan.key(first).map_err(Error::Unsupported)?;
+        out.last_key = plan.key(last).map_err(Error::Unsupported)?;
+        let row_bytes: usize = rows.iter().map(|r| r.bytes.len() + r.bytes.len() / 16 + 64).sum();
+        out.jsonl.reserve(row_bytes);
+        out.targets.reserve(rows.len() * 16 + 2);
+        out.targets.push('{');
+        for (i, r) in rows.iter().enumerate() {
+            plan.document(r, &mut out.jsonl).map_err(Error::Unsupported)?;
+            out.jsonl.push(b'\n');
+            if let Some(ts) = plan.time(r).map_err(Error::Unsupported)? {
+                out.min_ts = Some(out.min_ts.map_or(ts, |m| m.min(ts)));
+                out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
+            }
+            if i > 0 {
+                out.targets.push(',');
+            }
+            plan.location(r, &mut out.targets).map_err(Error::Unsupported)?;
+        }
+        out.targets.push('}');
+        out.count = rows.len();
+        // Text arrives in the database's encoding converted to UTF-8 by the server; checked once
+        // over the whole batch, not per value.
+        std::str::from_utf8(&out.jsonl).map_err(|e| Error::Unsupported(format!("a row is not UTF-8: {e}")))?;
+        Ok(())
     }
 }
 
 impl LoadDue for super::SqliteConn {
-    async fn load_due(&mut self, _sql: &TableSql, select: &str, params: &str) -> Result<Vec<DueRow>> {
-        Ok(diesel::sql_query(select).bind::<Text, _>(params).load(self).await?)
+    async fn load_due(&mut self, _sql: &TableSql, select: &str, params: &str, out: &mut DueRows) -> Result<()> {
+        let rows: Vec<SqliteDueRow> = diesel::sql_query(select).bind::<Text, _>(params).load(self).await?;
+        let (Some(first), Some(last)) = (rows.as_slice().first(), rows.as_slice().last()) else { return Ok(()) };
+        (out.first_key, out.last_key) = (first.key.clone(), last.key.clone());
+        out.targets = format!("[{}]", rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>().join(","));
+        for r in &rows {
+            out.jsonl.extend_from_slice(r.doc.as_bytes());
+            out.jsonl.push(b'\n');
+        }
+        out.min_ts = rows.iter().filter_map(|r| r.ts).min();
+        out.max_ts = rows.iter().filter_map(|r| r.ts).max();
+        out.count = rows.len();
+        Ok(())
     }
 }
 
-/// One due row.
+/// One due row as the SQLite select returns it.
 #[derive(Debug, Clone, QueryableByName)]
-pub struct DueRow {
+struct SqliteDueRow {
     /// The row as a JSON object.
     #[diesel(sql_type = Text)]
-    pub doc: String,
+    doc: String,
     /// Its key as a JSON array.
     #[diesel(sql_type = Text)]
-    pub key: String,
+    key: String,
     /// Its time in Unix microseconds.
     #[diesel(sql_type = Nullable<BigInt>)]
-    pub ts: Option<i64>,
-    /// Its physical location (PostgreSQL `ctid`), valid while the row is locked.
-    #[diesel(sql_type = Nullable<Text>)]
-    pub loc: Option<String>,
+    ts: Option<i64>,
+}
+
+/// A batch's due rows, as the segment holds them.
+#[derive(Debug, Default)]
+pub struct DueRows {
+    /// The rows' documents as JSON Lines (each line ends with a newline), in key order.
+    pub jsonl: Vec<u8>,
+    /// How many rows.
+    pub count: usize,
+    /// The first row's key, as a JSON array.
+    pub first_key: String,
+    /// The last row's key (the next batch starts after it).
+    pub last_key: String,
+    /// Oldest row time (Unix microseconds).
+    pub min_ts: Option<i64>,
+    /// Newest row time.
+    pub max_ts: Option<i64>,
+    /// What the delete takes: the rows' locations as a `tid[]` literal (PostgreSQL; they cannot
+    /// move while the rows are locked) or their keys as a JSON array (SQLite).
+    targets: String,
+}
+
+impl DueRows {
+    /// An empty batch whose documents go into `buffer` (cleared; its capacity is reused).
+    pub fn with_buffer(mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        Self { jsonl: buffer, ..Default::default() }
+    }
 }
 
 /// What PlanArchive reports.
@@ -985,12 +1203,10 @@ async fn resolve_pg(
         TimeKind::Timestamp => format!("(extract(epoch FROM {tc}) * 1000000)::int8"),
         TimeKind::UnixSeconds => format!("({tc}::int8 * 1000000)"),
     };
-    let (json_parts, text_parts) = DocPlan::select_list(&columns);
+    let values = DocPlan::select_list(&columns, &time.name);
     let select = |extra: &str| {
         format!(
-            "SELECT {json_parts}, {text_parts}, json_build_array({key_cols})::text AS key, {ts} AS ts,
-                    t.ctid::text AS loc
-               FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT ({p}->>'limit')::int8
+            "SELECT {values} FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT ({p}->>'limit')::int8
                FOR UPDATE OF t SKIP LOCKED"
         )
     };
@@ -1004,7 +1220,6 @@ async fn resolve_pg(
         // deletes them without an index lookup per row. The array goes through a scalar subquery so
         // the planner does not estimate the selectivity of each of its 10 000 elements.
         delete_keys: format!("DELETE FROM {t} WHERE ctid = ANY(CAST((SELECT $1::tid[]) AS tid[]))"),
-        delete_by_location: true,
         purge: format!(
             "DELETE FROM {t} d WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
               LIMIT ({p}->>'limit')::int8 FOR UPDATE OF t SKIP LOCKED)",
@@ -1024,7 +1239,7 @@ async fn resolve_pg(
             cols = insert_cols.join(", "),
             rcols = insert_cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
         ),
-        doc: Some(DocPlan::new(&columns, &t)),
+        doc: Some(DocPlan::new(&columns, &keys, &t)),
         columns,
     }))
 }
@@ -1134,7 +1349,7 @@ async fn resolve_sqlite(
     );
     let select = |extra: &str| {
         format!(
-            "SELECT {doc} AS doc, json_array({key_cols}) AS key, {ts} AS ts, NULL AS loc
+            "SELECT {doc} AS doc, json_array({key_cols}) AS key, {ts} AS ts
                FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT json_extract({p}, '$.limit')"
         )
     };
@@ -1159,7 +1374,6 @@ async fn resolve_sqlite(
         select_first: select(""),
         select_after: select(&format!(" AND {key_tuple} > {after}")),
         delete_keys: format!("DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_of} FROM json_each({p}))"),
-        delete_by_location: false,
         purge: format!(
             "DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
               LIMIT json_extract({p}, '$.limit'))"
@@ -1301,14 +1515,21 @@ impl<E> From<diesel::result::Error> for BatchError<E> {
 /// lock), lock the next due rows, hand them to `seal` (which writes and verifies the segment), delete
 /// exactly those rows, mark the segment committed and count the progress. Any failure rolls
 /// everything back: the rows stay and the segment stays pending (garbage for the next run).
-pub async fn archive_batch<E, F>(conn: &mut Conn, b: &Batch<'_>, seal: F) -> Result<BatchOutcome, BatchError<E>>
+///
+/// The documents are written into `buffer` (its capacity reused), which `seal` may take.
+pub async fn archive_batch<E, F>(
+    conn: &mut Conn,
+    b: &Batch<'_>,
+    buffer: Vec<u8>,
+    seal: F,
+) -> Result<BatchOutcome, BatchError<E>>
 where
-    F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+    F: AsyncFnOnce(&mut DueRows) -> Result<Sealed, E>,
 {
     db_run!(conn, {
         let started = std::time::Instant::now();
         begin(conn).await?;
-        let out = archive_batch_in(conn, b, seal, started).await;
+        let out = archive_batch_in(conn, b, buffer, seal, started).await;
         match out {
             Ok(BatchOutcome::Committed { rows, last_key, cancel_requested, mut phases, .. }) => {
                 let t = std::time::Instant::now();
@@ -1325,7 +1546,7 @@ where
 }
 
 macro_rules! archive_batch_body {
-    ($conn:ident, $b:ident, $seal:ident, $started:ident) => {{
+    ($conn:ident, $b:ident, $buffer:ident, $seal:ident, $started:ident) => {{
         use schema::archive_segments as s;
         // The fence: the pending segment must still be ours. A run that took the policy over
         // discards pending segments by moving them out of `pending` first, so either it waits for
@@ -1340,43 +1561,35 @@ macro_rules! archive_batch_body {
             return Ok(BatchOutcome::LeaseLost);
         }
         let select = if $b.after { &$b.sql.select_after } else { &$b.sql.select_first };
-        let rows: Vec<DueRow> = $conn.load_due(&$b.sql, select, &$b.params).await.map_err(BatchError::Db)?;
+        let mut rows = DueRows::with_buffer($buffer);
+        $conn.load_due(&$b.sql, select, &$b.params, &mut rows).await.map_err(BatchError::Db)?;
         let mut phases = Phases { select: $started.elapsed(), ..Default::default() };
-        let (Some(first), Some(last)) = (rows.iter().next(), rows.iter().next_back()) else {
+        if rows.count == 0 {
             return Ok(BatchOutcome::Empty);
-        };
-        let (first_key, last_key) = (first.key.clone(), last.key.clone());
+        }
         let t = std::time::Instant::now();
-        let sealed = $seal(&rows).await.map_err(BatchError::Seal)?;
+        let sealed = $seal(&mut rows).await.map_err(BatchError::Seal)?;
         phases.seal = t.elapsed();
         let t = std::time::Instant::now();
-        let targets = if $b.sql.delete_by_location {
-            // Physical locations of rows this transaction has locked: they cannot move until it ends.
-            format!(
-                "{{{}}}",
-                rows.iter().map(|r| format!("\"{}\"", r.loc.as_deref().unwrap_or(""))).collect::<Vec<_>>().join(",")
-            )
-        } else {
-            format!("[{}]", rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>().join(","))
-        };
-        let deleted = diesel::sql_query(&$b.sql.delete_keys).bind::<Text, _>(&targets).execute(&mut *$conn).await?;
-        if deleted != rows.len() {
+        let deleted =
+            diesel::sql_query(&$b.sql.delete_keys).bind::<Text, _>(&rows.targets).execute(&mut *$conn).await?;
+        if deleted != rows.count {
             // Locked rows cannot vanish; if they did, nothing of this batch may stick.
             return Err(BatchError::Db(Error::Unsupported(format!(
                 "deleted {deleted} rows, expected {}: batch rolled back",
-                rows.len()
+                rows.count
             ))));
         }
         diesel::update(s::table.filter(s::id.eq($b.segment_id)).filter(s::state.eq(state::PENDING)))
             .set((
                 s::state.eq(state::COMMITTED),
                 s::object_key.eq(&sealed.object_key),
-                s::row_count.eq(rows.len() as i64),
+                s::row_count.eq(rows.count as i64),
                 s::raw_bytes.eq(sealed.raw_bytes),
                 s::compressed_bytes.eq(sealed.compressed_bytes),
                 s::sha256.eq(&sealed.sha256),
-                s::first_key.eq(&first_key),
-                s::last_key.eq(&last_key),
+                s::first_key.eq(&rows.first_key),
+                s::last_key.eq(&rows.last_key),
                 s::min_time.eq(sealed.min_time),
                 s::max_time.eq(sealed.max_time),
                 s::created_at.eq($b.now),
@@ -1384,7 +1597,7 @@ macro_rules! archive_batch_body {
             .execute(&mut *$conn)
             .await?;
         let progress = Progress {
-            rows: rows.len() as i64,
+            rows: rows.count as i64,
             segments: 1,
             raw: sealed.raw_bytes,
             compressed: sealed.compressed_bytes,
@@ -1393,21 +1606,28 @@ macro_rules! archive_batch_body {
         };
         let cancel_requested = add_progress_on(&mut *$conn, $b.run_id, &progress, $b.now).await?;
         phases.finish = t.elapsed();
-        Ok(BatchOutcome::Committed { rows: rows.len(), last_key, cancel_requested, txn: $started.elapsed(), phases })
+        Ok(BatchOutcome::Committed {
+            rows: rows.count,
+            last_key: rows.last_key,
+            cancel_requested,
+            txn: $started.elapsed(),
+            phases,
+        })
     }};
 }
 
 async fn archive_batch_in<C, E, F>(
     conn: &mut C,
     b: &Batch<'_>,
+    buffer: Vec<u8>,
     seal: F,
     started: std::time::Instant,
 ) -> Result<BatchOutcome, BatchError<E>>
 where
     C: BatchConn,
-    F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+    F: AsyncFnOnce(&mut DueRows) -> Result<Sealed, E>,
 {
-    C::archive_batch(conn, b, seal, started).await
+    C::archive_batch(conn, b, buffer, seal, started).await
 }
 
 /// Backend-specific batch body (same code, different schema module).
@@ -1415,25 +1635,27 @@ trait BatchConn: ProgressConn + LoadDue {
     async fn archive_batch<E, F>(
         conn: &mut Self,
         b: &Batch<'_>,
+        buffer: Vec<u8>,
         seal: F,
         started: std::time::Instant,
     ) -> Result<BatchOutcome, BatchError<E>>
     where
-        F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>;
+        F: AsyncFnOnce(&mut DueRows) -> Result<Sealed, E>;
 }
 
 impl BatchConn for diesel_async::AsyncPgConnection {
     async fn archive_batch<E, F>(
         conn: &mut Self,
         b: &Batch<'_>,
+        buffer: Vec<u8>,
         seal: F,
         started: std::time::Instant,
     ) -> Result<BatchOutcome, BatchError<E>>
     where
-        F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+        F: AsyncFnOnce(&mut DueRows) -> Result<Sealed, E>,
     {
         use super::schema::pg as schema;
-        archive_batch_body!(conn, b, seal, started)
+        archive_batch_body!(conn, b, buffer, seal, started)
     }
 }
 
@@ -1441,14 +1663,15 @@ impl BatchConn for super::SqliteConn {
     async fn archive_batch<E, F>(
         conn: &mut Self,
         b: &Batch<'_>,
+        buffer: Vec<u8>,
         seal: F,
         started: std::time::Instant,
     ) -> Result<BatchOutcome, BatchError<E>>
     where
-        F: AsyncFnOnce(&[DueRow]) -> Result<Sealed, E>,
+        F: AsyncFnOnce(&mut DueRows) -> Result<Sealed, E>,
     {
         use super::schema::sqlite as schema;
-        archive_batch_body!(conn, b, seal, started)
+        archive_batch_body!(conn, b, buffer, seal, started)
     }
 }
 
@@ -1546,4 +1769,75 @@ pub async fn restore_segment(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The eight-bytes-at-a-time escaping writes exactly what serde_json (and PostgreSQL's
+    /// `escape_json`, which the archive tests compare against) writes, wherever in a word the
+    /// special characters fall.
+    #[test]
+    fn json_strings_escape_like_serde_json() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain ascii text that is longer than eight bytes".into(),
+            "ünïcödé — 中文 🎉 mixed with \"quotes\" and \\backslashes\\".into(),
+            (0u8..0x80).map(char::from).collect(),
+        ];
+        // Every special character at every offset of a word, alone and in runs.
+        for special in ['"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}', 'é'] {
+            for at in 0..17 {
+                let mut s: String = "abcdefghijklmnopq".chars().take(at).collect();
+                s.push(special);
+                s.push_str("rstuvwxyz0123456");
+                cases.push(s.clone());
+                cases.push(s.replace('a', &special.to_string()));
+            }
+        }
+        // Pseudo-random strings over a small alphabet that is mostly special.
+        let alphabet = ['a', '"', '\\', '\n', '\u{1}', 'ß', ' ', '\u{1f}', '/', 'z', '\u{20}'];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for len in 0..200 {
+            let s: String = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            cases.push(s);
+        }
+        for s in cases {
+            let mut out = b"prefix".to_vec();
+            push_json_string(&mut out, s.as_bytes());
+            assert_eq!(std::str::from_utf8(&out[6..]).unwrap(), serde_json::to_string(&s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn binary_values_render_as_postgres_writes_them() {
+        let mut out = Vec::new();
+        for (render, value, want) in [
+            (Render::Int, Some(&(-7i16).to_be_bytes()[..]), "-7"),
+            (Render::Int, Some(&i32::MIN.to_be_bytes()[..]), "-2147483648"),
+            (Render::Int, Some(&i64::MAX.to_be_bytes()[..]), "9223372036854775807"),
+            (Render::Bool, Some(&[1u8][..]), "true"),
+            (Render::Bool, Some(&[0u8][..]), "false"),
+            (Render::Json, Some(&b"\"2024-01-02T03:04:05+00:00\""[..]), "\"2024-01-02T03:04:05+00:00\""),
+            (Render::Text, Some(&b"a\"b"[..]), "\"a\\\"b\""),
+            (Render::Text, None, "null"),
+        ] {
+            out.clear();
+            render_value(render, value, &mut out).unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        }
+        assert!(render_value(Render::Int, Some(&[1, 2, 3]), &mut out).is_err(), "odd integer width");
+        assert_eq!(Render::of("character varying(20)"), Render::Text);
+        assert_eq!(Render::of("bigint"), Render::Int);
+        assert_eq!(Render::of("numeric(10,2)"), Render::Json);
+        assert_eq!(Render::of("timestamp with time zone"), Render::Json);
+    }
 }

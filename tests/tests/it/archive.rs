@@ -300,6 +300,115 @@ async fn postgres_archive_read_restore_retention_with_s3() {
     server.stop().await.unwrap();
 }
 
+#[derive(QueryableByName, Debug)]
+struct KeyedDoc {
+    #[diesel(sql_type = Text)]
+    key: String,
+    #[diesel(sql_type = Text)]
+    doc: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    micros: Option<i64>,
+}
+
+/// Every kind of time column (timestamp without time zone, date, Unix seconds, with ±infinity
+/// where the type has it), a two-column key of text and smallint, and boolean columns: every
+/// archived line equals `row_to_json`, each manifest's first/last key equals `json_build_array`
+/// of its first/last row's key, and its time range is its rows' (infinite times are left out).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_time_kinds_and_composite_keys() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("archive_kinds").await.unwrap();
+    let s3 = S3Server::start("strata-kinds").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    let kinds = [
+        (
+            "ts_plain",
+            "timestamp without time zone",
+            "(now() AT TIME ZONE 'UTC') - make_interval(days => i, secs => i)",
+            "'-infinity'",
+        ),
+        ("ts_date", "date", "(now() - make_interval(days => i))::date", "'-infinity'"),
+        ("ts_unix", "bigint", "extract(epoch FROM now() - make_interval(days => i, secs => i))::int8", "NULL"),
+    ];
+    for (table, ty, value, odd) in kinds {
+        c.batch_execute(&format!(
+            "CREATE TABLE {table} (k1 text, k2 smallint, at {ty}, flag boolean, body text, n int, PRIMARY KEY (k1, k2));
+             INSERT INTO {table} SELECT 'room \"' || (i % 7) || '\"', i, {value},
+                    CASE WHEN i % 5 = 0 THEN NULL ELSE i % 2 = 0 END, 'row ' || i, -i
+               FROM generate_series(1, 300) i;
+             INSERT INTO {table} VALUES ('odd', 0, {odd}, true, 'odd row', 0);"
+        ))
+        .await
+        .unwrap();
+    }
+    let mut config = test_config(cluster.primary_url(&db), vec![], dir.path());
+    config.object_store_url = s3.url();
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    for (table, ty, _, _) in kinds {
+        // Key, document and time (Unix microseconds, as extract(epoch) gives them) of every row.
+        let micros = match ty {
+            "bigint" => "at * 1000000".to_string(),
+            _ => "CASE WHEN isfinite(at) THEN (extract(epoch FROM at) * 1000000)::int8 END".to_string(),
+        };
+        let before: BTreeMap<String, KeyedDoc> = diesel::sql_query(format!(
+            "SELECT json_build_array(k1, k2)::text AS key, row_to_json(t)::text AS doc, {micros} AS micros FROM {table} t"
+        ))
+        .load::<KeyedDoc>(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.key.clone(), d))
+        .collect();
+        // The cutoff converted to the column's type, as strata compares it (a date compares with
+        // the cutoff's UTC day).
+        let cutoff = match ty {
+            "bigint" => "extract(epoch FROM now() - interval '30 days')",
+            "date" => "((now() AT TIME ZONE 'UTC') - interval '30 days')::date",
+            _ => "now() - interval '30 days'",
+        };
+        let due_sql = format!("SELECT count(*)::int8 AS n FROM {table} WHERE at < {cutoff}");
+        let due = pg_count(&mut c, &due_sql).await;
+        assert!(due > 200, "{table}: {due}");
+        client
+            .create_policy(&ArchivePolicy {
+                time_column: "at".into(),
+                key_columns: vec!["k1".into(), "k2".into()],
+                batch_size: 37,
+                ..policy(table, table, 30)
+            })
+            .await
+            .unwrap();
+        let r = start(&client, async || client.run_archive(table).await).await;
+        assert_eq!(finish(&client, &r.id).await.rows_done, due, "{table}");
+        assert_eq!(pg_count(&mut c, &due_sql).await, 0, "{table}");
+        let mut seen = 0;
+        for s in client.list_segments(table).await.unwrap() {
+            let bytes = std::fs::read(s3.root.join("strata-kinds").join(&s.object_key)).unwrap();
+            let text = String::from_utf8(zstd::decode_all(bytes.as_slice()).unwrap()).unwrap();
+            let rows: Vec<&KeyedDoc> = text
+                .lines()
+                .map(|line| {
+                    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    let key = serde_json::to_string(&[&v["k1"], &v["k2"]]).unwrap().replace(",", ", ");
+                    let row = before.get(&key).unwrap_or_else(|| panic!("{table}: no row {key}"));
+                    assert_eq!(row.doc, line, "{table}: row {key} archived as it was");
+                    row
+                })
+                .collect();
+            seen += rows.len();
+            assert_eq!((&s.first_key, &s.last_key), (&rows[0].key, &rows[rows.len() - 1].key), "{table}");
+            let times: Vec<i64> = rows.iter().filter_map(|r| r.micros).collect();
+            let as_time = |us: Option<&i64>| us.map(|&us| chrono::DateTime::from_timestamp_micros(us).unwrap());
+            assert_eq!(s.min_time, as_time(times.iter().min()), "{table}: {}", s.id);
+            assert_eq!(s.max_time, as_time(times.iter().max()), "{table}: {}", s.id);
+        }
+        assert_eq!(seen as i64, due, "{table}");
+    }
+    server.stop().await.unwrap();
+}
+
 #[derive(QueryableByName, Debug, PartialEq)]
 struct SqliteRow {
     #[diesel(sql_type = BigInt)]
