@@ -635,6 +635,10 @@ pub struct TableSql {
     select_first: String,
     /// Due rows after a key: params also `after`.
     select_after: String,
+    /// PostgreSQL: due rows after a key and up to another: params also `upto`.
+    select_between: Option<String>,
+    /// PostgreSQL: the key of the last due row (by key), `key`.
+    last_due_key: Option<String>,
     /// Deletes the selected rows: by `ctid` array on PostgreSQL, by JSON array of keys on SQLite.
     delete_keys: String,
     /// Deletes up to `limit` due rows.
@@ -1191,14 +1195,17 @@ async fn resolve_pg(
     let due = conds.join(" AND ");
     let key_cols = keys.iter().map(|k| format!("t.{}", quote(&k.name))).collect::<Vec<_>>().join(", ");
     let key_tuple = format!("({key_cols})");
-    let after = format!(
-        "({})",
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| cast(&format!("{p}->'after'->>{i}"), &k.ty))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let key_of = |name: &str| {
+        format!(
+            "({})",
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| cast(&format!("{p}->'{name}'->>{i}"), &k.ty))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let (after, upto) = (key_of("after"), key_of("upto"));
     let ts = match time_kind {
         TimeKind::Timestamp => format!("(extract(epoch FROM {tc}) * 1000000)::int8"),
         TimeKind::UnixSeconds => format!("({tc}::int8 * 1000000)"),
@@ -1216,6 +1223,16 @@ async fn resolve_pg(
         time_kind,
         select_first: select(""),
         select_after: select(&format!(" AND {key_tuple} > {after}")),
+        select_between: Some(select(&format!(" AND {key_tuple} > {after} AND {key_tuple} <= {upto}"))),
+        // Backwards along the key, as an index on it is ordered (rows whose key has a NULL are never
+        // archived: no cursor passes them).
+        last_due_key: Some(format!(
+            "SELECT json_build_array({key_cols})::text AS key FROM {t} t
+              WHERE {due} AND {not_null} ORDER BY {desc} LIMIT 1",
+            not_null =
+                keys.iter().map(|k| format!("t.{} IS NOT NULL", quote(&k.name))).collect::<Vec<_>>().join(" AND "),
+            desc = keys.iter().map(|k| format!("t.{} DESC", quote(&k.name))).collect::<Vec<_>>().join(", "),
+        )),
         // The batch's rows are locked FOR UPDATE, so their ctids are stable until commit: a TID scan
         // deletes them without an index lookup per row. The array goes through a scalar subquery so
         // the planner does not estimate the selectivity of each of its 10 000 elements.
@@ -1373,6 +1390,8 @@ async fn resolve_sqlite(
         time_kind,
         select_first: select(""),
         select_after: select(&format!(" AND {key_tuple} > {after}")),
+        select_between: None,
+        last_due_key: None,
         delete_keys: format!("DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_of} FROM json_each({p}))"),
         purge: format!(
             "DELETE FROM {t} WHERE ({dk}) IN (SELECT {key_cols} FROM {t} t WHERE {due} ORDER BY {key_cols}
@@ -1399,6 +1418,7 @@ pub fn params(
     cutoff: DateTime<Utc>,
     filters: &[FilterSpec],
     after: Option<&serde_json::Value>,
+    upto: Option<&serde_json::Value>,
     limit: i64,
 ) -> String {
     let cutoff = match sql.time_kind {
@@ -1406,7 +1426,27 @@ pub fn params(
         TimeKind::UnixSeconds => serde_json::Value::from(cutoff.timestamp()),
     };
     let f: Vec<&Vec<String>> = filters.iter().map(|f| &f.values).collect();
-    serde_json::json!({ "cutoff": cutoff, "f": f, "after": after, "limit": limit }).to_string()
+    serde_json::json!({ "cutoff": cutoff, "f": f, "after": after, "upto": upto, "limit": limit }).to_string()
+}
+
+/// The key (a JSON array) of the last row due now, in key order, when the backend can say it
+/// (PostgreSQL); None when nothing is due or it cannot.
+///
+/// Why: a batch reads along the key until it has its rows, so the run's last batch, which never
+/// fills up, reads every row after the last due one: the whole newer part of the table, alone at the
+/// end of the run (measured: 0.3 s of a 2.5 s run over 1M rows). Asked while the first batches
+/// work, this costs the same reading, but beside them instead of after them, and lets the last
+/// batch stop at that key. Rows that become due later are the next run's.
+pub async fn last_due_key(conn: &mut Conn, sql: &TableSql, params: &str) -> Result<Option<String>> {
+    #[derive(QueryableByName)]
+    struct Key {
+        #[diesel(sql_type = Text)]
+        key: String,
+    }
+    let Some(query) = &sql.last_due_key else { return Ok(None) };
+    Ok(db_run!(conn, {
+        diesel::sql_query(query).bind::<Text, _>(params).get_result::<Key>(conn).await.optional()?.map(|k| k.key)
+    }))
 }
 
 /// Counts what a run would move.
@@ -1434,6 +1474,8 @@ pub struct Batch<'a> {
     pub params: String,
     /// Whether `params` carries a cursor.
     pub after: bool,
+    /// Whether `params` also carries the last key to read (`upto`).
+    pub upto: bool,
     /// Policy (its lease is checked and renewed first, inside the transaction).
     pub policy_id: &'a str,
     /// Run.
@@ -1560,7 +1602,11 @@ macro_rules! archive_batch_body {
         if ours != 1 {
             return Ok(BatchOutcome::LeaseLost);
         }
-        let select = if $b.after { &$b.sql.select_after } else { &$b.sql.select_first };
+        let select = match (&$b.sql.select_between, $b.after, $b.upto) {
+            (Some(between), true, true) => between,
+            (_, true, _) => &$b.sql.select_after,
+            (_, false, _) => &$b.sql.select_first,
+        };
         let mut rows = DueRows::with_buffer($buffer);
         $conn.load_due(&$b.sql, select, &$b.params, &mut rows).await.map_err(BatchError::Db)?;
         let mut phases = Phases { select: $started.elapsed(), ..Default::default() };

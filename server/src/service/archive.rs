@@ -395,7 +395,7 @@ pub async fn plan(ctx: &Context, id_or_name: &str) -> Result<Plan> {
     let p = get_policy(ctx, id_or_name).await?;
     let sql = resolve(ctx, &p.spec).await?;
     let cutoff = cutoff_of(&p);
-    let params = store::params(&sql, cutoff, &p.spec.filters, None, 0);
+    let params = store::params(&sql, cutoff, &p.spec.filters, None, None, 0);
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     let r = store::plan(&mut conn, &sql, &params).await?;
     let t = |us: Option<i64>| us.and_then(DateTime::from_timestamp_micros);
@@ -780,10 +780,21 @@ async fn archive_rows(
     let depth = if ctx.db.backend() == db::BackendKind::Postgres { PIPELINE_DEPTH } else { 1 };
     let mut inflight = std::collections::VecDeque::new();
     let mut after: Option<serde_json::Value> = None;
+    // The last due key (see `store::last_due_key`), asked once the run needs a second batch.
+    let mut upto: Option<serde_json::Value> = None;
+    let mut last_due: Option<tokio::task::JoinHandle<Result<Option<String>>>> = None;
+    let mut asked_last_due = false;
     let mut more = true;
     let mut outcome: Result<Stop> = Ok(Stop::Done);
     loop {
         while more && inflight.len() < depth {
+            if let Some(q) = last_due.take_if(|q| q.is_finished()) {
+                match q.await {
+                    Ok(Ok(key)) => upto = key.and_then(|k| serde_json::from_str(&k).ok()),
+                    Ok(Err(e)) => tracing::warn!(run = %run.id, error = %e, "last due key unknown; reading on"),
+                    Err(e) => tracing::warn!(run = %run.id, error = %e, "last due key task failed; reading on"),
+                }
+            }
             if let Some(stop) = stop_requested(ctx, false) {
                 outcome = Ok(stop);
                 more = false;
@@ -803,8 +814,8 @@ async fn archive_rows(
                 run.id.clone(),
                 sql.clone(),
                 columns.clone(),
-                store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), p.spec.batch_size),
-                after.is_some(),
+                store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), upto.as_ref(), p.spec.batch_size),
+                (after.is_some(), upto.is_some()),
                 tx,
             ));
             inflight.push_back(task);
@@ -815,6 +826,14 @@ async fn archive_rows(
                     after = Some(serde_json::from_str(&c.last_key).map_err(|e| {
                         Error::Db(db::Error::Unsupported(format!("unreadable key {:?}: {e}", c.last_key)))
                     })?);
+                    if more && upto.is_none() && last_due.is_none() && !asked_last_due {
+                        asked_last_due = true;
+                        let (ctx, sql) = (ctx.clone(), sql.clone());
+                        let params = store::params(&sql, cutoff, &p.spec.filters, None, None, 0);
+                        last_due = Some(tokio::spawn(async move {
+                            Ok(store::last_due_key(&mut ctx.db.write().await?, &sql, &params).await?)
+                        }));
+                    }
                 }
                 Err(_) => more = false,
             }
@@ -858,7 +877,7 @@ async fn one_batch(
     sql: std::sync::Arc<store::TableSql>,
     columns: std::sync::Arc<String>,
     params: String,
-    after: bool,
+    (after, upto): (bool, bool),
     cursor: tokio::sync::oneshot::Sender<Cursor>,
 ) -> Result<BatchEnd> {
     let segment_id = uuid::Uuid::now_v7().to_string();
@@ -886,6 +905,7 @@ async fn one_batch(
         sql: &sql,
         params,
         after,
+        upto,
         policy_id: &p.id,
         run_id: &run_id,
         segment_id: &segment_id,
@@ -1047,8 +1067,9 @@ async fn purge_rows(
         }
         let batch = Batch {
             sql,
-            params: store::params(sql, cutoff, &p.spec.filters, None, p.spec.batch_size),
+            params: store::params(sql, cutoff, &p.spec.filters, None, None, p.spec.batch_size),
             after: false,
+            upto: false,
             policy_id: &p.id,
             run_id: &run.id,
             segment_id: "",
@@ -1148,6 +1169,7 @@ async fn restore_segments(
             sql,
             params: String::new(),
             after: false,
+            upto: false,
             policy_id: &p.id,
             run_id: &run.id,
             segment_id: &s.id,
