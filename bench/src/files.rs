@@ -85,6 +85,41 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU seconds (user + system) used so far by this process and by `pid`: what an upload costs on
+/// both sides, which bounds how fast two cores can finish it.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    #[expect(unsafe_code, reason = "reading this process's CPU time")]
+    let own = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let server = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (tv(own.ru_utime) + tv(own.ru_stime), server)
+}
+
+/// Prints the CPU an upload took on each side since `before`.
+fn print_cpu(what: &str, pid: u32, before: (f64, f64), wall: Duration) {
+    let after = cpu_seconds(pid);
+    let (client, server) = (after.0 - before.0, after.1 - before.1);
+    println!(
+        "    {what}: {:.2} s wall, CPU {client:.2} s SDK + {server:.2} s server = {:.2} core-seconds (≥ {:.2} s on 2 cores)",
+        wall.as_secs_f64(),
+        client + server,
+        (client + server) / 2.0
+    );
+}
+
 /// Samples the peak RSS of `pid` until dropped.
 struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -218,9 +253,11 @@ pub(crate) async fn run(size: u64, rounds: usize, dir: Option<PathBuf>) -> anyho
         sync();
         let before = rss(server.pid());
         let sampler = RssSampler::start(server.pid());
+        let cpu = cpu_seconds(server.pid());
         let t = Instant::now();
         let file = client.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
         let took = t.elapsed();
+        print_cpu("upload", server.pid(), cpu, took);
         growth = growth.max(sampler.finish().saturating_sub(before));
         anyhow::ensure!(file.size_bytes == size, "uploaded size");
         up.add(took, base);
@@ -231,9 +268,11 @@ pub(crate) async fn run(size: u64, rounds: usize, dir: Option<PathBuf>) -> anyho
         time_cmd(&format!("cat {} > /dev/null", src.display()))?;
         let base = time_cmd(&format!("openssl dgst -sha256 {} > /dev/null", src.display()))?;
         let opts = UploadOptions { declared_sha256: Some(sha), ..Default::default() };
+        let cpu = cpu_seconds(server.pid());
         let t = Instant::now();
         let with_sha = client.upload_path(&src, &opts, |_, _| {}).await?;
         up_sha.add(t.elapsed(), base);
+        print_cpu("upload with SHA-256", server.pid(), cpu, t.elapsed());
         anyhow::ensure!(with_sha.sha256.is_some(), "sha256 verified");
         client.delete_file(&with_sha.id).await?;
 
