@@ -826,7 +826,8 @@ async fn archive_rows(
                     after = Some(serde_json::from_str(&c.last_key).map_err(|e| {
                         Error::Db(db::Error::Unsupported(format!("unreadable key {:?}: {e}", c.last_key)))
                     })?);
-                    if more && upto.is_none() && last_due.is_none() && !asked_last_due {
+                    // PostgreSQL only (the only backend with batches in flight beside each other).
+                    if more && depth > 1 && upto.is_none() && last_due.is_none() && !asked_last_due {
                         asked_last_due = true;
                         let (ctx, sql) = (ctx.clone(), sql.clone());
                         let params = store::params(&sql, cutoff, &p.spec.filters, None, None, 0);
