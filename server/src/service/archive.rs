@@ -827,7 +827,7 @@ async fn archive_rows(
                         Error::Db(db::Error::Unsupported(format!("unreadable key {:?}: {e}", c.last_key)))
                     })?);
                     // PostgreSQL only (the only backend with batches in flight beside each other).
-                    if more && depth > 1 && upto.is_none() && last_due.is_none() && !asked_last_due {
+                    if more && depth > 1 && !asked_last_due {
                         asked_last_due = true;
                         let (ctx, sql) = (ctx.clone(), sql.clone());
                         let params = store::params(&sql, cutoff, &p.spec.filters, None, None, 0);

@@ -204,6 +204,11 @@ impl Hashes {
         Self { blake3: blake3::Hasher::new(), sha256: sha256.then(sha2::Sha256::new) }
     }
 
+    /// The same hashes over no bytes.
+    fn fresh(&self) -> Self {
+        Self::new(self.sha256.is_some())
+    }
+
     fn update(&mut self, data: &[u8]) {
         match &mut self.sha256 {
             None => {
@@ -219,48 +224,35 @@ impl Hashes {
     }
 }
 
-/// A hash function a [`Stage`] can run.
-trait Update: Clone + Send + 'static {
-    fn absorb(&mut self, data: &[u8]);
-    /// The same kind of hash over no bytes.
-    fn fresh(&self) -> Self;
-}
-
-impl Update for Hashes {
-    fn absorb(&mut self, data: &[u8]) {
-        self.update(data);
-    }
-
-    fn fresh(&self) -> Self {
-        Self::new(self.sha256.is_some())
-    }
-}
-
 /// A result of a hashing job: the hasher and its states at the marks the chunk reached.
-type Hashed<H> = (H, Vec<(u64, H)>);
+type Hashed = (Hashes, Vec<(u64, Hashes)>);
 
 /// The running hashes of an upload, computed on a blocking thread one chunk behind the network:
 /// chunk N is hashed while chunk N+1 arrives and is written. (Hashing inside the RPC task held
 /// receiving up: measured here, 1 GiB with a declared SHA-256 took 1.5 s against 0.95 s without.)
 /// It keeps its state at offsets where the writer may commit, to roll back to.
-struct Stage<H> {
-    state: StageState<H>,
+struct Stage {
+    state: StageState,
     /// Offset after the last byte fed.
     fed: u64,
     /// States at offsets where the writer may commit and has not yet, oldest first.
-    marks: VecDeque<(u64, H)>,
+    marks: VecDeque<(u64, Hashes)>,
 }
 
-enum StageState<H> {
-    Ready(H),
-    Busy(tokio::task::JoinHandle<Hashed<H>>),
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per upload, and the hasher moves to a job and back per chunk: boxed, it would be allocated each time"
+)]
+enum StageState {
+    Ready(Hashes),
+    Busy(tokio::task::JoinHandle<Hashed>),
     /// Only between taking the hasher and handing it to a job (no await in between).
     Moved,
 }
 
-impl<H: Update> Stage<H> {
+impl Stage {
     /// A stage whose hasher `h` has seen the first `at` bytes.
-    fn new(h: H, at: u64) -> Self {
+    fn new(h: Hashes, at: u64) -> Self {
         let marks = if at > 0 { VecDeque::from([(at, h.clone())]) } else { VecDeque::new() };
         Self { state: StageState::Ready(h), fed: at, marks }
     }
@@ -287,14 +279,14 @@ impl<H: Update> Stage<H> {
         self.state = StageState::Busy(tokio::task::spawn_blocking(move || {
             let mut marks = Vec::new();
             if part <= 1 {
-                h.absorb(&chunk);
+                h.update(&chunk);
                 marks.push((start + chunk.len() as u64, h.clone()));
                 return (h, marks);
             }
             let (mut at, mut data) = (start, &chunk[..]);
             while !data.is_empty() {
                 let n = ((part - at % part) as usize).min(data.len());
-                h.absorb(&data[..n]);
+                h.update(&data[..n]);
                 at += n as u64;
                 data = &data[n..];
                 if at.is_multiple_of(part) {
@@ -334,7 +326,7 @@ impl<H: Update> Stage<H> {
     }
 
     /// The hasher after every byte fed.
-    async fn finish(mut self) -> H {
+    async fn finish(mut self) -> Hashes {
         self.settle().await;
         match self.state {
             StageState::Ready(h) => h,
@@ -346,7 +338,7 @@ impl<H: Update> Stage<H> {
 /// An upload being written: the object writer and the hashes of what it holds.
 struct Session {
     writer: ObjectWriter,
-    hashes: Stage<Hashes>,
+    hashes: Stage,
     /// Bytes received (and handed to the hashes) so far.
     received: u64,
     /// Bytes arrived since the last checkpoint.
