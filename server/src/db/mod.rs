@@ -163,6 +163,10 @@ struct Node<P> {
     url: String,
     pool: P,
     health: Mutex<NodeHealth>,
+    /// Checkouts that our own deadline ended before the pool's did: bb8 counts only the timeouts it
+    /// reaches itself, and the two deadlines are equal for the acquire timeout (which one fires
+    /// first is a race), shorter for replicas.
+    timed_out_outside: AtomicU64,
 }
 
 impl<P> Node<P> {
@@ -363,7 +367,7 @@ fn pool_stats<M: ::bb8::ManageConnection>(node: &Node<::bb8::Pool<M>>, max_size:
         idle: st.idle_connections,
         gets_direct: st.statistics.get_direct,
         gets_waited: st.statistics.get_waited,
-        gets_timed_out: st.statistics.get_timed_out,
+        gets_timed_out: st.statistics.get_timed_out + node.timed_out_outside.load(Ordering::Relaxed),
         wait_time: st.statistics.get_wait_time,
     }
 }
@@ -388,6 +392,7 @@ impl Db {
                     &settings,
                 ),
                 health: Mutex::new(NodeHealth::default()),
+                timed_out_outside: AtomicU64::new(0),
             };
             let mut replicas = Vec::new();
             for (i, url) in settings.replica_urls.iter().enumerate() {
@@ -406,6 +411,7 @@ impl Db {
                         &settings,
                     ),
                     health: Mutex::new(NodeHealth::default()),
+                    timed_out_outside: AtomicU64::new(0),
                 });
             }
             Backend::Postgres { primary, replicas }
@@ -434,6 +440,7 @@ impl Db {
                 url: path.to_owned(),
                 pool: build_pool("primary", path, sqlite_setup(), &settings),
                 health: Mutex::new(NodeHealth::default()),
+                timed_out_outside: AtomicU64::new(0),
             };
             Backend::Sqlite { node, path: path.to_owned() }
         } else {
@@ -486,7 +493,11 @@ impl Db {
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
-            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+            Ok(Err(bb8::RunError::TimedOut)) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+            Err(_) => {
+                node.timed_out_outside.fetch_add(1, Ordering::Relaxed);
+                Err(Error::PoolTimeout { node: node.name.clone(), timeout })
+            }
         }
     }
 
@@ -494,7 +505,11 @@ impl Db {
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
-            Ok(Err(bb8::RunError::TimedOut)) | Err(_) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+            Ok(Err(bb8::RunError::TimedOut)) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
+            Err(_) => {
+                node.timed_out_outside.fetch_add(1, Ordering::Relaxed);
+                Err(Error::PoolTimeout { node: node.name.clone(), timeout })
+            }
         }
     }
 
