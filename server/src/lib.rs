@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod jobs;
+pub mod model;
 pub mod objects;
 pub mod service;
 pub mod telemetry;

@@ -1,0 +1,1 @@
+//! Archive states and kinds (see the parent module for why they live here).
