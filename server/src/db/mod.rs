@@ -75,6 +75,9 @@ pub enum Error {
     /// The operation needs a backend feature the connected database lacks.
     #[error("{0}")]
     Unsupported(String),
+    /// A catalog column holds a value this version does not know.
+    #[error(transparent)]
+    UnknownValue(#[from] crate::model::UnknownValue),
 }
 
 /// Result alias of this layer.

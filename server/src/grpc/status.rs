@@ -22,7 +22,7 @@ impl From<service::Error> for Status {
                 db::Error::PoolTimeout { .. } | db::Error::Connect { .. } => Code::Unavailable,
                 db::Error::Query(q) => query_code(q),
                 db::Error::Unsupported(_) => Code::FailedPrecondition,
-                db::Error::Migration(_) | db::Error::UnsupportedUrl(_) => Code::Internal,
+                db::Error::Migration(_) | db::Error::UnsupportedUrl(_) | db::Error::UnknownValue(_) => Code::Internal,
             },
         };
         if code == Code::Internal {
