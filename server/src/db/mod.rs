@@ -63,9 +63,14 @@ pub enum Error {
     /// A connection could not be opened.
     #[error("cannot connect to {node}: {message}")]
     Connect { node: String, message: String },
-    /// A query failed.
-    #[error(transparent)]
-    Query(#[from] diesel::result::Error),
+    /// A query failed; `kind` says how, so no layer above has to look inside Diesel's error.
+    #[error("{source}")]
+    Query {
+        /// The class of failure, decided once where the error is converted.
+        kind: QueryFailure,
+        /// Diesel's error, whose message the caller sees.
+        source: diesel::result::Error,
+    },
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
@@ -82,6 +87,67 @@ pub enum Error {
 
 /// Result alias of this layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a query failed. Decided once, in [`QueryFailure::of`]; the gRPC edge maps each to a status
+/// code and the services may branch on it, but nothing above `db/` inspects Diesel's errors or
+/// database message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryFailure {
+    /// The query expected a row and found none.
+    NotFound,
+    /// The statement ran past `statement_timeout`.
+    Timeout,
+    /// SQLite: another connection holds the write lock past the busy timeout.
+    Busy,
+    /// A constraint rejected the write (unique, foreign key, check, not null).
+    Conflict,
+    /// A serializable transaction lost to a concurrent one; retrying may succeed.
+    Serialization,
+    /// A write reached a read-only session (a replica, or a primary demoted under us).
+    ReadOnly,
+    /// The connection broke mid-query.
+    Unavailable,
+    /// Anything else: a bug or an unexpected database state.
+    Other,
+}
+
+impl QueryFailure {
+    /// Classifies a Diesel error. PostgreSQL's query cancellation (SQLSTATE 57014, what
+    /// `statement_timeout` raises) and SQLite's SQLITE_BUSY reach Diesel as `Unknown` kinds, so
+    /// those two are told apart by the database's own message — here only.
+    pub fn of(e: &diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match e {
+            E::NotFound => Self::NotFound,
+            E::DatabaseError(K::ClosedConnection, _) => Self::Unavailable,
+            E::DatabaseError(K::SerializationFailure, _) => Self::Serialization,
+            E::DatabaseError(K::ReadOnlyTransaction, _) => Self::ReadOnly,
+            E::DatabaseError(
+                K::UniqueViolation | K::ForeignKeyViolation | K::CheckViolation | K::NotNullViolation,
+                _,
+            ) => Self::Conflict,
+            E::DatabaseError(_, info) if info.message().contains("statement timeout") => Self::Timeout,
+            E::DatabaseError(_, info) if info.message().contains("database is locked") => Self::Busy,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(source: diesel::result::Error) -> Self {
+        Self::Query { kind: QueryFailure::of(&source), source }
+    }
+}
+
+impl Error {
+    /// The query failure class, when this is a query error.
+    pub fn query_failure(&self) -> Option<QueryFailure> {
+        match self {
+            Self::Query { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
 
 /// Connection and pool settings.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use strata_client::pb;
 
-use crate::db::{BackendKind, PoolStats, Role};
+use crate::service::admin::{BackendKind, PoolStats, Role};
 
 pub(crate) fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }

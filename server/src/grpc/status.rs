@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{db, service};
+use crate::service::{self, DbError, QueryFailure};
 
 impl From<service::Error> for Status {
     fn from(e: service::Error) -> Self {
@@ -19,10 +19,10 @@ impl From<service::Error> for Status {
             service::Error::Unavailable(_) => Code::Unavailable,
             service::Error::Db(db) => match db {
                 // A saturated pool or an unreachable node: the caller may retry later.
-                db::Error::PoolTimeout { .. } | db::Error::Connect { .. } => Code::Unavailable,
-                db::Error::Query(q) => query_code(q),
-                db::Error::Unsupported(_) => Code::FailedPrecondition,
-                db::Error::Migration(_) | db::Error::UnsupportedUrl(_) | db::Error::UnknownValue(_) => Code::Internal,
+                DbError::PoolTimeout { .. } | DbError::Connect { .. } => Code::Unavailable,
+                DbError::Query { kind, .. } => query_code(*kind),
+                DbError::Unsupported(_) => Code::FailedPrecondition,
+                DbError::Migration(_) | DbError::UnsupportedUrl(_) | DbError::UnknownValue(_) => Code::Internal,
             },
         };
         if code == Code::Internal {
@@ -33,20 +33,15 @@ impl From<service::Error> for Status {
     }
 }
 
-fn query_code(e: &diesel::result::Error) -> Code {
-    use diesel::result::{DatabaseErrorKind as K, Error as E};
-    match e {
-        E::NotFound => Code::NotFound,
-        E::DatabaseError(K::ClosedConnection, _) => Code::Unavailable,
-        E::DatabaseError(K::SerializationFailure, _) => Code::Aborted,
-        E::DatabaseError(K::ReadOnlyTransaction, _) => Code::Unavailable,
-        E::DatabaseError(K::UniqueViolation | K::ForeignKeyViolation | K::CheckViolation | K::NotNullViolation, _) => {
-            Code::FailedPrecondition
-        }
-        // PostgreSQL's statement_timeout cancels with SQLSTATE 57014, which Diesel reports as Unknown.
-        E::DatabaseError(_, info) if info.message().contains("statement timeout") => Code::DeadlineExceeded,
-        E::DatabaseError(_, info) if info.message().contains("database is locked") => Code::Unavailable,
-        _ => Code::Internal,
+fn query_code(kind: QueryFailure) -> Code {
+    use QueryFailure as F;
+    match kind {
+        F::NotFound => Code::NotFound,
+        F::Unavailable | F::ReadOnly | F::Busy => Code::Unavailable,
+        F::Serialization => Code::Aborted,
+        F::Conflict => Code::FailedPrecondition,
+        F::Timeout => Code::DeadlineExceeded,
+        F::Other => Code::Internal,
     }
 }
 
@@ -59,8 +54,7 @@ mod tests {
     #[test]
     fn pool_timeout_is_unavailable_and_bad_input_invalid() {
         let s: Status =
-            service::Error::Db(db::Error::PoolTimeout { node: "primary".into(), timeout: Duration::from_secs(1) })
-                .into();
+            service::Error::Db(DbError::PoolTimeout { node: "primary".into(), timeout: Duration::from_secs(1) }).into();
         assert_eq!(s.code(), Code::Unavailable);
         assert!(s.message().contains("primary"));
         let s: Status = service::Error::InvalidArgument("page_size must not be negative".into()).into();

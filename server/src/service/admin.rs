@@ -5,7 +5,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Context;
-use crate::db::{self, BackendKind, NodeInfo, Role};
+use crate::db;
+/// The database layer's node and pool views are this service's answer as they are: plain data, no
+/// Diesel; re-exported so the gRPC edge needs nothing from `db/`.
+pub use crate::db::{BackendKind, NodeHealth, NodeInfo, PoolStats, Role};
 
 /// How reads are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,6 +56,10 @@ pub enum Error {
 /// Result alias of this layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The database errors this layer's [`Error::Db`] carries, classified by `db/`: the gRPC edge maps
+/// them without importing `db/`.
+pub use crate::db::{Error as DbError, QueryFailure};
+
 /// Now, at microsecond precision: what PostgreSQL stores, so values read back compare equal.
 pub(crate) fn now() -> chrono::NaiveDateTime {
     let n = Utc::now();
