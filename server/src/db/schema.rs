@@ -1,7 +1,70 @@
 //! strata's own catalog tables, declared once and expanded into one Diesel module per backend:
 //! `pg` (tables in the `strata` schema) and `sqlite` (tables named `strata_*` in the main database).
-//! The column lists must match `migrations/postgres` and `migrations/sqlite`; the test
-//! `catalog_matches_migrations` checks both against the live databases.
+//! The declarations must match `migrations/postgres` and `migrations/sqlite`: the tests
+//! `catalog_matches_migrations_on_*` check column names, types, nullability, primary keys and
+//! [`UNIQUE_INDEXES`] against both live databases.
+
+/// One catalog table as Diesel sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogTable {
+    /// Name on PostgreSQL (in the `strata` schema).
+    pub name: &'static str,
+    /// Name on SQLite.
+    pub sqlite_name: &'static str,
+    /// Primary key columns, in order.
+    pub primary_key: &'static [&'static str],
+    /// Columns in order, each with its Diesel SQL type as written above (`Nullable < Text >`).
+    pub columns: &'static [(&'static str, &'static str)],
+}
+
+/// A unique index that a claim or an exactly-once guarantee relies on: the second writer's insert
+/// fails on it (and `db/` turns that into "busy" / "exists already") instead of duplicating work.
+#[derive(Debug, Clone, Copy)]
+pub struct UniqueIndex {
+    /// Table (PostgreSQL name; the SQLite table is `strata_` + this).
+    pub table: &'static str,
+    /// Indexed columns, in order.
+    pub columns: &'static [&'static str],
+    /// The partial index's condition as written in the migrations; None for a full index.
+    pub predicate: Option<&'static str>,
+    /// What breaks without it.
+    pub guards: &'static str,
+}
+
+/// The unique indexes strata's correctness depends on, checked against both migrated databases.
+pub const UNIQUE_INDEXES: &[UniqueIndex] = &[
+    UniqueIndex {
+        table: "job_runs",
+        columns: &["job_name", "scheduled_for"],
+        predicate: Some("run_trigger = 'schedule'"),
+        guards: "one run per scheduled occurrence across instances",
+    },
+    UniqueIndex {
+        table: "job_runs",
+        columns: &["job_name"],
+        predicate: Some("state = 'running'"),
+        guards: "at most one running run per job",
+    },
+    UniqueIndex {
+        table: "alerts",
+        columns: &["rule_name", "labels_key"],
+        predicate: Some("state <> 'resolved'"),
+        guards: "one open alert per rule and series",
+    },
+    UniqueIndex {
+        table: "backups",
+        columns: &["state"],
+        predicate: Some("state = 'running'"),
+        guards: "one backup at a time across instances",
+    },
+    UniqueIndex { table: "blobs", columns: &["object_key"], predicate: None, guards: "one blob per stored object" },
+    UniqueIndex {
+        table: "archive_policies",
+        columns: &["name"],
+        predicate: None,
+        guards: "policy names resolve to one policy",
+    },
+];
 
 macro_rules! catalog {
     (
@@ -38,9 +101,14 @@ macro_rules! catalog {
             diesel::allow_tables_to_appear_in_same_query!($($table),+);
         }
 
-        /// Every catalog table with its columns, for the schema check in tests.
-        pub const CATALOG: &[(&str, &str, &[&str])] = &[
-            $((stringify!($table), $sqlite_name, &[$(stringify!($col)),+]),)+
+        /// Every catalog table as declared here, for the schema check in tests.
+        pub const CATALOG: &[CatalogTable] = &[
+            $(CatalogTable {
+                name: stringify!($table),
+                sqlite_name: $sqlite_name,
+                primary_key: &[$(stringify!($pk)),+],
+                columns: &[$((stringify!($col), stringify!($($ty)+))),+],
+            },)+
         ];
     };
 }
