@@ -960,9 +960,9 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
                 let b = super::backup::get(ctx, &b.id).await?;
-                match b.state.as_str() {
-                    super::backup::RUNNING => continue,
-                    super::backup::SUCCEEDED => {
+                match b.state {
+                    super::backup::BackupState::Running => continue,
+                    super::backup::BackupState::Succeeded => {
                         return Ok(format!("backup {}: {} bytes, {}", b.id, b.size_bytes, b.verification));
                     }
                     _ => anyhow::bail!("backup {} failed: {}", b.id, b.error.unwrap_or_default()),
