@@ -979,9 +979,9 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
                 let m = super::blob_migration::get(ctx, &m.id).await?;
-                match m.state.as_str() {
-                    "running" => continue,
-                    "done" => {
+                match m.state {
+                    super::blob_migration::BlobMigrationState::Running => continue,
+                    super::blob_migration::BlobMigrationState::Done => {
                         return Ok(format!("blob migration {}: {} rows, {} bytes", m.id, m.rows_done, m.bytes_done));
                     }
                     _ => anyhow::bail!("blob migration {} failed: {}", m.id, m.error.unwrap_or_default()),
