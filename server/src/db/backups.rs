@@ -1,29 +1,29 @@
 //! Backup catalog rows. A unique partial index allows one `running` backup at a time across
 //! instances; a running backup's heartbeat (`updated_at`) tells a live one from an interrupted one.
+//! Also the SQLite statements a backup runs: `VACUUM INTO` for a consistent snapshot, and
+//! `PRAGMA integrity_check` on the copy read back from the object store.
+
+use std::path::Path;
 
 use chrono::NaiveDateTime;
-use diesel::{OptionalExtension, prelude::*};
-use diesel_async::RunQueryDsl;
+use diesel::{OptionalExtension, QueryableByName, prelude::*};
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 
-use super::{Conn, Result, is_unique_violation};
-use crate::db_run;
-
-/// Running.
-pub const RUNNING: &str = "running";
-/// Written and checked.
-pub const SUCCEEDED: &str = "succeeded";
-/// Failed or interrupted.
-pub const FAILED: &str = "failed";
+use super::{Conn, Error, Result, SqliteConn, is_unique_violation};
+use crate::{
+    db_run,
+    model::backup::{BackupFormat, BackupState},
+};
 
 /// A backup as stored.
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct BackupRow {
     /// Id (UUIDv7).
     pub id: String,
-    /// `pg_dump` or `sqlite`.
-    pub format: String,
+    /// What it holds.
+    pub format: BackupFormat,
     /// State.
-    pub state: String,
+    pub state: BackupState,
     /// Object key.
     pub object_key: String,
     /// Object size.
@@ -42,18 +42,55 @@ pub struct BackupRow {
     pub finished_at: Option<NaiveDateTime>,
 }
 
+/// The columns as read; [`BackupRow`]'s `TryFrom` is the one place their text becomes enums.
+#[derive(Queryable)]
+struct Stored {
+    id: String,
+    format: String,
+    state: String,
+    object_key: String,
+    size_bytes: i64,
+    sha256: String,
+    verification: String,
+    error: Option<String>,
+    started_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    finished_at: Option<NaiveDateTime>,
+}
+
+impl TryFrom<Stored> for BackupRow {
+    type Error = Error;
+    fn try_from(r: Stored) -> Result<Self> {
+        Ok(BackupRow {
+            id: r.id,
+            format: r.format.parse()?,
+            state: r.state.parse()?,
+            object_key: r.object_key,
+            size_bytes: r.size_bytes,
+            sha256: r.sha256,
+            verification: r.verification,
+            error: r.error,
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+            finished_at: r.finished_at,
+        })
+    }
+}
+
 /// Marks running backups whose heartbeat is older than `stale_before` as failed (interrupted).
 pub async fn fail_stale(conn: &mut Conn, stale_before: NaiveDateTime, now: NaiveDateTime) -> Result<usize> {
     Ok(db_run!(conn, {
         use schema::backups as t;
-        diesel::update(t::table.filter(t::state.eq(RUNNING)).filter(t::updated_at.lt(stale_before)))
-            .set((
-                t::state.eq(FAILED),
-                t::error.eq(Some("interrupted: its server stopped")),
-                t::finished_at.eq(Some(now)),
-            ))
-            .execute(conn)
-            .await?
+        diesel::update(
+            t::table.filter(t::state.eq(BackupState::Running.as_str())).filter(t::updated_at.lt(stale_before)),
+        )
+        .set((
+            t::state.eq(BackupState::Failed.as_str()),
+            t::error.eq(Some("interrupted: its server stopped")),
+            t::finished_at.eq(Some(now)),
+        ))
+        .execute(conn)
+        .await?
     }))
 }
 
@@ -64,8 +101,8 @@ pub async fn insert_running(conn: &mut Conn, b: &BackupRow) -> Result<bool> {
         diesel::insert_into(t::table)
             .values((
                 t::id.eq(&b.id),
-                t::format.eq(&b.format),
-                t::state.eq(RUNNING),
+                t::format.eq(b.format.as_str()),
+                t::state.eq(BackupState::Running.as_str()),
                 t::object_key.eq(&b.object_key),
                 t::size_bytes.eq(0i64),
                 t::sha256.eq(""),
@@ -100,7 +137,7 @@ pub async fn finish(conn: &mut Conn, b: &BackupRow, now: NaiveDateTime) -> Resul
         use schema::backups as t;
         diesel::update(t::table.filter(t::id.eq(&b.id)))
             .set((
-                t::state.eq(&b.state),
+                t::state.eq(b.state.as_str()),
                 t::size_bytes.eq(b.size_bytes),
                 t::sha256.eq(&b.sha256),
                 t::verification.eq(&b.verification),
@@ -116,30 +153,37 @@ pub async fn finish(conn: &mut Conn, b: &BackupRow, now: NaiveDateTime) -> Resul
 
 /// A backup by id.
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<BackupRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::backups as t;
-        t::table.filter(t::id.eq(id)).first::<BackupRow>(conn).await.optional()?
-    }))
+        t::table.filter(t::id.eq(id)).first::<Stored>(conn).await.optional()?
+    });
+    row.map(BackupRow::try_from).transpose()
 }
 
 /// Backups newest first (ids sort by start), older than `before`.
 pub async fn list(conn: &mut Conn, before: Option<&str>, limit: i64) -> Result<Vec<BackupRow>> {
-    Ok(db_run!(conn, {
+    let rows = db_run!(conn, {
         use schema::backups as t;
         let mut q = t::table.into_boxed();
         if let Some(b) = before {
             q = q.filter(t::id.lt(b));
         }
-        q.order(t::id.desc()).limit(limit).load::<BackupRow>(conn).await?
-    }))
+        q.order(t::id.desc()).limit(limit).load::<Stored>(conn).await?
+    });
+    rows.into_iter().map(BackupRow::try_from).collect()
 }
 
 /// Every succeeded backup, newest first (for rotation).
 pub async fn succeeded(conn: &mut Conn) -> Result<Vec<BackupRow>> {
-    Ok(db_run!(conn, {
+    let rows = db_run!(conn, {
         use schema::backups as t;
-        t::table.filter(t::state.eq(SUCCEEDED)).order(t::started_at.desc()).load::<BackupRow>(conn).await?
-    }))
+        t::table
+            .filter(t::state.eq(BackupState::Succeeded.as_str()))
+            .order(t::started_at.desc())
+            .load::<Stored>(conn)
+            .await?
+    });
+    rows.into_iter().map(BackupRow::try_from).collect()
 }
 
 /// Removes a backup's row (after its object).
@@ -149,4 +193,47 @@ pub async fn delete(conn: &mut Conn, id: &str) -> Result<()> {
         diesel::delete(t::table.filter(t::id.eq(id))).execute(conn).await?;
     });
     Ok(())
+}
+
+/// SQLite: writes a consistent snapshot of the database to `snapshot` (`VACUUM INTO`).
+pub async fn sqlite_snapshot(conn: &mut Conn, snapshot: &Path) -> Result<()> {
+    let sql = format!("VACUUM INTO '{}'", snapshot.display().to_string().replace('\'', "''"));
+    match conn {
+        Conn::Sqlite(c) => c.batch_execute(&sql).await?,
+        Conn::Pg(_) => return Err(Error::Unsupported("not SQLite".into())),
+    }
+    Ok(())
+}
+
+/// What SQLite says of a database file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    /// `integrity_check` found nothing wrong.
+    Ok,
+    /// The file does not open as a database (the message says why).
+    DoesNotOpen(String),
+    /// `integrity_check` itself failed (the message says why).
+    CheckFailed(String),
+    /// `integrity_check` found problems: its findings, joined by "; ".
+    Damaged(String),
+}
+
+/// SQLite: opens the database file at `path` on a connection of its own and runs
+/// `PRAGMA integrity_check` on it.
+pub async fn sqlite_integrity(path: &Path) -> Integrity {
+    #[derive(QueryableByName)]
+    struct Check {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        integrity_check: String,
+    }
+    let mut c = match SqliteConn::establish(&path.display().to_string()).await {
+        Ok(c) => c,
+        Err(e) => return Integrity::DoesNotOpen(e.to_string()),
+    };
+    let rows: Vec<Check> = match diesel::sql_query("PRAGMA integrity_check").load(&mut c).await {
+        Ok(rows) => rows,
+        Err(e) => return Integrity::CheckFailed(e.to_string()),
+    };
+    let verdict = rows.into_iter().map(|r| r.integrity_check).collect::<Vec<_>>().join("; ");
+    if verdict == "ok" { Integrity::Ok } else { Integrity::Damaged(verdict) }
 }

@@ -11,11 +11,14 @@ use diesel::{
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{
-    Conn, Result,
+    Conn, Error, Result,
     files::{FileRow, record_file},
     quote,
 };
-use crate::db_run;
+use crate::{
+    db_run,
+    model::files::{BlobEncoding, BlobMigrationState},
+};
 
 /// A validated target: every identifier exists and is quoted.
 #[derive(Debug, Clone)]
@@ -328,7 +331,7 @@ pub async fn commit_row(
 }
 
 /// A migration's catalog row.
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct MigrationRow {
     /// Id.
     pub id: String,
@@ -342,16 +345,16 @@ pub struct MigrationRow {
     pub blob_column: String,
     /// Reference column.
     pub reference_column: String,
-    /// `base64` or `bytea`.
-    pub encoding: String,
+    /// How the blob column holds its blobs.
+    pub encoding: BlobEncoding,
     /// Rows per batch.
     pub batch_size: i64,
     /// Owner of created files.
     pub owner: String,
     /// MIME type of created files.
     pub content_type: String,
-    /// `running`, `done`, `failed`.
-    pub state: String,
+    /// State.
+    pub state: BlobMigrationState,
     /// Rows moved.
     pub rows_done: i64,
     /// Bytes moved.
@@ -362,6 +365,51 @@ pub struct MigrationRow {
     pub created_at: NaiveDateTime,
     /// Updated.
     pub updated_at: NaiveDateTime,
+}
+
+/// The columns as read; [`MigrationRow`]'s `TryFrom` is the one place their text becomes enums.
+#[derive(Queryable)]
+struct StoredMigration {
+    id: String,
+    schema_name: String,
+    table_name: String,
+    key_column: String,
+    blob_column: String,
+    reference_column: String,
+    encoding: String,
+    batch_size: i64,
+    owner: String,
+    content_type: String,
+    state: String,
+    rows_done: i64,
+    bytes_done: i64,
+    error: Option<String>,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+impl TryFrom<StoredMigration> for MigrationRow {
+    type Error = Error;
+    fn try_from(r: StoredMigration) -> Result<Self> {
+        Ok(MigrationRow {
+            id: r.id,
+            schema_name: r.schema_name,
+            table_name: r.table_name,
+            key_column: r.key_column,
+            blob_column: r.blob_column,
+            reference_column: r.reference_column,
+            encoding: r.encoding.parse()?,
+            batch_size: r.batch_size,
+            owner: r.owner,
+            content_type: r.content_type,
+            state: r.state.parse()?,
+            rows_done: r.rows_done,
+            bytes_done: r.bytes_done,
+            error: r.error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
 }
 
 /// Stores a new migration.
@@ -376,11 +424,11 @@ pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<()> {
                 t::key_column.eq(&m.key_column),
                 t::blob_column.eq(&m.blob_column),
                 t::reference_column.eq(&m.reference_column),
-                t::encoding.eq(&m.encoding),
+                t::encoding.eq(m.encoding.as_str()),
                 t::batch_size.eq(m.batch_size),
                 t::owner.eq(&m.owner),
                 t::content_type.eq(&m.content_type),
-                t::state.eq(&m.state),
+                t::state.eq(m.state.as_str()),
                 t::rows_done.eq(m.rows_done),
                 t::bytes_done.eq(m.bytes_done),
                 t::error.eq(&m.error),
@@ -395,26 +443,34 @@ pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<()> {
 
 /// The migration `id`.
 pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<MigrationRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::blob_migrations as t;
-        t::table.filter(t::id.eq(id)).first::<MigrationRow>(conn).await.optional()?
-    }))
+        t::table.filter(t::id.eq(id)).first::<StoredMigration>(conn).await.optional()?
+    });
+    row.map(MigrationRow::try_from).transpose()
 }
 
 /// Migrations still running (to resume at start-up).
 pub async fn running(conn: &mut Conn) -> Result<Vec<MigrationRow>> {
-    Ok(db_run!(conn, {
+    let rows = db_run!(conn, {
         use schema::blob_migrations as t;
-        t::table.filter(t::state.eq("running")).load::<MigrationRow>(conn).await?
-    }))
+        t::table.filter(t::state.eq(BlobMigrationState::Running.as_str())).load::<StoredMigration>(conn).await?
+    });
+    rows.into_iter().map(MigrationRow::try_from).collect()
 }
 
 /// Sets a migration's state (and error).
-pub async fn set_state(conn: &mut Conn, id: &str, state: &str, error: Option<&str>, now: NaiveDateTime) -> Result<()> {
+pub async fn set_state(
+    conn: &mut Conn,
+    id: &str,
+    state: BlobMigrationState,
+    error: Option<&str>,
+    now: NaiveDateTime,
+) -> Result<()> {
     db_run!(conn, {
         use schema::blob_migrations as t;
         diesel::update(t::table.filter(t::id.eq(id)))
-            .set((t::state.eq(state), t::error.eq(error), t::updated_at.eq(now)))
+            .set((t::state.eq(state.as_str()), t::error.eq(error), t::updated_at.eq(now)))
             .execute(conn)
             .await?;
     });

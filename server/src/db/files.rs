@@ -5,18 +5,11 @@ use chrono::NaiveDateTime;
 use diesel::{OptionalExtension, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::{Conn, Result};
-use crate::db_run;
-
-/// Upload states as stored.
-pub const OPEN: &str = "open";
-/// Completed upload.
-pub const COMPLETE: &str = "complete";
-/// Failed upload.
-pub const FAILED: &str = "failed";
+use super::{Conn, Error, Result};
+use crate::{db_run, model::files::UploadState};
 
 /// An upload row.
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct UploadRow {
     /// Id.
     pub id: String,
@@ -38,8 +31,8 @@ pub struct UploadRow {
     pub writer_token: String,
     /// Bytes durably written.
     pub committed_offset: i64,
-    /// `open`, `complete` or `failed`.
-    pub state: String,
+    /// State.
+    pub state: UploadState,
     /// Failure reason.
     pub error: Option<String>,
     /// Resulting file.
@@ -50,6 +43,52 @@ pub struct UploadRow {
     pub updated_at: NaiveDateTime,
     /// Expiry of an open upload.
     pub expires_at: NaiveDateTime,
+}
+
+/// An upload's columns as read; [`UploadRow`]'s `TryFrom` is the one place the state's text
+/// becomes the enum.
+#[derive(Queryable)]
+struct StoredUpload {
+    id: String,
+    name: String,
+    content_type: String,
+    owner: String,
+    declared_size: Option<i64>,
+    declared_sha256: Option<String>,
+    metadata: String,
+    object_key: String,
+    writer_token: String,
+    committed_offset: i64,
+    state: String,
+    error: Option<String>,
+    file_id: Option<String>,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    expires_at: NaiveDateTime,
+}
+
+impl TryFrom<StoredUpload> for UploadRow {
+    type Error = Error;
+    fn try_from(r: StoredUpload) -> Result<Self> {
+        Ok(UploadRow {
+            id: r.id,
+            name: r.name,
+            content_type: r.content_type,
+            owner: r.owner,
+            declared_size: r.declared_size,
+            declared_sha256: r.declared_sha256,
+            metadata: r.metadata,
+            object_key: r.object_key,
+            writer_token: r.writer_token,
+            committed_offset: r.committed_offset,
+            state: r.state.parse()?,
+            error: r.error,
+            file_id: r.file_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            expires_at: r.expires_at,
+        })
+    }
 }
 
 /// A file row.
@@ -133,7 +172,7 @@ pub async fn insert_upload(conn: &mut Conn, u: &UploadRow) -> Result<()> {
                 t::object_key.eq(&u.object_key),
                 t::writer_token.eq(&u.writer_token),
                 t::committed_offset.eq(u.committed_offset),
-                t::state.eq(&u.state),
+                t::state.eq(u.state.as_str()),
                 t::error.eq(&u.error),
                 t::file_id.eq(&u.file_id),
                 t::created_at.eq(u.created_at),
@@ -150,9 +189,9 @@ pub async fn insert_upload(conn: &mut Conn, u: &UploadRow) -> Result<()> {
 pub async fn get_upload(conn: &mut Conn, id: &str) -> Result<Option<UploadRow>> {
     let row = db_run!(conn, {
         use schema::uploads as t;
-        t::table.filter(t::id.eq(id)).select(upload_columns!(t)).first::<UploadRow>(conn).await.optional()?
+        t::table.filter(t::id.eq(id)).select(upload_columns!(t)).first::<StoredUpload>(conn).await.optional()?
     });
-    Ok(row)
+    row.map(UploadRow::try_from).transpose()
 }
 
 /// Records an open upload's progress and the handle of its unfinished write.
@@ -165,7 +204,7 @@ pub async fn record_progress(
 ) -> Result<()> {
     db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(OPEN)))
+        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(UploadState::Open.as_str())))
             .set((t::committed_offset.eq(committed), t::writer_token.eq(writer_token), t::updated_at.eq(now)))
             .execute(conn)
             .await?;
@@ -177,8 +216,8 @@ pub async fn record_progress(
 pub async fn fail_upload(conn: &mut Conn, id: &str, error: &str, now: NaiveDateTime) -> Result<()> {
     db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(OPEN)))
-            .set((t::state.eq(FAILED), t::error.eq(error), t::updated_at.eq(now)))
+        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(UploadState::Open.as_str())))
+            .set((t::state.eq(UploadState::Failed.as_str()), t::error.eq(error), t::updated_at.eq(now)))
             .execute(conn)
             .await?;
     });
@@ -190,15 +229,15 @@ pub async fn expired_uploads(conn: &mut Conn, now: NaiveDateTime, limit: i64) ->
     let rows = db_run!(conn, {
         use schema::uploads as t;
         t::table
-            .filter(t::state.eq(OPEN))
+            .filter(t::state.eq(UploadState::Open.as_str()))
             .filter(t::expires_at.lt(now))
             .order(t::expires_at.asc())
             .limit(limit)
             .select(upload_columns!(t))
-            .load::<UploadRow>(conn)
+            .load::<StoredUpload>(conn)
             .await?
     });
-    Ok(rows)
+    rows.into_iter().map(UploadRow::try_from).collect()
 }
 
 /// Inside a transaction on `$conn` with catalog module `$schema`: records `$file` — inserting its
@@ -259,7 +298,7 @@ pub async fn complete_upload(
             let key = record_file!(conn, schema, object_key, file, now);
             diesel::update(u::table.filter(u::id.eq(upload_id)))
                 .set((
-                    u::state.eq(COMPLETE),
+                    u::state.eq(UploadState::Complete.as_str()),
                     u::file_id.eq(&file.id),
                     u::committed_offset.eq(file.size_bytes),
                     u::updated_at.eq(now),
@@ -400,7 +439,7 @@ pub async fn all_blobs(conn: &mut Conn) -> Result<Vec<(String, String, bool)>> {
 pub async fn open_upload_keys(conn: &mut Conn) -> Result<Vec<String>> {
     let rows = db_run!(conn, {
         use schema::uploads as u;
-        u::table.filter(u::state.eq(OPEN)).select(u::object_key).load(conn).await?
+        u::table.filter(u::state.eq(UploadState::Open.as_str())).select(u::object_key).load(conn).await?
     });
     Ok(rows)
 }
@@ -410,8 +449,12 @@ pub async fn key_referenced(conn: &mut Conn, key: &str) -> Result<bool> {
     let n: i64 = db_run!(conn, {
         use schema::{blobs as b, uploads as u};
         let blobs: i64 = b::table.filter(b::object_key.eq(key)).count().get_result(&mut *conn).await?;
-        let uploads: i64 =
-            u::table.filter(u::object_key.eq(key)).filter(u::state.eq(OPEN)).count().get_result(&mut *conn).await?;
+        let uploads: i64 = u::table
+            .filter(u::object_key.eq(key))
+            .filter(u::state.eq(UploadState::Open.as_str()))
+            .count()
+            .get_result(&mut *conn)
+            .await?;
         blobs + uploads
     });
     Ok(n > 0)

@@ -3,6 +3,7 @@
 //! spliced. DDL waits at most [`DDL_LOCK_TIMEOUT`] for its lock so a long application transaction
 //! cannot make strata queue every other session behind it.
 
+use chrono::NaiveDate;
 use diesel::{
     QueryableByName,
     sql_types::{BigInt, Bool, Nullable, Text},
@@ -10,9 +11,71 @@ use diesel::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use super::{Conn, Error, Result, quote};
+use crate::model::partitions::{Interval, KeyType, Parent};
 
 /// How long partition DDL waits for the parent's lock before giving up (the caller may retry).
 pub const DDL_LOCK_TIMEOUT: &str = "2s";
+
+/// Why partition DDL failed, classified here so no layer above reads database messages.
+#[derive(Debug, thiserror::Error)]
+pub enum DdlError {
+    /// The parent's lock was not granted within [`DDL_LOCK_TIMEOUT`] (a long transaction holds
+    /// it); nothing changed and a retry may succeed.
+    #[error("lock not granted within {DDL_LOCK_TIMEOUT}")]
+    LockTimeout,
+    /// Rows of the new partition's range sit in the default partition, so PostgreSQL refuses to
+    /// create it; they must be rescued first. Holds the database's message.
+    #[error("{0}")]
+    DefaultPartitionRows(String),
+    /// Any other failure.
+    #[error(transparent)]
+    Db(#[from] Error),
+}
+
+impl From<diesel::result::Error> for DdlError {
+    fn from(e: diesel::result::Error) -> Self {
+        let e = Error::from(e);
+        // PostgreSQL reports both with SQLSTATEs Diesel does not expose as kinds (55P03; 23514,
+        // shared with every CHECK violation), so the message tells them apart.
+        let msg = e.to_string();
+        if msg.contains("lock timeout") {
+            DdlError::LockTimeout
+        } else if msg.contains("default partition") {
+            DdlError::DefaultPartitionRows(msg)
+        } else {
+            DdlError::Db(e)
+        }
+    }
+}
+
+/// A partition to create: its name and its range of UTC days, `from` included, `to` excluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPartition {
+    /// Table name (in the parent's schema).
+    pub name: String,
+    /// First day.
+    pub from: NaiveDate,
+    /// Day after the last.
+    pub to: NaiveDate,
+}
+
+/// What the catalog says of a table that should be range-partitioned on one time column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// It is, on a key of a type strata handles.
+    Found(Parent),
+    /// No table of that name.
+    Missing,
+    /// It exists but is not range-partitioned on exactly one column.
+    NotPartitioned,
+    /// It is, on a column of another type.
+    OtherKeyType {
+        /// The key column.
+        key: String,
+        /// Its type as PostgreSQL prints it.
+        sql_type: String,
+    },
+}
 
 fn pg(conn: &mut Conn) -> Result<&mut AsyncPgConnection> {
     match conn {
@@ -31,9 +94,20 @@ struct KeyRow {
     ty: String,
 }
 
+/// Looks `schema.table` up as a range-partitioned table with a time key.
+pub async fn find(conn: &mut Conn, schema: &str, table: &str) -> Result<Lookup> {
+    let Some((key, sql_type)) = partition_key(conn, schema, table).await? else {
+        return Ok(if table_exists(conn, schema, table).await? { Lookup::NotPartitioned } else { Lookup::Missing });
+    };
+    Ok(match sql_type.parse::<KeyType>() {
+        Ok(key_type) => Lookup::Found(Parent { schema: schema.into(), table: table.into(), key, key_type }),
+        Err(_) => Lookup::OtherKeyType { key, sql_type },
+    })
+}
+
 /// The partition key of a table range-partitioned on one column: (column, type). None when the
 /// table is not range-partitioned on exactly one column.
-pub async fn partition_key(conn: &mut Conn, schema: &str, table: &str) -> Result<Option<(String, String)>> {
+async fn partition_key(conn: &mut Conn, schema: &str, table: &str) -> Result<Option<(String, String)>> {
     let c = pg(conn)?;
     let rows: Vec<KeyRow> = diesel::sql_query(
         "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS ty
@@ -51,7 +125,7 @@ pub async fn partition_key(conn: &mut Conn, schema: &str, table: &str) -> Result
 }
 
 /// Whether a relation of that name exists in the schema.
-pub async fn table_exists(conn: &mut Conn, schema: &str, table: &str) -> Result<bool> {
+async fn table_exists(conn: &mut Conn, schema: &str, table: &str) -> Result<bool> {
     #[derive(QueryableByName)]
     struct N {
         #[diesel(sql_type = BigInt)]
@@ -93,7 +167,7 @@ pub struct PartitionRow {
 }
 
 /// Every partition of the table with its bounds (read in UTC).
-pub async fn partitions(conn: &mut Conn, schema: &str, table: &str) -> Result<Vec<PartitionRow>> {
+pub async fn partitions(conn: &mut Conn, p: &Parent) -> Result<Vec<PartitionRow>> {
     let c = pg(conn)?;
     // Bounds are printed by pg_get_expr in the session's time zone: pin it to UTC for this read.
     Ok(c.transaction::<_, diesel::result::Error, _>(async |c| {
@@ -115,8 +189,8 @@ pub async fn partitions(conn: &mut Conn, schema: &str, table: &str) -> Result<Ve
                     reltuples::int8 AS estimated_rows
                FROM p ORDER BY lower NULLS LAST, name",
         )
-        .bind::<Text, _>(schema)
-        .bind::<Text, _>(table)
+        .bind::<Text, _>(&p.schema)
+        .bind::<Text, _>(&p.table)
         .load(c)
         .await
     })
@@ -124,50 +198,120 @@ pub async fn partitions(conn: &mut Conn, schema: &str, table: &str) -> Result<Ve
 }
 
 /// Runs partition DDL in one transaction with the lock timeout.
-pub async fn ddl(conn: &mut Conn, statements: &str) -> Result<()> {
+async fn ddl(conn: &mut Conn, statements: &str) -> Result<(), DdlError> {
     let c = pg(conn)?;
     // One call: the statements run as one implicit transaction (all or nothing).
     c.batch_execute(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'; {statements};")).await?;
     Ok(())
 }
 
-/// Exact rows of a table (the default partition).
-pub async fn count_rows(conn: &mut Conn, schema: &str, table: &str, filter: &str) -> Result<i64> {
+/// A day as a bound of `p`'s key: midnight UTC for timestamps.
+fn literal(p: &Parent, d: NaiveDate) -> String {
+    match p.key_type {
+        KeyType::TimestampTz => format!("'{} 00:00:00+00'", d.format("%Y-%m-%d")),
+        KeyType::Timestamp => format!("'{} 00:00:00'", d.format("%Y-%m-%d")),
+        KeyType::Date => format!("'{}'", d.format("%Y-%m-%d")),
+    }
+}
+
+fn create_sql(p: &Parent, new: &NewPartition) -> String {
+    format!(
+        "CREATE TABLE {s}.{n} PARTITION OF {s}.{t} FOR VALUES FROM ({a}) TO ({b})",
+        s = quote(&p.schema),
+        n = quote(&new.name),
+        t = quote(&p.table),
+        a = literal(p, new.from),
+        b = literal(p, new.to)
+    )
+}
+
+/// The rows of `[from, to)` by `p`'s key.
+fn range_filter(p: &Parent, from: NaiveDate, to: NaiveDate) -> String {
+    let k = quote(&p.key);
+    format!("WHERE {k} >= {} AND {k} < {}", literal(p, from), literal(p, to))
+}
+
+/// A partition of `p` as statements spell it: schema-qualified and quoted (messages show it so).
+pub fn qualified(p: &Parent, name: &str) -> String {
+    format!("{}.{}", quote(&p.schema), quote(name))
+}
+
+/// Creates the partitions of `p`, all in one transaction: the parent's lock is taken once, and
+/// either every one appears or none does.
+pub async fn create_partitions(conn: &mut Conn, p: &Parent, new: &[NewPartition]) -> Result<(), DdlError> {
+    let statements: Vec<String> = new.iter().map(|n| create_sql(p, n)).collect();
+    ddl(conn, &statements.join(";\n")).await
+}
+
+/// Drops the partitions `names` of `p` in one transaction (DROP detaches and removes in one step):
+/// all go, or none.
+pub async fn drop_partitions(conn: &mut Conn, p: &Parent, names: &[&str]) -> Result<(), DdlError> {
+    let names: Vec<String> = names.iter().map(|n| qualified(p, n)).collect();
+    ddl(conn, &format!("DROP TABLE {}", names.join(", "))).await
+}
+
+/// Exact rows of partition `partition` of `p` (the default one), all or those of `[from, to)`.
+pub async fn count_rows(
+    conn: &mut Conn,
+    p: &Parent,
+    partition: &str,
+    range: Option<(NaiveDate, NaiveDate)>,
+) -> Result<i64> {
     #[derive(QueryableByName)]
     struct N {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
+    let filter = range.map(|(from, to)| range_filter(p, from, to)).unwrap_or_default();
     let c = pg(conn)?;
-    let n: N =
-        diesel::sql_query(format!("SELECT count(*)::int8 AS n FROM {}.{} {filter}", quote(schema), quote(table)))
-            .get_result(c)
-            .await?;
+    let n: N = diesel::sql_query(format!("SELECT count(*)::int8 AS n FROM {} {filter}", qualified(p, partition)))
+        .get_result(c)
+        .await?;
     Ok(n.n)
 }
 
-/// Distinct period starts (Unix microseconds, UTC) of the rows in `table`, truncated to `unit`
-/// (`day` or `month`), for a key column of SQL type `ty`.
-pub async fn periods(conn: &mut Conn, schema: &str, table: &str, key: &str, ty: &str, unit: &str) -> Result<Vec<i64>> {
+/// Distinct period starts (Unix microseconds, UTC) of the rows in partition `partition` of `p`,
+/// truncated to `interval`'s day or month.
+pub async fn periods(conn: &mut Conn, p: &Parent, partition: &str, interval: Interval) -> Result<Vec<i64>> {
     #[derive(QueryableByName)]
     struct P {
         #[diesel(sql_type = BigInt)]
         p: i64,
     }
     let c = pg(conn)?;
-    let k = quote(key);
-    let truncated = match ty {
-        "timestamp with time zone" => format!("date_trunc('{unit}', {k}, 'UTC')"),
-        _ => format!("(date_trunc('{unit}', {k}::timestamp) AT TIME ZONE 'UTC')"),
+    let unit = match interval {
+        Interval::Daily => "day",
+        Interval::Monthly => "month",
+    };
+    let k = quote(&p.key);
+    let truncated = match p.key_type {
+        KeyType::TimestampTz => format!("date_trunc('{unit}', {k}, 'UTC')"),
+        KeyType::Timestamp | KeyType::Date => format!("(date_trunc('{unit}', {k}::timestamp) AT TIME ZONE 'UTC')"),
     };
     let rows: Vec<P> = diesel::sql_query(format!(
-        "SELECT DISTINCT (extract(epoch FROM {truncated}) * 1000000)::int8 AS p FROM {}.{} WHERE {k} IS NOT NULL ORDER BY 1",
-        quote(schema),
-        quote(table)
+        "SELECT DISTINCT (extract(epoch FROM {truncated}) * 1000000)::int8 AS p FROM {} WHERE {k} IS NOT NULL ORDER BY 1",
+        qualified(p, partition)
     ))
     .load(c)
     .await?;
     Ok(rows.into_iter().map(|r| r.p).collect())
+}
+
+/// Moves the rows of `new`'s range out of the default partition `default` of `p` into `new`,
+/// created on the way. One transaction: rows leave the default partition, the partition appears,
+/// the rows come back through the parent into it. A crash rolls all of it back.
+pub async fn rescue_rows(conn: &mut Conn, p: &Parent, default: &str, new: &NewPartition) -> Result<(), DdlError> {
+    let tmp = quote(&format!("strata_rescue_{}", new.from.format("%Y%m%d")));
+    let sql = format!(
+        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS WITH moved AS (DELETE FROM {d} {range} RETURNING *) SELECT * FROM moved;
+         {create};
+         INSERT INTO {t} SELECT * FROM {tmp}",
+        d = qualified(p, default),
+        range = range_filter(p, new.from, new.to),
+        create = create_sql(p, new),
+        t = qualified(p, &p.table),
+    );
+    ddl(conn, &sql).await
 }
 
 /// Detaches `partition` from `parent` and records it for `policy`, in one transaction.
@@ -178,7 +322,7 @@ pub async fn detach_recorded(
     parent: &str,
     partition: &str,
     now: chrono::NaiveDateTime,
-) -> Result<()> {
+) -> Result<(), DdlError> {
     use super::schema::pg::detached_partitions as d;
     use diesel::ExpressionMethods;
     let c = pg(conn)?;
@@ -245,4 +389,46 @@ pub async fn drop_recorded(conn: &mut Conn, policy: &str, schema: &str, table: &
         Ok(0)
     })
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    use super::*;
+
+    fn parent(key_type: KeyType) -> Parent {
+        Parent { schema: "public".into(), table: "ev\"ents".into(), key: "at".into(), key_type }
+    }
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn bounds_are_midnight_utc_in_the_key_type() {
+        let new = NewPartition { name: "ev\"ents_p20260101".into(), from: day(2026, 1, 1), to: day(2026, 1, 2) };
+        assert_eq!(
+            create_sql(&parent(KeyType::TimestampTz), &new),
+            "CREATE TABLE \"public\".\"ev\"\"ents_p20260101\" PARTITION OF \"public\".\"ev\"\"ents\" \
+             FOR VALUES FROM ('2026-01-01 00:00:00+00') TO ('2026-01-02 00:00:00+00')"
+        );
+        assert_eq!(literal(&parent(KeyType::Timestamp), new.from), "'2026-01-01 00:00:00'");
+        assert_eq!(literal(&parent(KeyType::Date), new.to), "'2026-01-02'");
+        assert_eq!(
+            range_filter(&parent(KeyType::Date), new.from, new.to),
+            "WHERE \"at\" >= '2026-01-01' AND \"at\" < '2026-01-02'"
+        );
+    }
+
+    #[test]
+    fn ddl_failures_are_classified_here() {
+        let db = |msg: &str| DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(msg.to_owned()));
+        assert!(matches!(DdlError::from(db("canceling statement due to lock timeout")), DdlError::LockTimeout));
+        let e = DdlError::from(db(
+            "updated partition constraint for default partition \"events_default\" would be violated by some row",
+        ));
+        assert!(matches!(&e, DdlError::DefaultPartitionRows(m) if m.contains("events_default")), "{e:?}");
+        assert!(matches!(DdlError::from(db("relation \"x\" already exists")), DdlError::Db(_)));
+    }
 }

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{page_size, ts};
 use crate::service::{
     Context, Error,
-    backup::{self, BackupRow},
+    backup::{self, Backup, BackupState},
 };
 
 /// gRPC adapter of [`backup`].
@@ -14,22 +14,22 @@ pub(super) struct BackupApi {
     pub(crate) ctx: Context,
 }
 
-fn backup_pb(b: BackupRow) -> pb::Backup {
+fn backup_pb(b: Backup) -> pb::Backup {
     pb::Backup {
-        state: match b.state.as_str() {
-            backup::RUNNING => pb::BackupState::Running,
-            backup::SUCCEEDED => pb::BackupState::Succeeded,
-            _ => pb::BackupState::Failed,
+        state: match b.state {
+            BackupState::Running => pb::BackupState::Running,
+            BackupState::Succeeded => pb::BackupState::Succeeded,
+            BackupState::Failed => pb::BackupState::Failed,
         } as i32,
         id: b.id,
-        format: b.format,
+        format: b.format.as_str().into(),
         object_key: b.object_key,
         size_bytes: b.size_bytes,
         sha256: b.sha256,
         verification: b.verification,
         error: b.error.unwrap_or_default(),
-        start_time: Some(ts(b.started_at.and_utc())),
-        end_time: b.finished_at.map(|t| ts(t.and_utc())),
+        start_time: Some(ts(b.started_at)),
+        end_time: b.finished_at.map(ts),
     }
 }
 

@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{time, ts};
 use crate::service::{
-    Context, Error, blob_migration,
+    Context, Error,
+    blob_migration::{self, BlobMigrationState},
     files::{self, FileHeader, ListQuery, StreamEnd, UploadStart, UploadState},
 };
 
@@ -39,10 +40,10 @@ fn file(f: files::File) -> pb::File {
 fn migration(m: blob_migration::Migration) -> pb::BlobMigration {
     pb::BlobMigration {
         id: m.id,
-        state: match m.state.as_str() {
-            "running" => pb::BlobMigrationState::Running,
-            "done" => pb::BlobMigrationState::Done,
-            _ => pb::BlobMigrationState::Failed,
+        state: match m.state {
+            BlobMigrationState::Running => pb::BlobMigrationState::Running,
+            BlobMigrationState::Done => pb::BlobMigrationState::Done,
+            BlobMigrationState::Failed => pb::BlobMigrationState::Failed,
         } as i32,
         rows_done: m.rows_done,
         bytes_done: m.bytes_done,
@@ -120,10 +121,7 @@ impl FileService for FileApi {
         let first = pb::DownloadResponse { file: Some(file(f)), chunk: Default::default() };
         let rest = bytes.map(|b| match b {
             Ok(chunk) => Ok(pb::DownloadResponse { file: None, chunk }),
-            Err(e) => {
-                tracing::warn!(error = %e, "download failed mid-stream");
-                Err(Status::unavailable(e.to_string()))
-            }
+            Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(futures::stream::once(async { Ok(first) }).chain(rest))))
     }

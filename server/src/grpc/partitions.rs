@@ -65,7 +65,7 @@ impl PartitionService for PartitionApi {
         let h = partitions::health(&self.ctx, parent).await?;
         Ok(Response::new(pb::GetPartitionHealthResponse {
             key_column: h.parent.key,
-            key_type: h.parent.key_type,
+            key_type: h.parent.key_type.as_str().into(),
             partitions: h.partitions.into_iter().map(partition).collect(),
             gaps: h
                 .gaps

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod archive;
 pub mod backup;
 pub mod files;
+pub mod partitions;
 pub mod scheduler;
 
 /// A catalog column held a value this version of strata does not know (a newer version wrote it,

@@ -2,13 +2,14 @@
 //!
 //! PostgreSQL: `pg_dump -Fc` runs as a child process and its stdout is streamed chunk by chunk into
 //! the object writer (no temporary file), then the stored object is streamed into
-//! `pg_restore --list`. SQLite: `VACUUM INTO` writes a consistent snapshot next to the database,
-//! which is uploaded, downloaded again and opened for `PRAGMA integrity_check`.
+//! `pg_restore --list`. SQLite: a consistent snapshot is written next to the database
+//! ([`crate::db::backups::sqlite_snapshot`]), uploaded, downloaded again and checked for integrity
+//! ([`crate::db::backups::sqlite_integrity`]).
 
 use std::{collections::HashSet, path::PathBuf, process::Stdio, time::Duration};
 
 use bytes::Bytes;
-use chrono::{Datelike, NaiveDateTime};
+use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,11 +17,51 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Context, Error, Result, now, store_unavailable};
 use crate::db::{
     self,
-    backups::{self as store},
+    backups::{self as store, BackupRow, Integrity},
 };
+pub use crate::model::backup::{BackupFormat, BackupState};
 
-/// A backup as stored, and its states: what the gRPC edge encodes.
-pub use crate::db::backups::{BackupRow, FAILED, RUNNING, SUCCEEDED};
+/// A backup: what the gRPC edge encodes.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    /// Id (UUIDv7).
+    pub id: String,
+    /// What it holds.
+    pub format: BackupFormat,
+    /// State.
+    pub state: BackupState,
+    /// Object key.
+    pub object_key: String,
+    /// Object size.
+    pub size_bytes: i64,
+    /// SHA-256 (hex).
+    pub sha256: String,
+    /// Result of the check.
+    pub verification: String,
+    /// Failure.
+    pub error: Option<String>,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<BackupRow> for Backup {
+    fn from(r: BackupRow) -> Self {
+        Backup {
+            id: r.id,
+            format: r.format,
+            state: r.state,
+            object_key: r.object_key,
+            size_bytes: r.size_bytes,
+            sha256: r.sha256,
+            verification: r.verification,
+            error: r.error,
+            started_at: r.started_at.and_utc(),
+            finished_at: r.finished_at.map(|t| t.and_utc()),
+        }
+    }
+}
 
 /// A running backup refreshes its heartbeat this often ...
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -45,18 +86,18 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 }
 
 /// Starts a backup of the application database.
-pub async fn start(ctx: &Context) -> Result<BackupRow> {
+pub async fn start(ctx: &Context) -> Result<Backup> {
     let t = now();
     let (format, ext) = match ctx.db.backend() {
-        db::BackendKind::Postgres => ("pg_dump", "dump"),
-        db::BackendKind::Sqlite => ("sqlite", "sqlite"),
+        db::BackendKind::Postgres => (BackupFormat::PgDump, "dump"),
+        db::BackendKind::Sqlite => (BackupFormat::Sqlite, "sqlite"),
     };
     let id = uuid::Uuid::now_v7().to_string();
     let row = BackupRow {
         object_key: format!("backups/{}/{id}.{ext}", t.format("%Y/%m")),
         id,
-        format: format.into(),
-        state: store::RUNNING.into(),
+        format,
+        state: BackupState::Running,
         size_bytes: 0,
         sha256: String::new(),
         verification: String::new(),
@@ -71,25 +112,25 @@ pub async fn start(ctx: &Context) -> Result<BackupRow> {
         return Err(Error::FailedPrecondition("a backup is already running".into()));
     }
     drop(conn);
-    tracing::info!(backup = %row.id, format, "backup started");
+    tracing::info!(backup = %row.id, format = %format, "backup started");
     ctx.tasks.spawn(run(ctx.clone(), row.clone()));
-    Ok(row)
+    Ok(row.into())
 }
 
 /// A backup by id.
-pub async fn get(ctx: &Context, id: &str) -> Result<BackupRow> {
+pub async fn get(ctx: &Context, id: &str) -> Result<Backup> {
     let mut conn = ctx.db.read_prefer_primary().await?.0;
-    store::get(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("backup {id:?}")))
+    store::get(&mut conn, id).await?.map(Backup::from).ok_or_else(|| Error::NotFound(format!("backup {id:?}")))
 }
 
 /// Backups newest first; the page token is the last id returned.
-pub async fn list(ctx: &Context, page_size: i64, token: Option<&str>) -> Result<(Vec<BackupRow>, Option<String>)> {
+pub async fn list(ctx: &Context, page_size: i64, token: Option<&str>) -> Result<(Vec<Backup>, Option<String>)> {
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     let mut rows = store::list(&mut conn, token, page_size + 1).await?;
     let more = rows.len() as i64 > page_size;
     rows.truncate(page_size as usize);
     let next = if more { rows.last().map(|r| r.id.clone()) } else { None };
-    Ok((rows, next))
+    Ok((rows.into_iter().map(Backup::from).collect(), next))
 }
 
 async fn run(ctx: Context, mut row: BackupRow) {
@@ -116,7 +157,7 @@ async fn run(ctx: Context, mut row: BackupRow) {
     let _ = beat.await;
     match outcome {
         Ok((size, sha256, verification)) => {
-            row.state = store::SUCCEEDED.into();
+            row.state = BackupState::Succeeded;
             row.size_bytes = size as i64;
             row.sha256 = sha256;
             row.verification = verification;
@@ -127,7 +168,7 @@ async fn run(ctx: Context, mut row: BackupRow) {
             // Nothing half-written may pass for a backup: cleanup runs to its end even while the
             // server stops.
             let _ = ctx.objects.delete(&row.object_key, &tokio_util::sync::CancellationToken::new()).await;
-            row.state = store::FAILED.into();
+            row.state = BackupState::Failed;
             row.error = Some(e.to_string());
         }
     }
@@ -140,7 +181,7 @@ async fn run(ctx: Context, mut row: BackupRow) {
         tracing::error!(backup = %row.id, error = %e, "recording the backup's end failed");
         return;
     }
-    if row.state == store::SUCCEEDED
+    if row.state == BackupState::Succeeded
         && let Err(e) = rotate(&ctx).await
     {
         tracing::error!(error = %e, "rotating backups failed");
@@ -272,19 +313,11 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
 }
 
 async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, String)> {
-    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
     let path = ctx.db.sqlite_path().ok_or_else(|| Error::FailedPrecondition("no SQLite path".into()))?;
     let dir = std::path::Path::new(path).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let snapshot = dir.join(format!(".strata-backup-{}.sqlite", row.id));
     let _cleanup = RemoveOnDrop(snapshot.clone());
-    {
-        let mut conn = ctx.db.write().await?;
-        let sql = format!("VACUUM INTO '{}'", snapshot.display().to_string().replace('\'', "''"));
-        match &mut conn {
-            db::Conn::Sqlite(c) => c.batch_execute(&sql).await.map_err(db::Error::from)?,
-            db::Conn::Pg(_) => return Err(Error::FailedPrecondition("not SQLite".into())),
-        }
-    }
+    store::sqlite_snapshot(&mut ctx.db.write().await?, &snapshot).await?;
     let mut file = tokio::fs::File::open(&snapshot).await.map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?;
     let mut w = ctx.objects.begin_write(&row.object_key, None, &ctx.background).await.map_err(store_unavailable)?;
     let mut hash = Sha256::new();
@@ -321,20 +354,11 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
     if hex::encode(reread.finalize()) != sha256 {
         return Err(Error::DataLoss("the stored snapshot differs from what was written".into()));
     }
-    let mut c = db::SqliteConn::establish(&check.display().to_string())
-        .await
-        .map_err(|e| Error::DataLoss(format!("the stored snapshot does not open: {e}")))?;
-    #[derive(diesel::QueryableByName)]
-    struct Check {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        integrity_check: String,
-    }
-    let rows: Vec<Check> = diesel_async::RunQueryDsl::load(diesel::sql_query("PRAGMA integrity_check"), &mut c)
-        .await
-        .map_err(|e| Error::DataLoss(format!("integrity_check failed: {e}")))?;
-    let verdict = rows.into_iter().map(|r| r.integrity_check).collect::<Vec<_>>().join("; ");
-    if verdict != "ok" {
-        return Err(Error::DataLoss(format!("integrity_check: {verdict}")));
+    match store::sqlite_integrity(&check).await {
+        Integrity::Ok => {}
+        Integrity::DoesNotOpen(e) => return Err(Error::DataLoss(format!("the stored snapshot does not open: {e}"))),
+        Integrity::CheckFailed(e) => return Err(Error::DataLoss(format!("integrity_check failed: {e}"))),
+        Integrity::Damaged(verdict) => return Err(Error::DataLoss(format!("integrity_check: {verdict}"))),
     }
     Ok((size, sha256, "integrity_check: ok".into()))
 }

@@ -15,6 +15,7 @@ use crate::db::{
     blob_migration::{self as store, MigrationRow, Target},
     files::FileRow,
 };
+pub use crate::model::files::{BlobEncoding, BlobMigrationState};
 
 /// A validated StartBlobMigration request.
 #[derive(Debug, Clone)]
@@ -70,8 +71,8 @@ impl StartRequest {
 pub struct Migration {
     /// Id.
     pub id: String,
-    /// `running`, `done` or `failed`.
-    pub state: String,
+    /// State.
+    pub state: BlobMigrationState,
     /// Rows moved.
     pub rows_done: i64,
     /// Bytes moved.
@@ -104,7 +105,7 @@ async fn target(ctx: &Context, r: &MigrationRow) -> Result<Target> {
         &r.key_column,
         &r.blob_column,
         &r.reference_column,
-        r.encoding == "base64",
+        r.encoding == BlobEncoding::Base64,
     )
     .await?
     .map_err(Error::InvalidArgument)
@@ -127,11 +128,11 @@ pub async fn start(ctx: &Context, mut req: StartRequest) -> Result<(Option<Migra
         key_column: req.key_column,
         blob_column: req.blob_column,
         reference_column: req.reference_column,
-        encoding: if req.base64 { "base64" } else { "bytea" }.into(),
+        encoding: if req.base64 { BlobEncoding::Base64 } else { BlobEncoding::Bytea },
         batch_size: req.batch_size,
         owner: req.owner,
         content_type: req.content_type,
-        state: "running".into(),
+        state: BlobMigrationState::Running,
         rows_done: 0,
         bytes_done: 0,
         error: None,
@@ -182,8 +183,8 @@ async fn run(ctx: Context, row: MigrationRow) {
         return;
     }
     let (state, error) = match &outcome {
-        Ok(()) => ("done", None),
-        Err(e) => ("failed", Some(e.to_string())),
+        Ok(()) => (BlobMigrationState::Done, None),
+        Err(e) => (BlobMigrationState::Failed, Some(e.to_string())),
     };
     if let Err(e) = &outcome {
         tracing::error!(migration = %row.id, error = %e, "blob migration failed");

@@ -19,9 +19,10 @@ use futures::{Stream, StreamExt};
 use sha2::Digest as _;
 
 use super::{Context, Error, Result, now};
+pub use crate::model::files::UploadState;
 use crate::{
     db::files::{self as store, FileFilter, FileRow, UploadRow},
-    objects::{self, ByteStream, ObjectWriter},
+    objects::{self, ObjectWriter},
 };
 
 /// Limits of file names, owners and metadata.
@@ -408,17 +409,6 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// State of an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UploadState {
-    /// Accepting bytes.
-    Open,
-    /// Done.
-    Complete,
-    /// Failed or expired.
-    Failed,
-}
-
 /// What `GetUploadStatus` returns.
 #[derive(Debug, Clone)]
 pub struct UploadStatus {
@@ -452,7 +442,7 @@ pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadSt
         metadata: serde_json::to_string(&header.metadata).expect("string map serializes"),
         writer_token: String::new(),
         committed_offset: 0,
-        state: store::OPEN.into(),
+        state: UploadState::Open,
         error: None,
         file_id: None,
         created_at: t,
@@ -467,11 +457,7 @@ pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadSt
 fn status_of(row: &UploadRow, committed: u64) -> UploadStatus {
     UploadStatus {
         id: row.id.clone(),
-        state: match row.state.as_str() {
-            store::OPEN => UploadState::Open,
-            store::COMPLETE => UploadState::Complete,
-            _ => UploadState::Failed,
-        },
+        state: row.state,
         committed,
         file_id: row.file_id.clone(),
         error: row.error.clone(),
@@ -492,7 +478,7 @@ pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
     let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
     drop(conn);
-    let committed = if row.state == store::COMPLETE {
+    let committed = if row.state == UploadState::Complete {
         row.committed_offset as u64
     } else {
         match ctx.uploads.existing(id) {
@@ -668,16 +654,16 @@ where
 async fn load_open(ctx: &Context, id: &str) -> Result<UploadRow> {
     let mut conn = ctx.db.write().await?;
     let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
-    match row.state.as_str() {
-        store::OPEN if row.expires_at < now() => {
+    match row.state {
+        UploadState::Open if row.expires_at < now() => {
             Err(Error::FailedPrecondition(format!("upload {id} expired; start a new one")))
         }
-        store::OPEN => Ok(row),
-        store::COMPLETE => Err(Error::FailedPrecondition(format!(
+        UploadState::Open => Ok(row),
+        UploadState::Complete => Err(Error::FailedPrecondition(format!(
             "upload {id} is already complete as file {}",
             row.file_id.unwrap_or_default()
         ))),
-        _ => Err(Error::FailedPrecondition(format!(
+        UploadState::Failed => Err(Error::FailedPrecondition(format!(
             "upload {id} failed ({}); start a new one",
             row.error.unwrap_or_default()
         ))),
@@ -813,8 +799,11 @@ pub async fn stat(ctx: &Context, id: &str) -> Result<File> {
     Ok(row.into())
 }
 
+/// The bytes of a download, in the order stored.
+pub type Download = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
 /// The file `id` and a stream of `length` bytes from `offset` (0: to the end).
-pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Result<(File, ByteStream)> {
+pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Result<(File, Download)> {
     check_id("file id", id)?;
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
     let (row, key) = store::get_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
@@ -828,7 +817,15 @@ pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Resu
     }
     let length = if length == 0 { None } else { Some(length) };
     let stream = ctx.objects.get(&key, offset, length, &ctx.closing).await.map_err(object_err)?;
-    Ok((file, stream))
+    // Once bytes flow, any store failure (the server stopping included) is UNAVAILABLE: the client
+    // retries from the offset it reached.
+    let stream = stream.map(|chunk| {
+        chunk.map_err(|e| {
+            tracing::warn!(error = %e, "download failed mid-stream");
+            Error::Unavailable(e.to_string())
+        })
+    });
+    Ok((file, Box::pin(stream)))
 }
 
 /// A validated ListFiles request.

@@ -1,4 +1,4 @@
-//! VACUUM / ANALYZE on demand, and recommendations drawn from the statistics views.
+//! Vacuum / analyze on demand, and recommendations drawn from the statistics views.
 
 use std::{
     collections::BTreeMap,
@@ -58,7 +58,7 @@ pub fn parse_table(s: &str) -> Result<(String, String)> {
     Ok((schema.to_owned(), table.to_owned()))
 }
 
-/// VACUUMs (and ANALYZEs) the tables — all user tables when `tables` is empty.
+/// Vacuums (and analyzes) the tables — all user tables when `tables` is empty.
 pub async fn run(ctx: &Context, tables: &[(String, String)], full: bool, analyze: bool) -> Result<Vec<TableResult>> {
     let mut conn = ctx.db.write().await?;
     if ctx.db.backend() == db::BackendKind::Sqlite {

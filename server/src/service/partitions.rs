@@ -1,70 +1,14 @@
 //! Partition upkeep for time-range-partitioned PostgreSQL tables: premake, health, dropping whole
 //! old partitions, rescuing rows from the default partition.
 
-use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{Context, Error, Result, ident};
 use crate::db::{
     self,
-    partitions::{self as store, PartitionRow},
-    quote,
+    partitions::{self as store, DdlError, Lookup, NewPartition, PartitionRow},
 };
-
-/// Length of one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interval {
-    /// One UTC day.
-    Daily,
-    /// One UTC calendar month.
-    Monthly,
-}
-
-impl Interval {
-    fn start_of(self, t: DateTime<Utc>) -> NaiveDate {
-        let d = t.date_naive();
-        match self {
-            Interval::Daily => d,
-            Interval::Monthly => d.with_day(1).expect("day 1 exists"),
-        }
-    }
-    fn next(self, d: NaiveDate) -> NaiveDate {
-        match self {
-            Interval::Daily => d.succ_opt().expect("in range"),
-            Interval::Monthly => d + Months::new(1),
-        }
-    }
-    fn prev(self, d: NaiveDate) -> NaiveDate {
-        match self {
-            Interval::Daily => d.pred_opt().expect("in range"),
-            Interval::Monthly => d - Months::new(1),
-        }
-    }
-    fn suffix(self, d: NaiveDate) -> String {
-        match self {
-            Interval::Daily => d.format("%Y%m%d").to_string(),
-            Interval::Monthly => d.format("%Y%m").to_string(),
-        }
-    }
-    fn unit(self) -> &'static str {
-        match self {
-            Interval::Daily => "day",
-            Interval::Monthly => "month",
-        }
-    }
-}
-
-/// A partitioned table, resolved.
-#[derive(Debug, Clone)]
-pub struct Parent {
-    /// Schema.
-    pub schema: String,
-    /// Table.
-    pub table: String,
-    /// Partition key column.
-    pub key: String,
-    /// Its SQL type.
-    pub key_type: String,
-}
+pub use crate::model::partitions::{Interval, KeyType, Parent};
 
 /// A partition with bounds in UTC.
 #[derive(Debug, Clone)]
@@ -129,26 +73,15 @@ pub async fn resolve(ctx: &Context, schema: &str, table: &str) -> Result<Parent>
         )));
     }
     let mut conn = ctx.db.write().await?;
-    let Some((key, key_type)) = store::partition_key(&mut conn, schema, table).await? else {
-        return Err(if store::table_exists(&mut conn, schema, table).await? {
-            Error::FailedPrecondition(format!("{schema}.{table} is not range-partitioned on one column"))
-        } else {
-            Error::InvalidArgument(format!("table {schema}.{table} does not exist"))
-        });
-    };
-    if !matches!(key_type.as_str(), "timestamp with time zone" | "timestamp without time zone" | "date") {
-        return Err(Error::FailedPrecondition(format!(
-            "{schema}.{table} is partitioned on {key} of type {key_type}; expected a timestamp or date"
-        )));
-    }
-    Ok(Parent { schema: schema.into(), table: table.into(), key, key_type })
-}
-
-fn literal(p: &Parent, d: NaiveDate) -> String {
-    match p.key_type.as_str() {
-        "timestamp with time zone" => format!("'{} 00:00:00+00'", d.format("%Y-%m-%d")),
-        "timestamp without time zone" => format!("'{} 00:00:00'", d.format("%Y-%m-%d")),
-        _ => format!("'{}'", d.format("%Y-%m-%d")),
+    match store::find(&mut conn, schema, table).await? {
+        Lookup::Found(parent) => Ok(parent),
+        Lookup::NotPartitioned => {
+            Err(Error::FailedPrecondition(format!("{schema}.{table} is not range-partitioned on one column")))
+        }
+        Lookup::Missing => Err(Error::InvalidArgument(format!("table {schema}.{table} does not exist"))),
+        Lookup::OtherKeyType { key, sql_type } => Err(Error::FailedPrecondition(format!(
+            "{schema}.{table} is partitioned on {key} of type {sql_type}; expected a timestamp or date"
+        ))),
     }
 }
 
@@ -159,18 +92,7 @@ fn at(d: NaiveDate) -> DateTime<Utc> {
 /// The table's partitions, with bounds.
 pub async fn list(ctx: &Context, p: &Parent) -> Result<Vec<Partition>> {
     let mut conn = ctx.db.write().await?;
-    Ok(store::partitions(&mut conn, &p.schema, &p.table).await?.into_iter().map(Partition::from).collect())
-}
-
-fn create_sql(p: &Parent, name: &str, from: NaiveDate, to: NaiveDate) -> String {
-    format!(
-        "CREATE TABLE {s}.{n} PARTITION OF {s}.{t} FOR VALUES FROM ({a}) TO ({b})",
-        s = quote(&p.schema),
-        n = quote(name),
-        t = quote(&p.table),
-        a = literal(p, from),
-        b = literal(p, to)
-    )
+    Ok(store::partitions(&mut conn, p).await?.into_iter().map(Partition::from).collect())
 }
 
 fn overlaps(parts: &[Partition], from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
@@ -191,8 +113,7 @@ pub async fn ensure(
     for _ in 0..past {
         start = interval.prev(start);
     }
-    let mut created_names = Vec::new();
-    let mut statements = Vec::new();
+    let mut missing = Vec::new();
     let mut skipped = 0;
     let mut d = start;
     for _ in 0..=(past + ahead) {
@@ -200,17 +121,16 @@ pub async fn ensure(
         if overlaps(&existing, at(d), at(next)) {
             skipped += 1;
         } else {
-            let name = format!("{}_p{}", p.table, interval.suffix(d));
-            statements.push(create_sql(p, &name, d, next));
-            created_names.push(name);
+            missing.push(NewPartition { name: format!("{}_p{}", p.table, interval.suffix(d)), from: d, to: next });
         }
         d = next;
     }
-    if !statements.is_empty() {
+    let created_names: Vec<String> = missing.iter().map(|x| x.name.clone()).collect();
+    if !missing.is_empty() {
         // All of them in one transaction: the parent's lock is taken once, and either every missing
         // partition appears or none does.
         let mut conn = ctx.db.write().await?;
-        store::ddl(&mut conn, &statements.join(";\n")).await.map_err(|e| ddl_error(&created_names.join(", "), e))?;
+        store::create_partitions(&mut conn, p, &missing).await.map_err(|e| ddl_error(&created_names.join(", "), e))?;
     }
     let now = list(ctx, p).await?;
     let created = now.into_iter().filter(|x| created_names.contains(&x.name)).collect();
@@ -218,19 +138,16 @@ pub async fn ensure(
 }
 
 /// Turns a DDL failure into an error the caller can act on.
-pub fn ddl_error(what: &str, e: db::Error) -> Error {
-    let msg = e.to_string();
-    if msg.contains("lock timeout") {
-        Error::Unavailable(format!(
+pub fn ddl_error(what: &str, e: DdlError) -> Error {
+    match e {
+        DdlError::LockTimeout => Error::Unavailable(format!(
             "{what}: the table is busy (lock not granted within {}); retry",
             store::DDL_LOCK_TIMEOUT
-        ))
-    } else if msg.contains("default partition") {
-        Error::FailedPrecondition(format!(
+        )),
+        DdlError::DefaultPartitionRows(msg) => Error::FailedPrecondition(format!(
             "{what}: rows for this range are in the default partition; rescue them first ({msg})"
-        ))
-    } else {
-        Error::Db(e)
+        )),
+        DdlError::Db(e) => Error::Db(e),
     }
 }
 
@@ -246,7 +163,7 @@ pub async fn health(ctx: &Context, p: Parent) -> Result<Health> {
         })
         .collect();
     let default_rows = match partitions.iter().find(|x| x.is_default) {
-        Some(d) => store::count_rows(&mut ctx.db.write().await?, &p.schema, &d.name, "").await?,
+        Some(d) => store::count_rows(&mut ctx.db.write().await?, &p, &d.name, None).await?,
         None => 0,
     };
     let newest = ranges.iter().filter_map(|x| x.end).max();
@@ -267,11 +184,12 @@ pub async fn drop_old(
         list(ctx, p).await?.into_iter().filter(|x| !x.is_default && x.end.is_some_and(|e| e <= cutoff)).collect();
     if !dry_run && !due.is_empty() {
         // One transaction (DROP detaches and removes in one step): all due partitions go, or none.
-        let names: Vec<String> = due.iter().map(|x| format!("{}.{}", quote(&p.schema), quote(&x.name))).collect();
+        let names: Vec<&str> = due.iter().map(|x| x.name.as_str()).collect();
         let mut conn = ctx.db.write().await?;
-        store::ddl(&mut conn, &format!("DROP TABLE {}", names.join(", ")))
-            .await
-            .map_err(|e| ddl_error(&names.join(", "), e))?;
+        store::drop_partitions(&mut conn, p, &names).await.map_err(|e| {
+            let what: Vec<String> = names.iter().map(|n| store::qualified(p, n)).collect();
+            ddl_error(&what.join(", "), e)
+        })?;
         tracing::info!(partitions = due.len(), "dropped partitions");
     }
     Ok(due)
@@ -285,9 +203,8 @@ pub async fn rescue(ctx: &Context, p: &Parent, interval: Interval, dry_run: bool
         return Ok((0, Vec::new(), 0));
     };
     let mut conn = ctx.db.write().await?;
-    let periods = store::periods(&mut conn, &p.schema, &def.name, &p.key, &p.key_type, interval.unit()).await?;
+    let periods = store::periods(&mut conn, p, &def.name, interval).await?;
     drop(conn);
-    let (s, k, d, t) = (quote(&p.schema), quote(&p.key), quote(&def.name), quote(&p.table));
     let mut moved = 0;
     let mut created = Vec::new();
     for micros in periods {
@@ -296,26 +213,18 @@ pub async fn rescue(ctx: &Context, p: &Parent, interval: Interval, dry_run: bool
         if overlaps(&parts, at(from), at(to)) {
             continue;
         }
-        let range = format!("WHERE {k} >= {} AND {k} < {}", literal(p, from), literal(p, to));
-        let n = store::count_rows(&mut ctx.db.write().await?, &p.schema, &def.name, &range).await?;
+        let n = store::count_rows(&mut ctx.db.write().await?, p, &def.name, Some((from, to))).await?;
         let name = format!("{}_p{}", p.table, interval.suffix(from));
         if !dry_run {
-            let tmp = quote(&format!("strata_rescue_{}", interval.suffix(from)));
-            // One transaction: rows leave the default partition, the partition appears, the rows
-            // come back through the parent into it. A crash rolls all of it back.
-            let sql = format!(
-                "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS WITH moved AS (DELETE FROM {s}.{d} {range} RETURNING *) SELECT * FROM moved;
-                 {create};
-                 INSERT INTO {s}.{t} SELECT * FROM {tmp}",
-                create = create_sql(p, &name, from, to)
-            );
-            store::ddl(&mut ctx.db.write().await?, &sql).await.map_err(|e| ddl_error(&name, e))?;
+            let new = NewPartition { name: name.clone(), from, to };
+            store::rescue_rows(&mut ctx.db.write().await?, p, &def.name, &new)
+                .await
+                .map_err(|e| ddl_error(&name, e))?;
             tracing::info!(partition = %name, rows = n, "rescued default-partition rows");
         }
         moved += n;
         created.push(name);
     }
-    let left =
-        if dry_run { 0 } else { store::count_rows(&mut ctx.db.write().await?, &p.schema, &def.name, "").await? };
+    let left = if dry_run { 0 } else { store::count_rows(&mut ctx.db.write().await?, p, &def.name, None).await? };
     Ok((moved, created, left))
 }

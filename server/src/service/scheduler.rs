@@ -960,9 +960,9 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
                 let b = super::backup::get(ctx, &b.id).await?;
-                match b.state.as_str() {
-                    super::backup::RUNNING => continue,
-                    super::backup::SUCCEEDED => {
+                match b.state {
+                    super::backup::BackupState::Running => continue,
+                    super::backup::BackupState::Succeeded => {
                         return Ok(format!("backup {}: {} bytes, {}", b.id, b.size_bytes, b.verification));
                     }
                     _ => anyhow::bail!("backup {} failed: {}", b.id, b.error.unwrap_or_default()),
@@ -979,9 +979,9 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
                 let m = super::blob_migration::get(ctx, &m.id).await?;
-                match m.state.as_str() {
-                    "running" => continue,
-                    "done" => {
+                match m.state {
+                    super::blob_migration::BlobMigrationState::Running => continue,
+                    super::blob_migration::BlobMigrationState::Done => {
                         return Ok(format!("blob migration {}: {} rows, {} bytes", m.id, m.rows_done, m.bytes_done));
                     }
                     _ => anyhow::bail!("blob migration {} failed: {}", m.id, m.error.unwrap_or_default()),
