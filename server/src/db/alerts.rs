@@ -746,3 +746,30 @@ pub async fn prune_resolved(conn: &mut Conn, keep: i64) -> Result<usize> {
         .await?
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, severity: &str) -> EventColumns {
+        EventColumns {
+            id: 1,
+            alert_id: "a".into(),
+            at: NaiveDateTime::default(),
+            kind: kind.into(),
+            state: "firing".into(),
+            severity: severity.into(),
+            value: None,
+            actor: "strata".into(),
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn stored_kinds_become_enums_and_unknown_ones_are_refused() {
+        let e = EventRow::try_from(event("notify_failed", "critical")).unwrap();
+        assert_eq!((e.kind, e.state, e.severity), (EventKind::NotifyFailed, AlertState::Firing, Severity::Critical));
+        let err = EventRow::try_from(event("firing", "fatal")).unwrap_err();
+        assert_eq!(err, UnknownValue { what: "alert severity", value: "fatal".into() });
+    }
+}

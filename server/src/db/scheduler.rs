@@ -614,3 +614,36 @@ pub async fn last_run(conn: &mut Conn, job: &str) -> Result<Option<RunRow>> {
     });
     Ok(row.map(RunRow::try_from).transpose()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(trigger: &str, state: &str) -> RunColumns {
+        let t = NaiveDateTime::default();
+        RunColumns {
+            id: "r".into(),
+            job_name: "j".into(),
+            scheduled_for: t,
+            run_trigger: trigger.into(),
+            state: state.into(),
+            owner: "i".into(),
+            attempt: 1,
+            lease_until: None,
+            started_at: t,
+            finished_at: None,
+            message: String::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn stored_states_become_enums_and_unknown_ones_are_refused() {
+        let r = RunRow::try_from(run("manual", "timed_out")).unwrap();
+        assert_eq!((r.run_trigger, r.state), (Trigger::Manual, JobRunState::TimedOut));
+        let e = RunRow::try_from(run("schedule", "paused")).unwrap_err();
+        assert_eq!(e, UnknownValue { what: "job run state", value: "paused".into() });
+        let e = RunRow::try_from(run("cron", "running")).unwrap_err();
+        assert_eq!(e.what, "job run trigger");
+    }
+}
