@@ -66,7 +66,7 @@ impl Server {
         )
         .await
         .with_context(|| format!("object store {}", db::redact_url(&config.object_store_url)))?;
-        let ctx = Context::new(db, objects, config);
+        let ctx = Context::new(db, objects, config, jobs::dispatch::start);
         // Before serving: the built-in jobs and rules exist once the server answers.
         let jobs = service::scheduler::ensure_builtin(&ctx).await.context("creating the built-in jobs")?;
         let rules = service::alerts::ensure_builtin(&ctx).await.context("creating the built-in alert rules")?;
@@ -115,7 +115,7 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
             jobs_cancel.clone(),
         )));
     }
-    jobs.push(tokio::spawn(service::alerts::tail(ctx.clone(), jobs_cancel.clone())));
+    jobs.push(tokio::spawn(jobs::feed::tail(ctx.clone(), jobs_cancel.clone())));
     if let Err(e) = service::blob_migration::resume_all(&ctx).await {
         tracing::error!(error = %e, "resuming blob migrations failed");
     }

@@ -10,28 +10,25 @@ use diesel::{OptionalExtension, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{Conn, Result, is_unique_violation};
-use crate::db_run;
-
-/// Condition holds, not for long enough yet (no notification).
-pub const PENDING: &str = "pending";
-/// Firing.
-pub const FIRING: &str = "firing";
-/// Firing, seen by someone.
-pub const ACKNOWLEDGED: &str = "acknowledged";
-/// Over.
-pub const RESOLVED: &str = "resolved";
+use crate::{
+    db_run,
+    model::{
+        UnknownValue,
+        alerts::{AlertState, Channel, Comparison, EventKind, Metric, NotificationState, Severity},
+    },
+};
 
 /// A rule as stored.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuleRow {
     /// Unique name.
     pub name: String,
     /// Metric.
-    pub metric: String,
+    pub metric: Metric,
     /// Table selector.
     pub table_name: String,
     /// above / below.
-    pub comparison: String,
+    pub comparison: Comparison,
     /// Warning threshold.
     pub warning: Option<f64>,
     /// Critical threshold.
@@ -53,7 +50,7 @@ pub struct RuleRow {
 }
 
 /// An alert as stored.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AlertRow {
     /// Id (UUIDv7).
     pub id: String,
@@ -62,9 +59,9 @@ pub struct AlertRow {
     /// Canonical JSON labels.
     pub labels_key: String,
     /// State.
-    pub state: String,
+    pub state: AlertState,
     /// warning / critical.
-    pub severity: String,
+    pub severity: Severity,
     /// Latest value.
     pub value: f64,
     /// Threshold crossed.
@@ -88,7 +85,7 @@ pub struct AlertRow {
 }
 
 /// One entry of an alert's timeline.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
     /// Increasing id.
     pub id: i64,
@@ -97,11 +94,11 @@ pub struct EventRow {
     /// When.
     pub at: NaiveDateTime,
     /// What happened.
-    pub kind: String,
+    pub kind: EventKind,
     /// State after it.
-    pub state: String,
+    pub state: AlertState,
     /// Severity after it.
-    pub severity: String,
+    pub severity: Severity,
     /// Value then.
     pub value: Option<f64>,
     /// Who ("strata" for evaluations).
@@ -111,7 +108,7 @@ pub struct EventRow {
 }
 
 /// A notification as stored.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NotificationRow {
     /// Id: also the delivery id receivers deduplicate on.
     pub id: String,
@@ -120,11 +117,11 @@ pub struct NotificationRow {
     /// Event announced.
     pub event_id: i64,
     /// webhook / email.
-    pub channel: String,
+    pub channel: Channel,
     /// URL or recipients.
     pub target: String,
     /// pending / sent / failed.
-    pub state: String,
+    pub state: NotificationState,
     /// Attempts made.
     pub attempts: i64,
     /// Next attempt.
@@ -141,11 +138,177 @@ pub struct NotificationRow {
     pub sent_at: Option<NaiveDateTime>,
 }
 
+// The columns as Diesel reads them. The text columns holding a metric, comparison, state,
+// severity, event kind or channel become enums in the `TryFrom`s below and nowhere else; writes
+// spell them in `rule_values!` / `alert_values!`, `save`, `record_attempt` and the filters, with
+// `as_str`.
+
+/// `alert_rules` as read.
+#[derive(Queryable)]
+struct RuleColumns {
+    name: String,
+    metric: String,
+    table_name: String,
+    comparison: String,
+    warning: Option<f64>,
+    critical: Option<f64>,
+    for_ms: i64,
+    capacity_bytes: i64,
+    labels: String,
+    enabled: bool,
+    builtin: bool,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+impl TryFrom<RuleColumns> for RuleRow {
+    type Error = UnknownValue;
+
+    fn try_from(c: RuleColumns) -> Result<Self, UnknownValue> {
+        Ok(Self {
+            name: c.name,
+            metric: c.metric.parse()?,
+            table_name: c.table_name,
+            comparison: c.comparison.parse()?,
+            warning: c.warning,
+            critical: c.critical,
+            for_ms: c.for_ms,
+            capacity_bytes: c.capacity_bytes,
+            labels: c.labels,
+            enabled: c.enabled,
+            builtin: c.builtin,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        })
+    }
+}
+
+/// `alerts` as read.
+#[derive(Queryable)]
+struct AlertColumns {
+    id: String,
+    rule_name: String,
+    labels_key: String,
+    state: String,
+    severity: String,
+    value: f64,
+    threshold: f64,
+    summary: String,
+    started_at: NaiveDateTime,
+    fired_at: Option<NaiveDateTime>,
+    acknowledged_at: Option<NaiveDateTime>,
+    acknowledged_by: Option<String>,
+    resolved_at: Option<NaiveDateTime>,
+    resolved_by: Option<String>,
+    updated_at: NaiveDateTime,
+}
+
+impl TryFrom<AlertColumns> for AlertRow {
+    type Error = UnknownValue;
+
+    fn try_from(c: AlertColumns) -> Result<Self, UnknownValue> {
+        Ok(Self {
+            id: c.id,
+            rule_name: c.rule_name,
+            labels_key: c.labels_key,
+            state: c.state.parse()?,
+            severity: c.severity.parse()?,
+            value: c.value,
+            threshold: c.threshold,
+            summary: c.summary,
+            started_at: c.started_at,
+            fired_at: c.fired_at,
+            acknowledged_at: c.acknowledged_at,
+            acknowledged_by: c.acknowledged_by,
+            resolved_at: c.resolved_at,
+            resolved_by: c.resolved_by,
+            updated_at: c.updated_at,
+        })
+    }
+}
+
+/// `alert_events` as read.
+#[derive(Queryable)]
+struct EventColumns {
+    id: i64,
+    alert_id: String,
+    at: NaiveDateTime,
+    kind: String,
+    state: String,
+    severity: String,
+    value: Option<f64>,
+    actor: String,
+    note: String,
+}
+
+impl TryFrom<EventColumns> for EventRow {
+    type Error = UnknownValue;
+
+    fn try_from(c: EventColumns) -> Result<Self, UnknownValue> {
+        Ok(Self {
+            id: c.id,
+            alert_id: c.alert_id,
+            at: c.at,
+            kind: c.kind.parse()?,
+            state: c.state.parse()?,
+            severity: c.severity.parse()?,
+            value: c.value,
+            actor: c.actor,
+            note: c.note,
+        })
+    }
+}
+
+/// `alert_notifications` as read.
+#[derive(Queryable)]
+struct NotificationColumns {
+    id: String,
+    alert_id: String,
+    event_id: i64,
+    channel: String,
+    target: String,
+    state: String,
+    attempts: i64,
+    next_attempt_at: NaiveDateTime,
+    lease_until: Option<NaiveDateTime>,
+    last_error: Option<String>,
+    payload: String,
+    created_at: NaiveDateTime,
+    sent_at: Option<NaiveDateTime>,
+}
+
+impl TryFrom<NotificationColumns> for NotificationRow {
+    type Error = UnknownValue;
+
+    fn try_from(c: NotificationColumns) -> Result<Self, UnknownValue> {
+        Ok(Self {
+            id: c.id,
+            alert_id: c.alert_id,
+            event_id: c.event_id,
+            channel: c.channel.parse()?,
+            target: c.target,
+            state: c.state.parse()?,
+            attempts: c.attempts,
+            next_attempt_at: c.next_attempt_at,
+            lease_until: c.lease_until,
+            last_error: c.last_error,
+            payload: c.payload,
+            created_at: c.created_at,
+            sent_at: c.sent_at,
+        })
+    }
+}
+
+/// Rows read as `C`, converted (an unknown state or kind fails the read).
+fn typed<C, T: TryFrom<C, Error = UnknownValue>>(rows: Vec<C>) -> Result<Vec<T>> {
+    Ok(rows.into_iter().map(T::try_from).collect::<Result<_, _>>()?)
+}
+
 /// An event to record with a change.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     /// What happened.
-    pub kind: String,
+    pub kind: EventKind,
     /// Value then.
     pub value: Option<f64>,
     /// Who.
@@ -155,15 +318,15 @@ pub struct NewEvent {
 }
 
 /// A notification to queue with a change: (channel, target, payload built from the event id).
-pub type NewNotification = (String, String, Box<dyn Fn(i64) -> String + Send + Sync>);
+pub type NewNotification = (Channel, String, Box<dyn Fn(i64) -> String + Send + Sync>);
 
 macro_rules! rule_values {
     ($t:ident, $r:expr) => {
         (
             $t::name.eq(&$r.name),
-            $t::metric.eq(&$r.metric),
+            $t::metric.eq($r.metric.as_str()),
             $t::table_name.eq(&$r.table_name),
-            $t::comparison.eq(&$r.comparison),
+            $t::comparison.eq($r.comparison.as_str()),
             $t::warning.eq($r.warning),
             $t::critical.eq($r.critical),
             $t::for_ms.eq($r.for_ms),
@@ -183,8 +346,8 @@ macro_rules! alert_values {
             $t::id.eq(&$a.id),
             $t::rule_name.eq(&$a.rule_name),
             $t::labels_key.eq(&$a.labels_key),
-            $t::state.eq(&$a.state),
-            $t::severity.eq(&$a.severity),
+            $t::state.eq($a.state.as_str()),
+            $t::severity.eq($a.severity.as_str()),
             $t::value.eq($a.value),
             $t::threshold.eq($a.threshold),
             $t::summary.eq(&$a.summary),
@@ -214,17 +377,18 @@ pub async fn insert_rule(conn: &mut Conn, r: &RuleRow) -> Result<bool> {
 
 /// A rule by name.
 pub async fn get_rule(conn: &mut Conn, name: &str) -> Result<Option<RuleRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::alert_rules as t;
-        t::table.filter(t::name.eq(name)).first::<RuleRow>(conn).await.optional()?
-    }))
+        t::table.filter(t::name.eq(name)).first::<RuleColumns>(conn).await.optional()?
+    });
+    Ok(row.map(RuleRow::try_from).transpose()?)
 }
 
 /// Every rule, by name.
 pub async fn list_rules(conn: &mut Conn) -> Result<Vec<RuleRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::alert_rules as t;
-        t::table.order(t::name.asc()).load::<RuleRow>(conn).await?
+        t::table.order(t::name.asc()).load::<RuleColumns>(conn).await?
     }))
 }
 
@@ -246,56 +410,57 @@ pub async fn delete_rule(conn: &mut Conn, name: &str) -> Result<bool> {
 
 /// An alert by id.
 pub async fn get_alert(conn: &mut Conn, id: &str) -> Result<Option<AlertRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::alerts as t;
-        t::table.filter(t::id.eq(id)).first::<AlertRow>(conn).await.optional()?
-    }))
+        t::table.filter(t::id.eq(id)).first::<AlertColumns>(conn).await.optional()?
+    });
+    Ok(row.map(AlertRow::try_from).transpose()?)
 }
 
 /// Every alert that is not resolved (pending included).
 pub async fn open_alerts(conn: &mut Conn) -> Result<Vec<AlertRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::alerts as t;
-        t::table.filter(t::state.ne(RESOLVED)).order(t::id.asc()).load::<AlertRow>(conn).await?
+        t::table
+            .filter(t::state.ne(AlertState::Resolved.as_str()))
+            .order(t::id.asc())
+            .load::<AlertColumns>(conn)
+            .await?
     }))
 }
 
-/// Filters of ListAlerts.
-#[derive(Debug, Clone, Default)]
-pub struct AlertFilter {
-    /// Only these states (empty: all but pending).
-    pub states: Vec<String>,
-    /// Only this severity.
-    pub severity: Option<String>,
-    /// Only this rule.
-    pub rule: Option<String>,
-    /// Only alerts that started at or after.
-    pub since: Option<NaiveDateTime>,
-}
-
-/// Alerts newest first (ids are UUIDv7), after page token `before`.
-pub async fn list_alerts(conn: &mut Conn, f: &AlertFilter, before: Option<&str>, limit: i64) -> Result<Vec<AlertRow>> {
-    Ok(db_run!(conn, {
+/// Alerts newest first (ids are UUIDv7), after page token `before`: only `states` (empty: all
+/// but pending), only `severity`, `rule`, and those started at or after `since` when given.
+pub async fn list_alerts(
+    conn: &mut Conn,
+    states: &[AlertState],
+    severity: Option<Severity>,
+    rule: Option<&str>,
+    since: Option<NaiveDateTime>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AlertRow>> {
+    typed(db_run!(conn, {
         use schema::alerts as t;
         let mut q = t::table.into_boxed();
-        if f.states.is_empty() {
-            q = q.filter(t::state.ne(PENDING));
+        if states.is_empty() {
+            q = q.filter(t::state.ne(AlertState::Pending.as_str()));
         } else {
-            q = q.filter(t::state.eq_any(f.states.clone()));
+            q = q.filter(t::state.eq_any(states.iter().map(|s| s.as_str()).collect::<Vec<_>>()));
         }
-        if let Some(s) = &f.severity {
-            q = q.filter(t::severity.eq(s.clone()));
+        if let Some(s) = severity {
+            q = q.filter(t::severity.eq(s.as_str()));
         }
-        if let Some(r) = &f.rule {
-            q = q.filter(t::rule_name.eq(r.clone()));
+        if let Some(r) = rule {
+            q = q.filter(t::rule_name.eq(r.to_owned()));
         }
-        if let Some(s) = f.since {
+        if let Some(s) = since {
             q = q.filter(t::started_at.ge(s));
         }
         if let Some(b) = before {
             q = q.filter(t::id.lt(b.to_owned()));
         }
-        q.order(t::id.desc()).limit(limit).load::<AlertRow>(conn).await?
+        q.order(t::id.desc()).limit(limit).load::<AlertColumns>(conn).await?
     }))
 }
 
@@ -340,9 +505,9 @@ pub async fn save(
                 .values((
                     e::alert_id.eq(&alert.id),
                     e::at.eq(alert.updated_at),
-                    e::kind.eq(&ev.kind),
-                    e::state.eq(&alert.state),
-                    e::severity.eq(&alert.severity),
+                    e::kind.eq(ev.kind.as_str()),
+                    e::state.eq(alert.state.as_str()),
+                    e::severity.eq(alert.severity.as_str()),
                     e::value.eq(ev.value),
                     e::actor.eq(&ev.actor),
                     e::note.eq(&ev.note),
@@ -356,9 +521,9 @@ pub async fn save(
                         n::id.eq(uuid::Uuid::now_v7().to_string()),
                         n::alert_id.eq(&alert.id),
                         n::event_id.eq(event_id),
-                        n::channel.eq(channel),
+                        n::channel.eq(channel.as_str()),
                         n::target.eq(target),
-                        n::state.eq(PENDING),
+                        n::state.eq(NotificationState::Pending.as_str()),
                         n::attempts.eq(0i64),
                         n::next_attempt_at.eq(alert.updated_at),
                         n::lease_until.eq(None::<NaiveDateTime>),
@@ -386,31 +551,36 @@ pub async fn save(
 pub async fn delete_pending(conn: &mut Conn, id: &str, previous: NaiveDateTime) -> Result<bool> {
     Ok(db_run!(conn, {
         use schema::alerts as t;
-        diesel::delete(t::table.filter(t::id.eq(id)).filter(t::state.eq(PENDING)).filter(t::updated_at.eq(previous)))
-            .execute(conn)
-            .await?
+        diesel::delete(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::state.eq(AlertState::Pending.as_str()))
+                .filter(t::updated_at.eq(previous)),
+        )
+        .execute(conn)
+        .await?
             == 1
     }))
 }
 
 /// An alert's timeline, oldest first.
 pub async fn events_of(conn: &mut Conn, alert_id: &str) -> Result<Vec<EventRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::alert_events as e;
-        e::table.filter(e::alert_id.eq(alert_id)).order(e::id.asc()).load::<EventRow>(conn).await?
+        e::table.filter(e::alert_id.eq(alert_id)).order(e::id.asc()).load::<EventColumns>(conn).await?
     }))
 }
 
 /// Events with an id above `after` or recorded at or after `since`, oldest first: the watch
 /// tailer's read (the time window catches ids committed out of order on PostgreSQL).
 pub async fn recent_events(conn: &mut Conn, after: i64, since: NaiveDateTime, limit: i64) -> Result<Vec<EventRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::alert_events as e;
         e::table
             .filter(e::id.gt(after).or(e::at.ge(since)))
             .order(e::id.asc())
             .limit(limit)
-            .load::<EventRow>(conn)
+            .load::<EventColumns>(conn)
             .await?
     }))
 }
@@ -425,9 +595,9 @@ pub async fn last_event_id(conn: &mut Conn) -> Result<i64> {
 
 /// An alert's notifications, oldest first.
 pub async fn notifications_of(conn: &mut Conn, alert_id: &str) -> Result<Vec<NotificationRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::alert_notifications as n;
-        n::table.filter(n::alert_id.eq(alert_id)).order(n::id.asc()).load::<NotificationRow>(conn).await?
+        n::table.filter(n::alert_id.eq(alert_id)).order(n::id.asc()).load::<NotificationColumns>(conn).await?
     }))
 }
 
@@ -440,10 +610,11 @@ pub async fn claim_due(
     until: NaiveDateTime,
     limit: i64,
 ) -> Result<Vec<NotificationRow>> {
-    Ok(db_run!(conn, {
+    let pending = NotificationState::Pending.as_str();
+    typed(db_run!(conn, {
         use schema::alert_notifications as n;
-        let due: Vec<NotificationRow> = n::table
-            .filter(n::state.eq(PENDING))
+        let due: Vec<NotificationColumns> = n::table
+            .filter(n::state.eq(pending))
             .filter(n::next_attempt_at.le(now))
             .filter(n::lease_until.is_null().or(n::lease_until.lt(now)))
             .order(n::next_attempt_at.asc())
@@ -455,7 +626,7 @@ pub async fn claim_due(
             let earlier: i64 = n::table
                 .filter(n::alert_id.eq(&d.alert_id))
                 .filter(n::channel.eq(&d.channel))
-                .filter(n::state.eq(PENDING))
+                .filter(n::state.eq(pending))
                 .filter(n::id.lt(&d.id))
                 .count()
                 .get_result(conn)
@@ -466,7 +637,7 @@ pub async fn claim_due(
             let won = diesel::update(
                 n::table
                     .filter(n::id.eq(&d.id))
-                    .filter(n::state.eq(PENDING))
+                    .filter(n::state.eq(pending))
                     .filter(n::lease_until.is_null().or(n::lease_until.lt(now))),
             )
             .set(n::lease_until.eq(Some(until)))
@@ -485,7 +656,7 @@ pub async fn claim_due(
 pub async fn record_attempt(
     conn: &mut Conn,
     n_row: &NotificationRow,
-    state: &str,
+    state: NotificationState,
     next: NaiveDateTime,
     error: Option<&str>,
     now: NaiveDateTime,
@@ -496,12 +667,12 @@ pub async fn record_attempt(
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
             diesel::update(n::table.filter(n::id.eq(&n_row.id)))
                 .set((
-                    n::state.eq(state),
+                    n::state.eq(state.as_str()),
                     n::attempts.eq(n_row.attempts + 1),
                     n::next_attempt_at.eq(next),
                     n::lease_until.eq(None::<NaiveDateTime>),
                     n::last_error.eq(error),
-                    n::sent_at.eq((state == "sent").then_some(now)),
+                    n::sent_at.eq((state == NotificationState::Sent).then_some(now)),
                 ))
                 .execute(&mut *c)
                 .await?;
@@ -517,7 +688,7 @@ pub async fn record_attempt(
                         .values((
                             e::alert_id.eq(&n_row.alert_id),
                             e::at.eq(now),
-                            e::kind.eq(&ev.kind),
+                            e::kind.eq(ev.kind.as_str()),
                             e::state.eq(st),
                             e::severity.eq(sev),
                             e::value.eq(ev.value),
@@ -541,16 +712,20 @@ pub async fn prune_resolved(conn: &mut Conn, keep: i64) -> Result<usize> {
     Ok(db_run!(conn, {
         use schema::{alert_events as e, alert_notifications as n, alerts as t};
         let kept: Vec<String> = t::table
-            .filter(t::state.eq(RESOLVED))
+            .filter(t::state.eq(AlertState::Resolved.as_str()))
             .order(t::resolved_at.desc())
             .limit(keep)
             .select(t::id)
             .load(conn)
             .await?;
-        let undelivered: Vec<String> =
-            n::table.filter(n::state.eq(PENDING)).select(n::alert_id).distinct().load(conn).await?;
+        let undelivered: Vec<String> = n::table
+            .filter(n::state.eq(NotificationState::Pending.as_str()))
+            .select(n::alert_id)
+            .distinct()
+            .load(conn)
+            .await?;
         let gone: Vec<String> = t::table
-            .filter(t::state.eq(RESOLVED))
+            .filter(t::state.eq(AlertState::Resolved.as_str()))
             .filter(t::id.ne_all(kept))
             .filter(t::id.ne_all(undelivered))
             .select(t::id)
@@ -562,10 +737,39 @@ pub async fn prune_resolved(conn: &mut Conn, keep: i64) -> Result<usize> {
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
             diesel::delete(e::table.filter(e::alert_id.eq_any(gone.clone()))).execute(&mut *c).await?;
             diesel::delete(n::table.filter(n::alert_id.eq_any(gone.clone()))).execute(&mut *c).await?;
-            diesel::delete(t::table.filter(t::id.eq_any(gone.clone())).filter(t::state.eq(RESOLVED)))
-                .execute(&mut *c)
-                .await
+            diesel::delete(
+                t::table.filter(t::id.eq_any(gone.clone())).filter(t::state.eq(AlertState::Resolved.as_str())),
+            )
+            .execute(&mut *c)
+            .await
         })
         .await?
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, severity: &str) -> EventColumns {
+        EventColumns {
+            id: 1,
+            alert_id: "a".into(),
+            at: NaiveDateTime::default(),
+            kind: kind.into(),
+            state: "firing".into(),
+            severity: severity.into(),
+            value: None,
+            actor: "strata".into(),
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn stored_kinds_become_enums_and_unknown_ones_are_refused() {
+        let e = EventRow::try_from(event("notify_failed", "critical")).unwrap();
+        assert_eq!((e.kind, e.state, e.severity), (EventKind::NotifyFailed, AlertState::Firing, Severity::Critical));
+        let err = EventRow::try_from(event("firing", "fatal")).unwrap_err();
+        assert_eq!(err, UnknownValue { what: "alert severity", value: "fatal".into() });
+    }
 }

@@ -11,33 +11,21 @@ use diesel::{OptionalExtension, prelude::*};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::{Conn, Result, is_unique_violation};
-use crate::db_run;
-
-/// Running.
-pub const RUNNING: &str = "running";
-/// Ended well.
-pub const SUCCEEDED: &str = "succeeded";
-/// Ended with an error.
-pub const FAILED: &str = "failed";
-/// Stopped by shutdown or by losing its lease.
-pub const CANCELLED: &str = "cancelled";
-/// Ran past the job's timeout.
-pub const TIMED_OUT: &str = "timed_out";
-/// Occurrences that passed while nothing could run them (one row per gap).
-pub const MISSED: &str = "missed";
-
-/// Triggered by the schedule.
-pub const TRIGGER_SCHEDULE: &str = "schedule";
-/// Triggered by RunJobNow.
-pub const TRIGGER_MANUAL: &str = "manual";
+use crate::{
+    db_run,
+    model::{
+        UnknownValue,
+        scheduler::{JobKind, JobRunState, Trigger},
+    },
+};
 
 /// A job as stored.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
     /// Unique name.
     pub name: String,
     /// What it does.
-    pub kind: String,
+    pub kind: JobKind,
     /// Policy or table, by kind.
     pub target: String,
     /// JSON object of strings.
@@ -61,7 +49,7 @@ pub struct JobRow {
 }
 
 /// A job run as stored.
-#[derive(Debug, Clone, PartialEq, Queryable)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunRow {
     /// Id (UUIDv7).
     pub id: String,
@@ -70,9 +58,9 @@ pub struct RunRow {
     /// Occurrence (UTC) or request time.
     pub scheduled_for: NaiveDateTime,
     /// schedule / manual.
-    pub run_trigger: String,
+    pub run_trigger: Trigger,
     /// State.
-    pub state: String,
+    pub state: JobRunState,
     /// Instance running it.
     pub owner: String,
     /// 1, then +1 per takeover.
@@ -87,6 +75,91 @@ pub struct RunRow {
     pub message: String,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+// The columns as Diesel reads them. The text columns holding a kind, state or trigger become
+// enums in the `TryFrom` below and nowhere else; writes spell them in `job_values!` /
+// `run_values!` and in the filters, with `as_str`.
+
+/// `jobs` as read.
+#[derive(Queryable)]
+struct JobColumns {
+    name: String,
+    kind: String,
+    target: String,
+    options: String,
+    schedule: String,
+    time_zone: String,
+    enabled: bool,
+    timeout_ms: i64,
+    builtin: bool,
+    next_due: Option<NaiveDateTime>,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+impl TryFrom<JobColumns> for JobRow {
+    type Error = UnknownValue;
+
+    fn try_from(c: JobColumns) -> Result<Self, UnknownValue> {
+        Ok(Self {
+            name: c.name,
+            kind: c.kind.parse()?,
+            target: c.target,
+            options: c.options,
+            schedule: c.schedule,
+            time_zone: c.time_zone,
+            enabled: c.enabled,
+            timeout_ms: c.timeout_ms,
+            builtin: c.builtin,
+            next_due: c.next_due,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        })
+    }
+}
+
+/// `job_runs` as read.
+#[derive(Queryable)]
+struct RunColumns {
+    id: String,
+    job_name: String,
+    scheduled_for: NaiveDateTime,
+    run_trigger: String,
+    state: String,
+    owner: String,
+    attempt: i64,
+    lease_until: Option<NaiveDateTime>,
+    started_at: NaiveDateTime,
+    finished_at: Option<NaiveDateTime>,
+    message: String,
+    error: Option<String>,
+}
+
+impl TryFrom<RunColumns> for RunRow {
+    type Error = UnknownValue;
+
+    fn try_from(c: RunColumns) -> Result<Self, UnknownValue> {
+        Ok(Self {
+            id: c.id,
+            job_name: c.job_name,
+            scheduled_for: c.scheduled_for,
+            run_trigger: c.run_trigger.parse()?,
+            state: c.state.parse()?,
+            owner: c.owner,
+            attempt: c.attempt,
+            lease_until: c.lease_until,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            message: c.message,
+            error: c.error,
+        })
+    }
+}
+
+/// Rows read as `C`, converted (an unknown kind or state fails the read).
+fn typed<C, T: TryFrom<C, Error = UnknownValue>>(rows: Vec<C>) -> Result<Vec<T>> {
+    Ok(rows.into_iter().map(T::try_from).collect::<Result<_, _>>()?)
 }
 
 /// A strata instance running the scheduler loop.
@@ -134,7 +207,7 @@ macro_rules! job_values {
     ($t:ident, $j:expr) => {
         (
             $t::name.eq(&$j.name),
-            $t::kind.eq(&$j.kind),
+            $t::kind.eq($j.kind.as_str()),
             $t::target.eq(&$j.target),
             $t::options.eq(&$j.options),
             $t::schedule.eq(&$j.schedule),
@@ -155,8 +228,8 @@ macro_rules! run_values {
             $t::id.eq(&$r.id),
             $t::job_name.eq(&$r.job_name),
             $t::scheduled_for.eq($r.scheduled_for),
-            $t::run_trigger.eq(&$r.run_trigger),
-            $t::state.eq(&$r.state),
+            $t::run_trigger.eq($r.run_trigger.as_str()),
+            $t::state.eq($r.state.as_str()),
             $t::owner.eq(&$r.owner),
             $t::attempt.eq($r.attempt),
             $t::lease_until.eq($r.lease_until),
@@ -257,17 +330,18 @@ pub async fn insert_job(conn: &mut Conn, job: &JobRow) -> Result<bool> {
 
 /// A job by name.
 pub async fn get_job(conn: &mut Conn, name: &str) -> Result<Option<JobRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::jobs as t;
-        t::table.filter(t::name.eq(name)).first::<JobRow>(conn).await.optional()?
-    }))
+        t::table.filter(t::name.eq(name)).first::<JobColumns>(conn).await.optional()?
+    });
+    Ok(row.map(JobRow::try_from).transpose()?)
 }
 
 /// Every job, by name.
 pub async fn list_jobs(conn: &mut Conn) -> Result<Vec<JobRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::jobs as t;
-        t::table.order(t::name.asc()).load::<JobRow>(conn).await?
+        t::table.order(t::name.asc()).load::<JobColumns>(conn).await?
     }))
 }
 
@@ -289,8 +363,12 @@ pub async fn delete_job(conn: &mut Conn, name: &str) -> Result<Option<bool>> {
             if n == 0 {
                 return Ok(None);
             }
-            let running: i64 =
-                r::table.filter(r::job_name.eq(name)).filter(r::state.eq(RUNNING)).count().get_result(&mut *c).await?;
+            let running: i64 = r::table
+                .filter(r::job_name.eq(name))
+                .filter(r::state.eq(JobRunState::Running.as_str()))
+                .count()
+                .get_result(&mut *c)
+                .await?;
             if running > 0 {
                 return Err(diesel::result::Error::RollbackTransaction);
             }
@@ -307,9 +385,9 @@ pub async fn delete_job(conn: &mut Conn, name: &str) -> Result<Option<bool>> {
 
 /// Enabled jobs whose next occurrence is due at `now`.
 pub async fn due_jobs(conn: &mut Conn, now: NaiveDateTime) -> Result<Vec<JobRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::jobs as t;
-        t::table.filter(t::enabled.eq(true)).filter(t::next_due.le(now)).load::<JobRow>(conn).await?
+        t::table.filter(t::enabled.eq(true)).filter(t::next_due.le(now)).load::<JobColumns>(conn).await?
     }))
 }
 
@@ -341,7 +419,7 @@ pub async fn claim(
             if run.is_some() {
                 let busy: i64 = r::table
                     .filter(r::job_name.eq(job))
-                    .filter(r::state.eq(RUNNING))
+                    .filter(r::state.eq(JobRunState::Running.as_str()))
                     .count()
                     .get_result(&mut *c)
                     .await?;
@@ -385,9 +463,13 @@ pub async fn insert_run(conn: &mut Conn, run: &RunRow) -> Result<bool> {
 
 /// Running runs whose lease lapsed before `now`: their instance went away.
 pub async fn lapsed_runs(conn: &mut Conn, now: NaiveDateTime) -> Result<Vec<RunRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::job_runs as r;
-        r::table.filter(r::state.eq(RUNNING)).filter(r::lease_until.lt(now)).load::<RunRow>(conn).await?
+        r::table
+            .filter(r::state.eq(JobRunState::Running.as_str()))
+            .filter(r::lease_until.lt(now))
+            .load::<RunColumns>(conn)
+            .await?
     }))
 }
 
@@ -404,7 +486,7 @@ pub async fn take_over(
         diesel::update(
             r::table
                 .filter(r::id.eq(&run.id))
-                .filter(r::state.eq(RUNNING))
+                .filter(r::state.eq(JobRunState::Running.as_str()))
                 .filter(r::attempt.eq(run.attempt))
                 .filter(r::lease_until.lt(now)),
         )
@@ -424,7 +506,7 @@ pub async fn renew(conn: &mut Conn, id: &str, owner: &str, attempt: i64, until: 
                 .filter(r::id.eq(id))
                 .filter(r::owner.eq(owner))
                 .filter(r::attempt.eq(attempt))
-                .filter(r::state.eq(RUNNING)),
+                .filter(r::state.eq(JobRunState::Running.as_str())),
         )
         .set(r::lease_until.eq(Some(until)))
         .execute(conn)
@@ -441,7 +523,7 @@ pub async fn finish(
     id: &str,
     owner: &str,
     attempt: i64,
-    state: &str,
+    state: JobRunState,
     message: &str,
     error: Option<&str>,
     now: NaiveDateTime,
@@ -455,10 +537,10 @@ pub async fn finish(
                     .filter(r::id.eq(id))
                     .filter(r::owner.eq(owner))
                     .filter(r::attempt.eq(attempt))
-                    .filter(r::state.eq(RUNNING)),
+                    .filter(r::state.eq(JobRunState::Running.as_str())),
             )
             .set((
-                r::state.eq(state),
+                r::state.eq(state.as_str()),
                 r::message.eq(message),
                 r::error.eq(error),
                 r::lease_until.eq(None::<NaiveDateTime>),
@@ -472,14 +554,17 @@ pub async fn finish(
             let job: String = r::table.filter(r::id.eq(id)).select(r::job_name).first(&mut *c).await?;
             let kept: Vec<String> = r::table
                 .filter(r::job_name.eq(&job))
-                .filter(r::state.ne(RUNNING))
+                .filter(r::state.ne(JobRunState::Running.as_str()))
                 .order(r::id.desc())
                 .limit(keep)
                 .select(r::id)
                 .load(&mut *c)
                 .await?;
             diesel::delete(
-                r::table.filter(r::job_name.eq(&job)).filter(r::state.ne(RUNNING)).filter(r::id.ne_all(kept)),
+                r::table
+                    .filter(r::job_name.eq(&job))
+                    .filter(r::state.ne(JobRunState::Running.as_str()))
+                    .filter(r::id.ne_all(kept)),
             )
             .execute(&mut *c)
             .await?;
@@ -491,15 +576,16 @@ pub async fn finish(
 
 /// A run by id.
 pub async fn get_run(conn: &mut Conn, id: &str) -> Result<Option<RunRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::job_runs as r;
-        r::table.filter(r::id.eq(id)).first::<RunRow>(conn).await.optional()?
-    }))
+        r::table.filter(r::id.eq(id)).first::<RunColumns>(conn).await.optional()?
+    });
+    Ok(row.map(RunRow::try_from).transpose()?)
 }
 
 /// Runs newest first (ids are UUIDv7: time-ordered), of one job or all, after page token `before`.
 pub async fn list_runs(conn: &mut Conn, job: Option<&str>, before: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::job_runs as r;
         let mut q = r::table.into_boxed();
         if let Some(j) = job {
@@ -508,22 +594,56 @@ pub async fn list_runs(conn: &mut Conn, job: Option<&str>, before: Option<&str>,
         if let Some(b) = before {
             q = q.filter(r::id.lt(b));
         }
-        q.order(r::id.desc()).limit(limit).load::<RunRow>(conn).await?
+        q.order(r::id.desc()).limit(limit).load::<RunColumns>(conn).await?
     }))
 }
 
 /// Runs in progress, oldest first.
 pub async fn running_runs(conn: &mut Conn) -> Result<Vec<RunRow>> {
-    Ok(db_run!(conn, {
+    typed(db_run!(conn, {
         use schema::job_runs as r;
-        r::table.filter(r::state.eq(RUNNING)).order(r::id.asc()).load::<RunRow>(conn).await?
+        r::table.filter(r::state.eq(JobRunState::Running.as_str())).order(r::id.asc()).load::<RunColumns>(conn).await?
     }))
 }
 
 /// The newest run of a job.
 pub async fn last_run(conn: &mut Conn, job: &str) -> Result<Option<RunRow>> {
-    Ok(db_run!(conn, {
+    let row = db_run!(conn, {
         use schema::job_runs as r;
-        r::table.filter(r::job_name.eq(job)).order(r::id.desc()).first::<RunRow>(conn).await.optional()?
-    }))
+        r::table.filter(r::job_name.eq(job)).order(r::id.desc()).first::<RunColumns>(conn).await.optional()?
+    });
+    Ok(row.map(RunRow::try_from).transpose()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(trigger: &str, state: &str) -> RunColumns {
+        let t = NaiveDateTime::default();
+        RunColumns {
+            id: "r".into(),
+            job_name: "j".into(),
+            scheduled_for: t,
+            run_trigger: trigger.into(),
+            state: state.into(),
+            owner: "i".into(),
+            attempt: 1,
+            lease_until: None,
+            started_at: t,
+            finished_at: None,
+            message: String::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn stored_states_become_enums_and_unknown_ones_are_refused() {
+        let r = RunRow::try_from(run("manual", "timed_out")).unwrap();
+        assert_eq!((r.run_trigger, r.state), (Trigger::Manual, JobRunState::TimedOut));
+        let e = RunRow::try_from(run("schedule", "paused")).unwrap_err();
+        assert_eq!(e, UnknownValue { what: "job run state", value: "paused".into() });
+        let e = RunRow::try_from(run("cron", "running")).unwrap_err();
+        assert_eq!(e.what, "job run trigger");
+    }
 }

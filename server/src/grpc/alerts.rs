@@ -13,8 +13,8 @@ use super::{
 use crate::service::{
     Context, Error,
     alerts::{
-        self, AlertDetail, AlertFilter, AlertRow, Comparison, EventRow, HealthReport, Metric, RuleRow, RuleSpec,
-        Severity, WatchFilter, WatchItem,
+        self, Alert, AlertDetail, AlertEvent, AlertFilter, AlertState, Comparison, HealthReport, Metric, Rule,
+        RuleSpec, Severity, WatchFilter, WatchItem,
     },
 };
 
@@ -62,8 +62,8 @@ fn comparison(c: i32) -> Option<Comparison> {
     }
 }
 
-fn severity_pb(s: &str) -> i32 {
-    match alerts::severity(s) {
+fn severity_pb(s: Severity) -> i32 {
+    match s {
         Severity::Warning => pb::AlertSeverity::Warning as i32,
         Severity::Critical => pb::AlertSeverity::Critical as i32,
     }
@@ -77,28 +77,28 @@ fn severity(s: i32) -> Option<Severity> {
     }
 }
 
-fn state_pb(s: &str) -> i32 {
+fn state_pb(s: AlertState) -> i32 {
     (match s {
-        alerts::PENDING => pb::AlertState::Pending,
-        alerts::FIRING => pb::AlertState::Firing,
-        alerts::ACKNOWLEDGED => pb::AlertState::Acknowledged,
-        _ => pb::AlertState::Resolved,
+        AlertState::Pending => pb::AlertState::Pending,
+        AlertState::Firing => pb::AlertState::Firing,
+        AlertState::Acknowledged => pb::AlertState::Acknowledged,
+        AlertState::Resolved => pb::AlertState::Resolved,
     }) as i32
 }
 
-fn state(s: i32) -> Result<&'static str, Error> {
+fn state(s: i32) -> Result<AlertState, Error> {
     Ok(match pb::AlertState::try_from(s).unwrap_or(pb::AlertState::Unspecified) {
-        pb::AlertState::Pending => alerts::PENDING,
-        pb::AlertState::Firing => alerts::FIRING,
-        pb::AlertState::Acknowledged => alerts::ACKNOWLEDGED,
-        pb::AlertState::Resolved => alerts::RESOLVED,
+        pb::AlertState::Pending => AlertState::Pending,
+        pb::AlertState::Firing => AlertState::Firing,
+        pb::AlertState::Acknowledged => AlertState::Acknowledged,
+        pb::AlertState::Resolved => AlertState::Resolved,
         pb::AlertState::Unspecified => return Err(Error::InvalidArgument("states: unspecified state".into())),
     })
 }
 
-fn rule_pb(r: RuleRow) -> Result<pb::AlertRule, Error> {
-    let s = alerts::spec_of(&r)?;
-    Ok(pb::AlertRule {
+fn rule_pb(r: Rule) -> pb::AlertRule {
+    let s = r.spec;
+    pb::AlertRule {
         name: s.name,
         metric: metric_pb(s.metric) as i32,
         table: s.table,
@@ -115,7 +115,7 @@ fn rule_pb(r: RuleRow) -> Result<pb::AlertRule, Error> {
         builtin: r.builtin,
         create_time: Some(ts(r.created_at.and_utc())),
         update_time: Some(ts(r.updated_at.and_utc())),
-    })
+    }
 }
 
 fn spec(r: pb::AlertRule) -> Result<RuleSpec, Error> {
@@ -133,13 +133,13 @@ fn spec(r: pb::AlertRule) -> Result<RuleSpec, Error> {
     })
 }
 
-fn alert_pb(a: AlertRow) -> pb::Alert {
+fn alert_pb(a: Alert) -> pb::Alert {
     pb::Alert {
-        labels: alerts::labels_of(&a).into_iter().collect(),
-        state: state_pb(&a.state),
-        severity: severity_pb(&a.severity),
+        labels: a.labels.into_iter().collect(),
+        state: state_pb(a.state),
+        severity: severity_pb(a.severity),
         id: a.id,
-        rule: a.rule_name,
+        rule: a.rule,
         value: a.value,
         threshold: a.threshold,
         summary: a.summary,
@@ -153,14 +153,15 @@ fn alert_pb(a: AlertRow) -> pb::Alert {
     }
 }
 
-fn event_pb(e: EventRow) -> pb::AlertEvent {
+fn event_pb(e: AlertEvent) -> pb::AlertEvent {
     pb::AlertEvent {
-        state: state_pb(&e.state),
-        severity: severity_pb(&e.severity),
+        state: state_pb(e.state),
+        severity: severity_pb(e.severity),
         id: e.id,
         alert_id: e.alert_id,
         time: Some(ts(e.at.and_utc())),
-        kind: e.kind,
+        // Strings in the API: the spelling the catalog stores.
+        kind: e.kind.as_str().into(),
         value: e.value.unwrap_or_default(),
         actor: e.actor,
         note: e.note,
@@ -177,9 +178,9 @@ fn detail_pb(d: AlertDetail) -> pb::GetAlertResponse {
             .map(|n| pb::AlertNotification {
                 id: n.id,
                 event_id: n.event_id,
-                channel: n.channel,
+                channel: n.channel.as_str().into(),
                 target: n.target,
-                state: n.state,
+                state: n.state.as_str().into(),
                 attempts: n.attempts,
                 last_error: n.last_error.unwrap_or_default(),
                 send_time: n.sent_at.map(|t| ts(t.and_utc())),
@@ -222,17 +223,17 @@ impl AlertService for AlertApi {
         req: Request<pb::CreateRuleRequest>,
     ) -> Result<Response<pb::CreateRuleResponse>, Status> {
         let r = req.into_inner().rule.ok_or_else(|| Status::invalid_argument("rule is required"))?;
-        let row = alerts::create_rule(&self.ctx, spec(r)?).await?;
-        Ok(Response::new(pb::CreateRuleResponse { rule: Some(rule_pb(row)?) }))
+        let rule = alerts::create_rule(&self.ctx, spec(r)?).await?;
+        Ok(Response::new(pb::CreateRuleResponse { rule: Some(rule_pb(rule)) }))
     }
 
     async fn get_rule(&self, req: Request<pb::GetRuleRequest>) -> Result<Response<pb::GetRuleResponse>, Status> {
         let name = required("name", req.into_inner().name)?;
-        Ok(Response::new(pb::GetRuleResponse { rule: Some(rule_pb(alerts::get_rule(&self.ctx, &name).await?)?) }))
+        Ok(Response::new(pb::GetRuleResponse { rule: Some(rule_pb(alerts::get_rule(&self.ctx, &name).await?)) }))
     }
 
     async fn list_rules(&self, _req: Request<pb::ListRulesRequest>) -> Result<Response<pb::ListRulesResponse>, Status> {
-        let rules = alerts::list_rules(&self.ctx).await?.into_iter().map(rule_pb).collect::<Result<_, _>>()?;
+        let rules = alerts::list_rules(&self.ctx).await?.into_iter().map(rule_pb).collect();
         Ok(Response::new(pb::ListRulesResponse { rules }))
     }
 
@@ -251,7 +252,7 @@ impl AlertService for AlertApi {
             )));
         }
         let set = |f: &str| paths.is_empty() || paths.iter().any(|p| p == f);
-        let mut merged = alerts::spec_of(&alerts::get_rule(&self.ctx, &name).await?)?;
+        let mut merged = alerts::get_rule(&self.ctx, &name).await?.spec;
         let new = spec(pb::AlertRule { metric: metric_pb(merged.metric) as i32, ..new })?;
         if set("table") {
             merged.table = new.table;
@@ -277,8 +278,8 @@ impl AlertService for AlertApi {
         if set("enabled") {
             merged.enabled = new.enabled;
         }
-        let row = alerts::update_rule(&self.ctx, merged).await?;
-        Ok(Response::new(pb::UpdateRuleResponse { rule: Some(rule_pb(row)?) }))
+        let rule = alerts::update_rule(&self.ctx, merged).await?;
+        Ok(Response::new(pb::UpdateRuleResponse { rule: Some(rule_pb(rule)) }))
     }
 
     async fn delete_rule(
@@ -298,8 +299,8 @@ impl AlertService for AlertApi {
         let req = req.into_inner();
         let size = page_size(req.page_size, 100)?;
         let f = AlertFilter {
-            states: req.states.into_iter().map(|s| state(s).map(str::to_owned)).collect::<Result<_, _>>()?,
-            severity: severity(req.severity).map(|s| s.as_str().to_owned()),
+            states: req.states.into_iter().map(state).collect::<Result<_, _>>()?,
+            severity: severity(req.severity),
             rule: (!req.rule.is_empty()).then_some(req.rule),
             since: time(req.start_time)?.map(|t| t.naive_utc()),
         };

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::service::{
     Context, Error,
-    scheduler::{self, Job, JobSpec, JobUpdate, Kind, RunRow, Status as SchedulerStatus},
+    scheduler::{self, Job, JobKind, JobRun, JobRunState, JobSpec, JobUpdate, Status as SchedulerStatus, Trigger},
 };
 
 /// gRPC adapter of [`scheduler`].
@@ -17,53 +17,53 @@ pub(super) struct SchedulerApi {
     pub(crate) ctx: Context,
 }
 
-fn kind_pb(k: Kind) -> pb::JobKind {
+fn kind_pb(k: JobKind) -> pb::JobKind {
     match k {
-        Kind::MetricsSample => pb::JobKind::MetricsSample,
-        Kind::UploadExpiry => pb::JobKind::UploadExpiry,
-        Kind::Archive => pb::JobKind::Archive,
-        Kind::Retention => pb::JobKind::Retention,
-        Kind::Maintenance => pb::JobKind::Maintenance,
-        Kind::PartitionPremake => pb::JobKind::PartitionPremake,
-        Kind::Backup => pb::JobKind::Backup,
-        Kind::BlobMigration => pb::JobKind::BlobMigration,
-        Kind::AlertEvaluation => pb::JobKind::AlertEvaluation,
+        JobKind::MetricsSample => pb::JobKind::MetricsSample,
+        JobKind::UploadExpiry => pb::JobKind::UploadExpiry,
+        JobKind::Archive => pb::JobKind::Archive,
+        JobKind::Retention => pb::JobKind::Retention,
+        JobKind::Maintenance => pb::JobKind::Maintenance,
+        JobKind::PartitionPremake => pb::JobKind::PartitionPremake,
+        JobKind::Backup => pb::JobKind::Backup,
+        JobKind::BlobMigration => pb::JobKind::BlobMigration,
+        JobKind::AlertEvaluation => pb::JobKind::AlertEvaluation,
     }
 }
 
-fn kind(k: i32) -> Result<Kind, Error> {
+fn kind(k: i32) -> Result<JobKind, Error> {
     Ok(match pb::JobKind::try_from(k).unwrap_or(pb::JobKind::Unspecified) {
-        pb::JobKind::MetricsSample => Kind::MetricsSample,
-        pb::JobKind::UploadExpiry => Kind::UploadExpiry,
-        pb::JobKind::Archive => Kind::Archive,
-        pb::JobKind::Retention => Kind::Retention,
-        pb::JobKind::Maintenance => Kind::Maintenance,
-        pb::JobKind::PartitionPremake => Kind::PartitionPremake,
-        pb::JobKind::Backup => Kind::Backup,
-        pb::JobKind::BlobMigration => Kind::BlobMigration,
-        pb::JobKind::AlertEvaluation => Kind::AlertEvaluation,
+        pb::JobKind::MetricsSample => JobKind::MetricsSample,
+        pb::JobKind::UploadExpiry => JobKind::UploadExpiry,
+        pb::JobKind::Archive => JobKind::Archive,
+        pb::JobKind::Retention => JobKind::Retention,
+        pb::JobKind::Maintenance => JobKind::Maintenance,
+        pb::JobKind::PartitionPremake => JobKind::PartitionPremake,
+        pb::JobKind::Backup => JobKind::Backup,
+        pb::JobKind::BlobMigration => JobKind::BlobMigration,
+        pb::JobKind::AlertEvaluation => JobKind::AlertEvaluation,
         pb::JobKind::Unspecified => return Err(Error::InvalidArgument("job kind is required".into())),
     })
 }
 
-fn run_pb(r: RunRow) -> pb::JobRun {
+fn run_pb(r: JobRun) -> pb::JobRun {
     pb::JobRun {
-        trigger: match r.run_trigger.as_str() {
-            scheduler::TRIGGER_MANUAL => pb::JobRunTrigger::Manual,
-            _ => pb::JobRunTrigger::Schedule,
+        trigger: match r.trigger {
+            Trigger::Manual => pb::JobRunTrigger::Manual,
+            Trigger::Schedule => pb::JobRunTrigger::Schedule,
         } as i32,
-        state: match r.state.as_str() {
-            scheduler::RUNNING => pb::JobRunState::Running,
-            scheduler::SUCCEEDED => pb::JobRunState::Succeeded,
-            scheduler::CANCELLED => pb::JobRunState::Cancelled,
-            scheduler::TIMED_OUT => pb::JobRunState::TimedOut,
-            scheduler::MISSED => pb::JobRunState::Missed,
-            _ => pb::JobRunState::Failed,
+        state: match r.state {
+            JobRunState::Running => pb::JobRunState::Running,
+            JobRunState::Succeeded => pb::JobRunState::Succeeded,
+            JobRunState::Failed => pb::JobRunState::Failed,
+            JobRunState::Cancelled => pb::JobRunState::Cancelled,
+            JobRunState::TimedOut => pb::JobRunState::TimedOut,
+            JobRunState::Missed => pb::JobRunState::Missed,
         } as i32,
         id: r.id,
         job_name: r.job_name,
         scheduled_time: Some(ts(r.scheduled_for.and_utc())),
-        instance: r.owner,
+        instance: r.instance,
         attempt: r.attempt,
         start_time: Some(ts(r.started_at.and_utc())),
         end_time: r.finished_at.map(|t| ts(t.and_utc())),
@@ -72,9 +72,9 @@ fn run_pb(r: RunRow) -> pb::JobRun {
     }
 }
 
-fn job_pb(j: Job) -> Result<pb::Job, Error> {
-    let spec = scheduler::spec_of(&j.row)?;
-    Ok(pb::Job {
+fn job_pb(j: Job) -> pb::Job {
+    let spec = j.spec;
+    pb::Job {
         name: spec.name,
         kind: kind_pb(spec.kind) as i32,
         target: spec.target,
@@ -83,12 +83,12 @@ fn job_pb(j: Job) -> Result<pb::Job, Error> {
         time_zone: spec.time_zone,
         enabled: spec.enabled,
         timeout: Some(dur(spec.timeout)),
-        builtin: j.row.builtin,
-        next_run_time: j.row.next_due.filter(|_| spec.enabled).map(|t| ts(t.and_utc())),
+        builtin: j.builtin,
+        next_run_time: j.next_due.filter(|_| spec.enabled).map(|t| ts(t.and_utc())),
         last_run: j.last_run.map(run_pb),
-        create_time: Some(ts(j.row.created_at.and_utc())),
-        update_time: Some(ts(j.row.updated_at.and_utc())),
-    })
+        create_time: Some(ts(j.created_at.and_utc())),
+        update_time: Some(ts(j.updated_at.and_utc())),
+    }
 }
 
 fn status_pb(s: SchedulerStatus) -> pb::GetSchedulerStatusResponse {
@@ -99,13 +99,13 @@ fn status_pb(s: SchedulerStatus) -> pb::GetSchedulerStatusResponse {
         instances: s
             .instances
             .into_iter()
-            .map(|(i, alive)| pb::SchedulerInstance {
+            .map(|i| pb::SchedulerInstance {
                 id: i.id,
                 host: i.host,
                 pid: i.pid,
                 start_time: Some(ts(i.started_at.and_utc())),
                 last_seen_time: Some(ts(i.last_seen.and_utc())),
-                alive,
+                alive: i.alive,
             })
             .collect(),
         this_instance: s.this_instance,
@@ -145,13 +145,13 @@ impl SchedulerService for SchedulerApi {
     }
 
     async fn list_jobs(&self, _req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = scheduler::list_jobs(&self.ctx).await?.into_iter().map(job_pb).collect::<Result<_, _>>()?;
+        let jobs = scheduler::list_jobs(&self.ctx).await?.into_iter().map(job_pb).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let n = required("name", req.into_inner().name)?;
-        Ok(Response::new(pb::GetJobResponse { job: Some(job_pb(scheduler::get_job(&self.ctx, &n).await?)?) }))
+        Ok(Response::new(pb::GetJobResponse { job: Some(job_pb(scheduler::get_job(&self.ctx, &n).await?)) }))
     }
 
     async fn create_job(&self, req: Request<pb::CreateJobRequest>) -> Result<Response<pb::CreateJobResponse>, Status> {
@@ -167,7 +167,7 @@ impl SchedulerService for SchedulerApi {
             timeout: j.timeout.map(|d| duration("timeout", d)).transpose()?.unwrap_or_default(),
         };
         let job = scheduler::create_job(&self.ctx, spec).await?;
-        Ok(Response::new(pb::CreateJobResponse { job: Some(job_pb(job)?) }))
+        Ok(Response::new(pb::CreateJobResponse { job: Some(job_pb(job)) }))
     }
 
     async fn update_job(&self, req: Request<pb::UpdateJobRequest>) -> Result<Response<pb::UpdateJobResponse>, Status> {
@@ -194,7 +194,7 @@ impl SchedulerService for SchedulerApi {
             },
         };
         let job = scheduler::update_job(&self.ctx, &n, u).await?;
-        Ok(Response::new(pb::UpdateJobResponse { job: Some(job_pb(job)?) }))
+        Ok(Response::new(pb::UpdateJobResponse { job: Some(job_pb(job)) }))
     }
 
     async fn delete_job(&self, req: Request<pb::DeleteJobRequest>) -> Result<Response<pb::DeleteJobResponse>, Status> {
@@ -206,13 +206,13 @@ impl SchedulerService for SchedulerApi {
     async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::PauseJobResponse>, Status> {
         let n = required("name", req.into_inner().name)?;
         let job = scheduler::set_enabled(&self.ctx, &n, false).await?;
-        Ok(Response::new(pb::PauseJobResponse { job: Some(job_pb(job)?) }))
+        Ok(Response::new(pb::PauseJobResponse { job: Some(job_pb(job)) }))
     }
 
     async fn resume_job(&self, req: Request<pb::ResumeJobRequest>) -> Result<Response<pb::ResumeJobResponse>, Status> {
         let n = required("name", req.into_inner().name)?;
         let job = scheduler::set_enabled(&self.ctx, &n, true).await?;
-        Ok(Response::new(pb::ResumeJobResponse { job: Some(job_pb(job)?) }))
+        Ok(Response::new(pb::ResumeJobResponse { job: Some(job_pb(job)) }))
     }
 
     async fn run_job_now(&self, req: Request<pb::RunJobNowRequest>) -> Result<Response<pb::RunJobNowResponse>, Status> {

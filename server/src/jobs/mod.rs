@@ -1,4 +1,10 @@
 //! Background loops. Each is a `select!` on a CancellationToken; each run is idempotent.
+//!
+//! `jobs` calls into `service`, never the other way round: [`dispatch`] does the work of job runs,
+//! [`feed`] tails the alert events for WatchAlerts.
+
+pub mod dispatch;
+pub mod feed;
 
 use std::time::Duration;
 
@@ -42,7 +48,8 @@ pub async fn notifier(ctx: Context, interval: Duration, cancel: CancellationToke
 }
 
 /// The scheduler loop of this instance: polls for due jobs and lapsed runs each `interval`
-/// (see `service::scheduler`). The runs it starts are cancelled by `ctx.background` at shutdown.
+/// (see `service::scheduler`). The runs it claims are handed to [`dispatch::start`] (through
+/// `ctx.start_run`) and cancelled by `ctx.background` at shutdown.
 pub async fn scheduler(ctx: Context, interval: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -75,6 +75,16 @@ pub(crate) fn ident(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// Names of jobs and alert rules: 1-100 letters, digits, '.', '_', '-', ':'.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 100 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c)) {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name {name:?} must be 1-100 characters of letters, digits, '.', '_', '-', ':'"
+        )));
+    }
+    Ok(())
+}
+
 /// An object-store failure during background work: the store is unavailable for now.
 pub(crate) fn store_unavailable(e: crate::objects::Error) -> Error {
     match e {
@@ -109,15 +119,17 @@ pub struct Context {
     pub started_at: DateTime<Utc>,
     /// Monotonic start time, for uptime.
     pub started: Instant,
-    /// Alert changes for WatchAlerts subscribers (fed by `alerts::tail`).
+    /// Alert changes for WatchAlerts subscribers (fed by `jobs::feed`).
     pub alert_feed: alerts::Feed,
+    /// Starts a job run this instance holds (`jobs::dispatch::start`; see [`scheduler::StartRun`]).
+    pub start_run: scheduler::StartRun,
     /// This process among strata instances (`host:pid:random`): owner of the job runs it holds.
     pub instance_id: String,
 }
 
 impl Context {
-    /// A context for a server starting now.
-    pub fn new(db: db::Db, objects: ObjectStore, config: Config) -> Self {
+    /// A context for a server starting now; `start_run` runs the job runs it claims.
+    pub fn new(db: db::Db, objects: ObjectStore, config: Config, start_run: scheduler::StartRun) -> Self {
         let file_limits = files::FileLimits {
             max_file_size: config.max_file_size,
             allowed_content_types: config.allowed_content_types.clone(),
@@ -136,6 +148,7 @@ impl Context {
             started_at: Utc::now(),
             started: Instant::now(),
             alert_feed: tokio::sync::broadcast::channel(alerts::FEED_CAPACITY).0,
+            start_run,
             instance_id: format!(
                 "{}:{}:{}",
                 scheduler::host_name(),
