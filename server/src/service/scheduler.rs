@@ -912,11 +912,11 @@ async fn perform(ctx: &Context, job: &JobRow, stop: CancellationToken) -> anyhow
                     r => break r?,
                 }
             };
-            let id = run.row.id.clone();
+            let id = run.id.clone();
             let run = wait_archive(ctx, &id, &stop).await?;
-            let r = &run.row;
-            match r.state.as_str() {
-                crate::db::archive::state::SUCCEEDED => Ok(format!(
+            let r = &run;
+            match r.state {
+                super::archive::RunState::Succeeded => Ok(format!(
                     "{} run {id}: {} rows, {} segments, {} bytes stored",
                     run.kind.as_str(),
                     r.rows_done,
@@ -1003,7 +1003,7 @@ async fn wait_archive(ctx: &Context, id: &str, stop: &CancellationToken) -> Resu
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         let run = super::archive::get_run(ctx, id).await?;
-        if run.row.state != crate::db::archive::state::RUNNING {
+        if run.state != super::archive::RunState::Running {
             return Ok(run);
         }
     }
