@@ -2,12 +2,13 @@
 //! the SQL run against the application's table.
 //!
 //! Application SQL is generated once per run from identifiers resolved against the live schema
-//! ([`resolve`]) and quoted; every value a client supplied (filter values, cutoff, cursor keys)
+//! ([`resolve()`]) and quoted; every value a client supplied (filter values, cutoff, cursor keys)
 //! travels in one JSON bind parameter, never in SQL text.
 //!
-//! - [`catalog`]: policies and their run lease, runs, segment manifests (Diesel DSL).
-//! - [`resolve`]: a policy checked against its table, and the SQL of a run.
-//! - [`batch`]: the batch transactions (archive, purge, restore).
+//! - `catalog`: policies and their run lease, runs, segment manifests (Diesel DSL), with the
+//!   rows it hands out in `rows`, converted from the stored columns in one place.
+//! - `resolve`: a policy checked against its table, and the SQL of a run.
+//! - `batch`: the batch transactions (archive, purge, restore).
 //! - `encode`: the PostgreSQL row → JSON encoder the archive batches use.
 //! - `postgres`, `sqlite`: each backend's [`Dialect`].
 //!
@@ -20,18 +21,19 @@ mod catalog;
 mod encode;
 mod postgres;
 mod resolve;
+mod rows;
 mod sqlite;
 
 pub use batch::{
     Batch, BatchError, BatchOutcome, DueRows, Phases, Sealed, archive_batch, purge_batch, restore_segment,
 };
 pub use catalog::{
-    PendingSegment, PolicyRow, Progress, RunRow, SegmentRow, acquire_lease, add_progress, delete_policy,
-    delete_segment, discard_pending, finish_run, get_policy, get_run, insert_pending_segment, insert_policy,
-    insert_run, list_policies, list_runs, orphaned_runs, release_lease, renew_lease, request_cancel, segments,
-    segments_by_id, set_segment_state, update_policy,
+    PendingSegment, Progress, acquire_lease, add_progress, delete_policy, delete_segment, discard_pending, finish_run,
+    get_policy, get_run, insert_pending_segment, insert_policy, insert_run, list_policies, list_runs, orphaned_runs,
+    release_lease, renew_lease, request_cancel, segments, segments_by_id, set_segment_state, update_policy,
 };
 pub use resolve::{ColumnInfo, PlanRow, TableSpec, TableSql, TimeKind, last_due_key, params, plan, resolve};
+pub use rows::{PolicyRow, RunRow, SegmentRow};
 
 use resolve::{Resolved, Unfit};
 

@@ -9,9 +9,9 @@
 //! committed segment.
 //!
 //! This module holds the domain types, policy management, the queries on runs and segments, and a
-//! run's life (lease, start, end). The work of each kind of run is in its own module: [`run`]
-//! (archive and purge batches), [`restore`] (restore and read), [`retention`], [`partitions`]
-//! (whole partitions).
+//! run's life (lease, start, end). The work of each kind of run is in its own module: `run`
+//! (archive and purge batches), `restore` (restore and read), `retention`, `partitions` (whole
+//! partitions).
 
 mod partitions;
 mod restore;
