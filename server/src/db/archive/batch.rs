@@ -278,20 +278,7 @@ pub async fn purge_batch(conn: &mut Conn, b: &Batch<'_>) -> Result<Option<(usize
         Ok(Some((n, cancel)))
     }
     .await;
-    match r {
-        Ok(Some((n, cancel))) => {
-            commit(conn).await?;
-            Ok(Some((n, cancel, started.elapsed())))
-        }
-        Ok(None) => {
-            rollback(conn).await;
-            Ok(None)
-        }
-        Err(e) => {
-            rollback(conn).await;
-            Err(e)
-        }
-    }
+    Ok(settle(conn, r).await?.map(|(n, cancel)| (n, cancel, started.elapsed())))
 }
 
 /// Restores one segment (`b.segment_id`, whose object held `raw_bytes` / `compressed_bytes`) in
@@ -336,18 +323,20 @@ pub async fn restore_segment(
         Ok(Some((inserted, rows - inserted)))
     }
     .await;
+    settle(conn, r).await
+}
+
+/// Ends a batch's transaction: committed when it has something to keep (`Some`), rolled back when
+/// it has not or failed.
+async fn settle<T>(conn: &mut Conn, r: Result<Option<T>>) -> Result<Option<T>> {
     match r {
         Ok(Some(v)) => {
             commit(conn).await?;
             Ok(Some(v))
         }
-        Ok(None) => {
+        other => {
             rollback(conn).await;
-            Ok(None)
-        }
-        Err(e) => {
-            rollback(conn).await;
-            Err(e)
+            other
         }
     }
 }
