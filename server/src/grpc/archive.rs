@@ -9,7 +9,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{dur, duration, page_size, required, time, ts};
 use crate::service::{
     Context, Error,
-    archive::{self, FilterSpec, Mode, Policy, PolicySpec, Run, RunKind, SegmentRow, Selection, state},
+    archive::{
+        self, FilterOp, FilterSpec, Mode, Policy, PolicySpec, Run, RunKind, RunState, Segment, SegmentState, Selection,
+    },
 };
 
 /// gRPC adapter of [`archive`].
@@ -31,37 +33,36 @@ const SETTABLE: &[&str] = &[
     "mode",
 ];
 
-fn operator(op: i32) -> Result<&'static str, Error> {
+fn operator(op: i32) -> Result<FilterOp, Error> {
     use pb::FilterOperator as F;
     Ok(match F::try_from(op).unwrap_or(F::Unspecified) {
-        F::Equal => "=",
-        F::NotEqual => "<>",
-        F::Less => "<",
-        F::LessOrEqual => "<=",
-        F::Greater => ">",
-        F::GreaterOrEqual => ">=",
-        F::In => "in",
-        F::NotIn => "not in",
-        F::IsNull => "is null",
-        F::IsNotNull => "is not null",
+        F::Equal => FilterOp::Equal,
+        F::NotEqual => FilterOp::NotEqual,
+        F::Less => FilterOp::Less,
+        F::LessOrEqual => FilterOp::LessOrEqual,
+        F::Greater => FilterOp::Greater,
+        F::GreaterOrEqual => FilterOp::GreaterOrEqual,
+        F::In => FilterOp::In,
+        F::NotIn => FilterOp::NotIn,
+        F::IsNull => FilterOp::IsNull,
+        F::IsNotNull => FilterOp::IsNotNull,
         F::Unspecified => return Err(Error::InvalidArgument("filter operator is required".into())),
     })
 }
 
-fn operator_pb(op: &str) -> i32 {
+fn operator_pb(op: FilterOp) -> i32 {
     use pb::FilterOperator as F;
     (match op {
-        "=" => F::Equal,
-        "<>" => F::NotEqual,
-        "<" => F::Less,
-        "<=" => F::LessOrEqual,
-        ">" => F::Greater,
-        ">=" => F::GreaterOrEqual,
-        "in" => F::In,
-        "not in" => F::NotIn,
-        "is null" => F::IsNull,
-        "is not null" => F::IsNotNull,
-        _ => F::Unspecified,
+        FilterOp::Equal => F::Equal,
+        FilterOp::NotEqual => F::NotEqual,
+        FilterOp::Less => F::Less,
+        FilterOp::LessOrEqual => F::LessOrEqual,
+        FilterOp::Greater => F::Greater,
+        FilterOp::GreaterOrEqual => F::GreaterOrEqual,
+        FilterOp::In => F::In,
+        FilterOp::NotIn => F::NotIn,
+        FilterOp::IsNull => F::IsNull,
+        FilterOp::IsNotNull => F::IsNotNull,
     }) as i32
 }
 
@@ -69,7 +70,7 @@ fn spec(p: pb::ArchivePolicy) -> Result<PolicySpec, Error> {
     let filters = p
         .filters
         .into_iter()
-        .map(|f| Ok(FilterSpec { op: operator(f.operator)?.into(), column: f.column, values: f.values }))
+        .map(|f| Ok(FilterSpec { op: operator(f.operator)?, column: f.column, values: f.values }))
         .collect::<Result<Vec<_>, Error>>()?;
     let archive_after = p
         .archive_after
@@ -111,7 +112,7 @@ fn policy(p: Policy) -> pb::ArchivePolicy {
         filters: s
             .filters
             .into_iter()
-            .map(|f| pb::Filter { operator: operator_pb(&f.op), column: f.column, values: f.values })
+            .map(|f| pb::Filter { operator: operator_pb(f.op), column: f.column, values: f.values })
             .collect(),
         delete_after: s.delete_after.map(dur),
         batch_size: i32::try_from(s.batch_size).unwrap_or(i32::MAX),
@@ -126,57 +127,63 @@ fn policy(p: Policy) -> pb::ArchivePolicy {
 
 pub(super) fn run(r: Run) -> pb::ArchiveRun {
     let (ratio, rate) = (r.compression_ratio(), r.rows_per_second());
-    let row = r.row;
     pb::ArchiveRun {
-        id: row.id,
-        policy_id: row.policy_id,
+        id: r.id,
+        policy_id: r.policy_id,
         kind: match r.kind {
             RunKind::Archive => pb::RunKind::Archive,
             RunKind::Purge => pb::RunKind::Purge,
             RunKind::Restore => pb::RunKind::Restore,
             RunKind::Retention => pb::RunKind::Retention,
         } as i32,
-        state: match row.state.as_str() {
-            state::RUNNING => pb::RunState::Running,
-            state::SUCCEEDED => pb::RunState::Succeeded,
-            state::CANCELLED => pb::RunState::Cancelled,
-            _ => pb::RunState::Failed,
+        state: match r.state {
+            RunState::Running => pb::RunState::Running,
+            RunState::Succeeded => pb::RunState::Succeeded,
+            RunState::Cancelled => pb::RunState::Cancelled,
+            RunState::Failed => pb::RunState::Failed,
         } as i32,
-        cutoff_time: row.cutoff.map(|t| ts(t.and_utc())),
-        rows_done: row.rows_done,
-        rows_skipped: row.rows_skipped,
-        segments_done: row.segments_done,
-        raw_bytes: row.raw_bytes,
-        compressed_bytes: row.compressed_bytes,
+        cutoff_time: r.cutoff.map(ts),
+        rows_done: r.rows_done,
+        rows_skipped: r.rows_skipped,
+        segments_done: r.segments_done,
+        raw_bytes: r.raw_bytes,
+        compressed_bytes: r.compressed_bytes,
         compression_ratio: ratio,
         rows_per_second: rate,
-        longest_transaction: Some(dur(std::time::Duration::from_millis(row.longest_txn_ms.max(0) as u64))),
-        error: row.error.unwrap_or_default(),
-        start_time: Some(ts(row.started_at.and_utc())),
-        update_time: Some(ts(row.updated_at.and_utc())),
-        end_time: row.finished_at.map(|t| ts(t.and_utc())),
-        cancel_requested: row.cancel_requested,
+        longest_transaction: Some(dur(r.longest_transaction)),
+        error: r.error.unwrap_or_default(),
+        start_time: Some(ts(r.started_at)),
+        update_time: Some(ts(r.updated_at)),
+        end_time: r.finished_at.map(ts),
+        cancel_requested: r.cancel_requested,
     }
 }
 
-fn segment(s: SegmentRow) -> pb::ArchiveSegment {
+fn segment(s: Segment) -> pb::ArchiveSegment {
     pb::ArchiveSegment {
         id: s.id,
         policy_id: s.policy_id,
         run_id: s.run_id,
         object_key: s.object_key,
-        state: if s.state == state::RESTORED { pb::SegmentState::Restored } else { pb::SegmentState::Committed } as i32,
+        // Only committed and restored segments are listed; the others are steps of writing or
+        // deleting one.
+        state: match s.state {
+            SegmentState::Restored => pb::SegmentState::Restored,
+            SegmentState::Committed | SegmentState::Pending | SegmentState::Deleting | SegmentState::Discarding => {
+                pb::SegmentState::Committed
+            }
+        } as i32,
         row_count: s.row_count,
         raw_bytes: s.raw_bytes,
         compressed_bytes: s.compressed_bytes,
         sha256: s.sha256,
-        min_time: s.min_time.map(|t| ts(t.and_utc())),
-        max_time: s.max_time.map(|t| ts(t.and_utc())),
+        min_time: s.min_time.map(ts),
+        max_time: s.max_time.map(ts),
         first_key: s.first_key,
         last_key: s.last_key,
-        columns: serde_json::from_str(&s.column_list).unwrap_or_default(),
-        create_time: Some(ts(s.created_at.and_utc())),
-        restore_time: s.restored_at.map(|t| ts(t.and_utc())),
+        columns: s.columns,
+        create_time: Some(ts(s.created_at)),
+        restore_time: s.restored_at.map(ts),
     }
 }
 

@@ -160,11 +160,11 @@ async fn perform(ctx: &Context, spec: &JobSpec, stop: CancellationToken) -> anyh
                     r => break r?,
                 }
             };
-            let id = run.row.id.clone();
+            let id = run.id.clone();
             let run = wait_archive(ctx, &id, &stop).await?;
-            let r = &run.row;
-            match r.state.as_str() {
-                service::archive::state::SUCCEEDED => Ok(format!(
+            let r = &run;
+            match r.state {
+                service::archive::RunState::Succeeded => Ok(format!(
                     "{} run {id}: {} rows, {} segments, {} bytes stored",
                     run.kind.as_str(),
                     r.rows_done,
@@ -251,7 +251,7 @@ async fn wait_archive(ctx: &Context, id: &str, stop: &CancellationToken) -> Resu
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         let run = service::archive::get_run(ctx, id).await?;
-        if run.row.state != service::archive::state::RUNNING {
+        if run.state != service::archive::RunState::Running {
             return Ok(run);
         }
     }

@@ -37,7 +37,7 @@ pub async fn emergency(ctx: &Context) -> Result<(Vec<String>, Vec<String>)> {
             (Mode::Archive, None) => continue,
         };
         match r {
-            Ok(run) => started.push(run.row.id),
+            Ok(run) => started.push(run.id),
             Err(e) => skipped.push(format!("{}: {e}", p.spec.name)),
         }
     }

@@ -1,0 +1,62 @@
+//! Retention runs: segments whose newest row is older than the policy's `delete_after` are
+//! deleted, object and manifest.
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    Policy, Run, RunKind, SegmentState, Stop, Work, get_policy, lease_lost, lease_until, run::clean_pending, start,
+    stop_requested,
+};
+use crate::{
+    db::archive as store,
+    service::{Context, Error, Result, now, store_unavailable},
+};
+
+/// Starts deleting the policy's expired segments.
+pub async fn apply_retention(ctx: &Context, policy: &str) -> Result<Run> {
+    let p = get_policy(ctx, policy).await?;
+    let Some(keep) = p.spec.delete_after else {
+        return Err(Error::FailedPrecondition(format!("policy {:?} has no delete_after", p.spec.name)));
+    };
+    let cutoff = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::zero());
+    start(ctx, p, RunKind::Retention, Some(cutoff), Work::Retention { cutoff }).await
+}
+
+pub(super) async fn retention(ctx: &Context, p: &Policy, run: &Run, cutoff: DateTime<Utc>) -> Result<Stop> {
+    clean_pending(ctx, p, run).await?;
+    let mut conn = ctx.db.write().await?;
+    let states = [SegmentState::Committed, SegmentState::Restored, SegmentState::Deleting];
+    let due: Vec<_> = store::segments(&mut conn, &p.id, &states, 0, i64::MAX)
+        .await?
+        .into_iter()
+        .filter(|s| s.max_time.is_some_and(|t| t < cutoff.naive_utc()))
+        .collect();
+    drop(conn);
+    for s in due {
+        if let Some(stop) = stop_requested(ctx, false) {
+            return Ok(stop);
+        }
+        let mut conn = ctx.db.write().await?;
+        if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
+            return Err(lease_lost());
+        }
+        // Marked first: a crash after the object is gone leaves a manifest that says so, and the
+        // next retention run finishes the job (deleting a missing object succeeds).
+        store::set_segment_state(&mut conn, &s.id, SegmentState::Deleting).await?;
+        drop(conn);
+        ctx.objects.delete(&s.object_key, &ctx.background).await.map_err(store_unavailable)?;
+        let mut conn = ctx.db.write().await?;
+        store::delete_segment(&mut conn, &s.id).await?;
+        let progress = store::Progress {
+            rows: s.row_count,
+            segments: 1,
+            raw: s.raw_bytes,
+            compressed: s.compressed_bytes,
+            ..Default::default()
+        };
+        if let Some(stop) = stop_requested(ctx, store::add_progress(&mut conn, &run.id, &progress, now()).await?) {
+            return Ok(stop);
+        }
+    }
+    Ok(Stop::Done)
+}
