@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod archive;
 pub mod backup;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod client;
 mod convert;
