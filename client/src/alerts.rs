@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// What a rule watches (see `proto/strata/v1/alerts.proto` for units and labels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertMetric {
     /// Bytes.
@@ -51,7 +52,8 @@ const METRICS: [(AlertMetric, pb::AlertMetric); 10] = [
 ];
 
 /// Lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     /// Condition holds, not long enough yet.
@@ -65,7 +67,8 @@ pub enum AlertState {
 }
 
 /// Severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertSeverity {
     /// Warning.

@@ -24,7 +24,8 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 }
 
 /// A comparison in a policy filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum FilterOp {
     /// `=`
@@ -101,7 +102,8 @@ impl Filter {
 }
 
 /// What a policy does with due rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyMode {
     /// Into compressed segments in the object store.

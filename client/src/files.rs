@@ -7,10 +7,10 @@ use backon::BackoffBuilder as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use sha2::Digest as _;
+use strata_io::{buffers::BufferPool, writeback};
 
 use crate::{
     Client, Error,
-    buffers::BufferPool,
     client::Svc,
     convert::timestamp,
     pb::{self, file_service_client::FileServiceClient, upload_request::Kind},
@@ -18,7 +18,6 @@ use crate::{
         BlobMigration, BlobMigrationSpec, BlobMigrationStart, File, FilePage, FileQuery, Reconciliation, UploadOptions,
         UploadState, UploadStatus,
     },
-    writeback,
 };
 
 /// Bytes per upload message: large enough to amortize per-message cost, far below the 4 MiB
@@ -229,7 +228,7 @@ impl Client {
         let tmp = path.with_extension(format!("strata-{}.part", std::process::id()));
         let out = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(true).open(&tmp);
         let out = out.map_err(io)?;
-        // Around the page cache where the file system allows it (see `writeback`).
+        // Around the page cache where the file system allows it (see `strata_io::writeback`).
         let direct = match writeback::open_direct(&tmp) {
             Some(d) => Some(writeback::DirectWriter::new(d, &out, 0).map_err(io)?),
             None => None,

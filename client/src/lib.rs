@@ -16,7 +16,7 @@
 pub mod alerts;
 pub mod archive;
 pub mod backup;
-pub mod buffers;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod client;
 mod convert;
@@ -25,7 +25,6 @@ pub mod maintenance;
 pub mod partitions;
 pub mod scheduler;
 pub mod types;
-pub mod writeback;
 
 pub use client::{Client, Error, HealthStatus};
 pub use files::sha256_of;

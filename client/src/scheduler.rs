@@ -11,7 +11,8 @@ use crate::{
 };
 
 /// What a job does (see `proto/strata/v1/scheduler.proto` for targets and options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Storage-metrics snapshot.

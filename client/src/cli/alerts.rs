@@ -5,7 +5,10 @@ use std::{io::Write, time::Duration};
 use clap::Subcommand;
 use futures::StreamExt;
 
-use super::{key_value, print_json, table, when};
+use super::{
+    key_value,
+    output::{bytes, print_json, table, when},
+};
 use crate::{
     Client,
     alerts::{AlertChange, AlertMetric, AlertQuery, AlertRule, AlertSeverity, AlertState},
@@ -128,8 +131,16 @@ fn name<T: serde::Serialize>(v: T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-fn threshold(v: Option<f64>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+/// A rule's threshold in its metric's unit: sizes (bytes, bytes per day) human-readable, other
+/// metrics (seconds, percent, days, rows, failing jobs) as the number they are.
+fn threshold(metric: AlertMetric, v: Option<f64>) -> String {
+    let size = matches!(metric, AlertMetric::DatabaseSize | AlertMetric::TableSize | AlertMetric::DailyGrowth);
+    match v {
+        None => "-".into(),
+        // Thresholds are whole bytes in practice; a fraction of a byte is not worth showing.
+        Some(v) if size => bytes(v as i64),
+        Some(v) => v.to_string(),
+    }
 }
 
 pub(super) async fn run(client: &Client, cmd: AlertsCommand, json: bool, out: &mut dyn Write) -> anyhow::Result<bool> {
@@ -228,8 +239,8 @@ pub(super) async fn run(client: &Client, cmd: AlertsCommand, json: bool, out: &m
                         format!("{}{}", r.name, if r.builtin { " (built in)" } else { "" }),
                         format!("{}{}", name(r.metric), if r.below { " (below)" } else { "" }),
                         r.table,
-                        threshold(r.warning),
-                        threshold(r.critical),
+                        threshold(r.metric, r.warning),
+                        threshold(r.metric, r.critical),
                         humantime::format_duration(r.for_duration).to_string(),
                         if r.enabled { "yes" } else { "no" }.into(),
                     ]);

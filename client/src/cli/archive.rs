@@ -5,7 +5,7 @@ use std::{io::Write, time::Duration};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 
-use super::{bytes, print_json, table};
+use super::output::{bytes, print_json, table};
 use crate::{
     Client,
     archive::{ArchivePolicy, ArchiveRun, Filter, FilterOp, PolicyMode, RunState, SegmentSelection},

@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use clap::Subcommand;
 
-use super::{key_value, print_json, table, when};
+use super::{
+    key_value,
+    output::{print_json, table, when},
+};
 use crate::{
     Client,
     scheduler::{JobChanges, JobKind, JobRun, JobRunState, JobSpec, SchedulerStatus},

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
 
-use strata_client::{
+use strata_io::{
     buffers::BufferPool,
     writeback::{DirectWriter, open_direct},
 };
@@ -252,7 +252,7 @@ enum Sink {
     Direct(DirectWriter),
     /// Through the page cache, with writeback started as it goes, so the fsync that publishes the
     /// object has little left to do (file systems without O_DIRECT, such as some tmpfs).
-    Buffered(strata_client::writeback::WriteBehind),
+    Buffered(strata_io::writeback::WriteBehind),
 }
 
 fn writer_thread(
@@ -268,9 +268,9 @@ fn writer_thread(
         Some(Ok(d)) => Sink::Direct(d),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "O_DIRECT writer unavailable; writing through the page cache");
-            Sink::Buffered(strata_client::writeback::WriteBehind::at(at))
+            Sink::Buffered(strata_io::writeback::WriteBehind::at(at))
         }
-        None => Sink::Buffered(strata_client::writeback::WriteBehind::at(at)),
+        None => Sink::Buffered(strata_io::writeback::WriteBehind::at(at)),
     };
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {

@@ -242,3 +242,19 @@ async fn cli_jobs_scheduler_alerts_and_health_report() {
     assert!(h["factors"].as_array().unwrap().iter().any(|f| f["name"] == "critical_alerts"));
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_alert_rule_thresholds_in_their_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    strata(&server, &["alerts", "rules", "create", "big-notes", "--metric", "daily-growth", "--warning", "1536"]).await;
+    let (_, out) = strata(&server, &["alerts", "rules", "ls"]).await;
+    let row = |name: &str| out.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("no {name} in {out}"));
+    // Sizes human-readable (built in: 500 MiB and 1 GiB) …
+    assert!(row("database-size").contains("500.0 MiB") && row("database-size").contains("1.0 GiB"), "{out}");
+    assert!(row("big-notes").contains("1.5 KiB"), "{out}");
+    assert!(!out.contains("524288000"), "{out}");
+    // … other units as the number they are (percent).
+    assert!(row("disk-used").contains(" 80 ") && row("disk-used").contains(" 95 "), "{out}");
+    server.stop().await.unwrap();
+}
