@@ -58,3 +58,52 @@ fn help_lists_every_setting() {
         assert!(doc.contains(&format!("`{flag}`")), "{flag} missing from docs/configuration.md");
     }
 }
+
+#[test]
+fn docs_name_every_variable_and_key() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+    let args = <strata_server::config::ConfigArgs as clap::Args>::augment_args(clap::Command::new("strata-server"));
+    for arg in args.get_arguments() {
+        let id = arg.get_id().as_str();
+        let env = arg.get_env().unwrap_or_else(|| panic!("{id} has no STRATA_* variable")).to_str().unwrap();
+        assert!(
+            env.starts_with("STRATA_") && doc.contains(&format!("`{env}`")),
+            "{env} missing from docs/configuration.md"
+        );
+        // The TOML key is the id (`--config` names the file, `[[tokens]]` are tables).
+        assert!(
+            id == "config" || doc.contains(&format!("| `{id}` |")) || doc.contains(&format!("`[[{id}]]`")),
+            "TOML key {id} missing from docs/configuration.md"
+        );
+    }
+}
+
+/// The layers through the real command line, subcommand included: a variable wins over the file,
+/// a flag (here after the subcommand) over the variable.
+#[test]
+fn variables_and_flags_win_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strata.toml");
+    std::fs::write(&file, "database_url = \"mysql://from-the-file\"\n").unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("m.db").display());
+    let migrate = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = server();
+        cmd.env_remove("STRATA_DATABASE_URL").args(["--config", file.to_str().unwrap(), "migrate"]);
+        if let Some(url) = env {
+            cmd.env("STRATA_DATABASE_URL", url);
+        }
+        if let Some(url) = flag {
+            cmd.args(["--database-url", url]);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, stderr) = migrate(None, None);
+    assert!(!ok && stderr.contains("unsupported database url"), "{stderr}");
+    let (ok, stderr) = migrate(Some(&sqlite), None);
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = migrate(Some(&sqlite), Some("mysql://from-the-flag"));
+    assert!(!ok && stderr.contains("unsupported database url"), "{stderr}");
+    let (ok, stderr) = migrate(Some("mysql://from-the-variable"), Some(&sqlite));
+    assert!(ok, "{stderr}");
+}

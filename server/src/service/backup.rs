@@ -70,16 +70,8 @@ const STALE_AFTER: Duration = Duration::from_secs(60);
 /// Bytes read from pg_dump per object write.
 const CHUNK: usize = 1 << 20;
 
-/// How many backups rotation keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// The newest backup of each of the last N days.
-    pub daily: usize,
-    /// The newest backup of each of the last N ISO weeks.
-    pub weekly: usize,
-    /// The newest backup of each of the last N months.
-    pub monthly: usize,
-}
+/// How many backups rotation keeps (daily, weekly, monthly): a setting, so declared in config.
+pub use crate::config::BackupRetention as Retention;
 
 fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(60))
