@@ -43,8 +43,8 @@ pub async fn pg_tables(conn: &mut Conn, only: &[(String, String)]) -> Result<Vec
     })
 }
 
-/// Size of one table now.
-pub async fn pg_size(conn: &mut Conn, schema: &str, table: &str) -> Result<i64> {
+/// Size of one table (found by [`pg_tables`]) now.
+pub async fn pg_size(conn: &mut Conn, t: &TableInfo) -> Result<i64> {
     #[derive(QueryableByName)]
     struct S {
         #[diesel(sql_type = BigInt)]
@@ -52,14 +52,15 @@ pub async fn pg_size(conn: &mut Conn, schema: &str, table: &str) -> Result<i64> 
     }
     let Conn::Pg(c) = conn else { return Ok(0) };
     let s: S = diesel::sql_query("SELECT coalesce(pg_total_relation_size(to_regclass($1)), 0) AS s")
-        .bind::<Text, _>(format!("{}.{}", quote(schema), quote(table)))
+        .bind::<Text, _>(format!("{}.{}", quote(&t.schema), quote(&t.table)))
         .get_result(c)
         .await?;
     Ok(s.s)
 }
 
-/// `VACUUM [FULL] [ANALYZE]` one table (a statement of its own: VACUUM cannot run in a transaction).
-pub async fn vacuum(conn: &mut Conn, schema: &str, table: &str, full: bool, analyze: bool) -> Result<()> {
+/// `VACUUM [FULL] [ANALYZE]` one table found by [`pg_tables`] (a statement of its own: VACUUM
+/// cannot run in a transaction).
+pub async fn vacuum(conn: &mut Conn, t: &TableInfo, full: bool, analyze: bool) -> Result<()> {
     let Conn::Pg(c) = conn else { return Ok(()) };
     let mut opts = Vec::new();
     if full {
@@ -69,7 +70,7 @@ pub async fn vacuum(conn: &mut Conn, schema: &str, table: &str, full: bool, anal
         opts.push("ANALYZE");
     }
     let opts = if opts.is_empty() { String::new() } else { format!("({}) ", opts.join(", ")) };
-    c.batch_execute(&format!("VACUUM {opts}{}.{}", quote(schema), quote(table))).await?;
+    c.batch_execute(&format!("VACUUM {opts}{}.{}", quote(&t.schema), quote(&t.table))).await?;
     Ok(())
 }
 

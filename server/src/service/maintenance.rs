@@ -83,8 +83,8 @@ pub async fn run(ctx: &Context, tables: &[(String, String)], full: bool, analyze
     let mut out = Vec::new();
     for t in found {
         let started = Instant::now();
-        store::vacuum(&mut conn, &t.schema, &t.table, full, analyze).await?;
-        let after = store::pg_size(&mut conn, &t.schema, &t.table).await?;
+        store::vacuum(&mut conn, &t, full, analyze).await?;
+        let after = store::pg_size(&mut conn, &t).await?;
         tracing::info!(table = %format!("{}.{}", t.schema, t.table), before = t.size, after, "vacuumed");
         out.push(TableResult {
             schema: t.schema,
