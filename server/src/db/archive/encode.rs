@@ -7,10 +7,7 @@
 use diesel::{QueryableByName, sql_types::Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::{
-    ColumnInfo, DueRows, TableSql,
-    resolve::{Count, sql_string},
-};
+use super::{ColumnInfo, Count, DueRows, TableSql, sql_string};
 use crate::db::{Error, Result, quote};
 
 /// How strata writes a PostgreSQL row as the JSON `row_to_json` would, byte for byte, while

@@ -76,3 +76,14 @@ trait Dialect {
     /// segment will hold them.
     async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str, out: &mut DueRows) -> Result<()>;
 }
+/// A string literal in SQL.
+pub(super) fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `count(*)` as a statement returns it.
+#[derive(diesel::QueryableByName)]
+pub(super) struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(super) n: i64,
+}

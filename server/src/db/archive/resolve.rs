@@ -224,18 +224,6 @@ fn sql_operator(op: FilterOp) -> &'static str {
     }
 }
 
-/// A string literal in SQL.
-pub(super) fn sql_string(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// `count(*)` as a statement returns it.
-#[derive(QueryableByName)]
-pub(super) struct Count {
-    #[diesel(sql_type = BigInt)]
-    pub(super) n: i64,
-}
-
 /// The JSON parameter of the due-row statements.
 pub fn params(
     sql: &TableSql,

@@ -9,8 +9,9 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use super::{
-    ColumnInfo, Dialect, DueRows, TableSql, TimeKind,
-    resolve::{Count, Resolved, TableSpec, Unfit, sql_string},
+    ColumnInfo, Count, Dialect, DueRows, TableSql, TimeKind,
+    resolve::{Resolved, TableSpec, Unfit},
+    sql_string,
 };
 use crate::db::{Result, SqliteConn, quote};
 

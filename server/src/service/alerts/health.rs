@@ -128,8 +128,8 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
         },
         detail: match (capacity, days) {
             (None, _) => "no local disk to forecast against (PostgreSQL): see days_until_full rules".into(),
-            (Some(c), None) => format!("not growing toward {c} bytes"),
-            (Some(c), Some(d)) => format!("{d:.1} days until {c} bytes (under 30 costs 15, under 7 costs 30)"),
+            (Some(c), None) => format!("not growing toward {}", size(c)),
+            (Some(c), Some(d)) => format!("{d:.1} days until {} (under 30 costs 15, under 7 costs 30)", size(c)),
         },
     });
     let penalty: u32 = factors.iter().map(|f| f.penalty).sum();
@@ -142,4 +142,18 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
         "critical"
     };
     Ok(HealthReport { score, status, factors })
+}
+
+/// A size for people to read (`252.0 GiB`), in the units the CLI prints.
+fn size(bytes: i64) -> String {
+    bytesize::ByteSize::b(bytes.unsigned_abs()).display().iec().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capacity_is_shown_in_binary_units() {
+        assert_eq!(super::size(270_553_174_016), "252.0 GiB");
+        assert_eq!(super::size(524_288_000), "500.0 MiB");
+    }
 }

@@ -1,44 +1,21 @@
 //! The cluster side of the scheduler: the on/off switch, the instances running the loop, the
 //! poll that takes lapsed runs over and claims due occurrences, and the lease of a run held here.
 
-use chrono::NaiveDateTime;
-
 use super::{
     Context, Instance, JobRun, JobRunState, Result, Status, Trigger,
     cron::{parse_schedule, plan_claim},
     crud::{first_due, spec_of},
+    lease, new_run,
 };
 use crate::{
     db::scheduler::{self as store, Claim, InstanceRow, RunRow},
     service::now,
 };
 
-/// A first attempt of `job` for occurrence `at`, running on this instance from `t`.
-pub(super) fn new_run(ctx: &Context, job: &str, at: NaiveDateTime, trigger: Trigger, t: NaiveDateTime) -> RunRow {
-    RunRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        job_name: job.to_owned(),
-        scheduled_for: at,
-        run_trigger: trigger,
-        state: JobRunState::Running,
-        owner: ctx.instance_id.clone(),
-        attempt: 1,
-        lease_until: Some(t + lease(ctx)),
-        started_at: t,
-        finished_at: None,
-        message: String::new(),
-        error: None,
-    }
-}
-
 /// Instances not seen for this long are shown as down (and forgotten after a day).
 fn alive_within(ctx: &Context) -> chrono::Duration {
     chrono::Duration::from_std((ctx.config.scheduler_poll_interval * 3).max(ctx.config.run_lease))
         .unwrap_or(chrono::Duration::seconds(30))
-}
-
-fn lease(ctx: &Context) -> chrono::Duration {
-    chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
 /// The scheduler's state.

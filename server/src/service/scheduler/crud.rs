@@ -7,8 +7,8 @@ use chrono::NaiveDateTime;
 
 use super::{
     Context, Error, Job, JobKind, JobRun, JobSpec, Result, Trigger, builtin_jobs,
-    claim::new_run,
     cron::{next_after, parse_schedule},
+    new_run,
 };
 use crate::{
     db::scheduler::{self as store, JobRow, RunRow},

@@ -320,6 +320,29 @@ fn builtin_jobs() -> Vec<JobSpec> {
     ]
 }
 
+/// A first attempt of `job` for occurrence `at`, running on this instance from `t`.
+pub(super) fn new_run(ctx: &Context, job: &str, at: NaiveDateTime, trigger: Trigger, t: NaiveDateTime) -> RunRow {
+    RunRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        job_name: job.to_owned(),
+        scheduled_for: at,
+        run_trigger: trigger,
+        state: JobRunState::Running,
+        owner: ctx.instance_id.clone(),
+        attempt: 1,
+        lease_until: Some(t + lease(ctx)),
+        started_at: t,
+        finished_at: None,
+        message: String::new(),
+        error: None,
+    }
+}
+
+/// How long a run's lease lasts from its last renewal.
+pub(super) fn lease(ctx: &Context) -> chrono::Duration {
+    chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
