@@ -55,6 +55,7 @@ impl TryFrom<pb::GetInfoResponse> for ServerInfo {
                     replication_lag: dur(n.replication_lag),
                     last_error: n.last_error,
                     last_checked: ts(n.last_checked_time),
+                    server_address: n.server_address,
                 })
             })
             .collect::<Result<_, Error>>()?;

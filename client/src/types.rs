@@ -82,6 +82,9 @@ pub struct NodeHealth {
     pub last_error: String,
     /// When last probed.
     pub last_checked: Option<DateTime<Utc>>,
+    /// The server that answered the last successful probe (`host:port`): with several hosts in the
+    /// database URL, the one chosen (after a failover, the new primary). Empty when unknown.
+    pub server_address: String,
 }
 
 /// Non-secret configuration summary.

@@ -311,8 +311,10 @@ pub struct Config {
     /// Compute and store SHA-256 of every file, not only when the client declares one.
     #[arg(long, env = "STRATA_ALWAYS_SHA256", action = ArgAction::Set, default_value_t = false, global = true)]
     pub always_sha256: bool,
-    /// A run (archive, restore, retention) holds its policy this long past its last batch; a run
-    /// whose server died is taken over by the next run after it expires.
+    /// Lease of background work on the database's clock: a run (archive, restore, retention) holds
+    /// its policy this long past its last batch, a job run and a blob migration this long past
+    /// their last renewal (every third of it); work whose instance died is taken over by another
+    /// instance once its lease lapses.
     #[arg(long, env = "STRATA_RUN_LEASE", value_parser = parse_duration, default_value = "30s", global = true)]
     #[serde(with = "humantime_serde")]
     pub run_lease: Duration,

@@ -116,9 +116,11 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
         )));
     }
     jobs.push(tokio::spawn(jobs::feed::tail(ctx.clone(), jobs_cancel.clone())));
-    if let Err(e) = service::blob_migration::resume_all(&ctx).await {
-        tracing::error!(error = %e, "resuming blob migrations failed");
-    }
+    jobs.push(tokio::spawn(jobs::blob_migrations(
+        ctx.clone(),
+        ctx.config.scheduler_poll_interval,
+        jobs_cancel.clone(),
+    )));
     match service::archive::mark_orphaned_runs(&ctx).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(runs = n, "archive runs of a stopped server recorded as interrupted"),

@@ -1,7 +1,10 @@
 //! Three real `strata-server` processes on one PostgreSQL catalog: over more than 50 ticks every
 //! occurrence of every job runs exactly once among them, a job never overlaps itself, and killing
 //! (SIGKILL) the process holding a long archival run lets another instance take the run over and
-//! finish the schedule.
+//! finish the schedule. Two of the three run with their wall clock faked (libfaketime) 120 s ahead
+//! and 120 s behind: every due time and lease follows the database's clock, so no occurrence runs
+//! early and no lease is taken over before it lapsed (checked by a trigger stamping each claim and
+//! takeover with the database's own time).
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -15,18 +18,31 @@ use strata_client::{
 };
 use strata_tests::{PgCluster, process::ServerProcess};
 
-fn spawn(db_url: &str, objects: &std::path::Path) -> ServerProcess {
+/// Debian's libfaketime (package `faketime`, installed by `.ci/run`).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A server process; with `skew` (e.g. "+120s"), its wall clock is faked that far off while its
+/// monotonic clock stays real, as on a host whose clock is wrong.
+fn spawn(db_url: &str, objects: &std::path::Path, skew: Option<&str>) -> ServerProcess {
+    spawn_with(db_url, objects, skew, &[])
+}
+
+/// [`spawn`] with more settings in the environment.
+fn spawn_with(db_url: &str, objects: &std::path::Path, skew: Option<&str>, extra: &[(&str, &str)]) -> ServerProcess {
     let objects = format!("file://{}", objects.display());
-    ServerProcess::spawn(
-        env!("CARGO_BIN_EXE_strata-server"),
-        &[
-            ("STRATA_DATABASE_URL", db_url),
-            ("STRATA_OBJECT_STORE_URL", &objects),
-            ("STRATA_RUN_LEASE", "1s"),
-            ("STRATA_RUN_SCHEDULER", "true"),
-            ("STRATA_SCHEDULER_POLL_INTERVAL", "100ms"),
-        ],
-    )
+    let mut env = vec![
+        ("STRATA_DATABASE_URL", db_url),
+        ("STRATA_OBJECT_STORE_URL", objects.as_str()),
+        ("STRATA_RUN_LEASE", "1s"),
+        ("STRATA_RUN_SCHEDULER", "true"),
+        ("STRATA_SCHEDULER_POLL_INTERVAL", "100ms"),
+    ];
+    if let Some(skew) = skew {
+        assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} missing: apt-get install faketime");
+        env.extend([("LD_PRELOAD", FAKETIME), ("FAKETIME", skew), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")]);
+    }
+    env.extend(extra.iter().copied());
+    ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &env)
 }
 
 #[derive(QueryableByName)]
@@ -92,11 +108,39 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     .await
     .unwrap();
     let db_url = cluster.primary_url(&db);
-    let mut procs: Vec<ServerProcess> = (0..3).map(|_| spawn(&db_url, objects.path())).collect();
+    let mut procs: Vec<ServerProcess> =
+        [None, Some("+120s"), Some("-120s")].into_iter().map(|skew| spawn(&db_url, objects.path(), skew)).collect();
     let client = procs[0].client().await;
     for p in &procs[1..] {
         p.client().await;
     }
+    // The fakes took: each skewed instance saw its clock differ from the database's by ~120 s.
+    for (p, sign) in [(&procs[1], ""), (&procs[2], "-")] {
+        // ahead_ms=1200xx for the one ahead, ahead_ms=-1200xx for the one behind.
+        let log = p.log();
+        assert!(
+            log.lines().any(|l| l.contains("differs from the database's") && l.contains(&format!("ahead_ms={sign}1"))),
+            "no clock skew reported by a faked instance:\n{log}"
+        );
+    }
+    // Stamp every claim and takeover of a job run with the database's own time.
+    c.batch_execute(
+        "CREATE TABLE run_log (run_id text, kind text, run_trigger text, state text, scheduled_for timestamp,
+                               old_lease timestamp, at timestamp);
+         CREATE FUNCTION log_run() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+           IF TG_OP = 'INSERT' THEN
+             INSERT INTO run_log VALUES (NEW.id, 'claim', NEW.run_trigger, NEW.state, NEW.scheduled_for, NULL,
+                                         clock_timestamp() AT TIME ZONE 'UTC');
+           ELSIF NEW.attempt > OLD.attempt THEN
+             INSERT INTO run_log VALUES (NEW.id, 'takeover', NEW.run_trigger, NEW.state, NEW.scheduled_for,
+                                         OLD.lease_until, clock_timestamp() AT TIME ZONE 'UTC');
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER log_run AFTER INSERT OR UPDATE ON strata.job_runs FOR EACH ROW EXECUTE FUNCTION log_run();",
+    )
+    .await
+    .unwrap();
 
     // Only the test's jobs run: the built-in ones are paused.
     for j in client.list_jobs().await.unwrap() {
@@ -208,10 +252,373 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     .unwrap()
     .n;
     assert_eq!((hot, archived), (0, 40_000));
+    // One clock: no scheduled occurrence was claimed before it was due, no run taken over before
+    // its lease lapsed — by the database's time (50 ms for the instances' estimate of it).
+    let early = diesel::sql_query(
+        "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'claim' AND run_trigger = 'schedule'
+           AND state = 'running' AND at < scheduled_for - interval '50 milliseconds'",
+    )
+    .get_result::<Count>(&mut c)
+    .await
+    .unwrap()
+    .n;
+    assert_eq!(early, 0, "occurrences claimed before they were due");
+    let claims = diesel::sql_query("SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'claim'")
+        .get_result::<Count>(&mut c)
+        .await
+        .unwrap()
+        .n;
+    assert!(claims >= 80, "{claims} claims logged");
+    let early_takeovers = diesel::sql_query(
+        "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'takeover'
+           AND (old_lease IS NULL OR at < old_lease - interval '50 milliseconds')",
+    )
+    .get_result::<Count>(&mut c)
+    .await
+    .unwrap()
+    .n;
+    assert_eq!(early_takeovers, 0, "runs taken over before their lease lapsed");
+    let takeovers = diesel::sql_query("SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'takeover'")
+        .get_result::<Count>(&mut c)
+        .await
+        .unwrap()
+        .n;
+    assert!(takeovers >= 1, "the killed instance's run was taken over");
+
     // The work was shared: more than one instance ran sampling runs.
     let instances: std::collections::BTreeSet<&str> = sample.values().flatten().map(|r| r.instance.as_str()).collect();
     eprintln!("{sample_ticks} sample ticks, {vacuum_ticks} vacuum ticks on {} instances", instances.len());
     let status = client.scheduler_status().await.unwrap();
     assert!(status.running);
     assert_eq!(status.instances.iter().filter(|i| i.alive).count(), 2, "{status:?}");
+}
+
+async fn count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql).get_result::<Count>(c).await.unwrap().n
+}
+
+#[derive(QueryableByName)]
+struct Runner {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    runner: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct Blob {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    raw_ref: String,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    raw: Vec<u8>,
+}
+
+/// A blob migration started through three instances at once has one runner; SIGKILLed, it is taken
+/// over by another instance once its lease lapsed (by the database's clock: two instances run with
+/// their wall clock two minutes off) and every row is moved exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_migration_has_one_runner_and_outlives_it() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("blobfleet").await.unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    const ROWS: i64 = 3000;
+    c.batch_execute(&format!(
+        "CREATE TABLE docs (id bigint PRIMARY KEY, raw bytea, raw_ref text);
+         INSERT INTO docs SELECT i, convert_to(repeat(md5(i::text), 64), 'UTF8'), NULL FROM generate_series(1, {ROWS}) i;
+         CREATE TABLE docs_before AS SELECT id, raw FROM docs;"
+    ))
+    .await
+    .unwrap();
+    let db_url = cluster.primary_url(&db);
+    let mut procs: Vec<ServerProcess> =
+        [None, Some("+120"), Some("-120")].into_iter().map(|skew| spawn(&db_url, objects.path(), skew)).collect();
+    let mut clients = Vec::new();
+    for p in &procs {
+        clients.push(p.client().await);
+    }
+    // Stamp every change of runner with the database's own time and the lease it replaced.
+    c.batch_execute(
+        "CREATE TABLE runner_log (old_runner text, new_runner text, old_lease timestamp, at timestamp);
+         CREATE FUNCTION log_runner() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+           INSERT INTO runner_log VALUES (OLD.runner, NEW.runner, OLD.lease_until, clock_timestamp() AT TIME ZONE 'UTC');
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER log_runner AFTER UPDATE ON strata.blob_migrations FOR EACH ROW
+           WHEN (OLD.runner IS DISTINCT FROM NEW.runner) EXECUTE FUNCTION log_runner();",
+    )
+    .await
+    .unwrap();
+
+    let spec = strata_client::types::BlobMigrationSpec {
+        table_name: "docs".into(),
+        key_column: "id".into(),
+        blob_column: "raw".into(),
+        reference_column: "raw_ref".into(),
+        base64: false,
+        batch_size: 20,
+        owner: "fleet".into(),
+        ..Default::default()
+    };
+    // Started through all three at once: one migration, the others are told it exists.
+    let results = futures::future::join_all(clients.iter().map(|c| c.start_blob_migration(&spec))).await;
+    let started: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(started.len(), 1, "{results:?}");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.code(), Some(tonic::Code::AlreadyExists), "{e}");
+    }
+    let id = started[0].migration.as_ref().unwrap().id.clone();
+
+    // Kill its runner mid-way.
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = clients[0].blob_migration(&id).await.unwrap();
+        if m.rows_done >= 200 {
+            assert_eq!(m.state, "running", "{m:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the migration never got going: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let runner = diesel::sql_query("SELECT runner FROM strata.blob_migrations WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .get_result::<Runner>(&mut c)
+        .await
+        .unwrap()
+        .runner
+        .expect("a running migration has a runner");
+    let pid: u32 = runner.split(':').nth(1).unwrap().parse().unwrap();
+    let victim = procs.iter().position(|p| p.pid() == pid).expect("the runner is one of ours");
+    procs[victim].kill9();
+    let survivor = &clients[(victim + 1) % 3];
+
+    let done = loop {
+        let m = survivor.blob_migration(&id).await.unwrap();
+        if m.state != "running" {
+            break m;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "the migration never finished: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((done.state.as_str(), done.rows_done), ("done", ROWS), "{done:?}");
+
+    // Every row moved exactly once: cleared, pointing at its own file, one file per row.
+    assert_eq!(
+        count(&mut c, "SELECT count(*)::int8 AS n FROM docs WHERE raw IS NULL AND raw_ref IS NOT NULL").await,
+        ROWS
+    );
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT raw_ref)::int8 AS n FROM docs").await, ROWS);
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM strata.files WHERE owner = 'fleet'").await, ROWS);
+    // The bytes are the originals (a sample, read back through the survivor).
+    let sample: Vec<Blob> = diesel::sql_query(
+        "SELECT d.raw_ref, b.raw FROM docs d JOIN docs_before b USING (id) WHERE d.id % 97 = 1 ORDER BY d.id",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    assert!(sample.len() >= 30);
+    for b in sample {
+        assert_eq!(survivor.download_bytes(&b.raw_ref, 0, 0).await.unwrap(), b.raw, "file {}", b.raw_ref);
+    }
+    // One takeover, from the killed runner, and not before its lease lapsed by the database's time.
+    let takeovers = count(
+        &mut c,
+        "SELECT count(*)::int8 AS n FROM runner_log WHERE old_runner IS NOT NULL AND new_runner IS NOT NULL",
+    )
+    .await;
+    assert_eq!(takeovers, 1, "exactly one takeover");
+    let early = count(
+        &mut c,
+        "SELECT count(*)::int8 AS n FROM runner_log WHERE old_lease IS NULL OR at < old_lease - interval '50 milliseconds'",
+    )
+    .await;
+    assert_eq!(early, 0, "taken over before the lease lapsed");
+}
+
+/// 50 alerts fire at once on a fleet of three (clocks two minutes apart) whose webhook receiver
+/// fails the first 50 requests and then recovers: every notification is delivered, retries carry
+/// the same delivery id, and no delivery is answered 200 twice — each send is leased to one
+/// instance and only the lease holder records the attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_alerts_are_each_delivered_once_by_a_fleet() {
+    use strata_client::alerts::{AlertMetric, AlertRule};
+    let hook = strata_tests::notify::WebhookSink::start(50).await.unwrap();
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("notify").await.unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    // 50 tables of ~200 KiB each, past a 100 kB threshold.
+    let mut ddl = String::new();
+    for i in 0..50 {
+        ddl.push_str(&format!(
+            "CREATE TABLE t{i} (id int PRIMARY KEY, v text); INSERT INTO t{i} SELECT g, repeat('x', 1000) FROM generate_series(1, 200) g;"
+        ));
+    }
+    c.batch_execute(&ddl).await.unwrap();
+    let db_url = cluster.primary_url(&db);
+    let url = hook.url();
+    let extra = [("STRATA_ALERT_WEBHOOK_URL", url.as_str()), ("STRATA_ALERT_NOTIFY_ATTEMPTS", "20")];
+    let procs: Vec<ServerProcess> = [None, Some("+120"), Some("-120")]
+        .into_iter()
+        .map(|skew| spawn_with(&db_url, objects.path(), skew, &extra))
+        .collect();
+    let client = procs[0].client().await;
+    for p in &procs[1..] {
+        p.client().await;
+    }
+    for j in client.list_jobs().await.unwrap() {
+        client.pause_job(&j.spec.name).await.unwrap();
+    }
+    for mut r in client.list_rules().await.unwrap() {
+        r.enabled = false;
+        client.update_rule(&r, &["enabled"]).await.unwrap();
+    }
+    client.create_rule(&AlertRule::new("big-tables", AlertMetric::TableSize, Some(100_000.0), None)).await.unwrap();
+    let run = client.run_job_now("alert-evaluation").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let run = loop {
+        let r = client.job_run(&run.id).await.unwrap();
+        if r.state != JobRunState::Running {
+            break r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "evaluation never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(run.state, JobRunState::Succeeded, "{run:?}");
+    assert!(run.message.contains("50 fired"), "{}", run.message);
+
+    // Every notification delivered (answered 200) once.
+    let ok_by_id = || {
+        let mut by = BTreeMap::<String, usize>::new();
+        for r in hook.received().iter().filter(|r| r.status == 200) {
+            *by.entry(r.headers["x-strata-delivery"].clone()).or_default() += 1;
+        }
+        by
+    };
+    while ok_by_id().len() < 50 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "{} of 50 delivered", ok_by_id().len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past any retry that could still come (the longest backoff after 50 failures is a few seconds).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let received = hook.received();
+    let ok = ok_by_id();
+    assert_eq!(ok.len(), 50);
+    assert!(ok.values().all(|n| *n == 1), "a delivery answered 200 twice: {ok:?}");
+    let failed: Vec<&str> =
+        received.iter().filter(|r| r.status != 200).map(|r| r.headers["x-strata-delivery"].as_str()).collect();
+    assert_eq!(failed.len(), 50, "the first 50 requests failed");
+    // Retries carry the id of the delivery they retry.
+    assert!(failed.iter().all(|id| ok.contains_key(*id)), "a failed delivery never succeeded");
+    // The catalog agrees: 50 sent, after 100 attempts in all, each recorded once.
+    let sent = count(&mut c, "SELECT count(*)::int8 AS n FROM strata.alert_notifications WHERE state = 'sent'").await;
+    let attempts = count(&mut c, "SELECT coalesce(sum(attempts), 0)::int8 AS n FROM strata.alert_notifications").await;
+    assert_eq!((sent, attempts), (50, received.len() as i64));
+    let notified = count(&mut c, "SELECT count(*)::int8 AS n FROM strata.alert_events WHERE kind = 'notified'").await;
+    assert_eq!(notified, 50);
+}
+
+/// The previous release's server (built by `tests/setup.sh` from the commit in
+/// `tests/upgrade-from`), beside this build's binary in the target directory.
+fn previous_server() -> std::path::PathBuf {
+    let commit = include_str!("../../tests/upgrade-from").trim();
+    let target = std::path::Path::new(env!("CARGO_BIN_EXE_strata-server")).parent().unwrap().parent().unwrap();
+    let path = target.join("previous").join(format!("strata-server-{commit}"));
+    assert!(path.exists(), "{} missing: run tests/setup.sh (it builds the previous release)", path.display());
+    path
+}
+
+/// A rolling upgrade: an instance of the previous release keeps serving, scheduling and migrating
+/// blobs while an instance of this one upgrades the catalog under it and runs beside it; every
+/// occurrence runs once, every row moves once, each sees what the other wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_previous_release_and_this_one_share_a_catalog() {
+    let old_bin = previous_server();
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("upgrade").await.unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE docs (id bigint PRIMARY KEY, raw bytea, raw_ref text);
+         INSERT INTO docs SELECT i, convert_to(repeat(md5(i::text), 32), 'UTF8'), NULL FROM generate_series(1, 600) i;",
+    )
+    .await
+    .unwrap();
+    let db_url = cluster.primary_url(&db);
+    let objects_url = format!("file://{}", objects.path().display());
+    let env = [
+        ("STRATA_DATABASE_URL", db_url.as_str()),
+        ("STRATA_OBJECT_STORE_URL", objects_url.as_str()),
+        ("STRATA_RUN_LEASE", "1s"),
+        ("STRATA_RUN_SCHEDULER", "true"),
+        ("STRATA_SCHEDULER_POLL_INTERVAL", "100ms"),
+    ];
+    // The previous release creates the catalog, then this one upgrades it while it runs.
+    let old = ServerProcess::spawn(old_bin.to_str().unwrap(), &env);
+    let old_client = old.client().await;
+    for j in old_client.list_jobs().await.unwrap() {
+        old_client.pause_job(&j.spec.name).await.unwrap();
+    }
+    let opts = strata_client::types::UploadOptions { owner: "o".into(), ..Default::default() };
+    let before = old_client.upload_bytes(&opts, "before", bytes_of("from the old one")).await.unwrap();
+    let new = ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &env);
+    let new_client = new.client().await;
+    let level = count(&mut c, "SELECT compat_level AS n FROM strata.catalog_info").await;
+    assert_eq!(level, 1);
+
+    // The old one still works on the upgraded catalog: files both ways.
+    let after = old_client.upload_bytes(&opts, "after", bytes_of("old, after the upgrade")).await.unwrap();
+    let mine = new_client.upload_bytes(&opts, "mine", bytes_of("from the new one")).await.unwrap();
+    assert_eq!(new_client.download_bytes(&before.id, 0, 0).await.unwrap(), b"from the old one");
+    assert_eq!(new_client.download_bytes(&after.id, 0, 0).await.unwrap(), b"old, after the upgrade");
+    assert_eq!(old_client.download_bytes(&mine.id, 0, 0).await.unwrap(), b"from the new one");
+
+    // A blob migration started by the old one (no lease) is left to it while it makes progress.
+    let spec = strata_client::types::BlobMigrationSpec {
+        table_name: "docs".into(),
+        key_column: "id".into(),
+        blob_column: "raw".into(),
+        reference_column: "raw_ref".into(),
+        batch_size: 10,
+        owner: "upgrade".into(),
+        ..Default::default()
+    };
+    let id = old_client.start_blob_migration(&spec).await.unwrap().migration.unwrap().id;
+
+    // Both schedule: an every-second job runs once per occurrence across the two versions.
+    let start = Utc::now();
+    new_client.create_job(&job("tick", JobKind::MetricsSample, "", "* * * * * *")).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let done = loop {
+        let m = new_client.blob_migration(&id).await.unwrap();
+        if m.state != "running" {
+            break m;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "the migration never finished: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((done.state.as_str(), done.rows_done), ("done", 600), "{done:?}");
+    while Utc::now() - start < chrono::Duration::seconds(12) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let settled = Utc::now() - chrono::Duration::seconds(3);
+    let ticks = runs_by_tick(&new_client, "tick", start + chrono::Duration::seconds(1), settled).await;
+    assert!(assert_exactly_once("tick", &ticks, 1) >= 8);
+    let versions: std::collections::BTreeSet<&str> = ticks.values().flatten().map(|r| r.instance.as_str()).collect();
+    eprintln!("ticks run by {} instance(s)", versions.len());
+    // Every row moved once; the old release ran it alone (no runner recorded, nobody took it over).
+    assert_eq!(
+        count(&mut c, "SELECT count(*)::int8 AS n FROM docs WHERE raw IS NULL AND raw_ref IS NOT NULL").await,
+        600
+    );
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM strata.files WHERE owner = 'upgrade'").await, 600);
+    let runner = diesel::sql_query("SELECT runner FROM strata.blob_migrations WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .get_result::<Runner>(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(runner.runner, None, "taken over from a live runner of the previous release");
+    drop((old, new));
+}
+
+fn bytes_of(s: &'static str) -> bytes::Bytes {
+    bytes::Bytes::from_static(s.as_bytes())
 }

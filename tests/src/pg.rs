@@ -219,6 +219,22 @@ impl PgCluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.primary.port)
     }
 
+    /// URL naming both nodes, for the one accepting writes (libpq's multi-host form): after
+    /// [`PgCluster::promote_replica`] it leads to the replica.
+    pub fn failover_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+            self.primary.port, self.replica.port
+        )
+    }
+
+    /// Promotes the replica to primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote_replica(&self) -> anyhow::Result<()> {
+        let mut c = pg_command(&self.bindir, "pg_ctl");
+        c.args(["promote", "-w", "-t", "60", "-D"]).arg(&self.replica.data);
+        run(c).map(|_| ())
+    }
+
     /// URL of database `db` on the replica.
     pub fn replica_url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.replica.port)

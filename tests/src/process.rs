@@ -53,6 +53,11 @@ impl ServerProcess {
         }
     }
 
+    /// What it logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -128,6 +128,8 @@ pub struct NotificationRow {
     pub next_attempt_at: NaiveDateTime,
     /// Held by a sender until.
     pub lease_until: Option<NaiveDateTime>,
+    /// The instance holding the send lease.
+    pub lease_owner: Option<String>,
     /// Last failure.
     pub last_error: Option<String>,
     /// JSON body.
@@ -275,6 +277,7 @@ struct NotificationColumns {
     payload: String,
     created_at: NaiveDateTime,
     sent_at: Option<NaiveDateTime>,
+    lease_owner: Option<String>,
 }
 
 impl TryFrom<NotificationColumns> for NotificationRow {
@@ -291,6 +294,7 @@ impl TryFrom<NotificationColumns> for NotificationRow {
             attempts: c.attempts,
             next_attempt_at: c.next_attempt_at,
             lease_until: c.lease_until,
+            lease_owner: c.lease_owner,
             last_error: c.last_error,
             payload: c.payload,
             created_at: c.created_at,
@@ -606,6 +610,7 @@ pub async fn notifications_of(conn: &mut Conn, alert_id: &str) -> Result<Vec<Not
 /// same alert and channel is still pending: receivers get each alert's changes in order.
 pub async fn claim_due(
     conn: &mut Conn,
+    owner: &str,
     now: NaiveDateTime,
     until: NaiveDateTime,
     limit: i64,
@@ -640,11 +645,15 @@ pub async fn claim_due(
                     .filter(n::state.eq(pending))
                     .filter(n::lease_until.is_null().or(n::lease_until.lt(now))),
             )
-            .set(n::lease_until.eq(Some(until)))
+            .set((n::lease_until.eq(Some(until)), n::lease_owner.eq(Some(owner))))
             .execute(conn)
             .await?;
             if won == 1 {
-                claimed.push(d);
+                claimed.push(NotificationColumns {
+                    lease_until: Some(until),
+                    lease_owner: Some(owner.to_owned()),
+                    ..d
+                });
             }
         }
         claimed
@@ -652,7 +661,9 @@ pub async fn claim_due(
 }
 
 /// Records a delivery attempt: sent, retry at `next`, or failed for good; with an event on the
-/// alert's timeline for the outcome (`notified` / `notify_failed`), in one transaction.
+/// alert's timeline for the outcome (`notified` / `notify_failed`), in one transaction. Only the
+/// holder of the claim `n_row` was read with may record (compare-and-set on the lease's owner and
+/// end): false, and nothing written, when the lease lapsed and another sender took it over.
 pub async fn record_attempt(
     conn: &mut Conn,
     n_row: &NotificationRow,
@@ -661,21 +672,34 @@ pub async fn record_attempt(
     error: Option<&str>,
     now: NaiveDateTime,
     event: Option<&NewEvent>,
-) -> Result<()> {
-    db_run!(conn, {
+) -> Result<bool> {
+    let (Some(until), Some(owner)) = (n_row.lease_until, n_row.lease_owner.as_deref()) else {
+        return Ok(false);
+    };
+    Ok(db_run!(conn, {
         use schema::{alert_events as e, alert_notifications as n, alerts as t};
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
-            diesel::update(n::table.filter(n::id.eq(&n_row.id)))
-                .set((
-                    n::state.eq(state.as_str()),
-                    n::attempts.eq(n_row.attempts + 1),
-                    n::next_attempt_at.eq(next),
-                    n::lease_until.eq(None::<NaiveDateTime>),
-                    n::last_error.eq(error),
-                    n::sent_at.eq((state == NotificationState::Sent).then_some(now)),
-                ))
-                .execute(&mut *c)
-                .await?;
+            let held = diesel::update(
+                n::table
+                    .filter(n::id.eq(&n_row.id))
+                    .filter(n::state.eq(NotificationState::Pending.as_str()))
+                    .filter(n::lease_owner.eq(owner))
+                    .filter(n::lease_until.eq(until)),
+            )
+            .set((
+                n::state.eq(state.as_str()),
+                n::attempts.eq(n_row.attempts + 1),
+                n::next_attempt_at.eq(next),
+                n::lease_until.eq(None::<NaiveDateTime>),
+                n::lease_owner.eq(None::<String>),
+                n::last_error.eq(error),
+                n::sent_at.eq((state == NotificationState::Sent).then_some(now)),
+            ))
+            .execute(&mut *c)
+            .await?;
+            if held != 1 {
+                return Ok(false);
+            }
             if let Some(ev) = event {
                 let a: Option<(String, String)> = t::table
                     .filter(t::id.eq(&n_row.alert_id))
@@ -699,11 +723,10 @@ pub async fn record_attempt(
                         .await?;
                 }
             }
-            Ok(())
+            Ok(true)
         })
-        .await?;
-    });
-    Ok(())
+        .await?
+    }))
 }
 
 /// Deletes the oldest resolved alerts beyond `keep`, with their events and notifications; an

@@ -13,7 +13,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use super::{
     Conn, Error, Result,
     files::{FileRow, record_file},
-    quote,
+    is_unique_violation, quote,
 };
 use crate::{
     db_run,
@@ -272,9 +272,20 @@ pub async fn next_batch(conn: &mut Conn, t: &Target, limit: i64) -> Result<Vec<S
     }))
 }
 
-/// In one transaction: records `file` (and its blob, or a new reference to identical content),
-/// points the row at it and clears its blob, and advances the migration. Returns the object key
-/// holding the content, or None when the row changed meanwhile (nothing is written then).
+/// What [`commit_row`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The row points at the file now; the content is in this object.
+    Stored(String),
+    /// The row changed meanwhile (moved by someone else, or its blob cleared): nothing written.
+    RowChanged,
+    /// Another instance runs the migration now: nothing written.
+    LeaseLost,
+}
+
+/// In one transaction: advances `runner`'s migration, records `file` (and its blob, or a new
+/// reference to identical content), points the row at it and clears its blob.
+#[expect(clippy::too_many_arguments, reason = "one row's move: table, row, object, file, migration and runner")]
 pub async fn commit_row(
     conn: &mut Conn,
     t: &Target,
@@ -282,8 +293,9 @@ pub async fn commit_row(
     object_key: &str,
     file: &FileRow,
     migration: &str,
+    runner: &str,
     now: NaiveDateTime,
-) -> Result<Option<String>> {
+) -> Result<Committed> {
     // On SQLite the key parameter takes the key column's affinity in the comparison.
     let update = if t.sqlite {
         format!(
@@ -306,27 +318,35 @@ pub async fn commit_row(
     let out = db_run!(conn, {
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
             use schema::blob_migrations as m;
+            // The runner's claim first: a runner that lost its lease writes nothing.
+            let held = diesel::update(
+                m::table
+                    .filter(m::id.eq(migration))
+                    .filter(m::runner.eq(runner))
+                    .filter(m::state.eq(BlobMigrationState::Running.as_str())),
+            )
+            .set((
+                m::rows_done.eq(m::rows_done + 1i64),
+                m::bytes_done.eq(m::bytes_done + file.size_bytes),
+                m::updated_at.eq(now),
+            ))
+            .execute(&mut *c)
+            .await?;
+            if held != 1 {
+                return Ok(Committed::LeaseLost);
+            }
             let n = diesel::sql_query(&update).bind::<Text, _>(&file.id).bind::<Text, _>(key).execute(&mut *c).await?;
             if n != 1 {
                 return Err(diesel::result::Error::RollbackTransaction);
             }
             let stored = record_file!(c, schema, object_key, file, now);
-            diesel::update(m::table.filter(m::id.eq(migration)))
-                .set((
-                    m::rows_done.eq(m::rows_done + 1i64),
-                    m::bytes_done.eq(m::bytes_done + file.size_bytes),
-                    m::updated_at.eq(now),
-                ))
-                .execute(&mut *c)
-                .await?;
-            Ok(stored)
+            Ok(Committed::Stored(stored))
         })
         .await
     });
     match out {
-        Ok(k) => Ok(Some(k)),
-        Err(diesel::result::Error::RollbackTransaction) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(diesel::result::Error::RollbackTransaction) => Ok(Committed::RowChanged),
+        r => Ok(r?),
     }
 }
 
@@ -365,6 +385,10 @@ pub struct MigrationRow {
     pub created_at: NaiveDateTime,
     /// Updated.
     pub updated_at: NaiveDateTime,
+    /// The instance running it (None: started by a strata without leases).
+    pub runner: Option<String>,
+    /// Its runner holds it until then (the database's time).
+    pub lease_until: Option<NaiveDateTime>,
 }
 
 /// The columns as read; [`MigrationRow`]'s `TryFrom` is the one place their text becomes enums.
@@ -386,6 +410,8 @@ struct StoredMigration {
     error: Option<String>,
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
+    runner: Option<String>,
+    lease_until: Option<NaiveDateTime>,
 }
 
 impl TryFrom<StoredMigration> for MigrationRow {
@@ -408,13 +434,16 @@ impl TryFrom<StoredMigration> for MigrationRow {
             error: r.error,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            runner: r.runner,
+            lease_until: r.lease_until,
         })
     }
 }
 
-/// Stores a new migration.
-pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<()> {
-    db_run!(conn, {
+/// Stores a new migration; false when one of the same column is running already (the unique
+/// index `blob_migrations_one_running`: one runner per column across the fleet).
+pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<bool> {
+    let r = db_run!(conn, {
         use schema::blob_migrations as t;
         diesel::insert_into(t::table)
             .values((
@@ -434,7 +463,42 @@ pub async fn insert(conn: &mut Conn, m: &MigrationRow) -> Result<()> {
                 t::error.eq(&m.error),
                 t::created_at.eq(m.created_at),
                 t::updated_at.eq(m.updated_at),
+                t::runner.eq(&m.runner),
+                t::lease_until.eq(m.lease_until),
             ))
+            .execute(conn)
+            .await
+    });
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The running migration of a column, if any.
+pub async fn running_on(conn: &mut Conn, schema_name: &str, table: &str, column: &str) -> Result<Option<MigrationRow>> {
+    let row = db_run!(conn, {
+        use schema::blob_migrations as t;
+        t::table
+            .filter(t::schema_name.eq(schema_name))
+            .filter(t::table_name.eq(table))
+            .filter(t::blob_column.eq(column))
+            .filter(t::state.eq(BlobMigrationState::Running.as_str()))
+            .first::<StoredMigration>(conn)
+            .await
+            .optional()?
+    });
+    row.map(MigrationRow::try_from).transpose()
+}
+
+/// Gives up `runner`'s lease on migration `id` (this instance is stopping): it ends `now`, so
+/// another instance takes it over at its next check.
+pub async fn release(conn: &mut Conn, id: &str, runner: &str, now: NaiveDateTime) -> Result<()> {
+    db_run!(conn, {
+        use schema::blob_migrations as t;
+        diesel::update(t::table.filter(t::id.eq(id)).filter(t::runner.eq(runner)))
+            .set(t::lease_until.eq(now))
             .execute(conn)
             .await?;
     });
@@ -450,29 +514,81 @@ pub async fn get(conn: &mut Conn, id: &str) -> Result<Option<MigrationRow>> {
     row.map(MigrationRow::try_from).transpose()
 }
 
-/// Migrations still running (to resume at start-up).
-pub async fn running(conn: &mut Conn) -> Result<Vec<MigrationRow>> {
+/// Running migrations whose runner's lease lapsed by `now`, or that have no lease (started by a
+/// strata of the previous version, which runs them without one) and made no progress since
+/// `stale_before`: another instance may take them over with [`take_over`]. The second rule keeps
+/// an upgraded instance from running a migration beside the old instance still running it.
+pub async fn lapsed(conn: &mut Conn, now: NaiveDateTime, stale_before: NaiveDateTime) -> Result<Vec<MigrationRow>> {
     let rows = db_run!(conn, {
         use schema::blob_migrations as t;
-        t::table.filter(t::state.eq(BlobMigrationState::Running.as_str())).load::<StoredMigration>(conn).await?
+        t::table
+            .filter(t::state.eq(BlobMigrationState::Running.as_str()))
+            .filter(t::lease_until.lt(now).or(t::lease_until.is_null().and(t::updated_at.lt(stale_before))))
+            .load::<StoredMigration>(conn)
+            .await?
     });
     rows.into_iter().map(MigrationRow::try_from).collect()
 }
 
-/// Sets a migration's state (and error).
+/// Takes the lapsed migration `m` over for `runner` until `until` (compare-and-set on the lease it
+/// was read with): true for exactly one of the instances that try.
+pub async fn take_over(conn: &mut Conn, m: &MigrationRow, runner: &str, until: NaiveDateTime) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::blob_migrations as t;
+        let running = t::table.filter(t::id.eq(&m.id)).filter(t::state.eq(BlobMigrationState::Running.as_str()));
+        let set = (t::runner.eq(runner), t::lease_until.eq(until));
+        match m.lease_until {
+            None => diesel::update(running.filter(t::lease_until.is_null())).set(set).execute(conn).await?,
+            Some(held) => diesel::update(running.filter(t::lease_until.eq(held))).set(set).execute(conn).await?,
+        }
+    });
+    Ok(n == 1)
+}
+
+/// Extends `runner`'s lease on migration `id` to `until`; false when another instance took it over
+/// (or it ended).
+pub async fn renew(conn: &mut Conn, id: &str, runner: &str, until: NaiveDateTime) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::blob_migrations as t;
+        diesel::update(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::runner.eq(runner))
+                .filter(t::state.eq(BlobMigrationState::Running.as_str())),
+        )
+        .set(t::lease_until.eq(until))
+        .execute(conn)
+        .await?
+    });
+    Ok(n == 1)
+}
+
+/// Records how `runner`'s run of migration `id` ended (state and error); false, and nothing
+/// written, when another instance holds it now.
 pub async fn set_state(
     conn: &mut Conn,
     id: &str,
+    runner: &str,
     state: BlobMigrationState,
     error: Option<&str>,
     now: NaiveDateTime,
-) -> Result<()> {
-    db_run!(conn, {
+) -> Result<bool> {
+    let n = db_run!(conn, {
         use schema::blob_migrations as t;
-        diesel::update(t::table.filter(t::id.eq(id)))
-            .set((t::state.eq(state.as_str()), t::error.eq(error), t::updated_at.eq(now)))
-            .execute(conn)
-            .await?;
+        diesel::update(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::runner.eq(runner))
+                .filter(t::state.eq(BlobMigrationState::Running.as_str())),
+        )
+        .set((
+            t::state.eq(state.as_str()),
+            t::error.eq(error),
+            t::updated_at.eq(now),
+            t::lease_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+        .await?
     });
-    Ok(())
+    Ok(n == 1)
 }

@@ -16,19 +16,39 @@ const SQLITE: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The catalog compatibility level this strata understands. The catalog records the lowest level
+/// that may run against it (`catalog_info.compat_level`); only a contracting migration (a drop, a
+/// rename, a column whose meaning changes) raises it, together with this constant. Expanding
+/// migrations (new tables, nullable or defaulted columns) leave it alone, so during a rolling
+/// upgrade the previous version keeps running against the upgraded catalog. See
+/// docs/operations.md ("Upgrades").
+pub const CATALOG_LEVEL: i64 = 1;
+
+/// Refuses a catalog whose compatibility level is above [`CATALOG_LEVEL`].
+pub(crate) fn check_level(level: i64) -> Result<()> {
+    if level > CATALOG_LEVEL {
+        return Err(Error::Migration(format!(
+            "the catalog is at compatibility level {level}, newer than this strata understands (level \
+             {CATALOG_LEVEL}): a newer strata upgraded it with a contracting migration; run that version or newer"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs pending PostgreSQL migrations on a dedicated connection (not a pooled one, whose
 /// `search_path` must stay the application's). Returns how many ran.
 pub(crate) async fn run_postgres(url: &str) -> Result<usize> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .map_err(|e| Error::Connect { node: "primary".into(), message: e.to_string() })?;
-    // The schema must exist before Diesel creates its bookkeeping table in it. A session-level
-    // advisory lock serialises strata instances that start at the same time; it is released when
-    // this connection closes.
-    conn.batch_execute("CREATE SCHEMA IF NOT EXISTS strata; SET search_path TO strata;")
+    // A session-level advisory lock serialises strata instances that start at the same time (it is
+    // released when this connection closes); taken first, because even `CREATE SCHEMA IF NOT
+    // EXISTS` run by two sessions at once fails one of them on pg_namespace's unique index. The
+    // schema must exist before Diesel creates its bookkeeping table in it.
+    conn.batch_execute("SELECT pg_advisory_lock(7365626174617374)")
         .await
         .map_err(|e| Error::Migration(e.to_string()))?;
-    conn.batch_execute("SELECT pg_advisory_lock(7365626174617374)")
+    conn.batch_execute("CREATE SCHEMA IF NOT EXISTS strata; SET search_path TO strata;")
         .await
         .map_err(|e| Error::Migration(e.to_string()))?;
     let ran = tokio::task::spawn_blocking(move || {

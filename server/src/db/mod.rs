@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod archive;
 pub mod backups;
 pub mod blob_migration;
+mod clock;
 pub mod files;
 pub mod maintenance;
 pub mod migrations;
@@ -197,6 +198,9 @@ pub struct NodeHealth {
     pub last_error: Option<String>,
     /// When last probed.
     pub checked_at: Option<DateTime<Utc>>,
+    /// The server that answered the last probe (`host:port`; PostgreSQL): with several hosts in the
+    /// URL, the one that accepted it — after a failover, the new primary.
+    pub server: Option<String>,
 }
 
 /// Snapshot of a pool's state.
@@ -274,6 +278,8 @@ struct Inner {
     primary_up: watch::Sender<bool>,
     /// The primary's recent WAL positions (PostgreSQL), for replica lag.
     wal_history: Mutex<stats::WalHistory>,
+    /// The database's time, read by each probe of the primary.
+    clock: clock::Clock,
 }
 
 /// Handle to the application's database. Cheap to clone.
@@ -326,15 +332,33 @@ pub fn quote(ident: &str) -> String {
 
 /// Removes the password from a URL so it can be shown or logged.
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
+    match split_password(raw) {
+        Some((url, Some(_))) => {
+            let (before, after) = url.split_once("@").map_or((url.as_str(), ""), |(b, a)| (b, a));
+            format!("{before}:***@{after}")
         }
-        Err(_) => "<unparseable url>".into(),
+        Some((url, None)) => url,
+        None => "<unparseable url>".into(),
     }
+}
+
+/// Splits the password (as written, percent-encoded) out of a URL's userinfo: the URL without it,
+/// and the password. Works on forms that URL parsers refuse, such as libpq's several hosts
+/// (`postgres://u:p@h1:5432,h2:5432/db`). None for text that is no URL.
+pub fn split_password(raw: &str) -> Option<(String, Option<String>)> {
+    let (scheme, rest) = raw.split_once("://")?;
+    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return Some((raw.to_owned(), None));
+    };
+    Some(match userinfo.split_once(':') {
+        Some((user, password)) => (format!("{scheme}://{user}@{hosts}{tail}"), Some(password.to_owned())),
+        None => (raw.to_owned(), None),
+    })
 }
 
 fn pg_setup(
@@ -516,6 +540,10 @@ impl Db {
             return Err(Error::UnsupportedUrl(redact_url(&settings.url)));
         };
         let (primary_up, _) = watch::channel(false);
+        let clock = match backend {
+            Backend::Postgres { .. } => clock::Clock::database(),
+            Backend::Sqlite { .. } => clock::Clock::local(),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
@@ -523,8 +551,20 @@ impl Db {
                 replica_fallbacks: AtomicU64::new(0),
                 primary_up,
                 wal_history: Mutex::new(stats::WalHistory::default()),
+                clock,
             }),
         })
+    }
+
+    /// The database's time now (microsecond precision), for every lease, due time, expiry and
+    /// cutoff that other instances may compare: never this process's wall clock (see `db::clock`).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// [`Db::now`] as the catalog's timestamp type.
+    pub fn now_naive(&self) -> chrono::NaiveDateTime {
+        self.inner.clock.now_naive()
     }
 
     /// The backend in use.
@@ -720,24 +760,31 @@ impl Db {
                         message: format!("probe timed out after {timeout:?}"),
                     })
                 });
-                record(node, r.map(|_| None))
+                record(node, r.map(|_| None), None)
             }
             Backend::Postgres { primary, replicas } => {
                 // The primary first: its WAL position is the yardstick for the replicas' lag.
                 let p = stats::probe_pg(&primary.name, &primary.url, timeout).await;
-                if let Ok(lsn) = p {
-                    self.inner.wal_history.lock().expect("wal history lock").push(Instant::now(), lsn);
+                if let Ok(probe) = &p {
+                    self.inner.wal_history.lock().expect("wal history lock").push(Instant::now(), probe.lsn);
+                    self.inner.clock.anchor(probe.time, probe.at);
                 }
                 let replayed =
                     futures::future::join_all(replicas.iter().map(|r| stats::probe_pg(&r.name, &r.url, timeout))).await;
                 let now = Instant::now();
-                let rs: Vec<Result<Option<Duration>>> = {
+                let rs: Vec<(Result<Option<Duration>>, Option<String>)> = {
                     let history = self.inner.wal_history.lock().expect("wal history lock");
-                    replayed.into_iter().map(|r| r.map(|lsn| Some(history.lag(lsn, now)))).collect()
+                    replayed
+                        .into_iter()
+                        .map(|r| match r {
+                            Ok(p) => (Ok(Some(history.lag(p.lsn, now))), Some(p.server)),
+                            Err(e) => (Err(e), None),
+                        })
+                        .collect()
                 };
-                for (r, res) in replicas.iter().zip(rs) {
+                for (r, (res, server)) in replicas.iter().zip(rs) {
                     let was = self.replica_usable(r);
-                    record(r, res);
+                    record(r, res, server);
                     let now = self.replica_usable(r);
                     if was && !now {
                         let h = r.health();
@@ -746,7 +793,8 @@ impl Db {
                         tracing::info!(node = %r.name, "replica serving reads");
                     }
                 }
-                record(primary, p.map(|_| None))
+                let server = p.as_ref().ok().map(|p| p.server.clone());
+                record(primary, p.map(|_| None), server)
             }
         };
         let changed = self.inner.primary_up.send_if_modified(|up| {
@@ -795,12 +843,23 @@ impl Db {
         }
     }
 
-    /// Runs the embedded migrations of this backend.
+    /// Runs the embedded migrations of this backend, then checks that this strata understands the
+    /// catalog (a newer strata may have upgraded it: see [`migrations::CATALOG_LEVEL`]).
     pub async fn migrate(&self) -> Result<usize> {
-        match &self.inner.backend {
-            Backend::Postgres { primary, .. } => migrations::run_postgres(&primary.url).await,
-            Backend::Sqlite { path, .. } => migrations::run_sqlite(path).await,
-        }
+        let ran = match &self.inner.backend {
+            Backend::Postgres { primary, .. } => migrations::run_postgres(&primary.url).await?,
+            Backend::Sqlite { path, .. } => migrations::run_sqlite(path).await?,
+        };
+        let mut pooled = self.write().await?;
+        let conn = &mut pooled;
+        let level = db_run!(conn, {
+            use diesel::{ExpressionMethods as _, QueryDsl as _};
+            use diesel_async::RunQueryDsl as _;
+            use schema::catalog_info as c;
+            c::table.filter(c::id.eq(1)).select(c::compat_level).first::<i64>(conn).await?
+        });
+        migrations::check_level(level)?;
+        Ok(ran)
     }
 
     /// Waits until the primary answers, retrying with a bounded backoff for at most `max_wait`.
@@ -808,7 +867,7 @@ impl Db {
         let deadline = Instant::now() + max_wait;
         let mut delay = Duration::from_millis(100);
         loop {
-            if self.probe_all().await {
+            if self.probe_all().await && self.inner.clock.synced() {
                 return Ok(());
             }
             let err = self.nodes().into_iter().next().and_then(|n| n.health.last_error).unwrap_or_default();
@@ -826,12 +885,41 @@ impl Db {
 }
 
 /// Stores a probe outcome in `node`'s health; returns whether it succeeded.
-fn record<P>(node: &Node<P>, r: Result<Option<Duration>>) -> bool {
+fn record<P>(node: &Node<P>, r: Result<Option<Duration>>, server: Option<String>) -> bool {
     let now = Some(Utc::now());
     let ok = r.is_ok();
+    let before = node.health().server;
+    if ok && server.is_some() && before.is_some() && server != before {
+        tracing::warn!(node = %node.name, from = ?before, to = ?server, "the node's server changed (failover)");
+    }
     node.set_health(match r {
-        Ok(lag) => NodeHealth { healthy: true, lag, last_error: None, checked_at: now },
-        Err(e) => NodeHealth { healthy: false, lag: None, last_error: Some(e.to_string()), checked_at: now },
+        Ok(lag) => NodeHealth { healthy: true, lag, last_error: None, checked_at: now, server },
+        Err(e) => {
+            NodeHealth { healthy: false, lag: None, last_error: Some(e.to_string()), checked_at: now, server: before }
+        }
     });
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_found_and_hidden_in_every_url_form() {
+        assert_eq!(redact_url("postgres://u:p%2Bw@h:5432/db"), "postgres://u:***@h:5432/db");
+        // libpq's several hosts, which URL parsers refuse.
+        let multi = "postgres://u:s3cr3t@h1:5432,h2:5433/db?target_session_attrs=read-write";
+        assert_eq!(redact_url(multi), "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write");
+        assert_eq!(
+            split_password(multi),
+            Some(("postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write".into(), Some("s3cr3t".into())))
+        );
+        // An '@' in the password (escaped or not) and none at all.
+        assert_eq!(split_password("postgres://u:a@b@h/db").unwrap().1.as_deref(), Some("a@b"));
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("file:///var/lib/strata"), "file:///var/lib/strata");
+        assert_eq!(redact_url("s3://key:secret@minio:9000/bucket"), "s3://key:***@minio:9000/bucket");
+        assert_eq!(redact_url("not a url"), "<unparseable url>");
+    }
 }

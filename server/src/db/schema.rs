@@ -59,6 +59,12 @@ pub const UNIQUE_INDEXES: &[UniqueIndex] = &[
     },
     UniqueIndex { table: "blobs", columns: &["object_key"], predicate: None, guards: "one blob per stored object" },
     UniqueIndex {
+        table: "blob_migrations",
+        columns: &["schema_name", "table_name", "blob_column"],
+        predicate: Some("state = 'running'"),
+        guards: "one running migration (and runner) per blob column across instances",
+    },
+    UniqueIndex {
         table: "archive_policies",
         columns: &["name"],
         predicate: None,
@@ -186,6 +192,8 @@ catalog! {
         error -> [Nullable<Text>],
         created_at -> [Timestamp],
         updated_at -> [Timestamp],
+        runner -> [Nullable<Text>],
+        lease_until -> [Nullable<Timestamp>],
     }
     archive_policies (id) sqlite "strata_archive_policies" {
         id -> [Text],
@@ -357,5 +365,10 @@ catalog! {
         payload -> [Text],
         created_at -> [Timestamp],
         sent_at -> [Nullable<Timestamp>],
+        lease_owner -> [Nullable<Text>],
+    }
+    catalog_info (id) sqlite "strata_catalog_info" {
+        id -> [BigInt],
+        compat_level -> [BigInt],
     }
 }

@@ -360,23 +360,43 @@ pub async fn database_stats(conn: &mut Conn, sqlite_file: Option<&str>, prefix: 
 struct LsnRow {
     #[diesel(sql_type = BigInt)]
     lsn: i64,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    now: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    server: String,
+}
+
+/// What one probe of a PostgreSQL node read.
+pub struct Probe {
+    /// Its WAL position (see [`PG_LSN`]).
+    pub lsn: i64,
+    /// Its clock (`clock_timestamp()`), read at `at` on this process's monotonic clock: the middle
+    /// of the query's round trip.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// When `time` was read.
+    pub at: std::time::Instant,
+    /// The server that answered (`host:port`): with several hosts in the URL, the one chosen.
+    pub server: String,
 }
 
 /// The node's WAL position in bytes: the current write position on a primary, the last replayed
 /// position on a standby.
 const PG_LSN: &str = r"
 SELECT (COALESCE(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
-                 '0/0'::pg_lsn) - '0/0'::pg_lsn)::int8 AS lsn";
+                 '0/0'::pg_lsn) - '0/0'::pg_lsn)::int8 AS lsn, clock_timestamp() AS now,
+       coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'local socket') AS server";
 
 /// Probes a PostgreSQL node on a fresh connection (so a busy pool cannot make a healthy node look
-/// down); returns its WAL position (see [`PG_LSN`]).
-pub async fn probe_pg(name: &str, url: &str, timeout: Duration) -> Result<i64> {
+/// down); returns its WAL position and its clock.
+pub async fn probe_pg(name: &str, url: &str, timeout: Duration) -> Result<Probe> {
     let work = async {
         let mut conn = AsyncPgConnection::establish(url)
             .await
             .map_err(|e| Error::Connect { node: name.to_owned(), message: e.to_string() })?;
+        let sent = std::time::Instant::now();
         let r: LsnRow = diesel::sql_query(PG_LSN).get_result(&mut conn).await?;
-        Ok(r.lsn)
+        let at = sent + sent.elapsed() / 2;
+        Ok(Probe { lsn: r.lsn, time: r.now, at, server: r.server })
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,

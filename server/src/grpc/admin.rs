@@ -37,6 +37,7 @@ impl AdminService for AdminApi {
                     replication_lag: n.health.lag.map(dur),
                     last_error: n.health.last_error.unwrap_or_default(),
                     last_checked_time: n.health.checked_at.map(ts),
+                    server_address: n.health.server.unwrap_or_default(),
                 })
                 .collect(),
             start_time: Some(ts(i.started_at)),

@@ -198,7 +198,7 @@ fn health_pb(h: HealthReport) -> pb::GetHealthReportResponse {
             .into_iter()
             .map(|f| pb::HealthFactor { name: f.name.into(), penalty: f.penalty, detail: f.detail })
             .collect(),
-        time: Some(ts(chrono::Utc::now())),
+        time: Some(ts(h.at)),
     }
 }
 
@@ -351,7 +351,8 @@ impl AlertService for AlertApi {
         // Small: a slow client stalls only its own task, which then falls behind the feed and
         // is resynced.
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(alerts::watch(self.ctx.clone(), f, tx));
+        let sub = alerts::subscribe(&self.ctx).await?;
+        tokio::spawn(alerts::watch(self.ctx.clone(), f, sub, tx));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| {
             item.map(|i| match i {
                 WatchItem::Snapshot(a) => pb::WatchAlertsResponse {

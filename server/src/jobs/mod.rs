@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Context, alerts, scheduler};
+use crate::service::{Context, alerts, blob_migration, scheduler};
 
 /// Probes every database node each `interval`: drives read routing and the health service.
 pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken) {
@@ -21,6 +21,22 @@ pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => { ctx.db.probe_all().await; }
+        }
+    }
+}
+
+/// Takes over blob migrations whose runner's lease lapsed (its instance stopped or died), each
+/// `interval`, on every instance: migrations are started by RPCs on any of them. The first check
+/// runs at once, so a restarted single instance resumes what it was running.
+pub async fn blob_migrations(ctx: Context, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => if let Err(e) = blob_migration::take_over_lapsed(&ctx).await {
+                tracing::warn!(error = %e, "checking for blob migrations to take over failed; retrying");
+            },
         }
     }
 }

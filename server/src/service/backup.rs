@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Context, Error, Result, now, store_unavailable};
+use super::{Context, Error, Result, store_unavailable};
 use crate::db::{
     self,
     backups::{self as store, BackupRow, Integrity},
@@ -79,7 +79,7 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 
 /// Starts a backup of the application database.
 pub async fn start(ctx: &Context) -> Result<Backup> {
-    let t = now();
+    let t = ctx.now();
     let (format, ext) = match ctx.db.backend() {
         db::BackendKind::Postgres => (BackupFormat::PgDump, "dump"),
         db::BackendKind::Sqlite => (BackupFormat::Sqlite, "sqlite"),
@@ -136,7 +136,7 @@ async fn run(ctx: Context, mut row: BackupRow) {
                     _ = tokio::time::sleep(HEARTBEAT) => {}
                 }
                 if let Ok(mut conn) = ctx.db.write().await {
-                    let _ = store::heartbeat(&mut conn, &id, now()).await;
+                    let _ = store::heartbeat(&mut conn, &id, ctx.now()).await;
                 }
             }
         })
@@ -166,7 +166,7 @@ async fn run(ctx: Context, mut row: BackupRow) {
     }
     let finished = async {
         let mut conn = ctx.db.write().await?;
-        store::finish(&mut conn, &row, now()).await?;
+        store::finish(&mut conn, &row, ctx.now()).await?;
         Ok::<_, Error>(())
     };
     if let Err(e) = finished.await {
@@ -189,11 +189,12 @@ fn tool(ctx: &Context, name: &str) -> PathBuf {
 
 /// Connection settings for libpq tools: the URL without its password, which goes into the
 /// environment instead (a command line is visible to every local user).
+/// Several hosts (`postgres://h1,h2/db?target_session_attrs=read-write`) pass through: libpq
+/// picks the primary as strata's own connections do.
 fn libpq_target(url: &str) -> Result<(String, Option<String>)> {
-    let mut u = url::Url::parse(url).map_err(|e| Error::FailedPrecondition(format!("database url: {e}")))?;
-    let password = u.password().map(percent_decode);
-    let _ = u.set_password(None);
-    Ok((u.to_string(), password))
+    let (url, password) =
+        crate::db::split_password(url).ok_or_else(|| Error::FailedPrecondition("database url: not a URL".into()))?;
+    Ok((url, password.as_deref().map(percent_decode)))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -1,18 +1,20 @@
 //! Blob migration: moves blobs stored in an application table (base64 text or bytea) into files.
 //! Each row is written to the object store, read back and verified, then — in one transaction —
 //! recorded as a file, pointed at by the row's reference column and cleared from its blob column.
-//! A crash at any point leaves each row either untouched or fully migrated; a running migration
-//! resumes at start-up. PostgreSQL and SQLite.
+//! A crash at any point leaves each row either untouched or fully migrated. One instance of the
+//! fleet runs a migration at a time, holding a lease on it (on the database's clock, renewed every
+//! third of `run_lease`); when its runner dies, another instance takes it over once the lease
+//! lapses (`jobs::blob_migrations`) and continues where it stopped. PostgreSQL and SQLite.
 
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 
-use super::{Context, Error, Result, ident, now, store_unavailable};
+use super::{Context, Error, Result, ident, store_unavailable};
 use crate::db::{
     BackendKind,
-    blob_migration::{self as store, MigrationRow, Target},
+    blob_migration::{self as store, Committed, MigrationRow, Target},
     files::FileRow,
 };
 pub use crate::model::files::{BlobEncoding, BlobMigrationState};
@@ -120,7 +122,7 @@ pub async fn start(ctx: &Context, mut req: StartRequest) -> Result<(Option<Migra
         }
         .into();
     }
-    let t = now();
+    let t = ctx.now();
     let row = MigrationRow {
         id: uuid::Uuid::now_v7().to_string(),
         schema_name: req.schema_name,
@@ -138,6 +140,8 @@ pub async fn start(ctx: &Context, mut req: StartRequest) -> Result<(Option<Migra
         error: None,
         created_at: t,
         updated_at: t,
+        runner: Some(ctx.instance_id.clone()),
+        lease_until: Some(lease_from(ctx, t)),
     };
     let target = target(ctx, &row).await?;
     let mut conn = ctx.db.write().await?;
@@ -145,7 +149,16 @@ pub async fn start(ctx: &Context, mut req: StartRequest) -> Result<(Option<Migra
     if req.dry_run {
         return Ok((None, rows, bytes));
     }
-    store::insert(&mut conn, &row).await?;
+    if !store::insert(&mut conn, &row).await? {
+        let running = store::running_on(&mut conn, &row.schema_name, &row.table_name, &row.blob_column).await?;
+        return Err(Error::AlreadyExists(format!(
+            "a migration of {}.{}.{} ({})",
+            row.schema_name,
+            row.table_name,
+            row.blob_column,
+            running.map_or_else(|| "just ended".to_owned(), |r| r.id)
+        )));
+    }
     drop(conn);
     ctx.tasks.spawn(run(ctx.clone(), row.clone()));
     Ok((Some(row.into()), rows, bytes))
@@ -157,29 +170,48 @@ pub async fn get(ctx: &Context, id: &str) -> Result<Migration> {
     store::get(&mut conn, id).await?.map(Migration::from).ok_or_else(|| Error::NotFound(format!("blob migration {id}")))
 }
 
-/// Resumes every migration left running by a previous process.
-pub async fn resume_all(ctx: &Context) -> Result<usize> {
-    let mut conn = ctx.db.write().await?;
-    let rows = store::running(&mut conn).await?;
-    let n = rows.len();
-    for r in rows {
-        tracing::info!(migration = %r.id, done = r.rows_done, "resuming blob migration");
-        ctx.tasks.spawn(run(ctx.clone(), r));
-    }
-    Ok(n)
+/// When a lease taken at `t` ends.
+fn lease_from(ctx: &Context, t: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+    t + chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
-/// Runs a migration to completion, until the server stops, or until a row fails.
+/// Takes over every running migration whose runner's lease lapsed (its instance stopped or died;
+/// or it was started by a strata without leases) and runs it here. Each is taken by exactly one
+/// instance (compare-and-set on the lease). Returns how many this instance took.
+pub async fn take_over_lapsed(ctx: &Context) -> Result<usize> {
+    let mut conn = ctx.db.write().await?;
+    let t = ctx.now();
+    let mut taken = 0;
+    let stale_before = t - chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30));
+    for r in store::lapsed(&mut conn, t, stale_before).await? {
+        let until = lease_from(ctx, t);
+        if store::take_over(&mut conn, &r, &ctx.instance_id, until).await? {
+            tracing::info!(migration = %r.id, done = r.rows_done, from = ?r.runner, "taking over blob migration");
+            let r = MigrationRow { runner: Some(ctx.instance_id.clone()), lease_until: Some(until), ..r };
+            ctx.tasks.spawn(run(ctx.clone(), r));
+            taken += 1;
+        }
+    }
+    Ok(taken)
+}
+
+/// Runs a migration held here to completion, until the server stops, until a row fails, or until
+/// its lease is lost (another instance took it over: it then carries on, this one stops quietly).
 async fn run(ctx: Context, row: MigrationRow) {
     let stop = ctx.background.clone();
     // Stopping the server drops the work wherever it is, as a crash would: each row is atomic.
     let outcome = tokio::select! {
         biased;
-        _ = stop.cancelled() => return,
+        _ = stop.cancelled() => return release(&ctx, &row.id).await,
+        lost = hold_lease(&ctx, &row.id) => lost,
         r = run_batches(&ctx, &row) => r,
     };
     if matches!(outcome, Err(Error::Cancelled(_))) && stop.is_cancelled() {
         // An object store call saw the same stop first: still a stop, not a failure.
+        return release(&ctx, &row.id).await;
+    }
+    if matches!(outcome, Err(Error::Busy(_))) {
+        tracing::warn!(migration = %row.id, "blob migration lease lost; another instance runs it now");
         return;
     }
     let (state, error) = match &outcome {
@@ -189,13 +221,47 @@ async fn run(ctx: Context, row: MigrationRow) {
     if let Err(e) = &outcome {
         tracing::error!(migration = %row.id, error = %e, "blob migration failed");
     }
-    match ctx.db.write().await {
-        Ok(mut conn) => {
-            if let Err(e) = store::set_state(&mut conn, &row.id, state, error.as_deref(), now()).await {
-                tracing::error!(migration = %row.id, error = %e, "recording the blob migration's end failed");
-            }
-        }
+    let recorded = async {
+        let mut conn = ctx.db.write().await?;
+        Ok::<_, Error>(
+            store::set_state(&mut conn, &row.id, &ctx.instance_id, state, error.as_deref(), ctx.now()).await?,
+        )
+    };
+    match recorded.await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(migration = %row.id, "blob migration taken over before its end was recorded"),
         Err(e) => tracing::error!(migration = %row.id, error = %e, "recording the blob migration's end failed"),
+    }
+}
+
+/// Gives up this instance's lease on migration `id` as the server stops, so another instance
+/// takes it over at once rather than when the lease lapses.
+async fn release(ctx: &Context, id: &str) {
+    let released = async {
+        let mut conn = ctx.db.write().await?;
+        Ok::<_, Error>(store::release(&mut conn, id, &ctx.instance_id, ctx.now()).await?)
+    };
+    if let Err(e) = released.await {
+        tracing::warn!(migration = %id, error = %e, "releasing the blob migration lease failed; it lapses instead");
+    }
+}
+
+/// Renews this instance's lease on migration `id` every third of `run_lease`; returns (as
+/// `Error::Busy`) once another instance holds it. A failed renewal is retried: the lease lapses
+/// only if renewals keep failing for a whole `run_lease`.
+async fn hold_lease(ctx: &Context, id: &str) -> Result<()> {
+    let every = ctx.config.run_lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let renewed = async {
+            let mut conn = ctx.db.write().await?;
+            Ok::<_, Error>(store::renew(&mut conn, id, &ctx.instance_id, lease_from(ctx, ctx.now())).await?)
+        };
+        match renewed.await {
+            Ok(true) => {}
+            Ok(false) => return Err(Error::Busy(format!("blob migration {id} is run by another instance"))),
+            Err(e) => tracing::warn!(migration = %id, error = %e, "renewing the blob migration lease failed; retrying"),
+        }
     }
 }
 
@@ -249,15 +315,20 @@ async fn move_one(ctx: &Context, target: &Target, row: &MigrationRow, key: &str,
         blake3,
         sha256: None,
         metadata: serde_json::json!({ "table": row.table_name, "key": key }).to_string(),
-        created_at: now(),
+        created_at: ctx.now(),
         lost: false,
     };
     let mut conn = ctx.db.write().await?;
-    let stored = store::commit_row(&mut conn, target, key, &object_key, &file, &row.id, now()).await?;
+    let committed =
+        store::commit_row(&mut conn, target, key, &object_key, &file, &row.id, &ctx.instance_id, ctx.now()).await?;
     drop(conn);
-    if stored.as_deref() != Some(object_key.as_str()) {
-        // Identical content existed, or the row changed meanwhile: our copy is not needed.
+    if committed != Committed::Stored(object_key.clone()) {
+        // Identical content existed, the row changed meanwhile, or another instance runs the
+        // migration now: our copy is not needed.
         let _ = ctx.objects.delete(&object_key, &ctx.background).await;
+    }
+    if committed == Committed::LeaseLost {
+        return Err(Error::Busy(format!("blob migration {} is run by another instance", row.id)));
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub async fn storage_metrics(ctx: &Context, prefix: &TablePrefix) -> Result<Stor
         stats,
         pools: ctx.db.pool_stats(),
         replicas,
-        collected_at: Utc::now(),
+        collected_at: ctx.now_utc(),
         served_by,
     })
 }
@@ -103,7 +103,7 @@ fn snapshot(row: SnapshotRow, table_count: i64) -> Snapshot {
 pub async fn record_snapshot(ctx: &Context) -> Result<Snapshot> {
     let mut conn = ctx.db.write().await?;
     let stats = stats::database_stats(&mut conn, ctx.db.sqlite_path(), "").await?;
-    let now = Utc::now();
+    let now = ctx.now_utc();
     // Truncate to microseconds: PostgreSQL stores no finer, and the response must equal what is stored.
     let taken_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now).naive_utc();
     let id = snapshots::insert(&mut conn, taken_at, stats.size_bytes, &stats.tables).await?;
@@ -297,7 +297,7 @@ fn fit(samples: &[Sample], target: Option<i64>) -> Trend {
 
 /// Growth over the window from stored snapshots (read from a replica when one can serve).
 pub async fn growth(ctx: &Context, q: &GrowthQuery) -> Result<Growth> {
-    let now = Utc::now();
+    let now = ctx.now_utc();
     let window_start = now - chrono::Duration::from_std(q.window.length()).expect("window fits");
     let (mut conn, _) = ctx.db.read().await?;
     let (snaps, tables) = snapshots::since(&mut conn, window_start.naive_utc(), &q.prefix.0).await?;

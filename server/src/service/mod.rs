@@ -60,12 +60,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// them without importing `db/`.
 pub use crate::db::{Error as DbError, QueryFailure};
 
-/// Now, at microsecond precision: what PostgreSQL stores, so values read back compare equal.
-pub(crate) fn now() -> chrono::NaiveDateTime {
-    let n = Utc::now();
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n).naive_utc()
-}
-
 /// Checks the shape of an SQL identifier from a client (63 bytes is PostgreSQL's limit); whether
 /// it exists is for the live schema to say.
 pub(crate) fn ident(what: &str, s: &str) -> Result<()> {
@@ -120,7 +114,7 @@ pub struct Context {
     /// Monotonic start time, for uptime.
     pub started: Instant,
     /// Alert changes for WatchAlerts subscribers (fed by `jobs::feed`).
-    pub alert_feed: alerts::Feed,
+    pub alert_feed: std::sync::Arc<alerts::Feed>,
     /// Starts a job run this instance holds (`jobs::dispatch::start`; see [`scheduler::StartRun`]).
     pub start_run: scheduler::StartRun,
     /// This process among strata instances (`host:pid:random`): owner of the job runs it holds.
@@ -128,6 +122,18 @@ pub struct Context {
 }
 
 impl Context {
+    /// The database's time (microsecond precision), for everything written to the catalog: leases,
+    /// due times, expiries, cutoffs and the times shown with them. Never this process's wall clock:
+    /// other instances compare these values (see `db::Db::now`).
+    pub fn now(&self) -> chrono::NaiveDateTime {
+        self.db.now_naive()
+    }
+
+    /// [`Context::now`] in UTC.
+    pub fn now_utc(&self) -> DateTime<Utc> {
+        self.db.now()
+    }
+
     /// A context for a server starting now; `start_run` runs the job runs it claims.
     pub fn new(db: db::Db, objects: ObjectStore, config: Config, start_run: scheduler::StartRun) -> Self {
         let file_limits = files::FileLimits {
@@ -136,6 +142,7 @@ impl Context {
             upload_expiry: config.upload_expiry,
             always_sha256: config.always_sha256,
         };
+        let started_at = db.now();
         Self {
             db,
             objects,
@@ -145,9 +152,9 @@ impl Context {
             closing: Default::default(),
             tasks: Default::default(),
             config: std::sync::Arc::new(config),
-            started_at: Utc::now(),
+            started_at,
             started: Instant::now(),
-            alert_feed: tokio::sync::broadcast::channel(alerts::FEED_CAPACITY).0,
+            alert_feed: Default::default(),
             start_run,
             instance_id: format!(
                 "{}:{}:{}",

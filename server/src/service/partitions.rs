@@ -109,7 +109,7 @@ pub async fn ensure(
     past: u32,
 ) -> Result<(Vec<Partition>, u32)> {
     let existing = list(ctx, p).await?;
-    let mut start = interval.start_of(Utc::now());
+    let mut start = interval.start_of(ctx.now_utc());
     for _ in 0..past {
         start = interval.prev(start);
     }
@@ -167,7 +167,7 @@ pub async fn health(ctx: &Context, p: Parent) -> Result<Health> {
         None => 0,
     };
     let newest = ranges.iter().filter_map(|x| x.end).max();
-    let coverage_ahead = newest.map(|e| (e - Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
+    let coverage_ahead = newest.map(|e| (e - ctx.now_utc()).to_std().unwrap_or_default()).unwrap_or_default();
     Ok(Health { parent: p, partitions, gaps, default_rows, coverage_ahead })
 }
 
@@ -178,7 +178,7 @@ pub async fn drop_old(
     older_than: std::time::Duration,
     dry_run: bool,
 ) -> Result<Vec<Partition>> {
-    let cutoff = Utc::now()
+    let cutoff = ctx.now_utc()
         - chrono::Duration::from_std(older_than).map_err(|_| Error::InvalidArgument("older_than too large".into()))?;
     let due: Vec<Partition> =
         list(ctx, p).await?.into_iter().filter(|x| !x.is_default && x.end.is_some_and(|e| e <= cutoff)).collect();

@@ -261,4 +261,42 @@ mod sqlite {
         assert_eq!(n.len(), embedded);
         server.stop().await.unwrap();
     }
+
+    /// Rolling upgrades: a strata keeps serving a catalog that a newer strata expanded (a column, a
+    /// table and a migration it does not know), and refuses to start on one whose compatibility
+    /// level is above its own, saying why.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_newer_catalog_is_served_while_compatible_and_refused_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        TestServer::sqlite(dir.path()).await.unwrap().stop().await.unwrap();
+        let mut c = crate::support::sqlite_sync(&dir.path().join("strata.db"));
+        for sql in [
+            "ALTER TABLE strata_files ADD COLUMN crc32c TEXT",
+            "CREATE TABLE strata_future_things (id TEXT PRIMARY KEY)",
+            "INSERT INTO strata_schema_migrations (version, run_on) VALUES ('20991231000099', CURRENT_TIMESTAMP)",
+        ] {
+            diesel::sql_query(sql).execute(&mut c).unwrap();
+        }
+        let server = TestServer::sqlite(dir.path()).await.unwrap();
+        let client = server.client().await;
+        let opts = strata_client::types::UploadOptions { owner: "o".into(), ..Default::default() };
+        let f = client.upload_bytes(&opts, "a.txt", bytes::Bytes::from_static(b"still works")).await.unwrap();
+        assert_eq!(client.download_bytes(&f.id, 0, 0).await.unwrap(), b"still works");
+        assert!(!client.list_jobs().await.unwrap().is_empty());
+        server.stop().await.unwrap();
+
+        // A contracting upgrade raised the level: this strata stops at start-up and says why.
+        diesel::sql_query("UPDATE strata_catalog_info SET compat_level = 2").execute(&mut c).unwrap();
+        let e = TestServer::sqlite(dir.path()).await.err().expect("refused");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("compatibility level 2, newer than this strata understands (level 1)"), "{msg}");
+        // Nothing was changed: the file uploaded before is still recorded.
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = Integer)]
+            n: i32,
+        }
+        let n: N = diesel::sql_query("SELECT count(*) AS n FROM strata_files").get_result(&mut c).unwrap();
+        assert_eq!(n.n, 1);
+    }
 }

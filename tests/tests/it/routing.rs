@@ -144,3 +144,54 @@ async fn replica_and_primary_loss_and_recovery() {
     server.stop().await.unwrap();
     drop(cluster);
 }
+
+/// Primary failover: the database URL names both nodes (libpq's several hosts with
+/// `target_session_attrs=read-write`); once the primary is stopped and the replica promoted,
+/// writes go to the new primary, health says which server that is, and what was written before is
+/// still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_follow_a_promoted_replica() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().expect("own cluster");
+    let db = cluster.create_database("failover").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.failover_url(&db);
+    let server = TestServer::start(strata_tests::server::test_config(url, Vec::new(), &dir.path().join("objects")))
+        .await
+        .unwrap();
+    let c = server.client().await;
+    let opts = strata_client::types::UploadOptions { owner: "o".into(), ..Default::default() };
+    let before = c.upload_bytes(&opts, "before", bytes::Bytes::from_static(b"written before")).await.unwrap();
+    let info = c.info().await.unwrap();
+    let primary = info.nodes.iter().find(|n| n.role == NodeRole::Primary).unwrap();
+    let first = primary.server_address.clone();
+    assert!(primary.healthy && !first.is_empty(), "{primary:?}");
+
+    // The old primary goes away; the replica is promoted.
+    tokio::task::block_in_place(|| {
+        cluster.stop_primary().unwrap();
+        cluster.promote_replica().unwrap();
+    });
+    let t0 = Instant::now();
+    let after = eventually("a write on the new primary", Duration::from_secs(60), || {
+        let (c, opts) = (c.clone(), opts.clone());
+        async move { c.upload_bytes(&opts, "after", bytes::Bytes::from_static(b"written after")).await.ok() }
+    })
+    .await;
+    eprintln!("writes resumed {:?} after the promotion", t0.elapsed());
+    let node = eventually("health naming the new primary", Duration::from_secs(30), || {
+        let c = c.clone();
+        let first = first.clone();
+        async move {
+            let info = c.info().await.ok()?;
+            let p = info.nodes.into_iter().find(|n| n.role == NodeRole::Primary)?;
+            (p.healthy && !p.server_address.is_empty() && p.server_address != first).then_some(p)
+        }
+    })
+    .await;
+    assert!(
+        cluster.replica_url(&db).contains(&format!("127.0.0.1:{}", node.server_address.rsplit(':').next().unwrap()))
+    );
+    assert_eq!(c.download_bytes(&before.id, 0, 0).await.unwrap(), b"written before");
+    assert_eq!(c.download_bytes(&after.id, 0, 0).await.unwrap(), b"written after");
+    server.stop().await.unwrap();
+}

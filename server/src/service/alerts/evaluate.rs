@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 
 use super::{
     AlertState, Comparison, Context, EventKind, Metric, Result, Rule, RuleSpec, Severity, close, list_rules,
-    notify::notifications, now,
+    notify::notifications,
 };
 use crate::{
     db::{
@@ -319,7 +319,7 @@ async fn apply(
     existing: Option<AlertRow>,
     out: &mut Evaluation,
 ) -> Result<()> {
-    let t = now();
+    let t = ctx.now();
     let lvl = level(rule, value);
     let mut conn = ctx.db.write().await?;
     let Some((sev, threshold)) = lvl else {

@@ -28,6 +28,8 @@ pub struct HealthReport {
     pub status: &'static str,
     /// Every factor, penalised or not.
     pub factors: Vec<Factor>,
+    /// When it was computed (the database's time).
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The health score: 100 minus the penalties below (at least 0); 0 outright when the primary is
@@ -42,7 +44,7 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
         detail: if primary_up { "reachable".into() } else { "unreachable".into() },
     });
     if !primary_up {
-        return Ok(HealthReport { score: 0, status: "critical", factors });
+        return Ok(HealthReport { score: 0, status: "critical", factors, at: ctx.now_utc() });
     }
     let (open, _) = list_alerts(
         ctx,
@@ -141,7 +143,7 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
     } else {
         "critical"
     };
-    Ok(HealthReport { score, status, factors })
+    Ok(HealthReport { score, status, factors, at: ctx.now_utc() })
 }
 
 /// A size for people to read (`252.0 GiB`), in the units the CLI prints.

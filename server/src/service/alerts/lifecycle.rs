@@ -3,7 +3,7 @@
 
 use super::{
     Alert, AlertDetail, AlertEvent, AlertFilter, AlertState, Context, Error, EventKind, Notification, Result,
-    notify::notifications, now,
+    notify::notifications,
 };
 use crate::db::{
     self,
@@ -55,7 +55,7 @@ pub async fn acknowledge(ctx: &Context, id: &str, by: &str, note: &str) -> Resul
                 )));
             }
         }
-        let t = now();
+        let t = ctx.now();
         let previous = a.updated_at;
         let next = AlertRow {
             state: AlertState::Acknowledged,
@@ -100,7 +100,7 @@ pub(super) async fn close(ctx: &Context, conn: &mut db::Conn, a: AlertRow, by: &
     if a.state == AlertState::Pending {
         return Ok(store::delete_pending(conn, &a.id, a.updated_at).await?);
     }
-    let t = now();
+    let t = ctx.now();
     let previous = a.updated_at;
     let next = AlertRow {
         state: AlertState::Resolved,

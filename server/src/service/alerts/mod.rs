@@ -31,9 +31,9 @@ pub use self::{
     lifecycle::{acknowledge, get_alert, list_alerts, resolve},
     notify::{deliver_due, sign},
     rules::{RuleSpec, create_rule, delete_rule, ensure_builtin, get_rule, list_rules, update_rule},
-    watch::{Change, FEED_CAPACITY, Feed, Tail, WatchFilter, WatchItem, watch},
+    watch::{Change, FEED_CAPACITY, Feed, Subscription, Tail, WatchFilter, WatchItem, subscribe, watch},
 };
-use super::{Context, Error, Result, now};
+use super::{Context, Error, Result};
 use crate::db::alerts::{AlertRow, EventRow, NotificationRow};
 pub use crate::model::alerts::{AlertState, Channel, Comparison, EventKind, Metric, NotificationState, Severity};
 

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use chrono::{NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{Channel, Context, EventKind, NotificationState, Result, labels_of, now};
+use super::{Channel, Context, EventKind, NotificationState, Result, labels_of};
 use crate::db::alerts::{self as store, AlertRow, NewEvent, NewNotification, NotificationRow};
 
 /// The JSON document a notification carries.
@@ -65,26 +65,34 @@ fn retry_delay(attempts: i64) -> Duration {
         .unwrap_or(Duration::from_secs(300))
 }
 
-/// How long a sender holds a claimed notification (longer than any attempt takes).
-const SEND_LEASE: Duration = Duration::from_secs(60);
 /// How long one webhook or SMTP attempt may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a sender holds the notifications it claimed. The claimed ones are sent concurrently,
+/// each bounded by [`SEND_TIMEOUT`], so the lease covers the longest send with room to record the
+/// outcome; a sender that outlives it anyway records nothing (see `record_attempt`).
+const SEND_LEASE: Duration = Duration::from_secs(45);
+/// Notifications claimed (and sent concurrently) at a time.
+const CLAIM_BATCH: i64 = 20;
 
-/// Sends due notifications (at most 20 per call); returns how many were attempted.
+/// Sends due notifications (at most [`CLAIM_BATCH`] per call); returns how many were attempted.
 pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize> {
-    let t = now();
+    let t = ctx.now();
     let mut conn = ctx.db.write().await?;
-    let due = store::claim_due(&mut conn, t, t + chrono::Duration::from_std(SEND_LEASE).expect("small"), 20).await?;
+    let until = t + chrono::Duration::from_std(SEND_LEASE).expect("small");
+    let due = store::claim_due(&mut conn, &ctx.instance_id, t, until, CLAIM_BATCH).await?;
     drop(conn);
     let n = due.len();
-    for d in due {
+    let sends = due.into_iter().map(|d| async move {
         let result = match tokio::time::timeout(SEND_TIMEOUT, send(ctx, http, &d)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {}", humantime::format_duration(SEND_TIMEOUT))),
         };
-        let t = now();
+        (d, result)
+    });
+    for (d, result) in futures::future::join_all(sends).await {
+        let t = ctx.now();
         let mut conn = ctx.db.write().await?;
-        match result {
+        let recorded = match &result {
             Ok(()) => {
                 let ev = NewEvent {
                     kind: EventKind::Notified,
@@ -92,14 +100,12 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
                     actor: "strata".into(),
                     note: format!("{} to {}", d.channel, d.target),
                 };
-                store::record_attempt(&mut conn, &d, NotificationState::Sent, t, None, t, Some(&ev)).await?;
-                tracing::info!(alert = %d.alert_id, channel = %d.channel, attempt = d.attempts + 1, "alert notification sent");
+                store::record_attempt(&mut conn, &d, NotificationState::Sent, t, None, t, Some(&ev)).await?
             }
             Err(e) if d.attempts + 1 < i64::from(ctx.config.alert_notify_attempts) => {
                 let next =
                     t + chrono::Duration::from_std(retry_delay(d.attempts)).unwrap_or(chrono::Duration::seconds(300));
-                store::record_attempt(&mut conn, &d, NotificationState::Pending, next, Some(&e), t, None).await?;
-                tracing::warn!(alert = %d.alert_id, channel = %d.channel, attempt = d.attempts + 1, error = %e, "alert notification failed; retrying");
+                store::record_attempt(&mut conn, &d, NotificationState::Pending, next, Some(e), t, None).await?
             }
             Err(e) => {
                 let ev = NewEvent {
@@ -108,8 +114,23 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
                     actor: "strata".into(),
                     note: format!("{} to {} failed after {} attempts: {e}", d.channel, d.target, d.attempts + 1),
                 };
-                store::record_attempt(&mut conn, &d, NotificationState::Failed, t, Some(&e), t, Some(&ev)).await?;
-                tracing::error!(alert = %d.alert_id, channel = %d.channel, error = %e, "alert notification failed for good");
+                store::record_attempt(&mut conn, &d, NotificationState::Failed, t, Some(e), t, Some(&ev)).await?
+            }
+        };
+        let attempt = d.attempts + 1;
+        match (&result, recorded) {
+            (_, false) => tracing::warn!(
+                alert = %d.alert_id, channel = %d.channel, attempt,
+                "send lease lapsed before the attempt was recorded; the instance holding it now decides"
+            ),
+            (Ok(()), true) => {
+                tracing::info!(alert = %d.alert_id, channel = %d.channel, attempt, "alert notification sent")
+            }
+            (Err(e), true) if d.attempts + 1 < i64::from(ctx.config.alert_notify_attempts) => {
+                tracing::warn!(alert = %d.alert_id, channel = %d.channel, attempt, error = %e, "alert notification failed; retrying")
+            }
+            (Err(e), true) => {
+                tracing::error!(alert = %d.alert_id, channel = %d.channel, error = %e, "alert notification failed for good")
             }
         }
     }
@@ -126,7 +147,7 @@ pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
 async fn send(ctx: &Context, http: &reqwest::Client, n: &NotificationRow) -> std::result::Result<(), String> {
     match n.channel {
         Channel::Webhook => {
-            let ts = Utc::now().timestamp();
+            let ts = ctx.now_utc().timestamp();
             let doc: serde_json::Value = serde_json::from_str(&n.payload).unwrap_or_default();
             let mut req = http
                 .post(&n.target)

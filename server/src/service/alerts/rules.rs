@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::NaiveDateTime;
 
-use super::{Comparison, Context, Error, Metric, Result, Rule, close, now};
+use super::{Comparison, Context, Error, Metric, Result, Rule, close};
 use crate::{
     db::alerts::{self as store, RuleRow},
     service::{check_name, maintenance},
@@ -198,7 +198,7 @@ fn builtin_rules() -> Vec<RuleSpec> {
 
 /// Creates the built-in rules that do not exist yet.
 pub async fn ensure_builtin(ctx: &Context) -> Result<usize> {
-    let t = now();
+    let t = ctx.now();
     let mut conn = ctx.db.write().await?;
     let mut created = 0;
     for spec in builtin_rules() {
@@ -214,7 +214,7 @@ pub async fn ensure_builtin(ctx: &Context) -> Result<usize> {
 /// Creates a rule.
 pub async fn create_rule(ctx: &Context, spec: RuleSpec) -> Result<Rule> {
     let spec = spec.validate()?;
-    let row = rule_row(&spec, false, now());
+    let row = rule_row(&spec, false, ctx.now());
     let mut conn = ctx.db.write().await?;
     if !store::insert_rule(&mut conn, &row).await? {
         return Err(Error::AlreadyExists(format!("rule {:?}", spec.name)));
@@ -241,7 +241,7 @@ pub async fn update_rule(ctx: &Context, spec: RuleSpec) -> Result<Rule> {
     let current = get_rule(ctx, &spec.name).await?;
     let spec = spec.validate()?;
     let mut row = rule_row(&spec, current.builtin, current.created_at);
-    row.updated_at = now();
+    row.updated_at = ctx.now();
     let mut conn = ctx.db.write().await?;
     if !store::update_rule(&mut conn, &row).await? {
         return Err(Error::NotFound(format!("rule {:?}", spec.name)));

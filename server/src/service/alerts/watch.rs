@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::NaiveDateTime;
 use tokio::sync::broadcast;
 
-use super::{Alert, AlertEvent, AlertFilter, AlertState, Context, Result, Severity, list_alerts, now};
+use super::{Alert, AlertEvent, AlertFilter, AlertState, Context, Result, Severity, list_alerts};
 use crate::db::alerts as store;
 
 /// A change pushed to WatchAlerts subscribers.
@@ -18,8 +18,47 @@ pub enum Change {
     Resync,
 }
 
-/// The feed of this instance.
-pub type Feed = broadcast::Sender<Change>;
+/// The feed of this instance: the channel its subscribers listen on, and where its tailer must
+/// start when it (re)starts.
+#[derive(Debug)]
+pub struct Feed {
+    tx: broadcast::Sender<Change>,
+    /// The newest event id a subscriber had seen reflected when it read its snapshot: the tailer,
+    /// when it starts, publishes every event after it. Without this, events between the first
+    /// subscriber's snapshot and the tailer's first step would reach nobody.
+    start: std::sync::Mutex<Option<i64>>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self { tx: broadcast::channel(FEED_CAPACITY).0, start: Default::default() }
+    }
+}
+
+impl Feed {
+    /// Subscribers listening now.
+    pub fn receiver_count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
+    fn send(&self, c: Change) {
+        let _ = self.tx.send(c);
+    }
+
+    /// A subscriber is about to read its snapshot, which reflects every event up to `id`.
+    fn start_after(&self, id: i64) {
+        let mut s = self.start.lock().expect("feed lock");
+        *s = Some(s.map_or(id, |old| old.min(id)));
+    }
+
+    fn take_start(&self) -> Option<i64> {
+        self.start.lock().expect("feed lock").take()
+    }
+}
 
 /// How many changes a subscriber may be behind before it is told to resync.
 pub const FEED_CAPACITY: usize = 1024;
@@ -46,15 +85,19 @@ impl Tail {
     pub async fn step(&mut self, ctx: &Context) -> Result<()> {
         let Self { last, seen } = self;
         let mut conn = ctx.db.read_prefer_primary().await?.0;
-        let t = now();
-        let after = match *last {
-            Some(l) => l,
-            None => {
-                // First subscriber: start from now.
-                let l = store::last_event_id(&mut conn).await?;
+        let t = ctx.now();
+        let after = match (*last, ctx.alert_feed.take_start()) {
+            (Some(l), _) => l,
+            // Starting: from where the first subscriber's snapshot ends (so nothing between the two
+            // is lost), else from now.
+            (None, start) => {
+                let l = match start {
+                    Some(s) => s,
+                    None => store::last_event_id(&mut conn).await?,
+                };
                 *last = Some(l);
                 seen.clear();
-                return Ok(());
+                l
             }
         };
         let since = t - chrono::Duration::from_std(TAIL_WINDOW).expect("small");
@@ -67,7 +110,7 @@ impl Tail {
             }
             *last = Some(last.unwrap_or(0).max(ev.id));
             if let Some(a) = store::get_alert(&mut conn, &ev.alert_id).await? {
-                let _ = ctx.alert_feed.send(Change::Event(Box::new((ev.into(), a.into()))));
+                ctx.alert_feed.send(Change::Event(Box::new((ev.into(), a.into()))));
             }
         }
         seen.retain(|_, at| *at >= since - chrono::Duration::seconds(1));
@@ -138,10 +181,26 @@ async fn deliver(
     }
 }
 
-/// Streams alert changes to `tx` until the subscriber goes away or the server stops. Subscribes
-/// before reading the open alerts, so nothing between the two is lost.
-pub async fn watch(ctx: Context, f: WatchFilter, tx: tokio::sync::mpsc::Sender<Result<WatchItem>>) {
-    let mut rx = ctx.alert_feed.subscribe();
+/// A subscriber's place on this instance's feed, taken before its snapshot is read.
+pub struct Subscription {
+    rx: broadcast::Receiver<Change>,
+}
+
+/// Subscribes to the feed and tells the tailer where to start (the newest event now), before the
+/// snapshot is read: nothing recorded after this returns is missed (an event may also arrive that
+/// the snapshot already reflects). WatchAlerts calls it before answering, so a client that sees
+/// the call answered sees every change made after.
+pub async fn subscribe(ctx: &Context) -> Result<Subscription> {
+    let rx = ctx.alert_feed.subscribe();
+    let mut conn = ctx.db.read_prefer_primary().await?.0;
+    ctx.alert_feed.start_after(store::last_event_id(&mut conn).await?);
+    Ok(Subscription { rx })
+}
+
+/// Streams alert changes to `tx` until the subscriber goes away or the server stops: the open
+/// alerts first (when asked), then every change from the place `sub` holds.
+pub async fn watch(ctx: Context, f: WatchFilter, sub: Subscription, tx: tokio::sync::mpsc::Sender<Result<WatchItem>>) {
+    let mut rx = sub.rx;
     if f.send_initial && send_open(&ctx, &f, &tx).await.is_err() {
         return;
     }

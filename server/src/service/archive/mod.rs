@@ -28,7 +28,7 @@ pub use self::{
     retention::apply_retention,
     run::run,
 };
-use super::{Context, Error, Result, ident, now};
+use super::{Context, Error, Result, ident};
 use crate::db::{
     self,
     archive::{self as store, PolicyRow, RunRow, SegmentRow, TableSpec},
@@ -356,7 +356,7 @@ pub enum Selection {
 }
 
 fn lease_until(ctx: &Context) -> NaiveDateTime {
-    now() + chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
+    ctx.now() + chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
 fn default_schema(ctx: &Context) -> &'static str {
@@ -392,7 +392,7 @@ pub async fn create_policy(ctx: &Context, mut spec: PolicySpec) -> Result<Policy
     if store::get_policy(&mut conn, &spec.name).await?.is_some() {
         return Err(Error::AlreadyExists(format!("policy {:?}", spec.name)));
     }
-    let t = now();
+    let t = ctx.now();
     let row = to_row(&uuid::Uuid::now_v7().to_string(), &spec, t, t);
     store::insert_policy(&mut conn, &row).await?;
     Ok(row.into())
@@ -424,7 +424,7 @@ pub async fn update_policy(ctx: &Context, id: &str, mut spec: PolicySpec) -> Res
     if spec.name != current.spec.name && store::get_policy(&mut conn, &spec.name).await?.is_some() {
         return Err(Error::AlreadyExists(format!("policy {:?}", spec.name)));
     }
-    let row = to_row(&current.id, &spec, current.created_at.naive_utc(), now());
+    let row = to_row(&current.id, &spec, current.created_at.naive_utc(), ctx.now());
     if !store::update_policy(&mut conn, &row).await? {
         return Err(Error::NotFound(format!("policy {id:?}")));
     }
@@ -435,14 +435,15 @@ pub async fn update_policy(ctx: &Context, id: &str, mut spec: PolicySpec) -> Res
 pub async fn delete_policy(ctx: &Context, id_or_name: &str) -> Result<()> {
     let p = get_policy(ctx, id_or_name).await?;
     let mut conn = ctx.db.write().await?;
-    match store::delete_policy(&mut conn, &p.id, now()).await? {
+    match store::delete_policy(&mut conn, &p.id, ctx.now()).await? {
         None => Ok(()),
         Some(reason) => Err(Error::FailedPrecondition(format!("policy {:?} kept: {reason}", p.spec.name))),
     }
 }
 
-fn cutoff_of(p: &Policy) -> DateTime<Utc> {
-    let now = Utc::now();
+/// The policy's cutoff now, on the database's clock: rows older than this are due.
+fn cutoff_of(ctx: &Context, p: &Policy) -> DateTime<Utc> {
+    let now = ctx.now_utc();
     now - chrono::Duration::from_std(p.spec.archive_after).unwrap_or(chrono::Duration::zero())
 }
 
@@ -450,7 +451,7 @@ fn cutoff_of(p: &Policy) -> DateTime<Utc> {
 pub async fn plan(ctx: &Context, id_or_name: &str) -> Result<Plan> {
     let p = get_policy(ctx, id_or_name).await?;
     let sql = resolve(ctx, &p.spec).await?;
-    let cutoff = cutoff_of(&p);
+    let cutoff = cutoff_of(ctx, &p);
     let params = store::params(&sql, cutoff, &p.spec.filters, None, None, 0);
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     let r = store::plan(&mut conn, &sql, &params).await?;
@@ -476,7 +477,7 @@ pub async fn get_run(ctx: &Context, id: &str) -> Result<Run> {
         // than when the next run takes the policy over (which records it). Reported, not written:
         // the lease is the only authority on whether a run is alive.
         let mut conn = ctx.db.read_prefer_primary().await?.0;
-        if store::orphaned_runs(&mut conn, now()).await?.contains(&run.id) {
+        if store::orphaned_runs(&mut conn, ctx.now()).await?.contains(&run.id) {
             run.state = RunState::Failed;
             run.error = Some("interrupted: its lease expired (its server stopped)".into());
         }
@@ -532,7 +533,7 @@ pub async fn list_segments(
 /// Records runs whose server went away (lease expired) as interrupted; called at start-up.
 pub async fn mark_orphaned_runs(ctx: &Context) -> Result<usize> {
     let mut conn = ctx.db.write().await?;
-    let t = now();
+    let t = ctx.now();
     // SQLite serves one strata instance: at start-up every run still marked running is a leftover,
     // whatever its lease says. PostgreSQL may have other live instances: only expired leases count.
     let horizon = match ctx.db.backend() {
@@ -562,7 +563,7 @@ enum Work {
 /// and starts its work in the background.
 async fn start(ctx: &Context, p: Policy, kind: RunKind, cutoff: Option<DateTime<Utc>>, work: Work) -> Result<Run> {
     let id = uuid::Uuid::now_v7().to_string();
-    let t = now();
+    let t = ctx.now();
     let mut conn = ctx.db.write().await?;
     match store::acquire_lease(&mut conn, &p.id, &id, lease_until(ctx), t).await? {
         Err(holder) => {
@@ -636,7 +637,7 @@ async fn execute(ctx: Context, p: Policy, run: Run, work: Work) {
     }
     let record = async {
         let mut conn = ctx.db.write().await?;
-        store::finish_run(&mut conn, &run.id, st, error.as_deref(), now()).await?;
+        store::finish_run(&mut conn, &run.id, st, error.as_deref(), ctx.now()).await?;
         store::release_lease(&mut conn, &p.id, &run.id).await?;
         Ok::<_, db::Error>(())
     };

@@ -9,7 +9,7 @@ use super::{
 use crate::{
     db::archive::{self as store, TableSpec},
     service::{
-        Context, Error, Result, now,
+        Context, Error, Result,
         partitions::{self as partitioning, Parent},
     },
 };
@@ -36,7 +36,7 @@ pub async fn archive_partitions(ctx: &Context, policy: &str) -> Result<Run> {
             p.spec.time_column, parent.key
         )));
     }
-    let cutoff = cutoff_of(&p);
+    let cutoff = cutoff_of(ctx, &p);
     start(ctx, p, RunKind::Archive, Some(cutoff), Work::Partitions { parent, cutoff }).await
 }
 
@@ -58,7 +58,7 @@ pub(super) async fn archive_partitions_run(
         if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
             return Err(lease_lost());
         }
-        parts::detach_recorded(&mut conn, &p.id, &parent.schema, &parent.table, &x.name, now())
+        parts::detach_recorded(&mut conn, &p.id, &parent.schema, &parent.table, &x.name, ctx.now())
             .await
             .map_err(|e| partitioning::ddl_error(&x.name, e))?;
         tracing::info!(partition = %x.name, "detached partition for archival");
@@ -66,7 +66,7 @@ pub(super) async fn archive_partitions_run(
     // Also those detached by an earlier, interrupted run.
     let detached = parts::detached(&mut ctx.db.write().await?, &p.id).await?;
     // Every row of a detached partition is due, whatever its age.
-    let everything = Utc::now() + chrono::Duration::days(365 * 100);
+    let everything = ctx.now_utc() + chrono::Duration::days(365 * 100);
     for (schema, table) in detached {
         let mut conn = ctx.db.write().await?;
         let sql = store::resolve(

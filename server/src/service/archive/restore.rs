@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     db::archive::{self as store, Batch},
-    service::{Context, Error, Result, now, store_unavailable},
+    service::{Context, Error, Result, store_unavailable},
 };
 
 /// ReadArchive sends rows in messages of about this many bytes (below HTTP/2 send buffers).
@@ -106,7 +106,7 @@ pub(super) async fn restore_segments(
             run_id: &run.id,
             segment_id: &s.id,
             lease_until: lease_until(ctx),
-            now: now(),
+            now: ctx.now(),
         };
         let mut conn = ctx.db.write().await?;
         if store::restore_segment(&mut conn, &batch, &json, lines.len(), s.raw_bytes, s.compressed_bytes)
@@ -120,7 +120,7 @@ pub(super) async fn restore_segments(
             }
         }
         let mut conn = ctx.db.write().await?;
-        let cancel = store::add_progress(&mut conn, &run.id, &store::Progress::default(), now()).await?;
+        let cancel = store::add_progress(&mut conn, &run.id, &store::Progress::default(), ctx.now()).await?;
         if let Some(stop) = stop_requested(ctx, cancel) {
             return Ok(stop);
         }

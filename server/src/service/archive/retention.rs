@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     db::archive as store,
-    service::{Context, Error, Result, now, store_unavailable},
+    service::{Context, Error, Result, store_unavailable},
 };
 
 /// Starts deleting the policy's expired segments.
@@ -18,7 +18,7 @@ pub async fn apply_retention(ctx: &Context, policy: &str) -> Result<Run> {
     let Some(keep) = p.spec.delete_after else {
         return Err(Error::FailedPrecondition(format!("policy {:?} has no delete_after", p.spec.name)));
     };
-    let cutoff = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::zero());
+    let cutoff = ctx.now_utc() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::zero());
     start(ctx, p, RunKind::Retention, Some(cutoff), Work::Retention { cutoff }).await
 }
 
@@ -54,7 +54,7 @@ pub(super) async fn retention(ctx: &Context, p: &Policy, run: &Run, cutoff: Date
             compressed: s.compressed_bytes,
             ..Default::default()
         };
-        if let Some(stop) = stop_requested(ctx, store::add_progress(&mut conn, &run.id, &progress, now()).await?) {
+        if let Some(stop) = stop_requested(ctx, store::add_progress(&mut conn, &run.id, &progress, ctx.now()).await?) {
             return Ok(stop);
         }
     }

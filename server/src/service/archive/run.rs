@@ -21,7 +21,7 @@ use crate::{
         self,
         archive::{self as store, Batch, BatchError, BatchOutcome, DueRows, PendingSegment, Sealed},
     },
-    service::{Context, Error, Result, now, store_unavailable},
+    service::{Context, Error, Result, store_unavailable},
 };
 
 /// zstd level of segments: level 3 (zstd's default) compresses chat-like text ≈ 3× at several
@@ -37,7 +37,7 @@ pub async fn run(ctx: &Context, policy: &str) -> Result<Run> {
     };
     // Resolve before taking the lease so a policy broken by a schema change fails at once.
     let sql = resolve(ctx, &p.spec).await?;
-    let cutoff = cutoff_of(&p);
+    let cutoff = cutoff_of(ctx, &p);
     start(ctx, p, kind, Some(cutoff), Work::Rows { sql, cutoff }).await
 }
 
@@ -241,7 +241,7 @@ async fn one_batch(
     cursor: tokio::sync::oneshot::Sender<Cursor>,
 ) -> Result<BatchEnd> {
     let segment_id = uuid::Uuid::now_v7().to_string();
-    let t = now();
+    let t = ctx.now();
     let pending =
         PendingSegment { id: &segment_id, policy_id: &p.id, run_id: &run_id, columns: &columns, created_at: t };
     store::insert_pending_segment(&mut ctx.db.write().await?, &pending).await?;
@@ -418,7 +418,7 @@ pub(super) async fn purge_rows(
             run_id: &run.id,
             segment_id: "",
             lease_until: lease_until(ctx),
-            now: now(),
+            now: ctx.now(),
         };
         let mut conn = ctx.db.write().await?;
         match store::purge_batch(&mut conn, &batch).await? {
@@ -446,8 +446,8 @@ mod tests {
         let p = Policy {
             id: "p".into(),
             spec: PolicySpec { table_name: "bad/../name".into(), schema_name: "public".into(), ..spec() },
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
         };
         let prefix = table_prefix(&p);
         assert_eq!(prefix, "archive/public.bad_.._name/");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::object_err;
 use crate::{
     db::files as store,
-    service::{Context, Result, now},
+    service::{Context, Result},
 };
 
 /// What reconciliation found (and did).
@@ -38,7 +38,9 @@ pub async fn reconcile(ctx: &Context, repair: bool, grace: Duration) -> Result<R
         blobs.iter().map(|(_, k, _)| k.as_str()).chain(open.iter().map(String::as_str)).collect();
     let present: std::collections::HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     let mut out = Reconciliation { objects_scanned: objects.len(), blobs_scanned: blobs.len(), ..Default::default() };
-    let now_sys = std::time::SystemTime::now();
+    // The objects' times come from the store's clock (S3) or the kernel's (file://): compare with
+    // the database's, which the fleet agrees on, not with this process's, which may be off.
+    let now_sys = std::time::SystemTime::from(ctx.now_utc());
     for o in objects.iter().filter(|o| !known.contains(o.key.as_str())) {
         out.orphans.push(o.key.clone());
         let old_enough = o.modified.is_some_and(|m| now_sys.duration_since(m).unwrap_or_default() >= grace);
@@ -63,7 +65,7 @@ pub async fn reconcile(ctx: &Context, repair: bool, grace: Duration) -> Result<R
             continue;
         }
         let files = if repair && !already {
-            let ids = store::mark_lost(&mut conn, blake3, now()).await?;
+            let ids = store::mark_lost(&mut conn, blake3, ctx.now()).await?;
             tracing::error!(blake3 = %blake3, key = %key, files = ids.len(), "content missing from the object store; marked lost");
             ids
         } else {

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     db::files::{self as store, FileRow, UploadRow},
     objects::{self, ObjectWriter},
-    service::{Context, Error, Result, now},
+    service::{Context, Error, Result},
 };
 
 /// An upload being written: the object writer and the hashes of what it holds.
@@ -114,7 +114,7 @@ pub struct UploadStatus {
 /// Creates an open upload for `header`; returns its status.
 pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadStatus> {
     let id = new_id();
-    let t = now();
+    let t = ctx.now();
     let expiry = chrono::Duration::from_std(ctx.file_limits.upload_expiry).unwrap_or(chrono::Duration::days(1));
     let row = UploadRow {
         object_key: format!("blobs/{id}"),
@@ -266,7 +266,7 @@ where
             .map_err(object_err)?;
         let token = writer.resume_token();
         let mut conn = ctx.db.write().await?;
-        store::record_progress(&mut conn, &row.id, 0, &token, now()).await?;
+        store::record_progress(&mut conn, &row.id, 0, &token, ctx.now()).await?;
         *guard = Some(Session::new(writer, row.declared_sha256.is_some() || ctx.file_limits.always_sha256));
     }
     let session = guard.as_mut().expect("just set");
@@ -333,7 +333,7 @@ async fn load_open(ctx: &Context, id: &str) -> Result<UploadRow> {
     let mut conn = ctx.db.write().await?;
     let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
     match row.state {
-        UploadState::Open if row.expires_at < now() => {
+        UploadState::Open if row.expires_at < ctx.now() => {
             Err(Error::FailedPrecondition(format!("upload {id} expired; start a new one")))
         }
         UploadState::Open => Ok(row),
@@ -352,7 +352,7 @@ async fn checkpoint(ctx: &Context, row: &UploadRow, session: &mut Session) -> Re
     let committed = session.writer.checkpoint().await.map_err(object_err)?;
     session.rewind_to(committed).await;
     let mut conn = ctx.db.write().await?;
-    store::record_progress(&mut conn, &row.id, committed as i64, &session.writer.resume_token(), now()).await?;
+    store::record_progress(&mut conn, &row.id, committed as i64, &session.writer.resume_token(), ctx.now()).await?;
     Ok(committed)
 }
 
@@ -365,7 +365,7 @@ async fn fail<T>(ctx: &Context, row: &UploadRow, session: Option<Session>, why: 
     }
     ctx.uploads.remove(&row.id);
     let mut conn = ctx.db.write().await?;
-    store::fail_upload(&mut conn, &row.id, &why.to_string(), now()).await?;
+    store::fail_upload(&mut conn, &row.id, &why.to_string(), ctx.now()).await?;
     Err(why)
 }
 
@@ -399,11 +399,11 @@ async fn finish(ctx: &Context, row: &UploadRow, mut session: Session) -> Result<
         blake3,
         sha256,
         metadata: row.metadata.clone(),
-        created_at: now(),
+        created_at: ctx.now(),
         lost: false,
     };
     let mut conn = ctx.db.write().await?;
-    let key = match store::complete_upload(&mut conn, &row.id, &row.object_key, &file, now()).await {
+    let key = match store::complete_upload(&mut conn, &row.id, &row.object_key, &file, ctx.now()).await {
         Ok(k) => k,
         Err(e) => {
             // Not recorded: the object must not linger.
@@ -429,7 +429,7 @@ pub async fn expire_uploads(ctx: &Context) -> Result<usize> {
     /// Uploads handled per round: keeps each round short.
     const BATCH: i64 = 100;
     let mut conn = ctx.db.write().await?;
-    let rows = store::expired_uploads(&mut conn, now(), BATCH).await?;
+    let rows = store::expired_uploads(&mut conn, ctx.now(), BATCH).await?;
     drop(conn);
     let mut expired = 0;
     for row in rows {
@@ -450,7 +450,7 @@ pub async fn expire_uploads(ctx: &Context) -> Result<usize> {
         }
         ctx.uploads.remove(&row.id);
         let mut conn = ctx.db.write().await?;
-        store::fail_upload(&mut conn, &row.id, "expired before it was completed", now()).await?;
+        store::fail_upload(&mut conn, &row.id, "expired before it was completed", ctx.now()).await?;
         expired += 1;
         tracing::info!(upload = %row.id, "upload expired");
     }

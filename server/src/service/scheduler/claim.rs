@@ -7,10 +7,7 @@ use super::{
     crud::{first_due, spec_of},
     lease, new_run,
 };
-use crate::{
-    db::scheduler::{self as store, Claim, InstanceRow, RunRow},
-    service::now,
-};
+use crate::db::scheduler::{self as store, Claim, InstanceRow, RunRow};
 
 /// Instances not seen for this long are shown as down (and forgotten after a day).
 fn alive_within(ctx: &Context) -> chrono::Duration {
@@ -22,7 +19,7 @@ fn alive_within(ctx: &Context) -> chrono::Duration {
 pub async fn status(ctx: &Context) -> Result<Status> {
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     let s = store::state(&mut conn).await?;
-    let t = now();
+    let t = ctx.now();
     let instances = store::instances(&mut conn)
         .await?
         .into_iter()
@@ -46,7 +43,7 @@ pub async fn status(ctx: &Context) -> Result<Status> {
 /// Starts (every job's next occurrence counts from now: the stopped period is skipped, not
 /// caught up) or stops scheduled runs on every instance. Running runs finish either way.
 pub async fn set_running(ctx: &Context, running: bool, by: &str) -> Result<Status> {
-    let t = now();
+    let t = ctx.now();
     let mut conn = ctx.db.write().await?;
     let current = store::state(&mut conn).await?;
     if current.running != running {
@@ -67,7 +64,7 @@ pub async fn set_running(ctx: &Context, running: bool, by: &str) -> Result<Statu
 /// takes over or claims is handed to [`Context::start_run`] as soon as it is recorded (the
 /// dispatcher spawns it on `ctx.tasks`; it stops with `ctx.background`).
 pub async fn poll(ctx: &Context) -> Result<()> {
-    let t = now();
+    let t = ctx.now();
     let mut conn = ctx.db.write().await?;
     store::heartbeat_instance(
         &mut conn,
@@ -146,7 +143,7 @@ pub async fn poll(ctx: &Context) -> Result<()> {
 /// Removes this instance from the status list (clean shutdown).
 pub async fn forget_self(ctx: &Context) -> Result<()> {
     let mut conn = ctx.db.write().await?;
-    store::forget_instances(&mut conn, Some(&ctx.instance_id), now()).await?;
+    store::forget_instances(&mut conn, Some(&ctx.instance_id), ctx.now()).await?;
     Ok(())
 }
 
@@ -164,7 +161,7 @@ pub fn host_name() -> String {
 /// instance took the run over).
 pub async fn renew_lease(ctx: &Context, id: &str, attempt: i64) -> Result<bool> {
     let mut conn = ctx.db.write().await?;
-    Ok(store::renew(&mut conn, id, &ctx.instance_id, attempt, now() + lease(ctx)).await?)
+    Ok(store::renew(&mut conn, id, &ctx.instance_id, attempt, ctx.now() + lease(ctx)).await?)
 }
 
 /// Records how a run held here ended and prunes its job's history to `job_history` runs; false
@@ -178,5 +175,5 @@ pub async fn finish_run(
 ) -> Result<bool> {
     let mut conn = ctx.db.write().await?;
     let keep = ctx.config.job_history;
-    Ok(store::finish(&mut conn, &run.id, &ctx.instance_id, run.attempt, state, message, error, now(), keep).await?)
+    Ok(store::finish(&mut conn, &run.id, &ctx.instance_id, run.attempt, state, message, error, ctx.now(), keep).await?)
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     db::scheduler::{self as store, JobRow, RunRow},
-    service::{archive, maintenance, now, partitions},
+    service::{archive, maintenance, partitions},
 };
 
 fn row_of(spec: &JobSpec, builtin: bool, next_due: Option<NaiveDateTime>, t: NaiveDateTime) -> JobRow {
@@ -65,7 +65,7 @@ pub(super) fn first_due(spec: &JobSpec, t: NaiveDateTime) -> Result<Option<Naive
 
 /// Creates the built-in jobs that do not exist yet (a job deleted or edited by hand stays so).
 pub async fn ensure_builtin(ctx: &Context) -> Result<usize> {
-    let t = now();
+    let t = ctx.now();
     let mut conn = ctx.db.write().await?;
     let mut created = 0;
     for spec in builtin_jobs() {
@@ -103,7 +103,7 @@ async fn check_target(ctx: &Context, spec: &JobSpec) -> Result<()> {
 pub async fn create_job(ctx: &Context, spec: JobSpec) -> Result<Job> {
     let spec = spec.validate()?;
     check_target(ctx, &spec).await?;
-    let t = now();
+    let t = ctx.now();
     let row = row_of(&spec, false, first_due(&spec, t)?, t);
     let mut conn = ctx.db.write().await?;
     if !store::insert_job(&mut conn, &row).await? {
@@ -169,7 +169,7 @@ pub async fn update_job(ctx: &Context, name: &str, u: JobUpdate) -> Result<Job> 
     }
     let spec = spec.validate()?;
     check_target(ctx, &spec).await?;
-    let t = now();
+    let t = ctx.now();
     let next_due = if reschedule { first_due(&spec, t)? } else { current.next_due };
     let mut row = row_of(&spec, current.builtin, next_due, current.created_at);
     row.updated_at = t;
@@ -201,7 +201,7 @@ pub async fn delete_job(ctx: &Context, name: &str) -> Result<()> {
 pub async fn set_enabled(ctx: &Context, name: &str, enabled: bool) -> Result<Job> {
     let job = get_job(ctx, name).await?;
     if job.spec.enabled != enabled {
-        let t = now();
+        let t = ctx.now();
         let spec = JobSpec { enabled, ..job.spec };
         let next_due = if enabled { first_due(&spec, t)? } else { job.next_due };
         let mut row = row_of(&spec, job.builtin, next_due, job.created_at);
@@ -217,7 +217,7 @@ pub async fn set_enabled(ctx: &Context, name: &str, enabled: bool) -> Result<Job
 /// scheduler's state; FAILED_PRECONDITION when it is running already.
 pub async fn run_now(ctx: &Context, name: &str) -> Result<JobRun> {
     let job = get_job(ctx, name).await?.spec;
-    let t = now();
+    let t = ctx.now();
     let run = new_run(ctx, &job.name, t, Trigger::Manual, t);
     let mut conn = ctx.db.write().await?;
     if !store::insert_run(&mut conn, &run).await? {
