@@ -43,6 +43,8 @@ impl ServerProcess {
             .arg(format!("sqlite://{}", dir.join("strata.db").display()))
             .arg("--object-store-url")
             .arg(object_store_url)
+            // No admin listener (its default port would collide between runs) and no drain delay.
+            .args(["--admin-listen", "off", "--shutdown-delay", "0"])
             .args(extra)
             .env("STRATA_LOG", "warn")
             .stdout(Stdio::null())

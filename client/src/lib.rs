@@ -29,6 +29,11 @@ pub mod types;
 pub use client::{Client, Error, HealthStatus};
 pub use files::sha256_of;
 
+/// Response header naming the strata instance that answered (its `host:pid:random` id), on every
+/// gRPC response (success, error, stream) and admin HTTP response: behind a load balancer, it says
+/// who served a call.
+pub const INSTANCE_HEADER: &str = "x-strata-instance";
+
 /// Generated protobuf and gRPC code for `strata.v1`.
 pub mod pb {
     #![allow(missing_docs, unreachable_pub, clippy::all)]

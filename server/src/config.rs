@@ -17,6 +17,8 @@
 //! | `connect_timeout`          | `STRATA_CONNECT_TIMEOUT`       | 3s                                   |
 //! | `max_replica_lag`          | `STRATA_MAX_REPLICA_LAG`       | 10s                                  |
 //! | `health_check_interval`    | `STRATA_HEALTH_CHECK_INTERVAL` | 500ms                                |
+//! | `admin_listen`             | `STRATA_ADMIN_LISTEN`          | `127.0.0.1:9464` (`off`: none)       |
+//! | `shutdown_delay`           | `STRATA_SHUTDOWN_DELAY`        | 5s                                   |
 //! | `shutdown_grace`           | `STRATA_SHUTDOWN_GRACE`        | 10s                                  |
 //! | `run_scheduler`            | `STRATA_RUN_SCHEDULER`         | true                                 |
 //! | `scheduler_poll_interval`  | `STRATA_SCHEDULER_POLL_INTERVAL` | 1s                                 |
@@ -129,6 +131,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// An address to listen on, or none: `off` (or an empty value) turns the listener off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" | "off" => Ok(Self(None)),
+            addr => addr.parse().map(|a| Self(Some(a))).map_err(|e| format!("{e}: expected IP:PORT or off")),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(de::Error::custom)
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
@@ -208,8 +239,22 @@ pub struct Config {
     )]
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// Address of the HTTP admin listener (`/livez`, `/readyz` for load balancers); `off` or
+    /// empty: none.
+    // Loopback by default: a probe runs beside the instance (or on a trusted network, given an
+    // address there); nothing it serves needs a token.
+    #[arg(long, env = "STRATA_ADMIN_LISTEN", default_value = "127.0.0.1:9464", global = true)]
+    pub admin_listen: ListenAddr,
+    /// How long a stopping server keeps serving, its health NOT_SERVING and `/readyz` 503, before
+    /// it stops accepting calls: time for load balancers' probes to notice and route elsewhere.
+    // A few intervals of a load balancer's usual probe (HAProxy checks every 2 s by default);
+    // with `shutdown_grace`, still within the 30 s an orchestrator allows between SIGTERM and
+    // SIGKILL.
+    #[arg(long, env = "STRATA_SHUTDOWN_DELAY", value_parser = parse_duration, default_value = "5s", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// How long a stopping server lets calls in progress and background runs finish before it
-    /// closes the remaining connections.
+    /// closes the remaining connections (after `shutdown_delay`).
     // Within the usual 30 s an orchestrator allows between SIGTERM and SIGKILL.
     #[arg(long, env = "STRATA_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s", global = true)]
     #[serde(with = "humantime_serde")]

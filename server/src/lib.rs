@@ -24,16 +24,17 @@ use crate::{
     service::Context,
 };
 
-/// A running server: its address and the handle to stop it.
+/// A running server: its addresses and the handle to stop it.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
     /// Connects to the database (waiting up to `startup_timeout`), runs migrations, binds the
-    /// listener and starts serving plus the background jobs.
+    /// listeners (gRPC and admin HTTP) and starts serving plus the background jobs.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let db = Db::connect(DbSettings {
             url: config.database_url.clone(),
@@ -56,6 +57,13 @@ impl Server {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let admin_listener = match config.admin_listen.0 {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
+                format!("cannot listen on {a} for the admin listener (admin_listen; `off` turns it off)")
+            })?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let objects = ObjectStore::open(
             &config.object_store_url,
             &S3Settings {
@@ -74,9 +82,12 @@ impl Server {
             tracing::info!(jobs, rules, "built-in jobs and alert rules created");
         }
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(ctx, listener, shutdown.clone()));
-        tracing::info!(%addr, "strata listening");
-        Ok(Self { addr, shutdown, task })
+        let task = tokio::spawn(run(ctx, listener, admin_listener, shutdown.clone()));
+        match admin_addr {
+            Some(admin) => tracing::info!(%addr, %admin, "strata listening"),
+            None => tracing::info!(%addr, "strata listening (no admin listener)"),
+        }
+        Ok(Self { addr, admin_addr, shutdown, task })
     }
 
     /// The address the server listens on (useful with port 0).
@@ -84,7 +95,13 @@ impl Server {
         self.addr
     }
 
-    /// A token that stops the server when cancelled.
+    /// The address of the admin HTTP listener (`/livez`, `/readyz`), unless `admin_listen` is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// A token that stops the server when cancelled: health turns NOT_SERVING at once, calls
+    /// are still served for `shutdown_delay`, then the server drains and stops.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -101,8 +118,18 @@ impl Server {
     }
 }
 
-/// Serves until `shutdown`; then stops accepting RPCs, cancels jobs and closes the pools, in order.
-async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// How long the admin listener may take to finish the requests in progress once the server stopped:
+/// a probe's request takes milliseconds, a second bounds a client that sent only half of one.
+const ADMIN_CLOSE: Duration = Duration::from_secs(1);
+
+/// Serves until `shutdown`; then turns health NOT_SERVING, serves on for `shutdown_delay`, stops
+/// accepting RPCs and drains them, cancels jobs and closes the pools, in order.
+async fn run(
+    ctx: Context,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
     let mut jobs =
         vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
@@ -126,14 +153,38 @@ async fn run(ctx: Context, listener: TcpListener, shutdown: CancellationToken) -
         Ok(n) => tracing::warn!(runs = n, "archive runs of a stopped server recorded as interrupted"),
         Err(e) => tracing::error!(error = %e, "checking for interrupted archive runs failed"),
     }
-    {
-        let (closing, shutdown) = (ctx.closing.clone(), shutdown.clone());
+    let health = grpc::health::Health::follow(ctx.db.primary_up()).await;
+    let admin_stop = CancellationToken::new();
+    let admin = admin_listener
+        .map(|l| tokio::spawn(grpc::admin_http::serve(l, health.clone(), ctx.instance_id.clone(), admin_stop.clone())));
+    // Drain for load balancers: their probes see NOT_SERVING / 503 first, while calls are still
+    // served for `shutdown_delay`; only then does the gRPC server stop accepting and drain.
+    let stop = CancellationToken::new();
+    let drain = {
+        let (health, closing, stop, shutdown) = (health.clone(), ctx.closing.clone(), stop.clone(), shutdown.clone());
+        let delay = ctx.config.shutdown_delay;
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            health.drain().await;
+            if !delay.is_zero() {
+                tracing::info!("shutting down: health NOT_SERVING; serving calls for {delay:?} more, then draining");
+                tokio::time::sleep(delay).await;
+            }
             closing.cancel();
-        });
+            stop.cancel();
+        })
+    };
+    let served = grpc::serve(ctx.clone(), listener, &health, stop.clone()).await;
+    // The gRPC server also ends by itself on a transport error: the rest stops without delay.
+    drain.abort();
+    health.drain().await;
+    ctx.closing.cancel();
+    admin_stop.cancel();
+    if let Some(admin) = admin
+        && tokio::time::timeout(ADMIN_CLOSE, admin).await.is_err()
+    {
+        tracing::warn!("admin requests still in progress after {ADMIN_CLOSE:?}; stopping anyway");
     }
-    let served = grpc::serve(ctx.clone(), listener, shutdown).await;
     jobs_cancel.cancel();
     ctx.background.cancel();
     // Runs stop after their current batch and record how they ended.

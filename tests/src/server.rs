@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use strata_client::Client;
 use strata_server::{
     Server,
-    config::{Config, Role, TokenSpec},
+    config::{Config, ListenAddr, Role, TokenSpec},
     grpc::auth::hash_token,
 };
 
@@ -21,9 +21,13 @@ pub struct TestServer {
     server: Option<Server>,
     /// Its address.
     pub addr: SocketAddr,
+    /// Its admin HTTP listener's address (`/livez`, `/readyz`), unless the config turned it off.
+    pub admin_addr: Option<SocketAddr>,
 }
 
-/// A configuration suited to tests: port 0, fast health checks, no scheduled jobs (tests that want them turn them on), short timeouts.
+/// A configuration suited to tests: port 0 (admin listener too), fast health checks, no scheduled
+/// jobs (tests that want them turn them on), short timeouts, no shutdown delay (tests that drain
+/// like a load balancer wants set one).
 pub fn test_config(database_url: String, replica_urls: Vec<String>, objects: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
@@ -40,6 +44,8 @@ pub fn test_config(database_url: String, replica_urls: Vec<String>, objects: &Pa
         scheduler_poll_interval: Duration::from_millis(100),
         startup_timeout: Duration::from_secs(30),
         tokens: Vec::new(),
+        admin_listen: ListenAddr(Some("127.0.0.1:0".parse().expect("addr"))),
+        shutdown_delay: Duration::ZERO,
         ..Config::default()
     }
 }
@@ -57,7 +63,7 @@ impl TestServer {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         strata_server::telemetry::init_for_tests();
         let server = Server::start(config).await?;
-        Ok(Self { addr: server.addr(), server: Some(server) })
+        Ok(Self { addr: server.addr(), admin_addr: server.admin_addr(), server: Some(server) })
     }
 
     /// A server on a fresh SQLite file inside `dir`.
@@ -78,6 +84,16 @@ impl TestServer {
     /// The server URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The admin listener's URL (`http://ADDR`); panics when it is off.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr.expect("the admin listener is on"))
+    }
+
+    /// A token that begins the server's shutdown when cancelled (as SIGTERM does).
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.server.as_ref().expect("running").shutdown_token()
     }
 
     /// A client without token.

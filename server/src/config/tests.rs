@@ -220,6 +220,25 @@ fn defaults_are_unchanged() {
     assert_eq!(c.s3_storage_class, None);
     assert_eq!(c.backup_retention, BackupRetention { daily: 7, weekly: 4, monthly: 12 });
     assert_eq!(c.pg_bin_dir, None);
+    assert_eq!(c.admin_listen, ListenAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9464)))));
+    assert_eq!(c.shutdown_delay, secs(5));
+}
+
+/// `off` or an empty value turns the admin listener off, in every layer.
+#[test]
+fn admin_listener_can_be_turned_off() {
+    for off in ["off", ""] {
+        assert_eq!(Config::load(&args(&["--admin-listen", off])).unwrap().admin_listen, ListenAddr(None));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "admin_listen = \"off\"\nshutdown_delay = \"0\"\n");
+    let c = Config::load(&args(&["--config", &path])).unwrap();
+    assert_eq!((c.admin_listen, c.shutdown_delay), (ListenAddr(None), Duration::ZERO));
+    let c = Config::load(&args(&["--config", &path, "--admin-listen", "0.0.0.0:9000"])).unwrap();
+    assert_eq!(c.admin_listen.to_string(), "0.0.0.0:9000");
+    let path = write(&dir, "admin_listen = \"localhost\"\n");
+    let err = Config::load(&args(&["--config", &path])).unwrap_err().to_string();
+    assert!(err.contains("expected IP:PORT or off"), "{err}");
 }
 
 #[test]

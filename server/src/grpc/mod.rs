@@ -1,6 +1,8 @@
-//! The gRPC edge: one file per service (decode → service → encode), auth, health and reflection.
+//! The edge: one file per gRPC service (decode → service → encode), auth, health and reflection,
+//! and the HTTP admin listener (`/livez`, `/readyz`) that mirrors the gRPC health.
 
 mod admin;
+pub mod admin_http;
 mod alerts;
 mod archive;
 pub mod auth;
@@ -8,6 +10,7 @@ mod backup;
 mod convert;
 mod drain;
 mod files;
+pub mod health;
 mod maintenance;
 mod partitions;
 mod scheduler;
@@ -16,6 +19,7 @@ mod storage;
 
 use std::time::Duration;
 
+use strata_client::INSTANCE_HEADER;
 use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, alert_service_server::AlertServiceServer,
     archive_service_server::ArchiveServiceServer, backup_service_server::BackupServiceServer,
@@ -25,7 +29,7 @@ use strata_client::pb::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::util::MapResponseLayer;
 
 use crate::service::Context;
 
@@ -42,24 +46,20 @@ pub const SERVICE_NAMES: &[&str] = &[
     <AlertServiceServer<alerts::AlertApi> as tonic::server::NamedService>::NAME,
 ];
 
-/// Keeps the health service in step with the primary's reachability: every strata service (and the
-/// server as a whole, "") is SERVING while the primary answers and NOT_SERVING while it does not.
-async fn follow_primary(
-    reporter: HealthReporter,
-    mut primary_up: tokio::sync::watch::Receiver<bool>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let status = if *primary_up.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
-        reporter.set_service_status("", status).await;
-        for name in SERVICE_NAMES {
-            reporter.set_service_status(*name, status).await;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            changed = primary_up.changed() => if changed.is_err() { break },
-        }
-    }
+/// Adds [`INSTANCE_HEADER`] (this instance's id) to every response: gRPC ones (a success, an
+/// error — trailers-only, its status among these headers — and a stream alike start with them) and
+/// the admin listener's. Behind a load balancer it tells clients which instance answered.
+pub(crate) fn instance_header<B>(
+    instance_id: &str,
+) -> MapResponseLayer<impl Fn(http::Response<B>) -> http::Response<B> + Clone + use<B>> {
+    let value = http::HeaderValue::from_str(instance_id).unwrap_or_else(|_| {
+        tracing::warn!(instance = instance_id, "the instance id is not a valid header value; sent as `unknown`");
+        http::HeaderValue::from_static("unknown")
+    });
+    MapResponseLayer::new(move |mut response: http::Response<B>| {
+        response.headers_mut().insert(INSTANCE_HEADER, value.clone());
+        response
+    })
 }
 
 /// HTTP/2 flow-control windows larger than the defaults: streamed RPCs (files, archive rows) are
@@ -70,16 +70,16 @@ const MAX_FRAME: u32 = 1 << 20;
 /// Keeps idle client connections alive through NATs and detects dead peers.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
-/// Serves every service on `listener` until `shutdown` is cancelled, then drains in-flight calls
-/// for at most `shutdown_grace`.
+/// Serves every service on `listener`, the health service answering from `health`, until
+/// `shutdown` is cancelled; then stops accepting and drains in-flight calls for at most
+/// `shutdown_grace`.
 pub async fn serve(
     ctx: Context,
     listener: TcpListener,
+    health: &health::Health,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(follow_primary(reporter, ctx.db.primary_up(), shutdown.clone()));
-
+    let health = tonic_health::pb::health_server::HealthServer::new(health.service());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -107,11 +107,14 @@ pub async fn serve(
         });
     }
     let auth = auth::AuthLayer::new(auth::Authorizer::new(&ctx.config.tokens));
+    let instance = instance_header::<tonic::body::Body>(&ctx.instance_id);
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(KEEPALIVE))
+        // Outermost, so that the auth layer's refusals carry it too.
+        .layer(instance)
         .layer(auth)
         .add_service(health)
         .add_service(reflection_v1)
@@ -129,6 +132,5 @@ pub async fn serve(
         .await;
     close.cancel();
     shutdown.cancel();
-    let _ = health_task.await;
     result
 }

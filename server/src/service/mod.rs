@@ -101,8 +101,9 @@ pub struct Context {
     pub file_limits: files::FileLimits,
     /// Cancelled when the server stops: background work started by RPCs ends with it.
     pub background: tokio_util::sync::CancellationToken,
-    /// Cancelled as soon as the server starts shutting down: endless streams (WatchAlerts) end
-    /// with it, so draining the RPCs in flight does not wait for them forever.
+    /// Cancelled when a stopping server stops accepting calls (`shutdown_delay` after shutdown
+    /// began): endless streams (WatchAlerts) end with it, so draining the RPCs in flight does not
+    /// wait for them forever.
     pub closing: tokio_util::sync::CancellationToken,
     /// Background work started by RPCs (runs, migrations); awaited at shutdown so each records how
     /// it ended.

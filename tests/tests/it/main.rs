@@ -9,6 +9,7 @@ mod backup;
 mod blob_migration;
 mod catalog;
 mod cli;
+mod drain;
 mod files;
 mod growth;
 mod grpcurl;

@@ -12,6 +12,11 @@ use strata_tests::{PgCluster, TestServer};
 
 use crate::support::eventually;
 
+/// The HTTP status of GET `url`.
+async fn status(url: &str) -> u16 {
+    reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}")).status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_and_primary_loss_and_recovery() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().expect("own cluster");
@@ -112,8 +117,11 @@ async fn replica_and_primary_loss_and_recovery() {
     client.list_snapshots(10, "").await.unwrap();
     assert_eq!(client.info().await.unwrap().replica_fallbacks, settled, "reads are back on the replica");
 
-    // Primary down: NOT_SERVING (the whole server and each service); back by itself when it returns.
+    // Primary down: NOT_SERVING (the whole server and each service) and `/readyz` 503; back by
+    // itself when it returns.
     assert_eq!(client.health("strata.v1.StorageService").await.unwrap(), HealthStatus::Serving);
+    let readyz = format!("{}/readyz", server.admin_url());
+    assert_eq!(status(&readyz).await, 200);
     let stopped = Instant::now();
     cluster.stop_primary().unwrap();
     eventually("NOT_SERVING", Duration::from_secs(10), || {
@@ -125,6 +133,8 @@ async fn replica_and_primary_loss_and_recovery() {
     eprintln!("NOT_SERVING {took:?} after the primary stopped");
     assert_eq!(client.health("strata.v1.StorageService").await.unwrap(), HealthStatus::NotServing);
     assert_eq!(client.health("strata.v1.AdminService").await.unwrap(), HealthStatus::NotServing);
+    assert_eq!(status(&readyz).await, 503);
+    assert_eq!(status(&format!("{}/livez", server.admin_url())).await, 200);
     assert_eq!(client.info().await.unwrap().routing_state, RoutingState::PrimaryDown);
     let err = client.record_snapshot().await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
@@ -135,6 +145,7 @@ async fn replica_and_primary_loss_and_recovery() {
         async move { (c.health("").await.ok()? == HealthStatus::Serving).then_some(()) }
     })
     .await;
+    assert_eq!(status(&readyz).await, 200);
     // Writes work again on fresh connections.
     eventually("writes after recovery", Duration::from_secs(10), || {
         let c = client.clone();

@@ -1,0 +1,263 @@
+//! A fleet behind HAProxy: three `strata-server` processes (the release binary beside this one) on
+//! one PostgreSQL primary and one S3-protocol server, HAProxy in front (HTTP/2 both ways,
+//! round-robin per call, health-checked on `/readyz`). Measures, each against the same thing
+//! straight to one instance in the same run:
+//! - unary calls (GetInfo) with `h2load`: through HAProxy vs straight (target ≥ 0.7×);
+//! - 1 GiB uploads to S3 through the SDK: through HAProxy vs straight (target ≥ 0.9×);
+//!
+//! and prints, without a target, how long after SIGTERM the stopping instance still got calls
+//! (drain noticed by HAProxy) and how long a dead blob-migration runner takes to be replaced.
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use diesel::QueryableByName;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use strata_client::{Client, types::UploadOptions};
+use strata_tests::{
+    PgCluster, S3Server,
+    haproxy::{Backend, Haproxy},
+    process::ServerProcess,
+};
+
+fn server_binary() -> anyhow::Result<String> {
+    let exe = std::env::current_exe()?.with_file_name("strata-server");
+    if !exe.exists() {
+        bail!("{} not found: build it with `cargo build --release -p strata-server`", exe.display());
+    }
+    Ok(exe.display().to_string())
+}
+
+/// `h2load` calls of GetInfo against `url`: calls per second, after checking every call got a
+/// 200 (h2load counts HTTP statuses, not grpc-status: GetInfo has no failure mode here).
+fn h2load(url: &str, body: &Path, calls: u64) -> anyhow::Result<f64> {
+    let out = Command::new("h2load")
+        .args(["-n", &calls.to_string(), "-c", "8", "-m", "16", "-t", "1", "-d"])
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("{url}/strata.v1.AdminService/GetInfo"))
+        .output()
+        .context("h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ok = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if ok != calls {
+        bail!("h2load: {ok} of {calls} calls answered 200:\n{text}");
+    }
+    text.lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .with_context(|| format!("no rate in h2load's output:\n{text}"))
+}
+
+#[derive(QueryableByName)]
+struct Runner {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    runner: Option<String>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Result<()> {
+    let bin = server_binary()?;
+    println!("starting PostgreSQL, the S3 server, three strata instances and HAProxy …");
+    let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
+    let db = cluster.create_database("fleet").await?;
+    let s3 = S3Server::start("fleet")?;
+    let (db_url, s3_url) = (cluster.primary_url(&db), s3.url());
+    let env = [
+        ("STRATA_DATABASE_URL", db_url.as_str()),
+        ("STRATA_OBJECT_STORE_URL", s3_url.as_str()),
+        ("STRATA_RUN_LEASE", "2s"),
+        ("STRATA_SHUTDOWN_DELAY", "2s"),
+        ("STRATA_SCHEDULER_POLL_INTERVAL", "200ms"),
+    ];
+    let mut procs: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::spawn(&bin, &env)).collect();
+    for p in &procs {
+        p.client().await;
+    }
+    let backends: Vec<Backend> = procs.iter().map(|p| Backend { grpc: p.addr(), admin: p.admin_addr() }).collect();
+    let proxy = Haproxy::start_quiet(&backends).await?;
+    // Let HAProxy see every instance healthy (rise 2 at 200 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let work = tempfile::Builder::new().prefix("strata-bench-fleet-").tempdir_in(".")?;
+    let mut all = true;
+
+    // --- unary calls ---
+    let body = work.path().join("getinfo.bin");
+    std::fs::write(&body, [0u8, 0, 0, 0, 0])?;
+    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    h2load(&proxy.url(), &body, calls / 10)?; // warm-up
+    for round in 0..rounds {
+        let (p, d) = if round % 2 == 0 {
+            let p = h2load(&proxy.url(), &body, calls)?;
+            (p, h2load(&procs[0].url(), &body, calls)?)
+        } else {
+            let d = h2load(&procs[0].url(), &body, calls)?;
+            (h2load(&proxy.url(), &body, calls)?, d)
+        };
+        println!("  GetInfo, round {}: through HAProxy {p:.0} calls/s vs straight {d:.0} calls/s → {:.2}", round + 1, p / d);
+        via.push(p);
+        direct.push(d);
+    }
+    let ratios: Vec<f64> = via.iter().zip(&direct).map(|(p, d)| p / d).collect();
+    let r = median(ratios);
+    all &= r >= 0.7;
+    println!("unary calls through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.7) {}", pass(r >= 0.7));
+
+    // --- 1 GiB uploads to S3 ---
+    let src = work.path().join("source.bin");
+    crate::files::make_file(&src, size_mib << 20, 0xf1ee7)?;
+    let (through, straight) = (Client::connect(proxy.url()).await?, procs[0].client().await);
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let mut time = async |c: &Client| -> anyhow::Result<Duration> {
+            let t = Instant::now();
+            let f = c.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
+            let d = t.elapsed();
+            c.delete_file(&f.id).await?;
+            Ok(d)
+        };
+        let (p, d) = if round % 2 == 0 {
+            let p = time(&through).await?;
+            (p, time(&straight).await?)
+        } else {
+            let d = time(&straight).await?;
+            (time(&through).await?, d)
+        };
+        let gb = |t: Duration| (size_mib << 20) as f64 / t.as_secs_f64() / 1e9;
+        println!(
+            "  upload → S3, round {}: through HAProxy {:.2}s ({:.2} GB/s) vs straight {:.2}s ({:.2} GB/s) → {:.2}",
+            round + 1,
+            p.as_secs_f64(),
+            gb(p),
+            d.as_secs_f64(),
+            gb(d),
+            d.as_secs_f64() / p.as_secs_f64()
+        );
+        ratios.push(d.as_secs_f64() / p.as_secs_f64());
+    }
+    let r = median(ratios);
+    all &= r >= 0.9;
+    println!("{size_mib} MiB upload through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.9) {}", pass(r >= 0.9));
+
+    // --- drain: SIGTERM one instance under a steady call rate through HAProxy ---
+    let stopping = instance_of(&procs[2].url()).await?;
+    let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, seen, failed, stop) = (proxy.url(), seen.clone(), failed.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+            let mut c = strata_client::pb::admin_service_client::AdminServiceClient::new(channel);
+            while !stop.is_cancelled() {
+                match c.get_info(strata_client::pb::GetInfoRequest {}).await {
+                    Ok(r) => {
+                        let who = r.metadata().get("x-strata-instance").and_then(|v| v.to_str().ok()).unwrap_or("");
+                        seen.lock().expect("lock").push((Instant::now(), who.to_owned()));
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let term = Instant::now();
+    procs[2].sigterm();
+    let status = procs[2].wait_exit(Duration::from_secs(60)).await;
+    let exited = term.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    for l in load {
+        l.await??;
+    }
+    let seen = seen.lock().expect("lock").clone();
+    let last = seen.iter().filter(|(_, who)| *who == stopping).map(|(t, _)| *t).max();
+    let last_after = last.map(|t| t.saturating_duration_since(term));
+    println!(
+        "drain: SIGTERM → last call answered by the stopping instance {:?} later (shutdown_delay 2 s, HAProxy checks every 200 ms); it exited after {exited:?} ({status}); {} calls, {} failed",
+        last_after.unwrap_or_default(),
+        seen.len(),
+        failed.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    all &= failed.load(std::sync::atomic::Ordering::Relaxed) == 0;
+
+    // --- takeover: SIGKILL a blob migration's runner ---
+    let mut c = cluster.connect(&db).await?;
+    c.batch_execute(
+        "CREATE TABLE docs (id bigint PRIMARY KEY, raw bytea, raw_ref text);
+         INSERT INTO docs SELECT i, convert_to(repeat(md5(i::text), 64), 'UTF8'), NULL FROM generate_series(1, 20000) i;",
+    )
+    .await?;
+    let spec = strata_client::types::BlobMigrationSpec {
+        table_name: "docs".into(),
+        key_column: "id".into(),
+        blob_column: "raw".into(),
+        reference_column: "raw_ref".into(),
+        batch_size: 20,
+        owner: "bench".into(),
+        ..Default::default()
+    };
+    let id = through.start_blob_migration(&spec).await?.migration.context("a migration")?.id;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let runner = |c: &mut diesel_async::AsyncPgConnection| {
+        let id = id.clone();
+        async move {
+            diesel::sql_query("SELECT runner FROM strata.blob_migrations WHERE id = $1")
+                .bind::<diesel::sql_types::Text, _>(id)
+                .get_result::<Runner>(c)
+                .await
+                .map(|r| r.runner.unwrap_or_default())
+        }
+    };
+    let first = runner(&mut c).await?;
+    let pid: u32 = first.split(':').nth(1).context("runner id")?.parse()?;
+    let victim = procs.iter().position(|p| p.pid() == pid).context("the runner is one of ours")?;
+    let killed = Instant::now();
+    procs[victim].kill9();
+    loop {
+        let now = runner(&mut c).await?;
+        if now != first {
+            println!("takeover: a killed blob-migration runner was replaced {:?} later (run_lease 2 s)", killed.elapsed());
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            bail!("the migration was never taken over");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(proxy);
+    drop(procs);
+    println!("{}", if all { "ALL PASS" } else { "SOME FAILED" });
+    Ok(())
+}
+
+/// The instance id a server puts in the `x-strata-instance` header of its answers.
+async fn instance_of(url: &str) -> anyhow::Result<String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await?;
+    let r = strata_client::pb::admin_service_client::AdminServiceClient::new(channel)
+        .get_info(strata_client::pb::GetInfoRequest {})
+        .await?;
+    Ok(r.metadata().get("x-strata-instance").context("no x-strata-instance header")?.to_str()?.to_owned())
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "FAIL" }
+}

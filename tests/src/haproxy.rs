@@ -1,0 +1,143 @@
+//! HAProxy in front of strata instances, as a fleet is deployed: HTTP/2 cleartext to clients and to
+//! each instance, round-robin per call, each instance health-checked on its admin listener's
+//! `/readyz`. Debian's `haproxy` (`/usr/sbin/haproxy`, or `STRATA_HAPROXY`), on a free loopback
+//! port; killed when dropped, its log printed if the test failed.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::pg::free_port;
+
+/// One strata instance behind the proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct Backend {
+    /// Its gRPC address.
+    pub grpc: SocketAddr,
+    /// Its admin listener's address (`/readyz` is checked there).
+    pub admin: SocketAddr,
+}
+
+/// A running HAProxy; killed when dropped.
+pub struct Haproxy {
+    child: Child,
+    /// Where clients connect (HTTP/2 cleartext).
+    pub addr: SocketAddr,
+    /// The configuration and the log.
+    dir: tempfile::TempDir,
+}
+
+/// The HAProxy binary: `STRATA_HAPROXY`, else `/usr/sbin/haproxy`, else `haproxy` on PATH.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRATA_HAPROXY") {
+        return p.into();
+    }
+    let debian = PathBuf::from("/usr/sbin/haproxy");
+    if debian.exists() { debian } else { PathBuf::from("haproxy") }
+}
+
+/// The configuration: clients on `port`, the instances `backends`. Also the example in
+/// docs/operations.md.
+pub fn config(port: u16, backends: &[Backend]) -> String {
+    let mut cfg = format!(
+        "\
+global
+    log stderr format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    # gRPC streams (downloads, WatchAlerts) stay open and may be quiet for long.
+    timeout client 1h
+    timeout server 1h
+    timeout check 1s
+
+frontend grpc
+    bind 127.0.0.1:{port} proto h2
+    default_backend strata
+
+backend strata
+    balance roundrobin
+    option httpchk GET /readyz
+    # Out of rotation after one failed check (a draining instance answers 503), back after two.
+    default-server inter 200ms fall 1 rise 2
+"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        // `check-proto h1`: the checks speak HTTP/1.1 to the admin port; calls speak h2.
+        cfg.push_str(&format!("    server s{i} {} proto h2 check check-proto h1 port {}\n", b.grpc, b.admin.port()));
+    }
+    cfg
+}
+
+impl Haproxy {
+    /// Starts HAProxy in front of `backends` and waits (at most 10 s) until it accepts connections.
+    pub async fn start(backends: &[Backend]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(&cfg, config(port, backends))?;
+        let log = std::fs::File::create(dir.path().join("haproxy.log"))?;
+        let exe = binary();
+        // -db: stay in the foreground, so that the process we hold is HAProxy itself.
+        let child = Command::new(&exe)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} (apt-get install haproxy)", exe.display()))?;
+        let mut proxy = Self { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = proxy.child.try_wait()? {
+                bail!("haproxy exited at start ({status}); its log:\n{}", proxy.log());
+            }
+            if tokio::net::TcpStream::connect(proxy.addr).await.is_ok() {
+                return Ok(proxy);
+            }
+            if Instant::now() >= deadline {
+                bail!("haproxy did not listen on {} within 10 s; its log:\n{}", proxy.addr, proxy.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What HAProxy logged so far: one line per call, and every server going down or up.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            // Every server going down or up, and the last calls (one line each).
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines.len().saturating_sub(100);
+            let shown: Vec<&str> = lines
+                .iter()
+                .enumerate()
+                .filter(|(i, l)| *i >= tail || l.contains("Server ") || l.contains("ALERT"))
+                .map(|(_, l)| *l)
+                .collect();
+            eprintln!("--- haproxy log (server changes, last 100 lines) ---\n{}\n---", shown.join("\n"));
+        }
+    }
+}
