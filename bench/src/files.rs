@@ -152,7 +152,7 @@ impl RssSampler {
 }
 
 /// Writes `size` bytes of pseudo-random data (unique per seed, so runs never deduplicate).
-fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     use std::io::Write;
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut x = seed | 1;

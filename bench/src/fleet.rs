@@ -64,6 +64,16 @@ struct Runner {
     runner: Option<String>,
 }
 
+/// The instance running blob migration `id`.
+async fn runner(c: &mut diesel_async::AsyncPgConnection, id: &str) -> anyhow::Result<String> {
+    Ok(diesel::sql_query("SELECT runner FROM strata.blob_migrations WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(id)
+        .get_result::<Runner>(c)
+        .await?
+        .runner
+        .unwrap_or_default())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -107,7 +117,11 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
             let d = h2load(&procs[0].url(), &body, calls)?;
             (h2load(&proxy.url(), &body, calls)?, d)
         };
-        println!("  GetInfo, round {}: through HAProxy {p:.0} calls/s vs straight {d:.0} calls/s → {:.2}", round + 1, p / d);
+        println!(
+            "  GetInfo, round {}: through HAProxy {p:.0} calls/s vs straight {d:.0} calls/s → {:.2}",
+            round + 1,
+            p / d
+        );
         via.push(p);
         direct.push(d);
     }
@@ -122,7 +136,7 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     let (through, straight) = (Client::connect(proxy.url()).await?, procs[0].client().await);
     let mut ratios = Vec::new();
     for round in 0..rounds {
-        let mut time = async |c: &Client| -> anyhow::Result<Duration> {
+        let time = async |c: &Client| -> anyhow::Result<Duration> {
             let t = Instant::now();
             let f = c.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
             let d = t.elapsed();
@@ -150,7 +164,10 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     }
     let r = median(ratios);
     all &= r >= 0.9;
-    println!("{size_mib} MiB upload through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.9) {}", pass(r >= 0.9));
+    println!(
+        "{size_mib} MiB upload through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.9) {}",
+        pass(r >= 0.9)
+    );
 
     // --- drain: SIGTERM one instance under a steady call rate through HAProxy ---
     let stopping = instance_of(&procs[2].url()).await?;
@@ -195,9 +212,9 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
         "drain: SIGTERM → last call answered by the stopping instance {:?} later (shutdown_delay 2 s, HAProxy checks every 200 ms); it exited after {exited:?} ({status}); {} calls, {} failed",
         last_after.unwrap_or_default(),
         seen.len(),
-        failed.load(std::sync::atomic::Ordering::Relaxed)
+        std::sync::atomic::AtomicU64::load(&failed, std::sync::atomic::Ordering::Relaxed)
     );
-    all &= failed.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    all &= std::sync::atomic::AtomicU64::load(&failed, std::sync::atomic::Ordering::Relaxed) == 0;
 
     // --- takeover: SIGKILL a blob migration's runner ---
     let mut c = cluster.connect(&db).await?;
@@ -217,25 +234,18 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     };
     let id = through.start_blob_migration(&spec).await?.migration.context("a migration")?.id;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let runner = |c: &mut diesel_async::AsyncPgConnection| {
-        let id = id.clone();
-        async move {
-            diesel::sql_query("SELECT runner FROM strata.blob_migrations WHERE id = $1")
-                .bind::<diesel::sql_types::Text, _>(id)
-                .get_result::<Runner>(c)
-                .await
-                .map(|r| r.runner.unwrap_or_default())
-        }
-    };
-    let first = runner(&mut c).await?;
+    let first = runner(&mut c, &id).await?;
     let pid: u32 = first.split(':').nth(1).context("runner id")?.parse()?;
     let victim = procs.iter().position(|p| p.pid() == pid).context("the runner is one of ours")?;
     let killed = Instant::now();
     procs[victim].kill9();
     loop {
-        let now = runner(&mut c).await?;
+        let now = runner(&mut c, &id).await?;
         if now != first {
-            println!("takeover: a killed blob-migration runner was replaced {:?} later (run_lease 2 s)", killed.elapsed());
+            println!(
+                "takeover: a killed blob-migration runner was replaced {:?} later (run_lease 2 s)",
+                killed.elapsed()
+            );
             break;
         }
         if killed.elapsed() > Duration::from_secs(60) {

@@ -8,6 +8,7 @@
 
 mod archive;
 mod files;
+mod fleet;
 mod partitions;
 
 use std::time::{Duration, Instant};
@@ -73,6 +74,22 @@ enum Command {
         /// Rows in the old partitions of each table.
         #[arg(long, default_value_t = 200_000)]
         rows: u64,
+    },
+    /// A fleet of three `strata-server` processes behind HAProxy (HTTP/2, round-robin per call,
+    /// checked on `/readyz`) on one PostgreSQL and one S3 server: GetInfo calls with `h2load`
+    /// through HAProxy vs straight to one instance (≥ 0.7×), 1 GiB uploads to S3 through HAProxy
+    /// vs straight (≥ 0.9×); prints how long a SIGTERMed instance still gets calls (and that none
+    /// failed) and how long a SIGKILLed blob-migration runner takes to be replaced.
+    Fleet {
+        /// Upload size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Rounds of each comparison (alternating which side goes first).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// GetInfo calls per h2load run.
+        #[arg(long, default_value_t = 100_000)]
+        calls: u64,
     },
     /// GetStorageMetrics p50 latency on PostgreSQL: a database with a 1M-row table vs one with a
     /// 10k-row table (target ratio ≤ 1.5), with `SELECT count(*)` on both as the contrast.
@@ -185,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             Command::Files { size_mib, rounds, dir } => files::run(size_mib << 20, rounds.max(1), dir).await,
             Command::Archive { rows, batch_size, rounds } => archive::run(rows, batch_size, rounds.max(1)).await,
             Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
+            Command::Fleet { size_mib, rounds, calls } => fleet::run(size_mib, rounds.max(1), calls).await,
         }
     })
 }
