@@ -166,3 +166,122 @@ async fn sigterm_of_an_instance_behind_haproxy_fails_no_call() {
     );
     drop(proxy);
 }
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+async fn count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(sql).get_result::<Count>(c).await.unwrap().n
+}
+
+/// Rows in the table plus rows in committed segments: the original count when every row is in
+/// exactly one of them (a duplicate adds one, a loss takes one away).
+async fn hot_plus_archived(c: &mut diesel_async::AsyncPgConnection) -> i64 {
+    count(c, "SELECT count(*)::int8 AS n FROM chat").await
+        + count(
+            c,
+            "SELECT coalesce(sum(row_count), 0)::int8 AS n FROM strata.archive_segments WHERE state = 'committed'",
+        )
+        .await
+}
+
+/// An archival run started through HAProxy; the instance running it is SIGKILLed mid-batch; the
+/// run started again through HAProxy (another instance, once the lease lapsed) finishes the
+/// table: every row exactly once, in the table or in a committed segment.
+#[tokio::test(flavor = "multi_thread")]
+async fn archival_through_haproxy_survives_its_instance_killed() {
+    use diesel_async::SimpleAsyncConnection;
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("fleetarch").await.unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    const ROWS: i64 = 20_000;
+    c.batch_execute(&format!(
+        "CREATE TABLE chat (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
+         INSERT INTO chat SELECT i, now() - interval '400 days' + make_interval(secs => i), 'message ' || i || repeat(' lorem', i % 40)
+           FROM generate_series(1, {ROWS}) i;"
+    ))
+    .await
+    .unwrap();
+    let db_url = cluster.primary_url(&db);
+    let objects_url = format!("file://{}", objects.path().display());
+    let env = [
+        ("STRATA_DATABASE_URL", db_url.as_str()),
+        ("STRATA_OBJECT_STORE_URL", objects_url.as_str()),
+        ("STRATA_RUN_SCHEDULER", "false"),
+        ("STRATA_RUN_LEASE", "1s"),
+    ];
+    let mut procs: Vec<ServerProcess> =
+        (0..3).map(|_| ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &env)).collect();
+    let mut ids = Vec::new();
+    for p in &procs {
+        ids.push(p.client().await.scheduler_status().await.unwrap().this_instance);
+    }
+    let backends: Vec<Backend> = procs.iter().map(|p| Backend { grpc: p.addr(), admin: p.admin_addr() }).collect();
+    let proxy = Haproxy::start(&backends).await.unwrap();
+    let client = strata_client::Client::connect(proxy.url()).await.unwrap();
+    client
+        .create_policy(&strata_client::archive::ArchivePolicy {
+            name: "chat".into(),
+            table_name: "chat".into(),
+            time_column: "created_at".into(),
+            key_columns: vec!["id".into()],
+            archive_after: Duration::from_secs(30 * 86_400),
+            batch_size: 40,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Started through HAProxy: the answer names the instance running it.
+    let mut archive = pb::archive_service_client::ArchiveServiceClient::new(connect(proxy.url()).await);
+    let started = archive.run_archive(pb::RunArchiveRequest { policy: "chat".into() }).await.unwrap();
+    let runner = started.metadata().get(INSTANCE_HEADER).unwrap().to_str().unwrap().to_owned();
+    let run_id = started.into_inner().run.unwrap().id;
+    let victim = ids.iter().position(|i| *i == runner).expect("one of ours ran it");
+    // Mid-batch: some segments committed, the run still going.
+    let t0 = Instant::now();
+    loop {
+        let r = client.archive_run(&run_id).await.unwrap();
+        assert_eq!(r.state, strata_client::archive::RunState::Running, "finished before the kill: {r:?}");
+        if r.rows_done >= 400 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the run never got going: {r:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    procs[victim].kill9();
+    assert_eq!(hot_plus_archived(&mut c).await, ROWS, "after the kill");
+
+    // Run again through HAProxy: refused as busy until the dead run's lease lapses, then another
+    // instance takes the policy and finishes.
+    let run = loop {
+        match client.run_archive("chat").await {
+            Ok(r) => break r,
+            Err(e) if e.to_string().contains("busy") || e.code() == Some(tonic::Code::Unavailable) => {
+                assert!(t0.elapsed() < Duration::from_secs(120), "never runnable again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let run = client.wait_archive_run(&run.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(run.state, strata_client::archive::RunState::Succeeded, "{run:?}");
+    assert_eq!(hot_plus_archived(&mut c).await, ROWS, "every row exactly once");
+    assert_eq!(
+        count(&mut c, "SELECT count(*)::int8 AS n FROM chat WHERE created_at < now() - interval '30 days'").await,
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*)::int8 AS n FROM strata.archive_segments WHERE state <> 'committed'").await,
+        0,
+        "the killed run's pending segment was cleaned up"
+    );
+    let killed = client.archive_run(&run_id).await.unwrap();
+    assert_eq!(killed.state, strata_client::archive::RunState::Failed, "{killed:?}");
+    drop(proxy);
+}

@@ -58,6 +58,12 @@ defaults
     timeout client 1h
     timeout server 1h
     timeout check 1s
+    # A call that could not reach an instance (it died before the checks noticed) goes to another
+    # one: nothing was sent, so it is safe for any call. Without it the client gets HAProxy's own
+    # 503 page, which a gRPC client reads as a garbled message.
+    retries 3
+    option redispatch 1
+    retry-on conn-failure
 
 frontend grpc
     bind 127.0.0.1:{port} proto h2
