@@ -20,6 +20,8 @@ prev="$(tr -d '[:space:]' < tests/upgrade-from)"
 out="$target/previous/strata-server-$prev"
 if [ ! -x "$out" ]; then
   echo "tests/setup.sh: building strata-server at $prev (the previous release) for the upgrade test"
+  # A shallow clone may lack the commit: fetch just that one.
+  git cat-file -e "$prev^{commit}" 2>/dev/null || git fetch --quiet --depth=1 origin "$prev"
   tree="$(mktemp -d)/strata-$prev"
   git worktree add --quiet --detach "$tree" "$prev"
   # Its own target directory under ours: the shared one would overwrite this tree's binary.

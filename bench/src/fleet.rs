@@ -58,6 +58,46 @@ fn h2load(url: &str, body: &Path, calls: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("no rate in h2load's output:\n{text}"))
 }
 
+/// CPU seconds (user + system) process `pid` has used so far.
+fn proc_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used by this process's waited-for children (h2load).
+fn children_cpu() -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    #[expect(unsafe_code, reason = "reading the CPU time of finished children")]
+    let r = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+/// One h2load run with the CPU every process involved spent on it: (calls/s, CPU ms per 1000
+/// calls of h2load, of HAProxy, of the strata instances).
+fn measured(
+    url: &str,
+    body: &Path,
+    calls: u64,
+    proxy: Option<u32>,
+    servers: &[u32],
+) -> anyhow::Result<(f64, [f64; 3])> {
+    let before = (children_cpu(), proxy.map_or(0.0, proc_cpu), servers.iter().map(|p| proc_cpu(*p)).sum::<f64>());
+    let rate = h2load(url, body, calls)?;
+    let after = (children_cpu(), proxy.map_or(0.0, proc_cpu), servers.iter().map(|p| proc_cpu(*p)).sum::<f64>());
+    let per = |a: f64, b: f64| (a - b) * 1e6 / calls as f64;
+    Ok((rate, [per(after.0, before.0), per(after.1, before.1), per(after.2, before.2)]))
+}
+
 #[derive(QueryableByName)]
 struct Runner {
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
@@ -107,28 +147,44 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     // --- unary calls ---
     let body = work.path().join("getinfo.bin");
     std::fs::write(&body, [0u8, 0, 0, 0, 0])?;
-    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    let servers: Vec<u32> = procs.iter().map(ServerProcess::pid).collect();
+    let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
     h2load(&proxy.url(), &body, calls / 10)?; // warm-up
     for round in 0..rounds {
-        let (p, d) = if round % 2 == 0 {
-            let p = h2load(&proxy.url(), &body, calls)?;
-            (p, h2load(&procs[0].url(), &body, calls)?)
+        let via = || measured(&proxy.url(), &body, calls, Some(proxy.pid()), &servers);
+        let straight = || measured(&procs[0].url(), &body, calls, None, &servers);
+        let ((p, pc), (d, dc)) = if round % 2 == 0 {
+            let p = via()?;
+            (p, straight()?)
         } else {
-            let d = h2load(&procs[0].url(), &body, calls)?;
-            (h2load(&proxy.url(), &body, calls)?, d)
+            let d = straight()?;
+            (via()?, d)
         };
+        // Both runs keep the two cores busy: the rate each can reach is bounded by the CPU a call
+        // costs in all processes together, so the ratio cannot exceed the ratio of those costs.
+        let (pt, dt) = (pc.iter().sum::<f64>(), dc.iter().sum::<f64>());
         println!(
-            "  GetInfo, round {}: through HAProxy {p:.0} calls/s vs straight {d:.0} calls/s → {:.2}",
+            "  GetInfo, round {}: through HAProxy {p:.0} calls/s vs straight {d:.0} calls/s → {:.2}; CPU per call: {pt:.1} µs (h2load {:.1}, HAProxy {:.1}, strata {:.1}) vs {dt:.1} µs (h2load {:.1}, strata {:.1}) → bound {:.2}",
             round + 1,
-            p / d
+            p / d,
+            pc[0],
+            pc[1],
+            pc[2],
+            dc[0],
+            dc[2],
+            dt / pt
         );
-        via.push(p);
-        direct.push(d);
+        ratios.push(p / d);
+        bounds.push(dt / pt);
     }
-    let ratios: Vec<f64> = via.iter().zip(&direct).map(|(p, d)| p / d).collect();
-    let r = median(ratios);
+    let (r, bound) = (median(ratios), median(bounds));
     all &= r >= 0.7;
     println!("unary calls through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.7) {}", pass(r >= 0.7));
+    println!(
+        "  on these 2 cores the CPU per call bounds it at {bound:.2}: strata reaches {:.0} % of that bound {}",
+        100.0 * r / bound,
+        pass(r >= 0.9 * bound)
+    );
 
     // --- 1 GiB uploads to S3 ---
     let src = work.path().join("source.bin");
