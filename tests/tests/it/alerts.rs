@@ -421,3 +421,58 @@ async fn a_subscriber_that_does_not_read_is_resynced_and_stalls_nothing() {
     server.stop().await.unwrap();
     drop(slow);
 }
+
+/// A subscriber gets every change made after WatchAlerts answered, and nothing from before: a
+/// change made right after the call reaches it although the feed's tailer only starts following
+/// the event table then (it stops while nobody watches), and an event older than a second at the
+/// time of subscribing is in the snapshot, not replayed (the tailer once replayed ten seconds of
+/// history to each first subscriber). Three rounds, each with a fresh first subscriber.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_subscriber_sees_a_change_made_right_after_it_subscribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut config = test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    config.run_scheduler = true;
+    let server = TestServer::start(config).await.unwrap();
+    let c = server.client().await;
+    for j in c.list_jobs().await.unwrap() {
+        c.pause_job(&j.spec.name).await.unwrap();
+    }
+    for mut r in c.list_rules().await.unwrap() {
+        r.enabled = false;
+        c.update_rule(&r, &["enabled"]).await.unwrap();
+    }
+    crate::support::sqlite(&db)
+        .await
+        .batch_execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB)")
+        .await
+        .unwrap();
+    grow(&db, 1, 60).await;
+    for i in 0..3 {
+        let mut rule = AlertRule::new(&format!("first-{i}"), AlertMetric::TableSize, Some(100_000.0), None);
+        rule.table = "messages".into();
+        c.create_rule(&rule).await.unwrap();
+    }
+    assert!(evaluate(&c).await.contains("3 fired"));
+    for i in 0..3 {
+        let rule = format!("first-{i}");
+        let id = only(&c, &rule).await[0].id.clone();
+        // Nobody watches for a while: the tailer stops (it checks every 250 ms), and the firing
+        // event is more than a second old.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut watch = Box::pin(c.watch_alerts(false, None, Some(rule.as_str())).await.unwrap());
+        c.acknowledge_alert(&id, "right away").await.unwrap();
+        let change = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("round {i}: the acknowledgement never reached the new subscriber"))
+            .unwrap()
+            .unwrap();
+        match change {
+            AlertChange::Event { event, alert } => {
+                assert_eq!((event.kind.as_str(), alert.id.as_str()), ("acknowledged", id.as_str()), "round {i}");
+            }
+            other => panic!("round {i}: {other:?}"),
+        }
+    }
+    server.stop().await.unwrap();
+}

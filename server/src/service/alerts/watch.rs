@@ -26,7 +26,7 @@ pub struct Feed {
     /// The newest event id a subscriber had seen reflected when it read its snapshot: the tailer,
     /// when it starts, publishes every event after it. Without this, events between the first
     /// subscriber's snapshot and the tailer's first step would reach nobody.
-    start: std::sync::Mutex<Option<i64>>,
+    start: std::sync::Mutex<Option<(i64, NaiveDateTime)>>,
 }
 
 impl Default for Feed {
@@ -49,13 +49,17 @@ impl Feed {
         let _ = self.tx.send(c);
     }
 
-    /// A subscriber is about to read its snapshot, which reflects every event up to `id`.
-    fn start_after(&self, id: i64) {
+    /// A subscriber is about to read its snapshot, which reflects every event up to `id`, read at
+    /// `at` (the database's time).
+    fn start_after(&self, id: i64, at: NaiveDateTime) {
         let mut s = self.start.lock().expect("feed lock");
-        *s = Some(s.map_or(id, |old| old.min(id)));
+        *s = Some(match *s {
+            Some((old, old_at)) if old < id => (old, old_at),
+            _ => (id, at),
+        });
     }
 
-    fn take_start(&self) -> Option<i64> {
+    fn take_start(&self) -> Option<(i64, NaiveDateTime)> {
         self.start.lock().expect("feed lock").take()
     }
 }
@@ -86,17 +90,24 @@ impl Tail {
         let Self { last, seen } = self;
         let mut conn = ctx.db.read_prefer_primary().await?.0;
         let t = ctx.now();
+        let mut settled_before = None;
         let after = match (*last, ctx.alert_feed.take_start()) {
             (Some(l), _) => l,
             // Starting: from where the first subscriber's snapshot ends (so nothing between the two
             // is lost), else from now.
             (None, start) => {
-                let l = match start {
-                    Some(s) => s,
-                    None => store::last_event_id(&mut conn).await?,
-                };
-                *last = Some(l);
                 seen.clear();
+                // Events up to the starting place that are older than a second then are in the
+                // subscriber's snapshot: not replayed. Younger ones may still have been committing
+                // (ids are taken before commit) and are published — at worst twice. (No place yet:
+                // a subscriber is between subscribing and reading its place; it reads it after
+                // this, so starting from the newest event now loses nothing.)
+                let (l, at) = match start {
+                    Some(place) => place,
+                    None => (store::last_event_id(&mut conn).await?, t),
+                };
+                settled_before = Some(at - chrono::Duration::seconds(1));
+                *last = Some(l);
                 l
             }
         };
@@ -106,6 +117,9 @@ impl Tail {
                 continue;
             }
             if seen.insert(ev.id, ev.at).is_some() {
+                continue;
+            }
+            if ev.id <= after && settled_before.is_some_and(|b| ev.at < b) {
                 continue;
             }
             *last = Some(last.unwrap_or(0).max(ev.id));
@@ -193,7 +207,7 @@ pub struct Subscription {
 pub async fn subscribe(ctx: &Context) -> Result<Subscription> {
     let rx = ctx.alert_feed.subscribe();
     let mut conn = ctx.db.read_prefer_primary().await?.0;
-    ctx.alert_feed.start_after(store::last_event_id(&mut conn).await?);
+    ctx.alert_feed.start_after(store::last_event_id(&mut conn).await?, ctx.now());
     Ok(Subscription { rx })
 }
 
