@@ -1,5 +1,5 @@
 //! Domain types shared by `service/` and `db/`: the states and kinds of runs, jobs, alerts, uploads
-//! and backups as Rust enums.
+//! and backups as Rust enums, and the storage figures `db/` reads.
 //!
 //! Why a module of its own: `service/` owns the domain, but `db/` must turn the catalog's text
 //! columns into these enums in one place, and `db/` may not import `service/` (arrows point down).
@@ -12,6 +12,7 @@ pub mod backup;
 pub mod files;
 pub mod partitions;
 pub mod scheduler;
+pub mod stats;
 
 /// A catalog column held a value this version of strata does not know (a newer version wrote it,
 /// or the row was edited by hand).

@@ -8,8 +8,9 @@ use super::{Context, Error, Result};
 use crate::db::{
     BackendKind, PoolStats, Role,
     snapshots::{self, SnapshotRow},
-    stats::{self, DatabaseStats},
+    stats,
 };
+pub use crate::model::stats::{DatabaseStats, TableStats};
 
 /// Longest table-name prefix accepted as a filter (PostgreSQL identifiers are at most 63 bytes).
 const MAX_PREFIX_LEN: usize = 128;
