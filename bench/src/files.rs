@@ -87,27 +87,36 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// CPU seconds (user + system) used so far by this process and by `pid`: what an upload costs on
-/// both sides, which bounds how fast two cores can finish it.
-fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    #[expect(unsafe_code, reason = "reading this process's CPU time")]
-    let own = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
-        u.assume_init()
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let server = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/PID/stat`.
+pub(crate) fn proc_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
             Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
         })
-        .unwrap_or(0.0);
-    (tv(own.ru_utime) + tv(own.ru_stime), server)
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system) from `getrusage(who)`: this process (`RUSAGE_SELF`) or its
+/// waited-for children (`RUSAGE_CHILDREN`).
+pub(crate) fn rusage_cpu(who: libc::c_int) -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    #[expect(unsafe_code, reason = "reading CPU time")]
+    let r = unsafe {
+        libc::getrusage(who, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+/// CPU seconds used so far by this process and by `pid`: what an upload costs on both sides,
+/// which bounds how fast two cores can finish it.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    (rusage_cpu(libc::RUSAGE_SELF), proc_cpu(pid))
 }
 
 /// Prints the CPU an upload took on each side since `before`.

@@ -25,6 +25,8 @@ use strata_tests::{
     process::ServerProcess,
 };
 
+use crate::files::{proc_cpu, rusage_cpu};
+
 fn server_binary() -> anyhow::Result<String> {
     let exe = std::env::current_exe()?.with_file_name("strata-server");
     if !exe.exists() {
@@ -58,30 +60,6 @@ fn h2load(url: &str, body: &Path, calls: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("no rate in h2load's output:\n{text}"))
 }
 
-/// CPU seconds (user + system) process `pid` has used so far.
-fn proc_cpu(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
-/// CPU seconds used by this process's waited-for children (h2load).
-fn children_cpu() -> f64 {
-    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    #[expect(unsafe_code, reason = "reading the CPU time of finished children")]
-    let r = unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, u.as_mut_ptr());
-        u.assume_init()
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(r.ru_utime) + tv(r.ru_stime)
-}
-
 /// One h2load run with the CPU every process involved spent on it: (calls/s, CPU ms per 1000
 /// calls of h2load, of HAProxy, of the strata instances).
 fn measured(
@@ -91,9 +69,17 @@ fn measured(
     proxy: Option<u32>,
     servers: &[u32],
 ) -> anyhow::Result<(f64, [f64; 3])> {
-    let before = (children_cpu(), proxy.map_or(0.0, proc_cpu), servers.iter().map(|p| proc_cpu(*p)).sum::<f64>());
+    let before = (
+        rusage_cpu(libc::RUSAGE_CHILDREN),
+        proxy.map_or(0.0, proc_cpu),
+        servers.iter().map(|p| proc_cpu(*p)).sum::<f64>(),
+    );
     let rate = h2load(url, body, calls)?;
-    let after = (children_cpu(), proxy.map_or(0.0, proc_cpu), servers.iter().map(|p| proc_cpu(*p)).sum::<f64>());
+    let after = (
+        rusage_cpu(libc::RUSAGE_CHILDREN),
+        proxy.map_or(0.0, proc_cpu),
+        servers.iter().map(|p| proc_cpu(*p)).sum::<f64>(),
+    );
     let per = |a: f64, b: f64| (a - b) * 1e6 / calls as f64;
     Ok((rate, [per(after.0, before.0), per(after.1, before.1), per(after.2, before.2)]))
 }

@@ -172,7 +172,7 @@ pub async fn get(ctx: &Context, id: &str) -> Result<Migration> {
 
 /// When a lease taken at `t` ends.
 fn lease_from(ctx: &Context, t: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
-    t + chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
+    t + ctx.run_lease()
 }
 
 /// Takes over every running migration whose runner's lease lapsed (its instance stopped or died;
@@ -182,7 +182,7 @@ pub async fn take_over_lapsed(ctx: &Context) -> Result<usize> {
     let mut conn = ctx.db.write().await?;
     let t = ctx.now();
     let mut taken = 0;
-    let stale_before = t - chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30));
+    let stale_before = t - ctx.run_lease();
     for r in store::lapsed(&mut conn, t, stale_before).await? {
         let until = lease_from(ctx, t);
         if store::take_over(&mut conn, &r, &ctx.instance_id, until).await? {

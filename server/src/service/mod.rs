@@ -130,6 +130,12 @@ impl Context {
         self.db.now_naive()
     }
 
+    /// `run_lease` as a span of the database's time: how long past its last renewal a run, job run
+    /// or blob migration stays held.
+    pub fn run_lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
+    }
+
     /// [`Context::now`] in UTC.
     pub fn now_utc(&self) -> DateTime<Utc> {
         self.db.now()

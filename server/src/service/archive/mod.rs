@@ -356,7 +356,7 @@ pub enum Selection {
 }
 
 fn lease_until(ctx: &Context) -> NaiveDateTime {
-    ctx.now() + chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
+    ctx.now() + ctx.run_lease()
 }
 
 fn default_schema(ctx: &Context) -> &'static str {

@@ -5,7 +5,7 @@ use super::{
     Context, Instance, JobRun, JobRunState, Result, Status, Trigger,
     cron::{parse_schedule, plan_claim},
     crud::{first_due, spec_of},
-    lease, new_run,
+    new_run,
 };
 use crate::db::scheduler::{self as store, Claim, InstanceRow, RunRow};
 
@@ -81,13 +81,13 @@ pub async fn poll(ctx: &Context) -> Result<()> {
 
     // Runs whose instance died: one instance wins each (compare-and-set) and runs it again.
     for run in store::lapsed_runs(&mut conn, t).await? {
-        if store::take_over(&mut conn, &run, &ctx.instance_id, t + lease(ctx), t).await? {
+        if store::take_over(&mut conn, &run, &ctx.instance_id, t + ctx.run_lease(), t).await? {
             let Some(job) = store::get_job(&mut conn, &run.job_name).await? else { continue };
             tracing::warn!(job = %run.job_name, run = %run.id, from = %run.owner, "took over a run whose instance stopped");
             let run = RunRow {
                 owner: ctx.instance_id.clone(),
                 attempt: run.attempt + 1,
-                lease_until: Some(t + lease(ctx)),
+                lease_until: Some(t + ctx.run_lease()),
                 ..run
             };
             (ctx.start_run)(ctx, spec_of(&job), run.into());
@@ -161,7 +161,7 @@ pub fn host_name() -> String {
 /// instance took the run over).
 pub async fn renew_lease(ctx: &Context, id: &str, attempt: i64) -> Result<bool> {
     let mut conn = ctx.db.write().await?;
-    Ok(store::renew(&mut conn, id, &ctx.instance_id, attempt, ctx.now() + lease(ctx)).await?)
+    Ok(store::renew(&mut conn, id, &ctx.instance_id, attempt, ctx.now() + ctx.run_lease()).await?)
 }
 
 /// Records how a run held here ended and prunes its job's history to `job_history` runs; false

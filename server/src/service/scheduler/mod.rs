@@ -330,17 +330,12 @@ pub(super) fn new_run(ctx: &Context, job: &str, at: NaiveDateTime, trigger: Trig
         state: JobRunState::Running,
         owner: ctx.instance_id.clone(),
         attempt: 1,
-        lease_until: Some(t + lease(ctx)),
+        lease_until: Some(t + ctx.run_lease()),
         started_at: t,
         finished_at: None,
         message: String::new(),
         error: None,
     }
-}
-
-/// How long a run's lease lasts from its last renewal.
-pub(super) fn lease(ctx: &Context) -> chrono::Duration {
-    chrono::Duration::from_std(ctx.config.run_lease).unwrap_or(chrono::Duration::seconds(30))
 }
 
 #[cfg(test)]
