@@ -28,7 +28,19 @@ const READ_AHEAD: usize = 8;
 /// Attempts of one upload before giving up on transient errors.
 const MAX_ATTEMPTS: usize = 8;
 
-/// Whether an error may go away by trying again (the connection dropped, the server is busy).
+/// `google.rpc.ErrorInfo.reason` of an upload whose stream ended before its declared size: it
+/// stays open at the committed offset the error names.
+pub const UPLOAD_INCOMPLETE: &str = "UPLOAD_INCOMPLETE";
+
+/// The committed offset an UPLOAD_INCOMPLETE error names (its `google.rpc.ErrorInfo`).
+pub fn incomplete_upload_offset(status: &tonic::Status) -> Option<u64> {
+    use tonic_types::StatusExt as _;
+    let info = status.get_details_error_info()?;
+    (info.reason == UPLOAD_INCOMPLETE).then(|| info.metadata.get("committed_offset")?.parse().ok())?
+}
+
+/// Whether an error may go away by trying again (the connection dropped, the server is busy,
+/// another stream held the upload, the stream ended short of the declared size).
 fn transient(e: &Error) -> bool {
     match e {
         Error::Connect { .. } => true,
@@ -40,7 +52,8 @@ fn transient(e: &Error) -> bool {
                     | tonic::Code::Unknown
                     | tonic::Code::Aborted
                     | tonic::Code::Internal
-            ) && !s.message().contains("declared")
+                    | tonic::Code::DeadlineExceeded
+            ) || incomplete_upload_offset(s).is_some()
         }
         _ => false,
     }

@@ -27,7 +27,7 @@ pub mod scheduler;
 pub mod types;
 
 pub use client::{Client, Error, HealthStatus};
-pub use files::sha256_of;
+pub use files::{UPLOAD_INCOMPLETE, incomplete_upload_offset, sha256_of};
 
 /// Response header naming the strata instance that answered (its `host:pid:random` id), on every
 /// gRPC response (success, error, stream) and admin HTTP response: behind a load balancer, it says

@@ -358,7 +358,8 @@ pub struct Config {
     pub always_sha256: bool,
     /// Lease of background work on the database's clock: a run (archive, restore, retention) holds
     /// its policy this long past its last batch, a job run and a blob migration this long past
-    /// their last renewal (every third of it); work whose instance died is taken over by another
+    /// their last renewal (every third of it), an upload stream its upload this long past its last
+    /// recorded progress (every second); work whose instance died is taken over by another
     /// instance once its lease lapses.
     #[arg(long, env = "STRATA_RUN_LEASE", value_parser = parse_duration, default_value = "30s", global = true)]
     #[serde(with = "humantime_serde")]

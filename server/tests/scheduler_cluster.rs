@@ -571,7 +571,7 @@ async fn the_previous_release_and_this_one_share_a_catalog() {
     assert_eq!(new_client.download_bytes(&after.id, 0, 0).await.unwrap(), b"old, after the upgrade");
     assert_eq!(old_client.download_bytes(&mine.id, 0, 0).await.unwrap(), b"from the new one");
 
-    // A blob migration started by the old one (no lease) is left to it while it makes progress.
+    // A blob migration started by the old one is left to it while it makes progress.
     let spec = strata_client::types::BlobMigrationSpec {
         table_name: "docs".into(),
         key_column: "id".into(),
@@ -604,7 +604,7 @@ async fn the_previous_release_and_this_one_share_a_catalog() {
     assert!(assert_exactly_once("tick", &ticks, 1) >= 8);
     let versions: std::collections::BTreeSet<&str> = ticks.values().flatten().map(|r| r.instance.as_str()).collect();
     eprintln!("ticks run by {} instance(s)", versions.len());
-    // Every row moved once; the old release ran it alone (no runner recorded, nobody took it over).
+    // Every row moved once; the old release ran it alone (it holds the lease; nobody took it over).
     assert_eq!(
         count(&mut c, "SELECT count(*)::int8 AS n FROM docs WHERE raw IS NULL AND raw_ref IS NOT NULL").await,
         600
@@ -615,7 +615,8 @@ async fn the_previous_release_and_this_one_share_a_catalog() {
         .get_result::<Runner>(&mut c)
         .await
         .unwrap();
-    assert_eq!(runner.runner, None, "taken over from a live runner of the previous release");
+    let old_instance = old_client.scheduler_status().await.unwrap().this_instance;
+    assert_eq!(runner.runner, Some(old_instance), "taken over from a live runner of the previous release");
     drop((old, new));
 }
 

@@ -43,6 +43,16 @@ pub struct UploadRow {
     pub updated_at: NaiveDateTime,
     /// Expiry of an open upload.
     pub expires_at: NaiveDateTime,
+    /// Raised by each stream that starts writing; compared and set by every progress write.
+    pub generation: i64,
+    /// Instance whose stream writes it now; empty when none does.
+    pub writer: String,
+    /// Until when (the database's time) `writer` holds it.
+    pub lease_until: Option<NaiveDateTime>,
+    /// The object store's state of the unfinished write (JSON; empty before any).
+    pub store_state: String,
+    /// Running hashes over the committed bytes.
+    pub hash_state: Option<Vec<u8>>,
 }
 
 /// An upload's columns as read; [`UploadRow`]'s `TryFrom` is the one place the state's text
@@ -65,6 +75,11 @@ struct StoredUpload {
     created_at: NaiveDateTime,
     updated_at: NaiveDateTime,
     expires_at: NaiveDateTime,
+    generation: i64,
+    writer: String,
+    lease_until: Option<NaiveDateTime>,
+    store_state: String,
+    hash_state: Option<Vec<u8>>,
 }
 
 impl TryFrom<StoredUpload> for UploadRow {
@@ -87,6 +102,11 @@ impl TryFrom<StoredUpload> for UploadRow {
             created_at: r.created_at,
             updated_at: r.updated_at,
             expires_at: r.expires_at,
+            generation: r.generation,
+            writer: r.writer,
+            lease_until: r.lease_until,
+            store_state: r.store_state,
+            hash_state: r.hash_state,
         })
     }
 }
@@ -135,6 +155,11 @@ macro_rules! upload_columns {
             $u::created_at,
             $u::updated_at,
             $u::expires_at,
+            $u::generation,
+            $u::writer,
+            $u::lease_until,
+            $u::store_state,
+            $u::hash_state,
         )
     };
 }
@@ -194,43 +219,165 @@ pub async fn get_upload(conn: &mut Conn, id: &str) -> Result<Option<UploadRow>> 
     row.map(UploadRow::try_from).transpose()
 }
 
-/// Records an open upload's progress and the handle of its unfinished write.
+/// Makes `writer` the one writing open upload `id`, raising its generation from `seen`, when no
+/// other writer holds it: none is recorded, or its lease lapsed before `now`. Returns whether it
+/// did (false: another stream got there first, or one holds it).
+pub async fn claim_upload(
+    conn: &mut Conn,
+    id: &str,
+    seen: i64,
+    writer: &str,
+    now: NaiveDateTime,
+    lease_until: NaiveDateTime,
+) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::uploads as t;
+        diesel::update(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::state.eq(UploadState::Open.as_str()))
+                .filter(t::generation.eq(seen))
+                .filter(t::writer.eq("").or(t::lease_until.is_null()).or(t::lease_until.lt(now))),
+        )
+        .set((t::generation.eq(seen + 1), t::writer.eq(writer), t::lease_until.eq(lease_until), t::updated_at.eq(now)))
+        .execute(conn)
+        .await?
+    });
+    Ok(n == 1)
+}
+
+/// An upload's durable progress, as its writer records it.
+#[derive(Debug, Clone)]
+pub struct Progress<'a> {
+    /// Bytes durably written.
+    pub committed: i64,
+    /// The store's state of the unfinished write (JSON).
+    pub store_state: &'a str,
+    /// The S3 multipart upload id (the previous release's column).
+    pub writer_token: &'a str,
+    /// Running hashes over the committed bytes.
+    pub hash_state: &'a [u8],
+    /// Open uploads expire this long after their last progress.
+    pub expires_at: NaiveDateTime,
+}
+
+/// What a progress write does to the writer's hold on the upload.
+#[derive(Debug, Clone, Copy)]
+pub enum Hold {
+    /// Renews the lease until then.
+    Renew(NaiveDateTime),
+    /// Lets go: the next stream continues in place.
+    Release,
+    /// Lets go, but something of this writer may still land in the store: the next stream is
+    /// fenced (the writer stays named, its lease ends now).
+    Abandon,
+}
+
+/// Records progress of upload `id` by `writer` in `generation`, if it still holds it (compare and
+/// set). Returns false when another stream has taken it over, or it is no longer open.
 pub async fn record_progress(
     conn: &mut Conn,
     id: &str,
-    committed: i64,
-    writer_token: &str,
+    generation: i64,
+    writer: &str,
+    p: &Progress<'_>,
+    hold: Hold,
     now: NaiveDateTime,
-) -> Result<()> {
-    db_run!(conn, {
+) -> Result<bool> {
+    let (next_writer, until) = match hold {
+        Hold::Renew(t) => (writer, t),
+        Hold::Release => ("", now),
+        Hold::Abandon => (writer, now),
+    };
+    let n = db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(UploadState::Open.as_str())))
-            .set((t::committed_offset.eq(committed), t::writer_token.eq(writer_token), t::updated_at.eq(now)))
-            .execute(conn)
-            .await?;
+        diesel::update(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::state.eq(UploadState::Open.as_str()))
+                .filter(t::generation.eq(generation))
+                .filter(t::writer.eq(writer)),
+        )
+        .set((
+            t::committed_offset.eq(p.committed),
+            t::store_state.eq(p.store_state),
+            t::writer_token.eq(p.writer_token),
+            t::hash_state.eq(p.hash_state),
+            t::expires_at.eq(p.expires_at),
+            t::writer.eq(next_writer),
+            t::lease_until.eq(until),
+            t::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?
     });
-    Ok(())
+    Ok(n == 1)
 }
 
-/// Marks an upload failed with `error`.
-pub async fn fail_upload(conn: &mut Conn, id: &str, error: &str, now: NaiveDateTime) -> Result<()> {
-    db_run!(conn, {
+/// Renews `writer`'s lease on upload `id` in `generation`, if it still holds it.
+pub async fn renew_upload(
+    conn: &mut Conn,
+    id: &str,
+    generation: i64,
+    writer: &str,
+    lease_until: NaiveDateTime,
+) -> Result<bool> {
+    let n = db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(t::table.filter(t::id.eq(id)).filter(t::state.eq(UploadState::Open.as_str())))
-            .set((t::state.eq(UploadState::Failed.as_str()), t::error.eq(error), t::updated_at.eq(now)))
-            .execute(conn)
-            .await?;
+        diesel::update(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::state.eq(UploadState::Open.as_str()))
+                .filter(t::generation.eq(generation))
+                .filter(t::writer.eq(writer)),
+        )
+        .set(t::lease_until.eq(lease_until))
+        .execute(conn)
+        .await?
     });
-    Ok(())
+    Ok(n == 1)
 }
 
-/// Open uploads whose expiry passed before `now`, at most `limit`.
+/// Marks upload `id` failed with `error`, if it is open in `generation` and `writer` holds it.
+/// Returns whether it did.
+pub async fn fail_upload(
+    conn: &mut Conn,
+    id: &str,
+    generation: i64,
+    writer: &str,
+    error: &str,
+    now: NaiveDateTime,
+) -> Result<bool> {
+    let n = db_run!(conn, {
+        use schema::uploads as t;
+        diesel::update(
+            t::table
+                .filter(t::id.eq(id))
+                .filter(t::state.eq(UploadState::Open.as_str()))
+                .filter(t::generation.eq(generation))
+                .filter(t::writer.eq(writer)),
+        )
+        .set((
+            t::state.eq(UploadState::Failed.as_str()),
+            t::error.eq(error),
+            t::writer.eq(""),
+            t::lease_until.eq(now),
+            t::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?
+    });
+    Ok(n == 1)
+}
+
+/// Open uploads whose expiry passed before `now` and that no writer holds, at most `limit`.
 pub async fn expired_uploads(conn: &mut Conn, now: NaiveDateTime, limit: i64) -> Result<Vec<UploadRow>> {
     let rows = db_run!(conn, {
         use schema::uploads as t;
         t::table
             .filter(t::state.eq(UploadState::Open.as_str()))
             .filter(t::expires_at.lt(now))
+            .filter(t::writer.eq("").or(t::lease_until.is_null()).or(t::lease_until.lt(now)))
             .order(t::expires_at.asc())
             .limit(limit)
             .select(upload_columns!(t))
@@ -281,31 +428,46 @@ macro_rules! record_file {
 }
 pub(crate) use record_file;
 
-/// Makes an upload's content visible as `file`, in one transaction: the blob is inserted or its
-/// reference count raised, the file row inserted and the upload marked complete. Returns the object
-/// key that holds the content: another key than `object_key` means identical content existed and
-/// the caller's object is a redundant copy.
+/// Makes an upload's content visible as `file`, in one transaction, if `writer` still holds it in
+/// `generation`: the upload is marked complete, the blob inserted or its reference count raised,
+/// and the file row inserted. Returns the object key that holds the content (another key than
+/// `object_key` means identical content existed and the caller's object is a redundant copy), or
+/// None when the writer no longer holds the upload (nothing changed).
 pub async fn complete_upload(
     conn: &mut Conn,
     upload_id: &str,
+    generation: i64,
+    writer: &str,
     object_key: &str,
     file: &FileRow,
     now: NaiveDateTime,
-) -> Result<String> {
+) -> Result<Option<String>> {
     let key = db_run!(conn, {
         conn.transaction(async |conn| {
             use schema::uploads as u;
+            // The compare-and-set first (and the first write: see `delete_file`).
+            let held = diesel::update(
+                u::table
+                    .filter(u::id.eq(upload_id))
+                    .filter(u::state.eq(UploadState::Open.as_str()))
+                    .filter(u::generation.eq(generation))
+                    .filter(u::writer.eq(writer)),
+            )
+            .set((
+                u::state.eq(UploadState::Complete.as_str()),
+                u::file_id.eq(&file.id),
+                u::committed_offset.eq(file.size_bytes),
+                u::writer.eq(""),
+                u::lease_until.eq(now),
+                u::updated_at.eq(now),
+            ))
+            .execute(&mut *conn)
+            .await?;
+            if held == 0 {
+                return Ok(None);
+            }
             let key = record_file!(conn, schema, object_key, file, now);
-            diesel::update(u::table.filter(u::id.eq(upload_id)))
-                .set((
-                    u::state.eq(UploadState::Complete.as_str()),
-                    u::file_id.eq(&file.id),
-                    u::committed_offset.eq(file.size_bytes),
-                    u::updated_at.eq(now),
-                ))
-                .execute(&mut *conn)
-                .await?;
-            Ok::<_, diesel::result::Error>(key)
+            Ok::<_, diesel::result::Error>(Some(key))
         })
         .await?
     });

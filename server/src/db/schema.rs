@@ -174,6 +174,11 @@ catalog! {
         created_at -> [Timestamp],
         updated_at -> [Timestamp],
         expires_at -> [Timestamp],
+        generation -> [BigInt],
+        writer -> [Text],
+        lease_until -> [Nullable<Timestamp>],
+        store_state -> [Text],
+        hash_state -> [Nullable<Binary>],
     }
     blob_migrations (id) sqlite "strata_blob_migrations" {
         id -> [Text],

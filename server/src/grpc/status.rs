@@ -1,6 +1,7 @@
 //! The one mapping from service errors to gRPC statuses.
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::service::{self, DbError, QueryFailure};
 
@@ -17,6 +18,21 @@ impl From<service::Error> for Status {
             service::Error::OutOfRange(_) => Code::OutOfRange,
             service::Error::Cancelled(_) => Code::Cancelled,
             service::Error::Unavailable(_) => Code::Unavailable,
+            service::Error::Aborted(_) => Code::Aborted,
+            service::Error::UploadIncomplete { id, committed, declared } => {
+                // The offset in the message for people, and as google.rpc.ErrorInfo for programs
+                // (every gRPC SDK reads `grpc-status-details-bin`).
+                let details = ErrorDetails::with_error_info(
+                    UPLOAD_INCOMPLETE,
+                    ERROR_DOMAIN,
+                    [
+                        ("upload_id".to_owned(), id.clone()),
+                        ("committed_offset".to_owned(), committed.to_string()),
+                        ("declared_size".to_owned(), declared.to_string()),
+                    ],
+                );
+                return Status::with_error_details(Code::FailedPrecondition, e.to_string(), details);
+            }
             service::Error::Db(db) => match db {
                 // A saturated pool or an unreachable node: the caller may retry later.
                 DbError::PoolTimeout { .. } | DbError::Connect { .. } => Code::Unavailable,
@@ -32,6 +48,11 @@ impl From<service::Error> for Status {
         Status::new(code, e.to_string())
     }
 }
+
+/// `google.rpc.ErrorInfo.domain` of strata's errors.
+pub(crate) const ERROR_DOMAIN: &str = "strata.dev";
+/// `ErrorInfo.reason` of an upload whose stream ended before its declared size.
+pub(crate) const UPLOAD_INCOMPLETE: &str = "UPLOAD_INCOMPLETE";
 
 fn query_code(kind: QueryFailure) -> Code {
     use QueryFailure as F;
@@ -60,5 +81,18 @@ mod tests {
         let s: Status = service::Error::InvalidArgument("page_size must not be negative".into()).into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "page_size must not be negative");
+    }
+
+    #[test]
+    fn an_incomplete_upload_carries_its_offset_as_error_info() {
+        let s: Status =
+            service::Error::UploadIncomplete { id: "u1".into(), committed: 8 << 20, declared: 12 << 20 }.into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(s.message().contains("offset 8388608"), "{}", s.message());
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), (UPLOAD_INCOMPLETE, ERROR_DOMAIN));
+        assert_eq!(info.metadata["committed_offset"], "8388608");
+        assert_eq!(info.metadata["declared_size"], "12582912");
+        assert_eq!(info.metadata["upload_id"], "u1");
     }
 }

@@ -19,7 +19,7 @@ use strata_io::{
     writeback::{DirectWriter, open_direct},
 };
 
-use super::{ByteStream, Error, ObjectInfo, Result, check_key};
+use super::{ByteStream, Error, ObjectInfo, Result, Resume, Segment, WriteState, check_key};
 
 /// Chunk size of downloads. Below hyper's per-stream HTTP/2 send buffer (≈ 400 KiB, not settable
 /// through tonic): 1 MiB messages stalled on it and ran 3× slower (measured: 512 MiB to tmpfs in
@@ -50,14 +50,37 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
-    fn staging(&self, key: &str) -> PathBuf {
-        // One staging file per key: a restarted server finds (and can discard) it by key alone.
-        self.root.join(STAGING).join(format!("{}.part", key.replace('/', "__")))
+    /// The staging file name of `key`'s first writer, or of the writer fenced as `generation`:
+    /// one name per key (and generation), so any process finds (and can discard) it by key alone.
+    fn staging_name(key: &str, fenced: Option<i64>) -> String {
+        let base = key.replace('/', "__");
+        match fenced {
+            None => format!("{base}.part"),
+            Some(g) => format!("{base}.g{g}.part"),
+        }
+    }
+
+    fn staging_file(&self, name: &str) -> PathBuf {
+        self.root.join(STAGING).join(name)
     }
 
     pub(super) async fn begin_write(&self, key: &str) -> Result<LocalWriter> {
+        self.begin_write_fenced(key, Resume::InPlace).await
+    }
+
+    /// A new write; fenced, in a staging file of its own.
+    pub(super) async fn begin_write_fenced(&self, key: &str, how: Resume) -> Result<LocalWriter> {
+        let fenced = match how {
+            Resume::InPlace => None,
+            Resume::Fenced(g) => Some(g),
+        };
+        self.new_segment(key, Vec::new(), Segment { file: Self::staging_name(key, fenced), start: 0 }).await
+    }
+
+    /// A writer whose next byte goes to the new staging file `current` (created empty).
+    async fn new_segment(&self, key: &str, earlier: Vec<Segment>, current: Segment) -> Result<LocalWriter> {
         let target = self.path(key)?;
-        let staging = self.staging(key);
+        let staging = self.staging_file(&current.file);
         let file = fs::OpenOptions::new()
             .create(true)
             .read(true)
@@ -68,7 +91,85 @@ impl LocalStore {
             .map_err(io(&staging))?
             .into_std()
             .await;
-        Ok(LocalWriter::new(file, staging, target))
+        Ok(LocalWriter::new(file, self.root.clone(), earlier, current, target, 0))
+    }
+
+    /// Continues `key`'s write at `committed`, recorded as `segments`: in the last staging file
+    /// (its bytes past the committed offset dropped), or fenced in a new one.
+    pub(super) async fn resume_write(
+        &self,
+        key: &str,
+        segments: &[Segment],
+        committed: u64,
+        how: Resume,
+    ) -> Result<LocalWriter> {
+        let target = self.path(key)?;
+        let prefix = format!("{}.", key.replace('/', "__"));
+        let bad = |why: String| Error::BadState(format!("staged write of {key}: {why}"));
+        let Some(last) = segments.last() else { return Err(bad("no staging files".into())) };
+        for (i, seg) in segments.iter().enumerate() {
+            let ok = seg.file.starts_with(&prefix)
+                && seg.file.ends_with(".part")
+                && !seg.file.contains('/')
+                && segments.get(i + 1).is_none_or(|next| next.start >= seg.start);
+            if !ok || seg.start > committed {
+                return Err(bad(format!("segment {seg:?}")));
+            }
+        }
+        // The committed bytes must all be there (each file up to where the next one starts).
+        for (i, seg) in segments.iter().enumerate() {
+            let end = segments.get(i + 1).map_or(committed, |next| next.start);
+            let path = self.staging_file(&seg.file);
+            match fs::metadata(&path).await {
+                Ok(m) if m.len() >= end - seg.start => {}
+                Ok(m) => {
+                    return Err(bad(format!(
+                        "{} holds {} bytes, {} were committed",
+                        seg.file,
+                        m.len(),
+                        end - seg.start
+                    )));
+                }
+                Err(e) => return Err(bad(format!("{}: {e}", seg.file))),
+            }
+        }
+        match how {
+            Resume::Fenced(g) => {
+                let current = Segment { file: Self::staging_name(key, Some(g)), start: committed };
+                if segments.iter().any(|s| s.file == current.file) {
+                    return Err(bad(format!("generation {g} has a staging file already")));
+                }
+                self.new_segment(key, segments.to_vec(), current).await
+            }
+            Resume::InPlace => {
+                let path = self.staging_file(&last.file);
+                let keep = committed - last.start;
+                let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+                    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+                    // Bytes past the committed offset were never acknowledged: drop them.
+                    file.set_len(keep)?;
+                    std::io::Seek::seek(&mut file, SeekFrom::Start(keep))?;
+                    Ok(file)
+                })
+                .await
+                .map_err(|e| bad(e.to_string()))?
+                .map_err(io(&self.staging_file(&last.file)))?;
+                let earlier = segments[..segments.len() - 1].to_vec();
+                Ok(LocalWriter::new(file, self.root.clone(), earlier, last.clone(), target, keep))
+            }
+        }
+    }
+
+    /// Removes every staging file of a write (those recorded, and the first writer's).
+    pub(super) async fn discard(&self, key: &str, segments: &[Segment]) -> Result<()> {
+        let first = Self::staging_name(key, None);
+        for name in segments.iter().map(|s| s.file.as_str()).chain([first.as_str()]) {
+            if name.contains('/') {
+                continue;
+            }
+            remove_if_there(&self.staging_file(name)).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn get(&self, key: &str, offset: u64, length: Option<u64>) -> Result<ByteStream> {
@@ -159,65 +260,13 @@ impl LocalStore {
         .await
         .map_err(|e| Error::Io { path: "list".into(), source: std::io::Error::other(e) })?
     }
+}
 
-    /// Continues an unfinished write left by a previous process: keeps the staging file's first
-    /// `committed` bytes (passing them to `visit`, e.g. to rebuild hashes) and returns a writer
-    /// positioned after them. None when the staging file is gone or shorter than that.
-    pub(super) async fn reopen_write<H>(
-        &self,
-        key: &str,
-        committed: u64,
-        mut visit: H,
-    ) -> Result<Option<(LocalWriter, H)>>
-    where
-        H: FnMut(&[u8]) + Send + 'static,
-    {
-        let target = self.path(key)?;
-        let staging = self.staging(key);
-        let path = staging.clone();
-        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(std::fs::File, H)>> {
-            use std::io::{Read, Seek};
-            let mut file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            if file.metadata()?.len() < committed {
-                return Ok(None);
-            }
-            // Bytes past the committed offset were never acknowledged: drop them.
-            file.set_len(committed)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut left = committed;
-            while left > 0 {
-                let n = file.read(&mut buf[..left.min(1 << 20) as usize])?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                visit(&buf[..n]);
-                left -= n as u64;
-            }
-            file.seek(SeekFrom::Start(committed))?;
-            Ok(Some((file, visit)))
-        })
-        .await
-        .map_err(|e| Error::Io { path: staging.display().to_string(), source: std::io::Error::other(e) })?
-        .map_err(io(&staging))?;
-        Ok(opened.map(|(file, visit)| (LocalWriter::new_at(file, staging, target, committed), visit)))
-    }
-
-    /// Bytes in the staging file of `key`, if there is one.
-    pub(super) async fn staging_len(&self, key: &str) -> Option<u64> {
-        fs::metadata(self.staging(key)).await.ok().map(|m| m.len())
-    }
-
-    pub(super) async fn abort_orphan(&self, key: &str) -> Result<()> {
-        let staging = self.staging(key);
-        match fs::remove_file(&staging).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&staging)(e)),
-        }
+async fn remove_if_there(path: &Path) -> Result<()> {
+    match fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
     }
 }
 
@@ -239,9 +288,14 @@ enum Cmd {
 pub(super) struct LocalWriter {
     tx: tokio::sync::mpsc::Sender<Cmd>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// Bytes the thread has written (whole chunks only).
+    /// Bytes the thread has written to the current staging file (whole chunks only).
     written: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<String>>>,
+    root: Arc<PathBuf>,
+    /// Staging files before the current one (written by earlier writers, read-only here).
+    earlier: Vec<Segment>,
+    /// The staging file written now.
+    current: Segment,
     staging: PathBuf,
     target: PathBuf,
 }
@@ -318,24 +372,32 @@ fn writer_thread(
 }
 
 impl LocalWriter {
-    fn new(file: std::fs::File, staging: PathBuf, target: PathBuf) -> Self {
-        Self::new_at(file, staging, target, 0)
-    }
-
-    /// A writer whose file already holds `written` bytes (the file is positioned after them).
-    fn new_at(file: std::fs::File, staging: PathBuf, target: PathBuf, written: u64) -> Self {
+    /// A writer whose current file already holds `written` bytes (the file is positioned after
+    /// them).
+    fn new(
+        file: std::fs::File,
+        root: Arc<PathBuf>,
+        earlier: Vec<Segment>,
+        current: Segment,
+        target: PathBuf,
+        written: u64,
+    ) -> Self {
+        let staging = root.join(STAGING).join(&current.file);
         let direct = open_direct(&staging);
-        Self::spawn(file, direct, staging, target, written)
+        Self::spawn(file, direct, root, earlier, current, target, written)
     }
 
     /// Starts the writer thread, with O_DIRECT when `direct` is given.
     fn spawn(
         file: std::fs::File,
         direct: Option<std::fs::File>,
-        staging: PathBuf,
+        root: Arc<PathBuf>,
+        earlier: Vec<Segment>,
+        current: Segment,
         target: PathBuf,
         written: u64,
     ) -> Self {
+        let staging = root.join(STAGING).join(&current.file);
         let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let written = Arc::new(AtomicU64::new(written));
         let failed = Arc::new(Mutex::new(None));
@@ -344,7 +406,14 @@ impl LocalWriter {
             .name("strata-file-writer".into())
             .spawn(move || writer_thread(file, direct, rx, w, f))
             .expect("spawn writer thread");
-        Self { tx, thread: Some(thread), written, failed, staging, target }
+        Self { tx, thread: Some(thread), written, failed, root, earlier, current, staging, target }
+    }
+
+    /// The staging files holding the committed bytes.
+    pub(super) fn state(&self) -> WriteState {
+        let mut segments = self.earlier.clone();
+        segments.push(self.current.clone());
+        WriteState::Local { segments }
     }
 
     fn failure(&self) -> Result<()> {
@@ -363,10 +432,16 @@ impl LocalWriter {
     }
 
     pub(super) fn committed(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
+        self.current.start + self.written.load(Ordering::Acquire)
     }
 
+    /// Syncs the current file; returns the object's committed offset.
     pub(super) async fn checkpoint(&mut self) -> Result<u64> {
+        Ok(self.current.start + self.sync().await?)
+    }
+
+    /// Syncs the current file; returns its length.
+    async fn sync(&mut self) -> Result<u64> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let gone = || Error::Io {
             path: self.staging.display().to_string(),
@@ -391,11 +466,49 @@ impl LocalWriter {
         }
         let parent = self.target.parent().expect("keys have a parent").to_path_buf();
         fs::create_dir_all(&parent).await.map_err(io(&parent))?;
-        fs::rename(&self.staging, &self.target).await.map_err(io(&self.target))?;
+        let published = if self.earlier.is_empty() { self.staging.clone() } else { self.assemble(n).await? };
+        fs::rename(&published, &self.target).await.map_err(io(&self.target))?;
+        for seg in &self.earlier {
+            if let Err(e) = remove_if_there(&self.root.join(STAGING).join(&seg.file)).await {
+                tracing::warn!(error = %e, "removing a staging file failed");
+            }
+        }
+        remove_if_there(&self.staging).await?;
         // The rename is durable only once the directory entry is.
         let dir = fs::File::open(&parent).await.map_err(io(&parent))?;
         dir.sync_all().await.map_err(io(&parent))?;
         Ok(n)
+    }
+
+    /// After a fenced takeover the bytes are in several staging files, and the earlier ones
+    /// may still grow (a stale writer's late bytes land past their committed end): their
+    /// committed ranges are copied into a fresh file (in the kernel: `copy_file_range`). The cost
+    /// of a takeover, paid once at the end; a clean hand-over continues in place and pays nothing.
+    async fn assemble(&self, total: u64) -> Result<PathBuf> {
+        let mut parts = self.earlier.clone();
+        parts.push(self.current.clone());
+        let staging = self.root.join(STAGING);
+        let out = staging.join(format!("{}.assembled", self.current.file));
+        let out_path = out.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::{Read, Seek};
+            let mut dst = std::fs::File::create(&out_path)?;
+            for (i, seg) in parts.iter().enumerate() {
+                let end = parts.get(i + 1).map_or(total, |next| next.start);
+                let mut src = std::fs::File::open(staging.join(&seg.file))?;
+                src.seek(SeekFrom::Start(0))?;
+                let want = end - seg.start;
+                let copied = std::io::copy(&mut (&mut src).take(want), &mut dst)?;
+                if copied != want {
+                    return Err(std::io::Error::other(format!("{} holds {copied} of {want} bytes", seg.file)));
+                }
+            }
+            dst.sync_all()
+        })
+        .await
+        .map_err(|e| Error::Io { path: out.display().to_string(), source: std::io::Error::other(e) })?
+        .map_err(io(&out))?;
+        Ok(out)
     }
 
     pub(super) async fn abort(mut self) -> Result<()> {
@@ -403,11 +516,10 @@ impl LocalWriter {
         if let Some(t) = self.thread.take() {
             tokio::task::spawn_blocking(move || t.join()).await.ok();
         }
-        match fs::remove_file(&self.staging).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&self.staging)(e)),
+        for seg in &self.earlier {
+            remove_if_there(&self.root.join(STAGING).join(&seg.file)).await?;
         }
+        remove_if_there(&self.staging).await
     }
 }
 
@@ -431,12 +543,15 @@ mod tests {
         let sizes = [1, 4095, 4097, 1 << 20, (3 << 20) + 7, 100, 5 << 20];
         for direct in [true, false] {
             let dir = tempfile::tempdir().unwrap();
-            let staging = dir.path().join("s.part");
             let target = dir.path().join("obj");
+            let root = Arc::new(dir.path().to_path_buf());
+            std::fs::create_dir_all(root.join(STAGING)).unwrap();
+            let current = Segment { file: "s.part".into(), start: 0 };
+            let staging = root.join(STAGING).join("s.part");
             let file =
                 std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&staging).unwrap();
             let d = if direct { Some(open_direct(&staging).expect("O_DIRECT on the test file system")) } else { None };
-            let mut w = LocalWriter::spawn(file, d, staging.clone(), target.clone(), 0);
+            let mut w = LocalWriter::spawn(file, d, root, Vec::new(), current, target.clone(), 0);
             let (mut at, mut i) = (0, 0);
             while at < data.len() {
                 let n = sizes[i % sizes.len()].min(data.len() - at);

@@ -2,8 +2,13 @@
 //! `file://DIR` (the embedded default) and `s3://BUCKET?endpoint=…` (aws-sdk-s3).
 //!
 //! Writes go through an [`ObjectWriter`] that is resumable: `checkpoint` makes what was written
-//! durable and reports the committed offset, `rewind` continues from there, `finish` publishes the
-//! object atomically (a half-written object is never visible under its key).
+//! durable and reports the committed offset, `finish` publishes the object atomically (a
+//! half-written object is never visible under its key). [`ObjectWriter::state`] describes the
+//! committed part as a [`WriteState`] another process can continue from
+//! ([`ObjectStore::resume_write`]), in place after a clean hand-over, or fenced after a takeover:
+//! then the new writer's bytes go where a stale writer's late ones cannot land (a staging file of
+//! its own; a multipart upload of its own, the old one ended), so the object never holds a stale
+//! writer's bytes.
 //!
 //! Every call takes a [`CancellationToken`]: once it is cancelled, calls waiting on the disk or the
 //! network return [`Error::Cancelled`] (streams end with it), in-flight S3 requests are dropped and
@@ -22,6 +27,82 @@ use tokio_util::sync::CancellationToken;
 
 pub use local::LocalStore;
 pub use s3::{MIN_PART_SIZE, S3Settings, S3Store};
+
+/// What a writer knows of the size of the object it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeHint {
+    /// Exactly this many bytes (an S3 object no larger than one part is then one PutObject).
+    Exact(u64),
+    /// At most this many.
+    AtMost(u64),
+    /// Not known.
+    Unknown,
+}
+
+impl SizeHint {
+    fn bound(self) -> Option<u64> {
+        match self {
+            Self::Exact(n) | Self::AtMost(n) => Some(n),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// The committed part of an unfinished write, as another process needs it to continue (kept in
+/// the catalog as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "store", rename_all = "snake_case")]
+pub enum WriteState {
+    /// Nothing durable (nothing written yet, or a small object kept for one PutObject).
+    #[default]
+    Empty,
+    /// Staging files under `DIR/.staging/`, in order; each holds the object's bytes from its
+    /// `start` to the next one's (the last one's: to the committed offset).
+    Local {
+        /// The staging files.
+        segments: Vec<Segment>,
+    },
+    /// An S3 multipart upload.
+    S3 {
+        /// Its upload id.
+        upload_id: String,
+        /// Bytes per part (all but the last).
+        part_size: u64,
+        /// The committed parts, numbered from 1.
+        parts: Vec<Part>,
+    },
+}
+
+/// One staging file of a local write.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Segment {
+    /// File name in the staging folder.
+    pub file: String,
+    /// Object offset of its first byte.
+    pub start: u64,
+}
+
+/// One uploaded part of an S3 multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    /// Part number.
+    pub number: i32,
+    /// The ETag S3 returned.
+    pub etag: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// How a resumed writer goes on from the committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The previous writer stopped cleanly (nothing of its is still in flight): continue in place.
+    InPlace,
+    /// The previous writer may still be alive: write where its late bytes cannot land (a staging
+    /// file of this writer's own; on S3, the previous multipart upload ended and a new one begun).
+    /// The number identifies this writer (the upload's generation).
+    Fenced(i64),
+}
 
 /// Errors of the object store.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +128,10 @@ pub enum Error {
     /// The caller's cancellation token fired before the call completed.
     #[error("object store call cancelled")]
     Cancelled,
+    /// A recorded write state that cannot be continued (its data is gone, or it is not this
+    /// store's).
+    #[error("unfinished write cannot continue: {0}")]
+    BadState(String),
 }
 
 /// Runs `f` unless `cancel` fires first. Checked first, so a cancelled token never starts work.
@@ -112,20 +197,65 @@ impl ObjectStore {
 
     /// Starts writing `key`; nothing is visible under `key` until [`ObjectWriter::finish`].
     /// The writer keeps `cancel` for its own calls.
-    pub async fn begin_write(
-        &self,
-        key: &str,
-        expected_size: Option<u64>,
-        cancel: &CancellationToken,
-    ) -> Result<ObjectWriter> {
+    pub async fn begin_write(&self, key: &str, size: SizeHint, cancel: &CancellationToken) -> Result<ObjectWriter> {
         let inner = cancellable(cancel, async {
             Ok(match self {
                 Self::Local(s) => Writer::Local(s.begin_write(key).await?),
-                Self::S3(s) => Writer::S3(s.begin_write(key, expected_size).await?),
+                Self::S3(s) => s.begin_write(key, size).await?,
             })
         })
         .await?;
         Ok(ObjectWriter { inner, cancel: cancel.clone() })
+    }
+
+    /// Continues writing `key` from `committed`, the offset `state` was recorded at (by this or
+    /// another process), as `how` says. `size` must be what the write was begun with.
+    pub async fn resume_write(
+        &self,
+        key: &str,
+        state: &WriteState,
+        committed: u64,
+        how: Resume,
+        size: SizeHint,
+        cancel: &CancellationToken,
+    ) -> Result<ObjectWriter> {
+        let inner = cancellable(cancel, async {
+            Ok(match (self, state) {
+                (_, WriteState::Empty) if committed == 0 => match self {
+                    Self::Local(s) => Writer::Local(s.begin_write_fenced(key, how).await?),
+                    Self::S3(s) => s.begin_write(key, size).await?,
+                },
+                (Self::Local(s), WriteState::Local { segments }) => {
+                    Writer::Local(s.resume_write(key, segments, committed, how).await?)
+                }
+                (Self::S3(s), WriteState::S3 { upload_id, part_size, parts }) => {
+                    Writer::S3(s.resume_write(key, upload_id, *part_size, parts, committed, how).await?)
+                }
+                _ => return Err(Error::BadState(format!("{state:?} cannot continue at {committed} in this store"))),
+            })
+        })
+        .await?;
+        Ok(ObjectWriter { inner, cancel: cancel.clone() })
+    }
+
+    /// Discards an unfinished write: its staging files, or its multipart upload (and the one a
+    /// previous release recorded as `legacy_token`) and any interim object under `key` — so it
+    /// must only be given the key of a write that never completed. Runs to its end (cleanup).
+    pub async fn discard(&self, key: &str, state: &WriteState, legacy_token: &str) -> Result<()> {
+        match (self, state) {
+            (Self::Local(s), WriteState::Local { segments }) => s.discard(key, segments).await,
+            (Self::Local(s), _) => s.discard(key, &[]).await,
+            (Self::S3(s), state) => {
+                if let WriteState::S3 { upload_id, .. } = state {
+                    s.abort_orphan(key, upload_id).await?;
+                }
+                if !matches!(state, WriteState::S3 { upload_id, .. } if upload_id == legacy_token) {
+                    s.abort_orphan(key, legacy_token).await?;
+                }
+                // A takeover leaves the committed bytes as an interim object under the key.
+                s.delete(key).await
+            }
+        }
     }
 
     /// Stores `data` under `key` whole. On S3 an object no larger than one part goes in a single
@@ -138,7 +268,7 @@ impl ObjectStore {
         {
             return cancellable(cancel, s.put(key, data)).await;
         }
-        let mut w = self.begin_write(key, Some(data.len() as u64), cancel).await?;
+        let mut w = self.begin_write(key, SizeHint::Exact(data.len() as u64), cancel).await?;
         if let Err(e) = w.write(data).await {
             let _ = w.abort().await;
             return Err(e);
@@ -196,53 +326,6 @@ impl ObjectStore {
         })
         .await
     }
-
-    /// Continues a write a previous server process left unfinished, keeping its first `committed`
-    /// bytes, which are passed to `visit` (to rebuild hashes). Only a local store can: an S3
-    /// multipart upload's parts cannot be read back. None when it cannot be continued.
-    /// The writer keeps `cancel` for its own calls.
-    pub async fn reopen_write<H>(
-        &self,
-        key: &str,
-        committed: u64,
-        visit: H,
-        cancel: &CancellationToken,
-    ) -> Result<Option<(ObjectWriter, H)>>
-    where
-        H: FnMut(&[u8]) + Send + 'static,
-    {
-        let reopened = cancellable(cancel, async {
-            match self {
-                Self::Local(s) => Ok(s.reopen_write(key, committed, visit).await?.map(|(w, h)| (Writer::Local(w), h))),
-                Self::S3(_) => Ok(None),
-            }
-        })
-        .await?;
-        Ok(reopened.map(|(inner, h)| (ObjectWriter { inner, cancel: cancel.clone() }, h)))
-    }
-
-    /// Whether [`ObjectStore::reopen_write`] can continue at `committed` (the staging data is there).
-    pub async fn can_reopen(&self, key: &str, committed: u64, cancel: &CancellationToken) -> Result<bool> {
-        cancellable(cancel, async {
-            Ok(match self {
-                Self::Local(s) => s.staging_len(key).await.is_some_and(|n| n >= committed),
-                Self::S3(_) => false,
-            })
-        })
-        .await
-    }
-
-    /// Abandons an unfinished write identified by what [`ObjectWriter::resume_token`] returned
-    /// (after a restart, when the writer itself is gone).
-    pub async fn abort_orphan(&self, key: &str, token: &str, cancel: &CancellationToken) -> Result<()> {
-        cancellable(cancel, async {
-            match self {
-                Self::Local(s) => s.abort_orphan(key).await,
-                Self::S3(s) => s.abort_orphan(key, token).await,
-            }
-        })
-        .await
-    }
 }
 
 /// A resumable write of one object, bound to the cancellation token it was begun with.
@@ -256,6 +339,8 @@ enum Writer {
     Local(local::LocalWriter),
     /// To an S3 multipart upload.
     S3(s3::S3Writer),
+    /// A small S3 object, kept in memory for one PutObject.
+    S3Small(s3::SmallWriter),
 }
 
 impl ObjectWriter {
@@ -268,6 +353,7 @@ impl ObjectWriter {
             match &mut self.inner {
                 Writer::Local(w) => w.write(data).await,
                 Writer::S3(w) => w.write(data).await,
+                Writer::S3Small(w) => w.write(data),
             }
         })
         .await
@@ -279,14 +365,47 @@ impl ObjectWriter {
         match &self.inner {
             Writer::Local(w) => w.committed(),
             Writer::S3(w) => w.committed(),
+            Writer::S3Small(_) => 0,
         }
     }
 
-    /// Granularity of [`ObjectWriter::committed`] (1 for local files).
+    /// Granularity of [`ObjectWriter::committed`] (1 for local files; `u64::MAX` when nothing is
+    /// durable before the end).
     pub fn part_size(&self) -> u64 {
         match &self.inner {
             Writer::Local(_) => 1,
             Writer::S3(w) => w.part_size(),
+            Writer::S3Small(_) => u64::MAX,
+        }
+    }
+
+    /// Makes durable what can be without waiting for the network (a local file is synced; S3
+    /// parts that finished are counted) and returns the durable offset, which
+    /// [`ObjectWriter::state`] then describes.
+    pub async fn durable(&mut self) -> Result<u64> {
+        match &mut self.inner {
+            Writer::Local(w) => w.checkpoint().await,
+            Writer::S3(w) => w.durable(),
+            Writer::S3Small(_) => Ok(0),
+        }
+    }
+
+    /// The durable part of this write as another process can continue it: everything up to the
+    /// offset the last [`ObjectWriter::durable`] or [`ObjectWriter::checkpoint`] returned.
+    pub fn state(&self) -> WriteState {
+        match &self.inner {
+            Writer::Local(w) => w.state(),
+            Writer::S3(w) => w.state(),
+            Writer::S3Small(_) => WriteState::Empty,
+        }
+    }
+
+    /// Whether something this writer sent may still land in the store after it is dropped (a
+    /// checkpoint abandoned S3 parts in flight): the next writer must then be fenced.
+    pub fn abandoned(&self) -> bool {
+        match &self.inner {
+            Writer::S3(w) => w.abandoned(),
+            Writer::Local(_) | Writer::S3Small(_) => false,
         }
     }
 
@@ -298,6 +417,7 @@ impl ObjectWriter {
         match &mut self.inner {
             Writer::Local(w) => w.checkpoint().await,
             Writer::S3(w) => w.checkpoint(&self.cancel).await,
+            Writer::S3Small(w) => Ok(w.checkpoint()),
         }
     }
 
@@ -310,6 +430,7 @@ impl ObjectWriter {
         match self.inner {
             Writer::Local(w) => w.finish().await,
             Writer::S3(w) => w.finish(&self.cancel).await,
+            Writer::S3Small(w) => w.finish().await,
         }
     }
 
@@ -318,15 +439,16 @@ impl ObjectWriter {
         match self.inner {
             Writer::Local(w) => w.abort().await,
             Writer::S3(w) => w.abort().await,
+            Writer::S3Small(_) => Ok(()),
         }
     }
 
-    /// What [`ObjectStore::abort_orphan`] needs to clean this write up after a restart (the S3
-    /// multipart upload id; empty for local files).
+    /// The S3 multipart upload id (empty otherwise): what the previous release's catalog column
+    /// `writer_token` holds, so that it can clean the write up.
     pub fn resume_token(&self) -> String {
         match &self.inner {
-            Writer::Local(_) => String::new(),
             Writer::S3(w) => w.upload_id().to_owned(),
+            Writer::Local(_) | Writer::S3Small(_) => String::new(),
         }
     }
 }

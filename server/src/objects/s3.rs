@@ -18,12 +18,14 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{ByteStream, Error, ObjectInfo, Result, check_key};
+use super::{ByteStream, Error, ObjectInfo, Part, Result, Resume, SizeHint, WriteState, Writer, check_key};
 
 /// S3's smallest part (all but the last).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// S3's largest number of parts per upload.
 const MAX_PARTS: u64 = 10_000;
+/// UploadPartCopy requests in flight when a takeover copies the committed parts.
+const COPY_CONCURRENCY: usize = 4;
 
 /// Tuning of S3 writes.
 #[derive(Debug, Clone)]
@@ -135,11 +137,20 @@ impl S3Store {
         Ok(size)
     }
 
-    pub(super) async fn begin_write(&self, key: &str, expected_size: Option<u64>) -> Result<S3Writer> {
+    /// A writer for `key`: one PutObject at the end for an object known to fit in one part (one
+    /// round trip instead of three for a multipart upload), else a multipart upload.
+    pub(super) async fn begin_write(&self, key: &str, size: SizeHint) -> Result<Writer> {
+        if let SizeHint::Exact(n) = size
+            && n <= self.settings.part_size
+        {
+            return Ok(Writer::S3Small(SmallWriter {
+                store: self.clone(),
+                key: key.to_owned(),
+                data: Pending::default(),
+            }));
+        }
         let full = self.full_key(key)?;
-        // Grow parts (in whole MiB) for files that would otherwise need more than 10 000 of them.
-        let needed = expected_size.map_or(0, |s| s.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
-        let part_size = self.settings.part_size.max(needed);
+        let part_size = self.part_size_for(size);
         let mut req = self.client.create_multipart_upload().bucket(&*self.bucket).key(&full);
         if let Some(class) = &self.settings.storage_class {
             req = req.storage_class(StorageClass::from(class.as_str()));
@@ -150,19 +161,204 @@ impl S3Store {
             key: full.clone(),
             message: "no upload id".into(),
         })?;
-        Ok(S3Writer {
+        Ok(Writer::S3(self.writer(full, upload_id.to_owned(), part_size, BTreeMap::new(), 0)))
+    }
+
+    /// Parts (in whole MiB) grown so that an object of the size's bound needs at most
+    /// [`MAX_PARTS`].
+    fn part_size_for(&self, size: SizeHint) -> u64 {
+        let needed = size.bound().map_or(0, |s| s.div_ceil(MAX_PARTS).next_multiple_of(1 << 20));
+        self.settings.part_size.max(needed)
+    }
+
+    fn writer(
+        &self,
+        key: String,
+        upload_id: String,
+        part_size: u64,
+        done: BTreeMap<i32, (String, u64)>,
+        committed: u64,
+    ) -> S3Writer {
+        S3Writer {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
-            key: full,
-            upload_id: upload_id.to_owned(),
+            key,
+            upload_id,
             part_size,
             concurrency: self.settings.concurrency.max(1),
             storage_class: self.settings.storage_class.clone(),
             buf: Pending::default(),
-            buf_start: 0,
+            buf_start: committed,
             inflight: JoinSet::new(),
-            done: BTreeMap::new(),
+            done,
+            abandoned: false,
+        }
+    }
+
+    async fn create_multipart(&self, full: &str) -> Result<String> {
+        let mut req = self.client.create_multipart_upload().bucket(&*self.bucket).key(full);
+        if let Some(class) = &self.settings.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        let out = req.send().await.map_err(s3_err("CreateMultipartUpload", full))?;
+        out.upload_id().map(str::to_owned).ok_or_else(|| Error::S3 {
+            op: "CreateMultipartUpload",
+            key: full.to_owned(),
+            message: "no upload id".into(),
         })
+    }
+
+    /// The parts of multipart upload `upload_id` numbered from `after + 1` without a gap, as S3
+    /// lists them; none when listing fails (they are only completed so as not to be left behind).
+    async fn parts_after(&self, full: &str, upload_id: &str, after: i32) -> Vec<CompletedPart> {
+        let mut out = Vec::new();
+        let mut marker = Some(after.to_string());
+        while let Some(m) = marker.take() {
+            let page = match self
+                .client
+                .list_parts()
+                .bucket(&*self.bucket)
+                .key(full)
+                .upload_id(upload_id)
+                .part_number_marker(m)
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(key = %full, error = %DisplayErrorContext(&e), "listing the parts of a taken-over upload failed");
+                    return out;
+                }
+            };
+            for p in page.parts() {
+                let (Some(n), Some(etag)) = (p.part_number(), p.e_tag()) else { return out };
+                if n != after + out.len() as i32 + 1 {
+                    return out;
+                }
+                out.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+            }
+            if page.is_truncated() == Some(true) {
+                marker = page.next_part_number_marker().map(str::to_owned);
+            }
+        }
+        out
+    }
+
+    /// Continues multipart upload `upload_id` of `key` at `committed` (the end of `parts`).
+    ///
+    /// Fenced, the previous writer may still be sending parts. Its multipart upload is completed
+    /// with exactly the committed parts (their recorded ETags): that ends it in the store — a
+    /// late UploadPart or CompleteMultipartUpload of the previous writer fails — and leaves the
+    /// committed bytes as an interim object under the key, which no file references yet. A new
+    /// multipart upload starts with those bytes as server-side copies (UploadPartCopy, nothing
+    /// passes through strata), and this writer continues it. Part numbers stay contiguous from 1,
+    /// which some S3-compatible servers require.
+    pub(super) async fn resume_write(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_size: u64,
+        parts: &[Part],
+        committed: u64,
+        how: Resume,
+    ) -> Result<S3Writer> {
+        let full = self.full_key(key)?;
+        let bad = |why: String| Error::BadState(format!("S3 upload {upload_id} of {key}: {why}"));
+        if part_size < MIN_PART_SIZE {
+            return Err(bad(format!("part size {part_size}")));
+        }
+        let mut at = 0;
+        for (i, p) in parts.iter().enumerate() {
+            if p.size != part_size || p.number != i as i32 + 1 {
+                return Err(bad(format!("part {} of {} bytes at place {}", p.number, p.size, i + 1)));
+            }
+            at += p.size;
+        }
+        if at != committed {
+            return Err(bad(format!("its parts hold {at} bytes, not {committed}")));
+        }
+        if how == Resume::InPlace {
+            let done = parts.iter().map(|p| (p.number, (p.etag.clone(), p.size))).collect();
+            return Ok(self.writer(full, upload_id.to_owned(), part_size, done, committed));
+        }
+        if parts.is_empty() {
+            // Nothing committed: the previous upload goes, a new one starts.
+            self.abort_orphan(key, upload_id).await?;
+            let id = self.create_multipart(&full).await?;
+            return Ok(self.writer(full, id, part_size, BTreeMap::new(), 0));
+        }
+        // Parts the previous writer finished after it last recorded progress are completed too (they
+        // sit past the committed bytes and are never copied): S3 discards parts a completion does
+        // not list, but some S3-compatible servers keep them as files for ever.
+        let mut listed: Vec<CompletedPart> =
+            parts.iter().map(|p| CompletedPart::builder().part_number(p.number).e_tag(&p.etag).build()).collect();
+        listed.extend(self.parts_after(&full, upload_id, parts.len() as i32).await);
+        match self
+            .client
+            .complete_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(listed)).build())
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            // The previous writer published it meanwhile (it was stopped in the middle of
+            // finishing): what was committed is no longer there to continue from.
+            Err(e) if e.as_service_error().is_some_and(|s| s.meta().code() == Some("NoSuchUpload")) => {
+                return Err(bad("it was completed by its previous writer".into()));
+            }
+            Err(e) => return Err(s3_err("CompleteMultipartUpload", &full)(e)),
+        }
+        let id = self.create_multipart(&full).await?;
+        let source = format!("{}/{full}", self.bucket);
+        // Owned jobs: a stream of futures borrowing `parts` would not be Send for every lifetime.
+        let jobs: Vec<(u64, i32, u64)> =
+            parts.iter().enumerate().map(|(i, p)| (i as u64 * part_size, p.number, p.size)).collect();
+        let (client, bucket, target, new_id) = (self.client.clone(), self.bucket.clone(), full.clone(), id.clone());
+        let mut copies =
+            futures::stream::iter(jobs.into_iter().map(move |(start, number, size)| {
+                let (client, bucket, full, id, source) =
+                    (client.clone(), bucket.clone(), target.clone(), new_id.clone(), source.clone());
+                async move {
+                    let out = client
+                        .upload_part_copy()
+                        .bucket(&*bucket)
+                        .key(&full)
+                        .upload_id(id)
+                        .part_number(number)
+                        .copy_source(source)
+                        .copy_source_range(format!("bytes={start}-{}", start + size - 1))
+                        .send()
+                        .await
+                        .map_err(s3_err("UploadPartCopy", &full))?;
+                    let etag = out.copy_part_result().and_then(|r| r.e_tag()).map(str::to_owned).ok_or_else(|| {
+                        Error::S3 { op: "UploadPartCopy", key: full.clone(), message: "no ETag".into() }
+                    })?;
+                    Ok::<_, Error>((number, (etag, size)))
+                }
+            }))
+            .buffer_unordered(COPY_CONCURRENCY);
+        let mut done = BTreeMap::new();
+        let mut failed = None;
+        while let Some(copied) = copies.next().await {
+            match copied {
+                Ok((n, part)) => {
+                    done.insert(n, part);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(copies);
+        if let Some(e) = failed {
+            let _ = self.abort_orphan(key, &id).await;
+            return Err(e);
+        }
+        Ok(self.writer(full, id, part_size, done, committed))
     }
 
     pub(super) async fn get(&self, key: &str, offset: u64, length: Option<u64>) -> Result<ByteStream> {
@@ -263,6 +459,7 @@ fn percent(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
+/// A part's number, size and outcome (its ETag).
 type PartResult = (i32, u64, Result<String>);
 
 /// A multipart upload in progress.
@@ -280,6 +477,47 @@ pub(super) struct S3Writer {
     inflight: JoinSet<PartResult>,
     /// Completed parts: number → (etag, size).
     done: BTreeMap<i32, (String, u64)>,
+    /// A checkpoint abandoned parts in flight (they may still land).
+    abandoned: bool,
+}
+
+/// A small object kept in memory and stored with one PutObject by `finish`: nothing is durable
+/// before that, so a checkpoint commits nothing.
+pub(super) struct SmallWriter {
+    store: S3Store,
+    key: String,
+    data: Pending,
+}
+
+impl SmallWriter {
+    pub(super) fn write(&mut self, data: Bytes) -> Result<()> {
+        self.data.push(data);
+        Ok(())
+    }
+
+    pub(super) fn checkpoint(&mut self) -> u64 {
+        self.data.clear();
+        0
+    }
+
+    pub(super) async fn finish(mut self) -> Result<u64> {
+        let full = self.store.full_key(&self.key)?;
+        let size = self.data.len;
+        let chunks = self.data.take(size);
+        let mut req = self
+            .store
+            .client
+            .put_object()
+            .bucket(&*self.store.bucket)
+            .key(&full)
+            .content_length(size as i64)
+            .body(part_body(chunks));
+        if let Some(class) = &self.store.settings.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        req.customize().disable_payload_signing().send().await.map_err(s3_err("PutObject", &full))?;
+        Ok(size)
+    }
 }
 
 impl S3Writer {
@@ -331,6 +569,51 @@ impl S3Writer {
         Ok(())
     }
 
+    /// Counts the parts that finished, without waiting; returns the committed offset.
+    pub(super) fn durable(&mut self) -> Result<u64> {
+        while let Some(joined) = self.inflight.try_join_next() {
+            match joined {
+                // A failed part is sent again after the next checkpoint.
+                Ok(r) => {
+                    if let Err(e) = self.record(r) {
+                        tracing::debug!(key = %self.key, error = %e, "part upload failed; sent again after the checkpoint");
+                        return Err(e);
+                    }
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        Ok(self.committed())
+    }
+
+    /// The committed parts.
+    pub(super) fn state(&self) -> WriteState {
+        let n = self.contiguous();
+        WriteState::S3 {
+            upload_id: self.upload_id.clone(),
+            part_size: self.part_size,
+            parts: self
+                .done
+                .range(..=n)
+                .map(|(number, (etag, size))| Part { number: *number, etag: etag.clone(), size: *size })
+                .collect(),
+        }
+    }
+
+    pub(super) fn abandoned(&self) -> bool {
+        self.abandoned
+    }
+
+    /// The last of the parts done without a gap from the first (0: none).
+    fn contiguous(&self) -> i32 {
+        let mut n = 0;
+        while self.done.contains_key(&(n + 1)) {
+            n += 1;
+        }
+        n
+    }
+
     pub(super) async fn write(&mut self, data: Bytes) -> Result<()> {
         self.buf.push(data);
         while self.buf.len >= self.part_size {
@@ -356,6 +639,7 @@ impl S3Writer {
             let joined = tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !abandoned => {
+                    self.abandoned |= !self.inflight.is_empty();
                     self.inflight.abort_all();
                     abandoned = true;
                     first_err.get_or_insert(Error::Cancelled);
@@ -378,21 +662,14 @@ impl S3Writer {
     }
 
     pub(super) fn committed(&self) -> u64 {
-        let mut n = 0;
-        for (i, (number, (_, size))) in self.done.iter().enumerate() {
-            if *number != i as i32 + 1 {
-                break;
-            }
-            n += size;
-        }
-        n
+        self.done.range(..=self.contiguous()).map(|(_, (_, size))| size).sum()
     }
 
     pub(super) async fn checkpoint(&mut self, cancel: &CancellationToken) -> Result<u64> {
         let drained = self.drain(cancel).await;
         let committed = self.committed();
         // Parts past a gap would be sent again from the committed offset: forget them.
-        let contiguous = (committed / self.part_size) as i32;
+        let contiguous = self.contiguous();
         self.done.retain(|n, _| *n <= contiguous);
         self.buf.clear();
         self.buf_start = committed;

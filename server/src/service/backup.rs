@@ -20,6 +20,7 @@ use crate::db::{
     backups::{self as store, BackupRow, Integrity},
 };
 pub use crate::model::backup::{BackupFormat, BackupState};
+use crate::objects::SizeHint;
 
 /// A backup: what the gRPC edge encodes.
 #[derive(Debug, Clone)]
@@ -229,7 +230,11 @@ async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, Strin
         let _ = stderr.read_to_string(&mut s).await;
         s
     });
-    let mut w = ctx.objects.begin_write(&row.object_key, None, &ctx.background).await.map_err(store_unavailable)?;
+    let mut w = ctx
+        .objects
+        .begin_write(&row.object_key, SizeHint::Unknown, &ctx.background)
+        .await
+        .map_err(store_unavailable)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let copied: Result<()> = async {
@@ -312,7 +317,11 @@ async fn sqlite_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, S
     let _cleanup = RemoveOnDrop(snapshot.clone());
     store::sqlite_snapshot(&mut ctx.db.write().await?, &snapshot).await?;
     let mut file = tokio::fs::File::open(&snapshot).await.map_err(|e| Error::Unavailable(format!("snapshot: {e}")))?;
-    let mut w = ctx.objects.begin_write(&row.object_key, None, &ctx.background).await.map_err(store_unavailable)?;
+    let mut w = ctx
+        .objects
+        .begin_write(&row.object_key, SizeHint::Unknown, &ctx.background)
+        .await
+        .map_err(store_unavailable)?;
     let mut hash = Sha256::new();
     let mut size = 0u64;
     loop {

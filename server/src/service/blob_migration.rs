@@ -18,6 +18,7 @@ use crate::db::{
     files::FileRow,
 };
 pub use crate::model::files::{BlobEncoding, BlobMigrationState};
+use crate::objects::SizeHint;
 
 /// A validated StartBlobMigration request.
 #[derive(Debug, Clone)]
@@ -293,7 +294,11 @@ async fn move_one(ctx: &Context, target: &Target, row: &MigrationRow, key: &str,
     let object_key = format!("blobs/{}", uuid::Uuid::now_v7());
     let blake3 = blake3::hash(&data).to_hex().to_string();
     let size = data.len() as u64;
-    let mut w = ctx.objects.begin_write(&object_key, Some(size), &ctx.background).await.map_err(store_unavailable)?;
+    let mut w = ctx
+        .objects
+        .begin_write(&object_key, SizeHint::Exact(size), &ctx.background)
+        .await
+        .map_err(store_unavailable)?;
     w.write(data).await.map_err(store_unavailable)?;
     w.finish().await.map_err(store_unavailable)?;
     // Verify what the store holds before the table forgets the blob.

@@ -48,6 +48,21 @@ pub enum Error {
     /// A dependency (the object store) failed; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Another caller's concurrent work won (a newer writer of the same upload); retry to continue
+    /// from what it recorded.
+    #[error("{0}")]
+    Aborted(String),
+    /// An upload's stream ended cleanly before its declared size: the bytes so far are kept and it
+    /// stays open at `committed`, to be continued.
+    #[error("upload {id} holds {committed} of its {declared} declared bytes; continue it at offset {committed}")]
+    UploadIncomplete {
+        /// The upload's id.
+        id: String,
+        /// Its committed offset.
+        committed: u64,
+        /// Its declared size.
+        declared: u64,
+    },
     /// The database layer failed.
     #[error(transparent)]
     Db(#[from] db::Error),
@@ -95,8 +110,6 @@ pub struct Context {
     pub db: db::Db,
     /// The object store.
     pub objects: ObjectStore,
-    /// Upload writers in progress.
-    pub uploads: std::sync::Arc<files::UploadSessions>,
     /// File limits from the configuration.
     pub file_limits: files::FileLimits,
     /// Cancelled when the server stops: background work started by RPCs ends with it.
@@ -153,7 +166,6 @@ impl Context {
         Self {
             db,
             objects,
-            uploads: Default::default(),
             file_limits,
             background: Default::default(),
             closing: Default::default(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diesel_async::SimpleAsyncConnection;
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use strata_client::{
     Client,
     alerts::{AlertChange, AlertMetric, AlertQuery, AlertRule, AlertSeverity, AlertState},

@@ -131,13 +131,25 @@ async fn round_trips_s3() {
 async fn declared_mismatches(store: Store) {
     let f = fixture(store, |_| {}).await;
     let data = Bytes::from(pattern(PART + 10, 1));
-    // Declared size larger than what arrives.
-    let id = f.client.create_upload(&opts("o"), "short.bin", Some(data.len() as u64 + 1)).await.unwrap();
+    // A stream that ends cleanly short of the declared size is progress, not failure: the upload
+    // stays open at its committed offset, which the error names (message and ErrorInfo).
+    let whole = Bytes::from(pattern(PART + 11, 1));
+    let id = f.client.create_upload(&opts("o"), "short.bin", Some(whole.len() as u64)).await.unwrap();
     let r = f.client.resume_upload(&id, 0, futures::stream::iter(mib_chunks(&data))).await;
-    assert_eq!(code(r), Code::DataLoss);
-    let s = f.client.upload_status(&id).await.unwrap();
-    assert_eq!(s.state, UploadState::Failed);
-    assert!(s.error.unwrap().contains("declared"));
+    let Err(strata_client::Error::Status(s)) = r else { panic!("a short stream succeeded: {r:?}") };
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    let committed = strata_client::incomplete_upload_offset(&s).expect("ErrorInfo with the committed offset");
+    assert!(s.message().contains(&format!("offset {committed}")), "{}", s.message());
+    // S3 keeps whole parts only; the local store every byte received.
+    let expected = if store == Store::S3 { PART as u64 } else { data.len() as u64 };
+    assert_eq!(committed, expected);
+    let status = f.client.upload_status(&id).await.unwrap();
+    assert_eq!((status.state, status.committed_offset), (UploadState::Open, committed));
+    // Continued to completion, with the right bytes.
+    let rest = whole.slice(committed as usize..);
+    let file = f.client.resume_upload(&id, committed, futures::stream::iter(mib_chunks(&rest))).await.unwrap();
+    assert_eq!(f.client.download_bytes(&file.id, 0, 0).await.unwrap(), whole);
+    f.client.delete_file(&file.id).await.unwrap();
     // More than declared.
     let id = f.client.create_upload(&opts("o"), "long.bin", Some(10)).await.unwrap();
     let r = f.client.resume_upload(&id, 0, futures::stream::iter(mib_chunks(&data))).await;
@@ -697,26 +709,32 @@ async fn local_upload_continues_after_a_server_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn s3_upload_starts_over_after_a_server_restart() {
+async fn s3_upload_continues_after_a_server_restart() {
     let f = fixture(Store::S3, |_| {}).await;
     let data = pattern(3 * PART + 4321, 22);
-    let id = f.client.create_upload(&opts("r"), "restart.bin", Some(data.len() as u64)).await.unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let o = UploadOptions { declared_sha256: Some(sha.clone()), ..opts("r") };
+    let id = f.client.create_upload(&o, "restart.bin", Some(data.len() as u64)).await.unwrap();
     let root = f._s3.as_ref().unwrap().root.clone();
     send_then_cut(&f.server, &id, &data[..2 * PART + 999], Some((&root, PART as u64))).await;
-    eventually("a committed offset", Duration::from_secs(10), || {
+    let committed = eventually("a committed offset", Duration::from_secs(10), || {
         let (c, id) = (f.client.clone(), id.clone());
-        async move { c.upload_status(&id).await.ok().filter(|s| s.committed_offset > 0) }
+        async move { c.upload_status(&id).await.ok().map(|s| s.committed_offset).filter(|o| *o > 0) }
     })
     .await;
+    assert_eq!(committed % PART as u64, 0);
     let mut config = f.local_config();
     config.object_store_url = f._s3.as_ref().unwrap().url();
     config.s3_part_size = MIN_PART_SIZE;
     f.server.stop().await.unwrap();
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
-    // An S3 multipart upload's parts cannot be re-hashed: the upload starts over, and still completes.
-    assert_eq!(client.upload_status(&id).await.unwrap().committed_offset, 0);
-    let file = client.resume_upload(&id, 0, futures::stream::iter(mib_chunks(&data))).await.unwrap();
+    // The multipart upload and the hashes continue from the catalog: no byte is sent twice, and
+    // the declared SHA-256 still verifies.
+    assert_eq!(client.upload_status(&id).await.unwrap().committed_offset, committed);
+    let rest: Vec<Bytes> = data[committed as usize..].chunks(1 << 20).map(Bytes::copy_from_slice).collect();
+    let file = client.resume_upload(&id, committed, futures::stream::iter(rest)).await.unwrap();
+    assert_eq!(file.sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(client.download_bytes(&file.id, 0, 0).await.unwrap(), data);
     server.stop().await.unwrap();
 }

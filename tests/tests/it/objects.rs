@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use strata_server::objects::{Error, MIN_PART_SIZE, ObjectStore, S3Settings};
+use strata_server::objects::{Error, MIN_PART_SIZE, ObjectStore, Resume, S3Settings, SizeHint, WriteState};
 use strata_tests::S3Server;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ async fn read_all(store: &ObjectStore, key: &str, offset: u64, length: Option<u6
 }
 
 async fn write_in_chunks(store: &ObjectStore, key: &str, data: &[u8]) -> u64 {
-    let mut w = store.begin_write(key, Some(data.len() as u64), &live()).await.unwrap();
+    let mut w = store.begin_write(key, SizeHint::Exact(data.len() as u64), &live()).await.unwrap();
     for c in data.chunks(1 << 20) {
         w.write(Bytes::copy_from_slice(c)).await.unwrap();
     }
@@ -66,7 +66,7 @@ async fn exercise(store: ObjectStore, part: usize) {
 
     // Resume: a checkpoint keeps whole parts; writing continues from the committed offset.
     let data = pattern(2 * part + 4321, 99);
-    let mut w = store.begin_write("blobs/resumed", None, &live()).await.unwrap();
+    let mut w = store.begin_write("blobs/resumed", SizeHint::Unknown, &live()).await.unwrap();
     w.write(Bytes::copy_from_slice(&data[..part + 1000])).await.unwrap();
     let committed = w.checkpoint().await.unwrap() as usize;
     assert_eq!(committed % w.part_size() as usize, 0);
@@ -76,7 +76,7 @@ async fn exercise(store: ObjectStore, part: usize) {
     assert_eq!(read_all(&store, "blobs/resumed", 0, None).await, data);
 
     // Abort leaves nothing behind.
-    let mut w = store.begin_write("blobs/aborted", None, &live()).await.unwrap();
+    let mut w = store.begin_write("blobs/aborted", SizeHint::Unknown, &live()).await.unwrap();
     w.write(Bytes::from(pattern(part + 10, 5))).await.unwrap();
     w.abort().await.unwrap();
     assert_eq!(store.head("blobs/aborted", &live()).await.unwrap(), None);
@@ -86,8 +86,44 @@ async fn exercise(store: ObjectStore, part: usize) {
     store.delete("blobs/t1", &live()).await.unwrap();
     store.delete("blobs/t1", &live()).await.unwrap();
     assert_eq!(store.head("blobs/t1", &live()).await.unwrap(), None);
-    assert!(store.begin_write("../escape", None, &live()).await.is_err());
+    assert!(store.begin_write("../escape", SizeHint::Unknown, &live()).await.is_err());
     cancellation(&store, part).await;
+    handovers(&store, part).await;
+}
+
+/// A write continued by other writers from its recorded state alone (as another process would):
+/// in place after a clean hand-over, then fenced while the previous writer is still alive and
+/// goes on writing other bytes. The object holds exactly the right bytes, none of the stale
+/// writer's.
+async fn handovers(store: &ObjectStore, part: usize) {
+    let key = "blobs/handover";
+    let data = pattern(4 * part + 777, 31);
+    let size = SizeHint::Exact(data.len() as u64);
+    let mut a = store.begin_write(key, size, &live()).await.unwrap();
+    a.write(Bytes::copy_from_slice(&data[..part + 500])).await.unwrap();
+    let at = a.checkpoint().await.unwrap();
+    // Through JSON, as the catalog keeps it.
+    let state: WriteState = serde_json::from_str(&serde_json::to_string(&a.state()).unwrap()).unwrap();
+    drop(a);
+    let mut b = store.resume_write(key, &state, at, Resume::InPlace, size, &live()).await.unwrap();
+    b.write(Bytes::copy_from_slice(&data[at as usize..2 * part + 100])).await.unwrap();
+    let at = b.checkpoint().await.unwrap();
+    let state = b.state();
+    assert!(at >= 2 * part as u64 && at % b.part_size() == 0, "{at}");
+    // B hangs; C takes over, fenced. Then B wakes up and writes (and commits) other bytes.
+    let mut c = store.resume_write(key, &state, at, Resume::Fenced(3), size, &live()).await.unwrap();
+    b.write(Bytes::from(vec![0xEE; 2 * part])).await.unwrap();
+    b.checkpoint().await.unwrap();
+    c.write(Bytes::copy_from_slice(&data[at as usize..])).await.unwrap();
+    // A later stale write may land after C's bytes, too.
+    b.write(Bytes::from(vec![0xDD; part])).await.unwrap();
+    b.checkpoint().await.unwrap();
+    assert_eq!(c.finish().await.unwrap(), data.len() as u64);
+    assert!(read_all(store, key, 0, None).await == data, "the object holds none of the stale writer's bytes");
+    // A state that does not fit the store is refused, not guessed at.
+    let bogus = WriteState::Local { segments: vec![] };
+    assert!(store.resume_write("blobs/bogus", &bogus, 10, Resume::InPlace, size, &live()).await.is_err());
+    store.delete(key, &live()).await.unwrap();
 }
 
 /// A cancelled token stops every kind of call; what a writer had made durable stays reported, and
@@ -100,7 +136,7 @@ async fn cancellation(store: &ObjectStore, part: usize) {
     assert!(matches!(store.delete("blobs/t0", &cancelled).await, Err(Error::Cancelled)));
     assert!(matches!(store.get("blobs/t0", 0, None, &cancelled).await, Err(Error::Cancelled)));
     assert!(matches!(store.put("blobs/never", Bytes::from_static(b"x"), &cancelled).await, Err(Error::Cancelled)));
-    assert!(matches!(store.begin_write("blobs/never", None, &cancelled).await, Err(Error::Cancelled)));
+    assert!(matches!(store.begin_write("blobs/never", SizeHint::Unknown, &cancelled).await, Err(Error::Cancelled)));
     assert_eq!(store.head("blobs/t0", &live()).await.unwrap(), Some(0), "the refused delete changed nothing");
     assert_eq!(store.head("blobs/never", &live()).await.unwrap(), None);
 
@@ -126,7 +162,7 @@ async fn cancellation(store: &ObjectStore, part: usize) {
     // A writer whose token fires: writes and finish refuse, the checkpoint still reports what is
     // durable, abort cleans up, nothing is ever visible.
     let token = CancellationToken::new();
-    let mut w = store.begin_write("blobs/cut", None, &token).await.unwrap();
+    let mut w = store.begin_write("blobs/cut", SizeHint::Unknown, &token).await.unwrap();
     w.write(Bytes::copy_from_slice(&data[..2 * part + 1])).await.unwrap();
     token.cancel();
     assert!(matches!(w.write(Bytes::copy_from_slice(&data[2 * part + 1..])).await, Err(Error::Cancelled)));
@@ -135,10 +171,10 @@ async fn cancellation(store: &ObjectStore, part: usize) {
     assert_eq!(store.head("blobs/cut", &live()).await.unwrap(), None);
     assert!(matches!(w.finish().await, Err(Error::Cancelled)));
     assert_eq!(store.head("blobs/cut", &live()).await.unwrap(), None, "a refused finish publishes nothing");
-    let mut w = store.begin_write("blobs/cut2", None, &token.child_token()).await;
+    let mut w = store.begin_write("blobs/cut2", SizeHint::Unknown, &token.child_token()).await;
     assert!(matches!(w, Err(Error::Cancelled)), "a child of a cancelled token is cancelled");
     let token = CancellationToken::new();
-    w = store.begin_write("blobs/cut2", None, &token).await;
+    w = store.begin_write("blobs/cut2", SizeHint::Unknown, &token).await;
     let mut w = w.unwrap();
     w.write(Bytes::copy_from_slice(&data[..part])).await.unwrap();
     token.cancel();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
 

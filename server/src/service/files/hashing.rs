@@ -4,48 +4,8 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use sha2::Digest as _;
 
-/// BLAKE3 plus optional SHA-256 over the same bytes.
-///
-/// With both, each piece of the data goes through BLAKE3 and then through SHA-256 while it is still
-/// in this core's cache: SHA-256 costs 0.57 s of a core per GiB on cached data and 0.9 s on data
-/// another core has just received (measured here with every implementation at hand), and BLAKE3 is
-/// cheap either way. Hashed as two separate streams, the SHA-256 stream alone took longer than the
-/// two hashed together piece by piece.
-#[derive(Clone)]
-pub(super) struct Hashes {
-    pub(super) blake3: blake3::Hasher,
-    pub(super) sha256: Option<sha2::Sha256>,
-}
-
-impl Hashes {
-    /// Fits a core's cache with room to spare.
-    const PIECE: usize = 64 << 10;
-
-    pub(super) fn new(sha256: bool) -> Self {
-        Self { blake3: blake3::Hasher::new(), sha256: sha256.then(sha2::Sha256::new) }
-    }
-
-    /// The same hashes over no bytes.
-    fn fresh(&self) -> Self {
-        Self::new(self.sha256.is_some())
-    }
-
-    pub(super) fn update(&mut self, data: &[u8]) {
-        match &mut self.sha256 {
-            None => {
-                self.blake3.update(data);
-            }
-            Some(s) => {
-                for piece in data.chunks(Self::PIECE) {
-                    self.blake3.update(piece);
-                    s.update(piece);
-                }
-            }
-        }
-    }
-}
+pub(super) use super::midstate::Midstate as Hashes;
 
 /// A result of a hashing job: the hasher and its states at the marks the chunk reached.
 type Hashed = (Hashes, Vec<(u64, Hashes)>);
@@ -60,12 +20,10 @@ pub(super) struct Stage {
     fed: u64,
     /// States at offsets where the writer may commit and has not yet, oldest first.
     marks: VecDeque<(u64, Hashes)>,
+    /// SHA-256 is computed too.
+    sha256: bool,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per upload, and the hasher moves to a job and back per chunk: boxed, it would be allocated each time"
-)]
 enum StageState {
     Ready(Hashes),
     Busy(tokio::task::JoinHandle<Hashed>),
@@ -77,7 +35,8 @@ impl Stage {
     /// A stage whose hasher `h` has seen the first `at` bytes.
     pub(super) fn new(h: Hashes, at: u64) -> Self {
         let marks = if at > 0 { VecDeque::from([(at, h.clone())]) } else { VecDeque::new() };
-        Self { state: StageState::Ready(h), fed: at, marks }
+        let sha256 = h.sha256.is_some();
+        Self { state: StageState::Ready(h), fed: at, marks, sha256 }
     }
 
     /// Waits for the chunk being hashed; its marks join the others. Safe to drop while waiting:
@@ -120,6 +79,18 @@ impl Stage {
         }));
     }
 
+    /// The hashes over the first `offset` bytes (after [`Stage::settle`]), if it is the end of
+    /// what was fed or a mark.
+    pub(super) fn state_at(&self, offset: u64) -> Option<Hashes> {
+        if offset == 0 {
+            return Some(Hashes::new(self.sha256));
+        }
+        match &self.state {
+            StageState::Ready(h) if h.len() == offset => Some(h.clone()),
+            _ => self.marks.iter().find(|(o, _)| *o == offset).map(|(_, h)| h.clone()),
+        }
+    }
+
     /// Forgets marks before `offset` (the writer has committed past them).
     pub(super) fn forget_before(&mut self, offset: u64) {
         while self.marks.front().is_some_and(|(o, _)| *o < offset) {
@@ -131,10 +102,7 @@ impl Stage {
     pub(super) fn rewind_to(&mut self, committed: u64) {
         if committed < self.fed {
             let h = if committed == 0 {
-                match &self.state {
-                    StageState::Ready(h) => h.fresh(),
-                    _ => unreachable!("settled before rewinding"),
-                }
+                Hashes::new(self.sha256)
             } else {
                 self.marks
                     .iter()

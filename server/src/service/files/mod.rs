@@ -4,15 +4,16 @@
 //! An upload's bytes go straight to their final object key through a resumable
 //! [`ObjectWriter`](crate::objects::ObjectWriter); BLAKE3 (and SHA-256 when declared or configured)
 //! is computed while streaming. The file becomes visible in the single transaction that records it.
-//! A dropped stream keeps what the writer committed; the client resumes from `GetUploadStatus`'s
-//! offset. Writer state lives in memory: after a server restart an open upload starts again from
-//! zero.
+//! However a stream ends, what the writer committed is recorded in the catalog — offset, the
+//! store's write state and the running hashes — so the client resumes from `GetUploadStatus`'s
+//! offset on any instance, at a cost independent of the offset.
 //!
-//! Here: validation, the file records, downloads, listing and deletion; `upload` receives streams,
-//! `hashing` computes their hashes beside the network, `reconcile` compares the store with the
-//! catalog.
+//! Here: validation, the file records, downloads, listing and deletion; `upload` receives streams
+//! and fences their writers, `hashing` computes their hashes beside the network, `midstate` writes
+//! the hashes down, `reconcile` compares the store with the catalog.
 
 mod hashing;
+mod midstate;
 mod reconcile;
 mod upload;
 
@@ -24,9 +25,7 @@ use futures::{Stream, StreamExt};
 
 pub use self::{
     reconcile::{Reconciliation, reconcile},
-    upload::{
-        StreamEnd, UploadSessions, UploadStart, UploadStatus, create_upload, expire_uploads, upload, upload_status,
-    },
+    upload::{StreamEnd, UploadStart, UploadStatus, create_upload, expire_uploads, upload, upload_status},
 };
 use super::{Context, Error, Result};
 pub use crate::model::files::UploadState;

@@ -1,14 +1,21 @@
-//! Uploads: the writer sessions in memory, receiving a stream, checkpoints, and expiry.
+//! Uploads: receiving a stream into the object store, recording its progress in the catalog so
+//! that any instance can continue it, and expiry.
+//!
+//! An upload is written by one stream at a time, fenced by a generation in the catalog: a stream
+//! claims the upload (raising the generation) when no other writer holds it, records durable
+//! progress — committed offset, the store's [`WriteState`] and the running hashes — with a
+//! compare-and-set on that generation at least every [`PROGRESS_EVERY`], and lets go when it
+//! ends, however it ends. The next stream, on any instance, continues from the catalog alone: in
+//! place after a clean hand-over, fenced (in the store too) when it takes over from a writer that
+//! never let go (its instance died, or it hangs).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     File, FileHeader, UploadState, bad, check_id,
@@ -16,79 +23,19 @@ use super::{
     object_err,
 };
 use crate::{
-    db::files::{self as store, FileRow, UploadRow},
-    objects::{self, ObjectWriter},
+    db::files::{self as store, FileRow, Hold, Progress, UploadRow},
+    objects::{self, ObjectWriter, Resume, SizeHint, WriteState},
     service::{Context, Error, Result},
 };
 
-/// An upload being written: the object writer and the hashes of what it holds.
-struct Session {
-    writer: ObjectWriter,
-    hashes: Stage,
-    /// Bytes received (and handed to the hashes) so far.
-    received: u64,
-    /// Bytes arrived since the last checkpoint.
-    dirty: bool,
-}
-
-impl Session {
-    fn new(writer: ObjectWriter, sha256: bool) -> Self {
-        Self::resumed(writer, Hashes::new(sha256), 0)
-    }
-
-    /// A session whose writer and hashes hold the first `committed` bytes.
-    fn resumed(writer: ObjectWriter, hashes: Hashes, committed: u64) -> Self {
-        Self { writer, hashes: Stage::new(hashes, committed), received: committed, dirty: false }
-    }
-
-    /// Writes `chunk`: hashes first (so every byte that may become committed is hashed), then
-    /// hands it to the writer. The future may be dropped at any await (client gone); the next
-    /// checkpoint reconciles hashes and writer.
-    async fn write(&mut self, chunk: Bytes) -> objects::Result<()> {
-        self.dirty = true;
-        let part = self.writer.part_size();
-        self.received += chunk.len() as u64;
-        self.hashes.feed(chunk.clone(), part).await;
-        if part <= 1 {
-            // Only offsets at or past what the writer has committed can still be needed.
-            self.hashes.forget_before(self.writer.committed());
-        }
-        self.writer.write(chunk).await
-    }
-
-    /// After a checkpoint: roll the hashes back to the committed offset.
-    async fn rewind_to(&mut self, committed: u64) {
-        self.hashes.settle().await;
-        self.hashes.rewind_to(committed);
-        self.received = self.received.min(committed);
-        self.dirty = false;
-    }
-
-    /// The final BLAKE3 and SHA-256 (hex) of everything received.
-    async fn digests(&mut self) -> (String, Option<String>) {
-        let fresh = Stage::new(Hashes::new(false), 0);
-        let h = std::mem::replace(&mut self.hashes, fresh).finish().await;
-        (h.blake3.finalize().to_hex().to_string(), h.sha256.map(|s| hex::encode(s.finalize())))
-    }
-}
-
-/// Upload writers in memory, one per open upload that has received bytes since start.
-#[derive(Default)]
-pub struct UploadSessions {
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Session>>>>>,
-}
-
-impl UploadSessions {
-    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
-        self.sessions.lock().expect("sessions lock").entry(id.to_owned()).or_default().clone()
-    }
-    fn remove(&self, id: &str) {
-        self.sessions.lock().expect("sessions lock").remove(id);
-    }
-    fn existing(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Option<Session>>>> {
-        self.sessions.lock().expect("sessions lock").get(id).cloned()
-    }
-}
+/// How often a stream records durable progress while bytes arrive, renewing its lease: at most
+/// this much is received again after the instance dies (SIGKILL).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long a new stream waits for the previous writer of its upload to let go (a stream that just
+/// ended, on this or another instance, still checkpointing) before it is refused.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting stream looks again.
+const HANDOVER_POLL: Duration = Duration::from_millis(50);
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -111,11 +58,14 @@ pub struct UploadStatus {
     pub expires_at: DateTime<Utc>,
 }
 
+fn expiry(ctx: &Context) -> chrono::Duration {
+    chrono::Duration::from_std(ctx.file_limits.upload_expiry).unwrap_or(chrono::Duration::days(1))
+}
+
 /// Creates an open upload for `header`; returns its status.
 pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadStatus> {
     let id = new_id();
     let t = ctx.now();
-    let expiry = chrono::Duration::from_std(ctx.file_limits.upload_expiry).unwrap_or(chrono::Duration::days(1));
     let row = UploadRow {
         object_key: format!("blobs/{id}"),
         id: id.clone(),
@@ -132,58 +82,46 @@ pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadSt
         file_id: None,
         created_at: t,
         updated_at: t,
-        expires_at: t + expiry,
+        expires_at: t + expiry(ctx),
+        generation: 0,
+        writer: String::new(),
+        lease_until: None,
+        store_state: String::new(),
+        hash_state: None,
     };
     let mut conn = ctx.db.write().await?;
     store::insert_upload(&mut conn, &row).await?;
-    Ok(status_of(&row, 0))
+    Ok(status_of(&row))
 }
 
-fn status_of(row: &UploadRow, committed: u64) -> UploadStatus {
+/// The offset an upload continues at. An upload a previous release left mid-way has no hash
+/// state recorded: it starts over (its bytes are discarded when a stream claims it).
+fn resumable_offset(row: &UploadRow) -> u64 {
+    match (&row.hash_state, row.state) {
+        (_, UploadState::Complete) => row.committed_offset as u64,
+        (Some(_), _) => row.committed_offset as u64,
+        (None, _) => 0,
+    }
+}
+
+fn status_of(row: &UploadRow) -> UploadStatus {
     UploadStatus {
         id: row.id.clone(),
         state: row.state,
-        committed,
+        committed: resumable_offset(row),
         file_id: row.file_id.clone(),
         error: row.error.clone(),
         expires_at: row.expires_at.and_utc(),
     }
 }
 
-/// The committed offset and state of upload `id`.
+/// The committed offset and state of upload `id`, as recorded in the catalog (by whichever
+/// instance wrote it).
 pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
     check_id("upload id", id)?;
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
     let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
-    drop(conn);
-    let committed = if row.state == UploadState::Complete {
-        row.committed_offset as u64
-    } else {
-        match ctx.uploads.existing(id) {
-            // Not in memory (the server restarted): a local staging file holding the committed
-            // bytes can be continued; an S3 multipart upload cannot (its parts cannot be re-hashed).
-            None => {
-                let committed = row.committed_offset as u64;
-                if committed > 0
-                    && ctx.objects.can_reopen(&row.object_key, committed, &ctx.closing).await.map_err(object_err)?
-                {
-                    committed
-                } else {
-                    0
-                }
-            }
-            Some(slot) => match slot.try_lock() {
-                // A stream is writing it: the last checkpoint is what is durable.
-                Err(_) => row.committed_offset as u64,
-                Ok(mut guard) => match guard.as_mut() {
-                    Some(session) if session.dirty => checkpoint(ctx, &row, session).await?,
-                    Some(session) => session.received,
-                    None => 0,
-                },
-            },
-        }
-    };
-    Ok(status_of(&row, committed))
+    Ok(status_of(&row))
 }
 
 /// How an Upload stream starts.
@@ -209,129 +147,366 @@ pub enum StreamEnd {
     Invalid(String),
 }
 
-/// Receives an upload stream. Returns the file when the stream ends cleanly and verifies.
-pub async fn upload<S>(ctx: &Context, start: UploadStart, mut chunks: S) -> Result<File>
+/// Receives an upload stream. Returns the file when the stream ends cleanly at the upload's end
+/// and verifies.
+///
+/// The stream is received by a task of its own, which this future awaits: when this future is
+/// dropped (the call was cancelled, or its deadline passed), the task sees it, checkpoints and
+/// records the committed offset. A receive loop inside the handler's future would be dropped
+/// between a write and its checkpoint.
+pub async fn upload<S>(ctx: &Context, start: UploadStart, chunks: S) -> Result<File>
+where
+    S: Stream<Item = Result<Bytes, StreamEnd>> + Send + Unpin + 'static,
+{
+    let (id, offset) = match start {
+        UploadStart::New(header) => (create_upload(ctx, header).await?.id, 0),
+        UploadStart::Resume { id, offset } => {
+            check_id("upload id", &id)?;
+            (id, offset)
+        }
+    };
+    let caller_gone = CancellationToken::new();
+    let _gone_on_drop = caller_gone.clone().drop_guard();
+    let task_ctx = ctx.clone();
+    // Tracked: a stopping server waits for the checkpoint.
+    let task = ctx.tasks.spawn(async move { receive(&task_ctx, &id, offset, chunks, caller_gone).await });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// A stream's hold on an upload: the row as it was claimed, and the generation it holds.
+struct Held {
+    row: UploadRow,
+    generation: i64,
+    /// The previous writer never let go: this one writes fenced.
+    fenced: bool,
+}
+
+impl Held {
+    fn id(&self) -> &str {
+        &self.row.id
+    }
+}
+
+/// Claims upload `id` for this stream: at once when no writer holds it, after waiting up to
+/// [`HANDOVER_WAIT`] for one that is letting go, or when its lease has lapsed (its instance died).
+async fn claim(ctx: &Context, id: &str, gone: &CancellationToken) -> Result<Held> {
+    let waiting = Instant::now();
+    loop {
+        let row = load_open(ctx, id).await?;
+        let now = ctx.now();
+        if row.writer.is_empty() || row.lease_until.is_none_or(|t| t < now) {
+            let mut conn = ctx.db.write().await?;
+            if store::claim_upload(&mut conn, id, row.generation, &ctx.instance_id, now, now + ctx.run_lease()).await? {
+                let fenced = !row.writer.is_empty();
+                if fenced {
+                    tracing::info!(upload = %id, previous = %row.writer, "taking over an upload whose writer did not let go");
+                }
+                return Ok(Held { generation: row.generation + 1, fenced, row });
+            }
+            // Another stream claimed it between the read and the claim: look again.
+            continue;
+        }
+        if waiting.elapsed() >= HANDOVER_WAIT {
+            return Err(Error::Aborted(format!(
+                "upload {id} is being written by another stream (instance {}); retry once it ends",
+                row.writer
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HANDOVER_POLL) => {}
+            _ = gone.cancelled() => return Err(Error::Cancelled(format!("upload {id}: the caller went away"))),
+            _ = ctx.closing.cancelled() => return Err(object_err(objects::Error::Cancelled)),
+        }
+    }
+}
+
+/// The writer and running hashes of a claimed upload, rebuilt from the catalog.
+async fn open_writer(ctx: &Context, held: &Held) -> Result<(ObjectWriter, Stage, u64)> {
+    let row = &held.row;
+    let sha256 = row.declared_sha256.is_some() || ctx.file_limits.always_sha256;
+    let size = size_hint(ctx, row);
+    let how = if held.fenced { Resume::Fenced(held.generation) } else { Resume::InPlace };
+    let recorded = (row.hash_state.as_deref(), serde_json::from_str::<WriteState>(&row.store_state));
+    let (state, hashes, committed) = match recorded {
+        (Some(bytes), Ok(state)) if row.committed_offset > 0 => {
+            let committed = row.committed_offset as u64;
+            let hashes = Hashes::from_bytes(bytes)
+                .filter(|h| h.len() == committed && h.sha256.is_some() == sha256)
+                .ok_or_else(|| Error::DataLoss(format!("upload {}: its recorded hash state is unreadable", row.id)))?;
+            (state, hashes, committed)
+        }
+        (_, Ok(state)) if row.committed_offset == 0 => (state, Hashes::new(sha256), 0),
+        // Written by a previous release (no hash state): discard its bytes and start over.
+        _ => {
+            let old = serde_json::from_str(&row.store_state).unwrap_or_default();
+            ctx.objects.discard(&row.object_key, &old, &row.writer_token).await.map_err(object_err)?;
+            if row.committed_offset > 0 {
+                tracing::info!(upload = %row.id, "an upload from a previous release starts over at 0");
+            }
+            (WriteState::Empty, Hashes::new(sha256), 0)
+        }
+    };
+    let writer = match ctx.objects.resume_write(&row.object_key, &state, committed, how, size, &ctx.closing).await {
+        Ok(w) => w,
+        Err(objects::Error::BadState(why)) => {
+            let why = Error::DataLoss(format!("upload {} cannot continue ({why}); start a new one", row.id));
+            let mut conn = ctx.db.write().await?;
+            store::fail_upload(&mut conn, held.id(), held.generation, &ctx.instance_id, &why.to_string(), ctx.now())
+                .await?;
+            return Err(why);
+        }
+        Err(e) => return Err(object_err(e)),
+    };
+    Ok((writer, Stage::new(hashes, committed), committed))
+}
+
+fn size_hint(ctx: &Context, row: &UploadRow) -> SizeHint {
+    match row.declared_size {
+        Some(n) => SizeHint::Exact(n as u64),
+        None => SizeHint::AtMost(ctx.file_limits.max_file_size),
+    }
+}
+
+/// Lets go of an upload that this stream did not write to: in place for the next stream, unless
+/// this one was fenced (then the previous writer may still write where the next one would).
+async fn let_go(ctx: &Context, held: &Held, writer: Option<&ObjectWriter>, hashes: Option<Hashes>) -> Result<()> {
+    let mut conn = ctx.db.write().await?;
+    let (state, token) = match writer {
+        Some(w) => (serde_json::to_string(&w.state()).expect("state serializes"), w.resume_token()),
+        None => (held.row.store_state.clone(), held.row.writer_token.clone()),
+    };
+    let hash_state = match hashes {
+        Some(h) => h.to_bytes(),
+        None => held.row.hash_state.clone().unwrap_or_default(),
+    };
+    let p = Progress {
+        committed: held.row.committed_offset,
+        store_state: &state,
+        writer_token: &token,
+        hash_state: &hash_state,
+        expires_at: held.row.expires_at,
+    };
+    let hold = if held.fenced && writer.is_none() { Hold::Abandon } else { Hold::Release };
+    store::record_progress(&mut conn, held.id(), held.generation, &ctx.instance_id, &p, hold, ctx.now()).await?;
+    Ok(())
+}
+
+/// An upload being received: the writer, the hashes, and what was recorded.
+struct Session {
+    held: Held,
+    writer: ObjectWriter,
+    hashes: Stage,
+    /// Bytes received (and handed to the hashes) so far.
+    received: u64,
+    /// The committed offset last recorded, and when.
+    recorded: u64,
+    recorded_at: Instant,
+}
+
+impl Session {
+    /// Writes `chunk`: hashes first (so every byte that may become committed is hashed), then
+    /// hands it to the writer.
+    async fn write(&mut self, chunk: Bytes) -> objects::Result<()> {
+        let part = self.writer.part_size();
+        self.received += chunk.len() as u64;
+        self.hashes.feed(chunk.clone(), part).await;
+        if part <= 1 {
+            // Only offsets at or past what the writer has written can still be needed.
+            self.hashes.forget_before(self.writer.committed());
+        }
+        self.writer.write(chunk).await
+    }
+
+    /// Records what is durable now, renewing the lease. Err(Aborted) when another stream has
+    /// taken the upload over.
+    async fn record_durable(&mut self, ctx: &Context) -> Result<()> {
+        let durable = match self.writer.durable().await {
+            Ok(d) => d,
+            // A failed part or write: the next checkpoint reports it; keep receiving until then.
+            Err(_) => return Ok(()),
+        };
+        self.record(ctx, durable, Hold::Renew(ctx.now() + ctx.run_lease())).await
+    }
+
+    /// Records `committed` (what the writer has made durable) with `hold`.
+    async fn record(&mut self, ctx: &Context, committed: u64, hold: Hold) -> Result<()> {
+        self.hashes.settle().await;
+        let hashes =
+            self.hashes.state_at(committed).expect("the writer commits only at offsets the hashes marked").to_bytes();
+        let state = serde_json::to_string(&self.writer.state()).expect("state serializes");
+        let token = self.writer.resume_token();
+        let now = ctx.now();
+        let p = Progress {
+            committed: committed as i64,
+            store_state: &state,
+            writer_token: &token,
+            hash_state: &hashes,
+            expires_at: now + expiry(ctx),
+        };
+        let mut conn = ctx.db.write().await?;
+        let held =
+            store::record_progress(&mut conn, self.held.id(), self.held.generation, &ctx.instance_id, &p, hold, now)
+                .await?;
+        drop(conn);
+        if !held {
+            return Err(self.taken_over());
+        }
+        self.recorded = committed;
+        self.recorded_at = Instant::now();
+        // The writer never goes back before what it committed.
+        self.hashes.forget_before(committed);
+        Ok(())
+    }
+
+    fn taken_over(&self) -> Error {
+        Error::Aborted(format!("upload {} was taken over by another stream; continue from its status", self.held.id()))
+    }
+
+    /// Makes everything it can durable, records it and lets go; the hashes roll back to the
+    /// committed offset. Returns the committed offset.
+    async fn checkpoint(&mut self, ctx: &Context) -> Result<u64> {
+        let committed = self.writer.checkpoint().await.map_err(object_err)?;
+        let hold = if self.writer.abandoned() { Hold::Abandon } else { Hold::Release };
+        self.record(ctx, committed, hold).await?;
+        self.hashes.rewind_to(committed);
+        self.received = committed;
+        Ok(committed)
+    }
+}
+
+/// How the receive loop ended.
+enum Ended {
+    /// The stream ended cleanly.
+    Complete,
+    /// The caller went away (cancelled, deadline, reset, connection lost).
+    Gone(String),
+    /// The server is stopping.
+    Shutdown,
+    /// The client sent something invalid.
+    Invalid(String),
+    /// More bytes than allowed.
+    TooLong(Error),
+    /// The store failed a write.
+    Store(objects::Error),
+}
+
+async fn receive<S>(ctx: &Context, id: &str, offset: u64, mut chunks: S, gone: CancellationToken) -> Result<File>
 where
     S: Stream<Item = Result<Bytes, StreamEnd>> + Unpin,
 {
-    let (row, offset) = match start {
-        UploadStart::New(header) => {
-            let status = create_upload(ctx, header).await?;
-            (load_open(ctx, &status.id).await?, 0)
-        }
-        UploadStart::Resume { id, offset } => {
-            check_id("upload id", &id)?;
-            (load_open(ctx, &id).await?, offset)
+    if let Some(row) = load_row(ctx, id).await?
+        && row.state == UploadState::Open
+        && resumable_offset(&row) != offset
+        && (row.writer.is_empty() || row.lease_until.is_none_or(|t| t < ctx.now()))
+    {
+        // Refused before claiming anything; a held upload's offset is checked once it is ours.
+        return Err(wrong_offset(id, resumable_offset(&row), offset));
+    }
+    let held = claim(ctx, id, &gone).await?;
+    let (writer, hashes, committed) = match open_writer(ctx, &held).await {
+        Ok(w) => w,
+        Err(e @ Error::DataLoss(_)) => return Err(e),
+        Err(e) => {
+            let_go(ctx, &held, None, None).await?;
+            return Err(e);
         }
     };
-    let slot = ctx.uploads.slot(&row.id);
-    let mut guard = slot
-        .try_lock()
-        .map_err(|_| Error::FailedPrecondition(format!("upload {} is being written by another stream", row.id)))?;
-    if guard.is_none() && row.committed_offset > 0 {
-        // First stream since this process started: continue what a previous process committed,
-        // rebuilding the hashes from the bytes on disk (local store only).
-        let committed = row.committed_offset as u64;
-        let hashes = Arc::new(std::sync::Mutex::new(Hashes::new(
-            row.declared_sha256.is_some() || ctx.file_limits.always_sha256,
-        )));
-        let feed = hashes.clone();
-        let reopened = ctx
-            .objects
-            .reopen_write(
-                &row.object_key,
-                committed,
-                move |data: &[u8]| feed.lock().expect("hash lock").update(data),
-                &ctx.closing,
-            )
-            .await
-            .map_err(object_err)?;
-        if let Some((writer, visit)) = reopened {
-            drop(visit);
-            let running = Arc::try_unwrap(hashes).ok().expect("the visitor is gone").into_inner().expect("hash lock");
-            let session = Session::resumed(writer, running, committed);
-            tracing::info!(upload = %row.id, committed, "continuing an upload a previous process started");
-            *guard = Some(session);
-        }
+    if offset != committed {
+        let_go(ctx, &held, Some(&writer), None).await?;
+        return Err(wrong_offset(id, committed, offset));
     }
-    if guard.is_none() {
-        // First stream since start: discard what a previous server process may have left.
-        if !row.writer_token.is_empty() || row.committed_offset > 0 {
-            ctx.objects.abort_orphan(&row.object_key, &row.writer_token, &ctx.closing).await.map_err(object_err)?;
-        }
-        let writer = ctx
-            .objects
-            .begin_write(&row.object_key, row.declared_size.map(|s| s as u64), &ctx.closing)
-            .await
-            .map_err(object_err)?;
-        let token = writer.resume_token();
-        let mut conn = ctx.db.write().await?;
-        store::record_progress(&mut conn, &row.id, 0, &token, ctx.now()).await?;
-        *guard = Some(Session::new(writer, row.declared_sha256.is_some() || ctx.file_limits.always_sha256));
-    }
-    let session = guard.as_mut().expect("just set");
-    if session.dirty {
-        // The previous stream's handler was dropped mid-write (the client vanished): reconcile.
-        checkpoint(ctx, &row, session).await?;
-    }
-    if offset != session.received {
-        return Err(Error::FailedPrecondition(format!(
-            "upload {} continues at offset {}, not {offset}",
-            row.id, session.received
-        )));
-    }
-    let limit = row.declared_size.map_or(ctx.file_limits.max_file_size, |s| s as u64);
-    let receiving = std::time::Instant::now();
-    loop {
+    let mut s = Session { held, writer, hashes, received: committed, recorded: committed, recorded_at: Instant::now() };
+    // Recorded at once: a new multipart upload or staging file is known to any instance before a
+    // byte goes to it.
+    s.record(ctx, committed, Hold::Renew(ctx.now() + ctx.run_lease())).await?;
+    let row = s.held.row.clone();
+    let limit = row.declared_size.map_or(ctx.file_limits.max_file_size, |n| n as u64);
+    let ended = loop {
+        // Bytes not yet recorded (a part still in flight, or the client pausing): recorded on time
+        // even when no chunk follows.
+        let due = tokio::time::sleep_until((s.recorded_at + PROGRESS_EVERY).into());
         let next = tokio::select! {
             biased;
             // Shutting down: keep what is durable and let the client continue elsewhere or later,
             // rather than holding the drain for as long as a slow client takes.
-            _ = ctx.closing.cancelled() => {
-                let committed = checkpoint(ctx, &row, session).await?;
-                tracing::info!(upload = %row.id, committed, "upload stream stopped by shutdown; resumable");
-                return Err(object_err(objects::Error::Cancelled));
-            }
+            _ = ctx.closing.cancelled() => break Ended::Shutdown,
+            _ = gone.cancelled() => break Ended::Gone("the call was cancelled or its deadline passed".into()),
             next = chunks.next() => next,
+            _ = due, if s.received > s.recorded => {
+                s.record_durable(ctx).await?;
+                continue;
+            }
         };
         match next {
             Some(Ok(chunk)) => {
-                if session.received + chunk.len() as u64 > limit {
-                    let why = if row.declared_size.is_some() {
+                if s.received + chunk.len() as u64 > limit {
+                    break Ended::TooLong(if row.declared_size.is_some() {
                         Error::DataLoss(format!("upload {} sent more than its declared {limit} bytes", row.id))
                     } else {
                         bad(format!("file exceeds the limit of {limit} bytes"))
-                    };
-                    return fail(ctx, &row, guard.take(), why).await;
+                    });
                 }
-                if let Err(e) = session.write(chunk).await {
-                    // Keep what is durable; the client resumes from there.
-                    checkpoint(ctx, &row, session).await?;
-                    return Err(object_err(e));
+                if let Err(e) = s.write(chunk).await {
+                    break Ended::Store(e);
+                }
+                if s.recorded_at.elapsed() >= PROGRESS_EVERY {
+                    s.record_durable(ctx).await?;
                 }
             }
-            Some(Err(StreamEnd::Invalid(msg))) => {
-                checkpoint(ctx, &row, session).await?;
-                return Err(bad(msg));
-            }
-            Some(Err(StreamEnd::Disconnected(why))) => {
-                let committed = checkpoint(ctx, &row, session).await?;
-                tracing::info!(upload = %row.id, committed, reason = %why, "upload stream ended early; resumable");
-                return Err(Error::Cancelled(format!("upload {} interrupted at {committed} bytes: {why}", row.id)));
-            }
-            None => break,
+            Some(Err(StreamEnd::Invalid(msg))) => break Ended::Invalid(msg),
+            Some(Err(StreamEnd::Disconnected(why))) => break Ended::Gone(why),
+            // A clean end seen after the call was dropped may be the transport's reset of it.
+            None if gone.is_cancelled() => break Ended::Gone("the call was cancelled or its deadline passed".into()),
+            None => break Ended::Complete,
         }
+    };
+    match ended {
+        Ended::Complete => match row.declared_size {
+            Some(declared) if s.received < declared as u64 => {
+                // Short of the declared size: progress, not failure (as in the tus protocol).
+                let committed = s.checkpoint(ctx).await?;
+                tracing::info!(upload = %row.id, committed, declared, "upload stream ended before its declared size; resumable");
+                Err(Error::UploadIncomplete { id: row.id.clone(), committed, declared: declared as u64 })
+            }
+            _ => finish(ctx, s).await,
+        },
+        Ended::Gone(why) => {
+            let committed = s.checkpoint(ctx).await?;
+            tracing::info!(upload = %row.id, committed, reason = %why, "upload stream ended early; resumable");
+            Err(Error::Cancelled(format!("upload {} interrupted at {committed} bytes: {why}", row.id)))
+        }
+        Ended::Shutdown => {
+            let committed = s.checkpoint(ctx).await?;
+            tracing::info!(upload = %row.id, committed, "upload stream stopped by shutdown; resumable");
+            Err(object_err(objects::Error::Cancelled))
+        }
+        Ended::Invalid(msg) => {
+            s.checkpoint(ctx).await?;
+            Err(bad(msg))
+        }
+        Ended::Store(e) => {
+            // Keep what is durable; the client resumes from there.
+            s.checkpoint(ctx).await?;
+            Err(object_err(e))
+        }
+        Ended::TooLong(why) => fail(ctx, s, why).await,
     }
-    let session = guard.take().expect("present");
-    tracing::debug!(upload = %row.id, bytes = session.received, elapsed = ?receiving.elapsed(), "upload stream received");
-    let result = finish(ctx, &row, session).await;
-    ctx.uploads.remove(&row.id);
-    result
+}
+
+fn wrong_offset(id: &str, committed: u64, offset: u64) -> Error {
+    Error::FailedPrecondition(format!("upload {id} continues at offset {committed}, not {offset}"))
+}
+
+async fn load_row(ctx: &Context, id: &str) -> Result<Option<UploadRow>> {
+    let mut conn = ctx.db.write().await?;
+    Ok(store::get_upload(&mut conn, id).await?)
 }
 
 async fn load_open(ctx: &Context, id: &str) -> Result<UploadRow> {
-    let mut conn = ctx.db.write().await?;
-    let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
+    let row = load_row(ctx, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
     match row.state {
         UploadState::Open if row.expires_at < ctx.now() => {
             Err(Error::FailedPrecondition(format!("upload {id} expired; start a new one")))
@@ -348,46 +523,49 @@ async fn load_open(ctx: &Context, id: &str) -> Result<UploadRow> {
     }
 }
 
-async fn checkpoint(ctx: &Context, row: &UploadRow, session: &mut Session) -> Result<u64> {
-    let committed = session.writer.checkpoint().await.map_err(object_err)?;
-    session.rewind_to(committed).await;
+/// Fails the upload for good, if this stream still holds it: the row is marked failed, then its
+/// data discarded.
+async fn fail<T>(ctx: &Context, s: Session, why: Error) -> Result<T> {
     let mut conn = ctx.db.write().await?;
-    store::record_progress(&mut conn, &row.id, committed as i64, &session.writer.resume_token(), ctx.now()).await?;
-    Ok(committed)
-}
-
-/// Fails the upload for good: the writer is aborted and the row marked failed.
-async fn fail<T>(ctx: &Context, row: &UploadRow, session: Option<Session>, why: Error) -> Result<T> {
-    if let Some(s) = session
-        && let Err(e) = s.writer.abort().await
-    {
-        tracing::warn!(upload = %row.id, error = %e, "aborting the upload's object failed; reconciliation will remove it");
+    let failed =
+        store::fail_upload(&mut conn, s.held.id(), s.held.generation, &ctx.instance_id, &why.to_string(), ctx.now())
+            .await?;
+    drop(conn);
+    if !failed {
+        return Err(s.taken_over());
     }
-    ctx.uploads.remove(&row.id);
-    let mut conn = ctx.db.write().await?;
-    store::fail_upload(&mut conn, &row.id, &why.to_string(), ctx.now()).await?;
+    let id = s.held.row.id.clone();
+    if let Err(e) = s.writer.abort().await {
+        tracing::warn!(upload = %id, error = %e, "discarding a failed upload's data failed");
+    }
     Err(why)
 }
 
-async fn finish(ctx: &Context, row: &UploadRow, mut session: Session) -> Result<File> {
-    let size = session.received;
-    if let Some(declared) = row.declared_size
-        && declared as u64 != size
-    {
-        let why = Error::DataLoss(format!("upload {} received {size} bytes, declared {declared}", row.id));
-        return fail(ctx, row, Some(session), why).await;
-    }
-    let (blake3, sha256) = session.digests().await;
+async fn finish(ctx: &Context, mut s: Session) -> Result<File> {
+    let row = s.held.row.clone();
+    let size = s.received;
+    let fresh = Stage::new(Hashes::new(false), 0);
+    let h = std::mem::replace(&mut s.hashes, fresh).finish().await;
+    let (blake3, sha256) = (h.blake3.finalize().to_hex().to_string(), h.sha256.map(|s| hex::encode(s.finalize())));
     // A declared SHA-256 is never left unchecked: one not computed fails like a wrong one.
     if let Some(declared) = &row.declared_sha256
         && sha256.as_ref() != Some(declared)
     {
         let actual = sha256.as_deref().unwrap_or("not computed");
         let why = Error::DataLoss(format!("upload {}: SHA-256 is {actual}, declared {declared}", row.id));
-        return fail(ctx, row, Some(session), why).await;
+        return fail(ctx, s, why).await;
     }
-    let finishing = std::time::Instant::now();
-    let written = session.writer.finish().await.map_err(object_err)?;
+    // Still ours, with a whole lease ahead for publishing: no other stream may publish meanwhile.
+    let mut conn = ctx.db.write().await?;
+    let lease = ctx.now() + ctx.run_lease();
+    let held = store::renew_upload(&mut conn, &row.id, s.held.generation, &ctx.instance_id, lease).await?;
+    drop(conn);
+    if !held {
+        return Err(s.taken_over());
+    }
+    let finishing = Instant::now();
+    let (generation, taken_over) = (s.held.generation, s.taken_over());
+    let written = s.writer.finish().await.map_err(object_err)?;
     tracing::debug!(upload = %row.id, elapsed = ?finishing.elapsed(), "object published");
     debug_assert_eq!(written, size);
     let file = FileRow {
@@ -403,14 +581,12 @@ async fn finish(ctx: &Context, row: &UploadRow, mut session: Session) -> Result<
         lost: false,
     };
     let mut conn = ctx.db.write().await?;
-    let key = match store::complete_upload(&mut conn, &row.id, &row.object_key, &file, ctx.now()).await {
-        Ok(k) => k,
-        Err(e) => {
-            // Not recorded: the object must not linger.
-            let _ = ctx.objects.delete(&row.object_key, &ctx.background).await;
-            return Err(e.into());
-        }
-    };
+    // Not recorded (an error, or another stream took over): the object stays where it is, since
+    // the upload may still be completed to that key; reconciliation removes it if it never is.
+    let key =
+        store::complete_upload(&mut conn, &row.id, generation, &ctx.instance_id, &row.object_key, &file, ctx.now())
+            .await?
+            .ok_or(taken_over)?;
     drop(conn);
     if key != row.object_key {
         // Identical content was stored already: keep one copy.
@@ -422,9 +598,9 @@ async fn finish(ctx: &Context, row: &UploadRow, mut session: Session) -> Result<
     Ok(file.into())
 }
 
-/// Expires open uploads past their expiry: their unfinished objects are discarded and they are
-/// marked failed. Uploads a stream is writing right now are left to the next round. Returns how
-/// many expired.
+/// Expires open uploads whose last progress is older than the expiry and that no stream holds:
+/// each is claimed like a stream would (fencing any late writer), its data discarded, and it is
+/// marked failed. Returns how many expired.
 pub async fn expire_uploads(ctx: &Context) -> Result<usize> {
     /// Uploads handled per round: keeps each round short.
     const BATCH: i64 = 100;
@@ -433,26 +609,28 @@ pub async fn expire_uploads(ctx: &Context) -> Result<usize> {
     drop(conn);
     let mut expired = 0;
     for row in rows {
-        let session = match ctx.uploads.existing(&row.id) {
-            Some(slot) => match slot.try_lock() {
-                Ok(mut guard) => guard.take(),
-                Err(_) => continue,
-            },
-            None => None,
-        };
-        let discarded = match session {
-            Some(s) => s.writer.abort().await,
-            None => ctx.objects.abort_orphan(&row.object_key, &row.writer_token, &ctx.background).await,
-        };
-        if let Err(e) = discarded {
-            tracing::warn!(upload = %row.id, error = %e, "discarding an expired upload's data failed; retrying next round");
+        let now = ctx.now();
+        let mut conn = ctx.db.write().await?;
+        if !store::claim_upload(&mut conn, &row.id, row.generation, &ctx.instance_id, now, now + ctx.run_lease())
+            .await?
+        {
+            // A stream claimed it meanwhile: it is alive.
             continue;
         }
-        ctx.uploads.remove(&row.id);
+        drop(conn);
+        let state = serde_json::from_str(&row.store_state).unwrap_or_default();
+        if let Err(e) = ctx.objects.discard(&row.object_key, &state, &row.writer_token).await {
+            // Still claimed by this instance: retried once the claim lapses.
+            tracing::warn!(upload = %row.id, error = %e, "discarding an expired upload's data failed; retrying later");
+            continue;
+        }
         let mut conn = ctx.db.write().await?;
-        store::fail_upload(&mut conn, &row.id, "expired before it was completed", ctx.now()).await?;
-        expired += 1;
-        tracing::info!(upload = %row.id, "upload expired");
+        let generation = row.generation + 1;
+        let reason = "expired before it was completed";
+        if store::fail_upload(&mut conn, &row.id, generation, &ctx.instance_id, reason, ctx.now()).await? {
+            expired += 1;
+            tracing::info!(upload = %row.id, "upload expired");
+        }
     }
     Ok(expired)
 }
