@@ -4,9 +4,15 @@
 //! straight to one instance in the same run:
 //! - unary calls (GetInfo) with `h2load`: through HAProxy vs straight (target ≥ 0.7×);
 //! - 1 GiB uploads to S3 through the SDK: through HAProxy vs straight (target ≥ 0.9×);
+//! - 2 000 uploads of 64 KiB, 16 at a time, through HAProxy to S3 vs aws-sdk-s3 PutObject of the
+//!   same bytes, 16 at a time, straight to the same S3 server (target ≥ 0.5× files/s);
+//! - continuing an upload on another instance at 900 MiB of 1 GiB vs at 100 MiB: the time until
+//!   the continuation's first bytes are accepted and recorded (target ≤ 1.5×: cost independent
+//!   of the offset);
 //!
-//! and prints, without a target, how long after SIGTERM the stopping instance still got calls
-//! (drain noticed by HAProxy) and how long a dead blob-migration runner takes to be replaced.
+//! and prints, without a target, how long after a cancel the committed offset is visible on
+//! another instance, how long after SIGTERM the stopping instance still got calls (drain noticed
+//! by HAProxy) and how long a dead blob-migration runner takes to be replaced.
 
 use std::{
     path::Path,
@@ -211,6 +217,42 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
         pass(r >= 0.9)
     );
 
+    // --- many small uploads through HAProxy vs PutObject straight to S3 ---
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let (p, d) = if round % 2 == 0 {
+            let p = small_uploads(&through).await?;
+            (p, small_puts(&s3).await?)
+        } else {
+            let d = small_puts(&s3).await?;
+            (small_uploads(&through).await?, d)
+        };
+        println!(
+            "  {SMALL_FILES} uploads of 64 KiB, {SMALL_CONCURRENCY} at a time, round {}: through HAProxy {p:.0} files/s vs PutObject straight to S3 {d:.0} files/s → {:.2}",
+            round + 1,
+            p / d
+        );
+        ratios.push(p / d);
+    }
+    let r = median(ratios);
+    all &= r >= 0.5;
+    println!(
+        "small uploads through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.5) {}",
+        pass(r >= 0.5)
+    );
+
+    // --- continuing an upload on another instance: cost independent of the offset ---
+    let (near, far, visible) = resume_offsets(&procs, rounds).await?;
+    let r = far / near;
+    all &= r <= 1.5;
+    println!(
+        "continuing on another instance at 900 MiB vs at 100 MiB of 1 GiB: {:.1} ms vs {:.1} ms to the first bytes accepted and recorded → {r:.2} (target ≤ 1.5) {}",
+        far * 1e3,
+        near * 1e3,
+        pass(r <= 1.5)
+    );
+    println!("cancel → committed offset visible on another instance: median {:.0} ms", visible * 1e3);
+
     // --- drain: SIGTERM one instance under a steady call rate through HAProxy ---
     let stopping = instance_of(&procs[2].url()).await?;
     let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
@@ -299,6 +341,186 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     drop(procs);
     println!("{}", if all { "ALL PASS" } else { "SOME FAILED" });
     Ok(())
+}
+
+/// Small uploads measured, and how many at a time.
+const SMALL_FILES: usize = 2_000;
+const SMALL_CONCURRENCY: usize = 16;
+const SMALL_SIZE: usize = 64 << 10;
+
+/// Distinct 64 KiB files (distinct content: no upload is deduplicated against another).
+fn small_file(i: usize) -> bytes::Bytes {
+    let mut b = vec![0u8; SMALL_SIZE];
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for chunk in b.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    bytes::Bytes::from(b)
+}
+
+/// Files per second: [`SMALL_FILES`] uploads with the SDK (header and bytes in one stream, the
+/// size declared), [`SMALL_CONCURRENCY`] at a time; the files are deleted afterwards.
+async fn small_uploads(c: &Client) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    let files: Vec<bytes::Bytes> = (0..SMALL_FILES).map(small_file).collect();
+    let t = Instant::now();
+    let ids: Vec<String> = futures::stream::iter(files.into_iter().enumerate())
+        .map(|(i, data)| async move {
+            let f = c.upload_bytes(&UploadOptions::default(), &format!("small-{i}.bin"), data).await?;
+            anyhow::Ok(f.id)
+        })
+        .buffer_unordered(SMALL_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let rate = SMALL_FILES as f64 / t.elapsed().as_secs_f64();
+    futures::stream::iter(ids)
+        .for_each_concurrent(SMALL_CONCURRENCY, |id| async move {
+            let _ = c.delete_file(&id).await;
+        })
+        .await;
+    Ok(rate)
+}
+
+/// Files per second: the same files stored with aws-sdk-s3 PutObject straight to the S3 server,
+/// [`SMALL_CONCURRENCY`] at a time, payload signing off as strata's.
+async fn small_puts(s3: &S3Server) -> anyhow::Result<f64> {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
+    use futures::StreamExt as _;
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            strata_tests::s3::ACCESS_KEY,
+            strata_tests::s3::SECRET_KEY,
+            None,
+            None,
+            "bench",
+        ))
+        .force_path_style(true)
+        .endpoint_url(format!("http://{}", s3.addr))
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .build();
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    let files: Vec<bytes::Bytes> = (0..SMALL_FILES).map(small_file).collect();
+    let t = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(files.into_iter().enumerate())
+        .map(|(i, data)| {
+            let client = client.clone();
+            async move {
+                client
+                    .put_object()
+                    .bucket(&s3.bucket)
+                    .key(format!("baseline/small-{i}"))
+                    .content_length(data.len() as i64)
+                    .body(aws_sdk_s3::primitives::ByteStream::from(data))
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(SMALL_CONCURRENCY)
+        .collect()
+        .await;
+    let rate = SMALL_FILES as f64 / t.elapsed().as_secs_f64();
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(rate)
+}
+
+/// Streams the first `n` bytes of `data` into upload `id` and ends the stream, short of the
+/// declared size: answered UPLOAD_INCOMPLETE once they are recorded.
+async fn send_short(client: &Client, id: &str, data: &bytes::Bytes, n: usize) -> anyhow::Result<u64> {
+    let chunks: Vec<bytes::Bytes> = (0..n).step_by(1 << 20).map(|a| data.slice(a..(a + (1 << 20)).min(n))).collect();
+    match client.resume_upload(id, 0, futures::stream::iter(chunks)).await {
+        Err(strata_client::Error::Status(s)) => {
+            strata_client::incomplete_upload_offset(&s).with_context(|| format!("a short stream was answered {s:?}"))
+        }
+        other => bail!("a short stream was answered {other:?}"),
+    }
+}
+
+/// Milliseconds from cancelling a call mid-stream (the connection stays open) to another instance
+/// reporting the offset its checkpoint recorded: a stream sends `data` to `writer`, is cancelled
+/// once half is recorded, and `other` is asked until the offset moves past the last one it saw.
+async fn cancel_to_visible(writer: &Client, other: &Client, data: &bytes::Bytes) -> anyhow::Result<f64> {
+    let id = writer.create_upload(&UploadOptions::default(), "cancelled.bin", Some(data.len() as u64)).await?;
+    let chunks: Vec<bytes::Bytes> = (0..data.len()).step_by(1 << 20).map(|a| data.slice(a..a + (1 << 20))).collect();
+    let (c, i) = (writer.clone(), id.clone());
+    let call = tokio::spawn(async move { c.resume_upload(&i, 0, futures::stream::iter(chunks)).await });
+    let t0 = Instant::now();
+    let seen = loop {
+        let s = other.upload_status(&id).await?.committed_offset;
+        if s as usize >= data.len() / 2 {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("no progress recorded");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    call.abort();
+    let cancelled = Instant::now();
+    loop {
+        if other.upload_status(&id).await?.committed_offset != seen {
+            return Ok(cancelled.elapsed().as_secs_f64());
+        }
+        if cancelled.elapsed() > Duration::from_secs(10) {
+            bail!("the checkpoint after a cancel never became visible");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Two 1 GiB uploads are written through the first instance to 100 MiB and to 900 MiB (streams
+/// that end short); then each is continued `rounds` × 2 times on the other instances, in turn, by
+/// a stream of one MiB that ends short (answered once the MiB is recorded). Returns the median
+/// seconds of a continuation at 100 MiB and at 900 MiB, and the median milliseconds from a
+/// cancel to the offset being visible on another instance.
+async fn resume_offsets(procs: &[ServerProcess], rounds: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let size = 1usize << 30;
+    let mut data = vec![0u8; size];
+    let mut x = 0x5eed_u64;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    let data = bytes::Bytes::from(data);
+    let writer = procs[0].client().await;
+    let others = [procs[1].client().await, procs[2].client().await];
+    let mut visible = Vec::new();
+    for round in 0..rounds {
+        visible.push(cancel_to_visible(&writer, &others[round % 2], &data.slice(..256 << 20)).await?);
+    }
+    let mut uploads = Vec::new();
+    for mib in [100, 900] {
+        let id = writer.create_upload(&UploadOptions::default(), "resumed.bin", Some(size as u64)).await?;
+        send_short(&writer, &id, &data, mib << 20).await?;
+        uploads.push(id);
+    }
+    let (mut near, mut far) = (Vec::new(), Vec::new());
+    for round in 0..rounds * 2 {
+        for (i, id) in uploads.iter().enumerate() {
+            let c = &others[round % 2];
+            let at = c.upload_status(id).await?.committed_offset as usize;
+            let chunk = data.slice(at..at + (1 << 20));
+            let t = Instant::now();
+            match c.resume_upload(id, at as u64, futures::stream::iter([chunk])).await {
+                Err(strata_client::Error::Status(s)) if strata_client::incomplete_upload_offset(&s).is_some() => {}
+                other => bail!("a short continuation was answered {other:?}"),
+            }
+            let took = t.elapsed().as_secs_f64();
+            if i == 0 { near.push(took) } else { far.push(took) }
+        }
+    }
+    Ok((median(near), median(far), median(visible)))
 }
 
 /// The instance id a server puts in the `x-strata-instance` header of its answers.

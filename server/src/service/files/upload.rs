@@ -233,9 +233,11 @@ async fn open_writer(ctx: &Context, held: &Held) -> Result<(ObjectWriter, Stage,
     let (state, hashes, committed) = match recorded {
         (Some(bytes), Ok(state)) if row.committed_offset > 0 => {
             let committed = row.committed_offset as u64;
-            let hashes = Hashes::from_bytes(bytes)
-                .filter(|h| h.len() == committed && h.sha256.is_some() == sha256)
-                .ok_or_else(|| Error::DataLoss(format!("upload {}: its recorded hash state is unreadable", row.id)))?;
+            let Some(hashes) =
+                Hashes::from_bytes(bytes).filter(|h| h.len() == committed && h.sha256.is_some() == sha256)
+            else {
+                return cannot_continue(ctx, held, "its recorded hash state is unreadable").await;
+            };
             (state, hashes, committed)
         }
         (_, Ok(state)) if row.committed_offset == 0 => (state, Hashes::new(sha256), 0),
@@ -251,16 +253,19 @@ async fn open_writer(ctx: &Context, held: &Held) -> Result<(ObjectWriter, Stage,
     };
     let writer = match ctx.objects.resume_write(&row.object_key, &state, committed, how, size, &ctx.closing).await {
         Ok(w) => w,
-        Err(objects::Error::BadState(why)) => {
-            let why = Error::DataLoss(format!("upload {} cannot continue ({why}); start a new one", row.id));
-            let mut conn = ctx.db.write().await?;
-            store::fail_upload(&mut conn, held.id(), held.generation, &ctx.instance_id, &why.to_string(), ctx.now())
-                .await?;
-            return Err(why);
-        }
+        Err(objects::Error::BadState(why)) => return cannot_continue(ctx, held, &why).await,
         Err(e) => return Err(object_err(e)),
     };
     Ok((writer, Stage::new(hashes, committed), committed))
+}
+
+/// Fails a claimed upload whose recorded state cannot be continued (DATA_LOSS: start a new one).
+async fn cannot_continue<T>(ctx: &Context, held: &Held, why: &str) -> Result<T> {
+    let why = Error::DataLoss(format!("upload {} cannot continue ({why}); start a new one", held.id()));
+    tracing::error!(upload = %held.id(), error = %why, "an upload's recorded state cannot be continued");
+    let mut conn = ctx.db.write().await?;
+    store::fail_upload(&mut conn, held.id(), held.generation, &ctx.instance_id, &why.to_string(), ctx.now()).await?;
+    Err(why)
 }
 
 fn size_hint(ctx: &Context, row: &UploadRow) -> SizeHint {
