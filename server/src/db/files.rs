@@ -203,6 +203,11 @@ pub async fn insert_upload(conn: &mut Conn, u: &UploadRow) -> Result<()> {
                 t::created_at.eq(u.created_at),
                 t::updated_at.eq(u.updated_at),
                 t::expires_at.eq(u.expires_at),
+                t::generation.eq(u.generation),
+                t::writer.eq(&u.writer),
+                t::lease_until.eq(u.lease_until),
+                t::store_state.eq(&u.store_state),
+                t::hash_state.eq(&u.hash_state),
             ))
             .execute(conn)
             .await?;

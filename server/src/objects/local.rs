@@ -262,6 +262,13 @@ impl LocalStore {
     }
 }
 
+/// The first writer's staging file name beside a fenced writer's `file` (`K.g7.part` → `K.part`).
+fn first_staging_name(file: &str) -> Option<String> {
+    let stem = file.strip_suffix(".part")?;
+    let (base, generation) = stem.rsplit_once(".g")?;
+    generation.bytes().all(|b| b.is_ascii_digit()).then(|| format!("{base}.part"))
+}
+
 async fn remove_if_there(path: &Path) -> Result<()> {
     match fs::remove_file(path).await {
         Ok(()) => Ok(()),
@@ -468,8 +475,11 @@ impl LocalWriter {
         fs::create_dir_all(&parent).await.map_err(io(&parent))?;
         let published = if self.earlier.is_empty() { self.staging.clone() } else { self.assemble(n).await? };
         fs::rename(&published, &self.target).await.map_err(io(&self.target))?;
-        for seg in &self.earlier {
-            if let Err(e) = remove_if_there(&self.root.join(STAGING).join(&seg.file)).await {
+        // The earlier writers' files; and the first writer's, which a writer that died before it
+        // recorded anything may have left unrecorded.
+        let first = first_staging_name(&self.current.file).filter(|f| self.earlier.iter().all(|s| s.file != *f));
+        for name in self.earlier.iter().map(|s| s.file.as_str()).chain(first.as_deref()) {
+            if let Err(e) = remove_if_there(&self.root.join(STAGING).join(name)).await {
                 tracing::warn!(error = %e, "removing a staging file failed");
             }
         }

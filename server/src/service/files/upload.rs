@@ -64,6 +64,12 @@ fn expiry(ctx: &Context) -> chrono::Duration {
 
 /// Creates an open upload for `header`; returns its status.
 pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadStatus> {
+    Ok(status_of(&insert_upload(ctx, header, false).await?))
+}
+
+/// Stores a new open upload; `held`: already held by this instance's stream (generation 1, a
+/// lease), which saves a new stream's claim its round trips.
+async fn insert_upload(ctx: &Context, header: FileHeader, held: bool) -> Result<UploadRow> {
     let id = new_id();
     let t = ctx.now();
     let row = UploadRow {
@@ -83,15 +89,15 @@ pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadSt
         created_at: t,
         updated_at: t,
         expires_at: t + expiry(ctx),
-        generation: 0,
-        writer: String::new(),
-        lease_until: None,
+        generation: i64::from(held),
+        writer: if held { ctx.instance_id.clone() } else { String::new() },
+        lease_until: held.then(|| t + ctx.run_lease()),
         store_state: String::new(),
         hash_state: None,
     };
     let mut conn = ctx.db.write().await?;
     store::insert_upload(&mut conn, &row).await?;
-    Ok(status_of(&row))
+    Ok(row)
 }
 
 /// The offset an upload continues at. An upload a previous release left mid-way has no hash
@@ -158,18 +164,21 @@ pub async fn upload<S>(ctx: &Context, start: UploadStart, chunks: S) -> Result<F
 where
     S: Stream<Item = Result<Bytes, StreamEnd>> + Send + Unpin + 'static,
 {
-    let (id, offset) = match start {
-        UploadStart::New(header) => (create_upload(ctx, header).await?.id, 0),
+    let (id, offset, held) = match start {
+        UploadStart::New(header) => {
+            let row = insert_upload(ctx, header, true).await?;
+            (row.id.clone(), 0, Some(Held { generation: row.generation, fenced: false, row }))
+        }
         UploadStart::Resume { id, offset } => {
             check_id("upload id", &id)?;
-            (id, offset)
+            (id, offset, None)
         }
     };
     let caller_gone = CancellationToken::new();
     let _gone_on_drop = caller_gone.clone().drop_guard();
     let task_ctx = ctx.clone();
     // Tracked: a stopping server waits for the checkpoint.
-    let task = ctx.tasks.spawn(async move { receive(&task_ctx, &id, offset, chunks, caller_gone).await });
+    let task = ctx.tasks.spawn(async move { receive(&task_ctx, &id, offset, held, chunks, caller_gone).await });
     match task.await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -398,19 +407,33 @@ enum Ended {
     Store(objects::Error),
 }
 
-async fn receive<S>(ctx: &Context, id: &str, offset: u64, mut chunks: S, gone: CancellationToken) -> Result<File>
+/// Receives the stream of upload `id` from `offset`; `held`: a new upload this stream holds
+/// already.
+async fn receive<S>(
+    ctx: &Context,
+    id: &str,
+    offset: u64,
+    held: Option<Held>,
+    mut chunks: S,
+    gone: CancellationToken,
+) -> Result<File>
 where
     S: Stream<Item = Result<Bytes, StreamEnd>> + Unpin,
 {
-    if let Some(row) = load_row(ctx, id).await?
-        && row.state == UploadState::Open
-        && resumable_offset(&row) != offset
-        && (row.writer.is_empty() || row.lease_until.is_none_or(|t| t < ctx.now()))
-    {
-        // Refused before claiming anything; a held upload's offset is checked once it is ours.
-        return Err(wrong_offset(id, resumable_offset(&row), offset));
-    }
-    let held = claim(ctx, id, &gone).await?;
+    let held = match held {
+        Some(h) => h,
+        None => {
+            if let Some(row) = load_row(ctx, id).await?
+                && row.state == UploadState::Open
+                && resumable_offset(&row) != offset
+                && (row.writer.is_empty() || row.lease_until.is_none_or(|t| t < ctx.now()))
+            {
+                // Refused before claiming anything; a held upload's offset is checked once ours.
+                return Err(wrong_offset(id, resumable_offset(&row), offset));
+            }
+            claim(ctx, id, &gone).await?
+        }
+    };
     let (writer, hashes, committed) = match open_writer(ctx, &held).await {
         Ok(w) => w,
         Err(e @ Error::DataLoss(_)) => return Err(e),
@@ -424,9 +447,17 @@ where
         return Err(wrong_offset(id, committed, offset));
     }
     let mut s = Session { held, writer, hashes, received: committed, recorded: committed, recorded_at: Instant::now() };
-    // Recorded at once: a new multipart upload or staging file is known to any instance before a
-    // byte goes to it.
-    s.record(ctx, committed, Hold::Renew(ctx.now() + ctx.run_lease())).await?;
+    // Recorded at once when it is new to the catalog — a multipart upload, a fenced staging file —
+    // so that any instance knows it before a byte goes to it. (A first staging file and a small
+    // S3 object are found by the key alone.)
+    let recorded: WriteState = serde_json::from_str(&s.held.row.store_state).unwrap_or_default();
+    let first_local =
+        matches!(s.writer.state(), WriteState::Local { ref segments } if segments.len() == 1 && segments[0].start == 0);
+    if s.writer.state() != recorded
+        && !(committed == 0 && (first_local || s.writer.state() == WriteState::Empty) && !s.held.fenced)
+    {
+        s.record(ctx, committed, Hold::Renew(ctx.now() + ctx.run_lease())).await?;
+    }
     let row = s.held.row.clone();
     let limit = row.declared_size.map_or(ctx.file_limits.max_file_size, |n| n as u64);
     let ended = loop {
