@@ -172,7 +172,13 @@ fn files_starting(dir: &std::path::Path, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upload_cut_four_ways_continues_on_other_instances() {
     let s3 = S3Server::start("fleet").unwrap();
-    let mut f = fleet("fleetupload", 3, &s3.url(), &[]).await;
+    let mut f = fleet(
+        "fleetupload",
+        3,
+        &s3.url(),
+        &[("RUST_LOG", "warn,strata_server::service::files=debug,strata_server::objects=debug")],
+    )
+    .await;
     let data = Arc::new(pattern(200 * MIB, 5));
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data[..]));
     let via = connect(f.proxy.url()).await;
@@ -267,7 +273,14 @@ async fn an_upload_cut_four_ways_continues_on_other_instances() {
     // One object; no multipart upload or part left in the S3 server's storage.
     let objects = walk(&s3.root.join(&s3.bucket));
     assert_eq!(objects, ["blobs/".to_owned() + &id], "objects in the bucket");
-    assert_eq!(files_starting(&s3.root, ".upload_id-"), Vec::<String>::new(), "multipart leftovers");
+    let leftovers = files_starting(&s3.root, ".upload_id-");
+    if !leftovers.is_empty() {
+        for procs in &f.procs {
+            eprintln!("---- {}", procs.log());
+        }
+    }
+    assert_eq!(leftovers, Vec::<String>::new(), "multipart leftovers");
+    assert_eq!(files_starting(&s3.root, ".tmp"), Vec::<String>::new(), "parts being written");
     let report = client.reconcile_objects(false, Duration::ZERO).await.unwrap();
     assert!(report.orphan_object_keys.is_empty(), "orphans: {:?}", report.orphan_object_keys);
     assert!(report.lost_file_ids.is_empty());

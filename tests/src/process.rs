@@ -33,8 +33,9 @@ impl ServerProcess {
             .env("STRATA_LISTEN", addr.to_string())
             .env("STRATA_ADMIN_LISTEN", admin_addr.to_string())
             .env("STRATA_SHUTDOWN_DELAY", "0")
-            .envs(env.iter().copied())
+            // Before `env`, which may ask for more.
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log file"))
             .spawn()

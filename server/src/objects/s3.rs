@@ -208,10 +208,12 @@ impl S3Store {
         })
     }
 
-    /// The parts of multipart upload `upload_id` numbered from `after + 1` without a gap, as S3
-    /// lists them; none when listing fails (they are only completed so as not to be left behind).
-    async fn parts_after(&self, full: &str, upload_id: &str, after: i32) -> Vec<CompletedPart> {
-        let mut out = Vec::new();
+    /// The parts of multipart upload `upload_id` numbered past `after`, as S3 lists them, with
+    /// any gap among them filled by a part of zeros (a part finished while an earlier one was cut
+    /// off): completing them all leaves none behind. None when listing fails (they are completed
+    /// only so as not to be left behind).
+    async fn parts_after(&self, full: &str, upload_id: &str, after: i32, part_size: u64) -> Vec<CompletedPart> {
+        let mut found = BTreeMap::new();
         let mut marker = Some(after.to_string());
         while let Some(m) = marker.take() {
             let page = match self
@@ -227,19 +229,46 @@ impl S3Store {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::debug!(key = %full, error = %DisplayErrorContext(&e), "listing the parts of a taken-over upload failed");
-                    return out;
+                    return Vec::new();
                 }
             };
             for p in page.parts() {
-                let (Some(n), Some(etag)) = (p.part_number(), p.e_tag()) else { return out };
-                if n != after + out.len() as i32 + 1 {
-                    return out;
+                if let (Some(n), Some(etag)) = (p.part_number(), p.e_tag())
+                    && n > after
+                {
+                    found.insert(n, etag.to_owned());
                 }
-                out.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
             }
             if page.is_truncated() == Some(true) {
                 marker = page.next_part_number_marker().map(str::to_owned);
             }
+        }
+        let Some(&last) = found.keys().next_back() else { return Vec::new() };
+        let mut out = Vec::new();
+        for n in after + 1..=last {
+            let etag = match found.remove(&n) {
+                Some(e) => e,
+                None => {
+                    let filler = self
+                        .client
+                        .upload_part()
+                        .bucket(&*self.bucket)
+                        .key(full)
+                        .upload_id(upload_id)
+                        .part_number(n)
+                        .content_length(part_size as i64)
+                        .body(AwsBody::from(vec![0u8; part_size as usize]))
+                        .customize()
+                        .disable_payload_signing()
+                        .send()
+                        .await;
+                    match filler.ok().and_then(|o| o.e_tag().map(str::to_owned)) {
+                        Some(e) => e,
+                        None => return out,
+                    }
+                }
+            };
+            out.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
         }
         out
     }
@@ -292,7 +321,7 @@ impl S3Store {
         // not list, but some S3-compatible servers keep them as files for ever.
         let mut listed: Vec<CompletedPart> =
             parts.iter().map(|p| CompletedPart::builder().part_number(p.number).e_tag(&p.etag).build()).collect();
-        listed.extend(self.parts_after(&full, upload_id, parts.len() as i32).await);
+        listed.extend(self.parts_after(&full, upload_id, parts.len() as i32, part_size).await);
         match self
             .client
             .complete_multipart_upload()
