@@ -181,10 +181,11 @@ macro_rules! file_columns {
     };
 }
 
-/// Stores a new open upload.
-pub async fn insert_upload(conn: &mut Conn, u: &UploadRow) -> Result<()> {
-    db_run!(conn, {
-        use schema::uploads as t;
+/// Inside `db_run!`: inserts upload row `$u` on `$conn` with catalog module `$schema`.
+macro_rules! insert_upload_row {
+    ($conn:ident, $schema:ident, $u:expr) => {{
+        use $schema::uploads as t;
+        let u = $u;
         diesel::insert_into(t::table)
             .values((
                 t::id.eq(&u.id),
@@ -209,8 +210,15 @@ pub async fn insert_upload(conn: &mut Conn, u: &UploadRow) -> Result<()> {
                 t::store_state.eq(&u.store_state),
                 t::hash_state.eq(&u.hash_state),
             ))
-            .execute(conn)
+            .execute(&mut *$conn)
             .await?;
+    }};
+}
+
+/// Stores a new open upload.
+pub async fn insert_upload(conn: &mut Conn, u: &UploadRow) -> Result<()> {
+    db_run!(conn, {
+        insert_upload_row!(conn, schema, u);
     });
     Ok(())
 }
@@ -437,9 +445,12 @@ pub(crate) use record_file;
 /// `generation`: the upload is marked complete, the blob inserted or its reference count raised,
 /// and the file row inserted. Returns the object key that holds the content (another key than
 /// `object_key` means identical content existed and the caller's object is a redundant copy), or
-/// None when the writer no longer holds the upload (nothing changed).
+/// None when the writer no longer holds the upload (nothing changed). `new`: the upload's row,
+/// not stored before, is inserted first in the same transaction.
+#[expect(clippy::too_many_arguments, reason = "the compare-and-set's fields and the file")]
 pub async fn complete_upload(
     conn: &mut Conn,
+    new: Option<&UploadRow>,
     upload_id: &str,
     generation: i64,
     writer: &str,
@@ -450,6 +461,9 @@ pub async fn complete_upload(
     let key = db_run!(conn, {
         conn.transaction(async |conn| {
             use schema::uploads as u;
+            if let Some(r) = new {
+                insert_upload_row!(conn, schema, r);
+            }
             // The compare-and-set first (and the first write: see `delete_file`).
             let held = diesel::update(
                 u::table

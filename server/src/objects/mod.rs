@@ -208,6 +208,12 @@ impl ObjectStore {
         Ok(ObjectWriter { inner, cancel: cancel.clone() })
     }
 
+    /// Whether a write of exactly `size` bytes keeps nothing in the store until it finishes (one
+    /// PutObject on S3 for at most one part).
+    pub fn buffers_whole(&self, size: u64) -> bool {
+        matches!(self, Self::S3(s) if size <= s.part_size())
+    }
+
     /// Continues writing `key` from `committed`, the offset `state` was recorded at (by this or
     /// another process), as `how` says. `size` must be what the write was begun with.
     pub async fn resume_write(

@@ -70,9 +70,17 @@ pub async fn create_upload(ctx: &Context, header: FileHeader) -> Result<UploadSt
 /// Stores a new open upload; `held`: already held by this instance's stream (generation 1, a
 /// lease), which saves a new stream's claim its round trips.
 async fn insert_upload(ctx: &Context, header: FileHeader, held: bool) -> Result<UploadRow> {
+    let row = new_row(ctx, header, held);
+    let mut conn = ctx.db.write().await?;
+    store::insert_upload(&mut conn, &row).await?;
+    Ok(row)
+}
+
+/// A new open upload's row; `held`: by this instance's stream.
+fn new_row(ctx: &Context, header: FileHeader, held: bool) -> UploadRow {
     let id = new_id();
     let t = ctx.now();
-    let row = UploadRow {
+    UploadRow {
         object_key: format!("blobs/{id}"),
         id: id.clone(),
         name: header.name,
@@ -94,10 +102,7 @@ async fn insert_upload(ctx: &Context, header: FileHeader, held: bool) -> Result<
         lease_until: held.then(|| t + ctx.run_lease()),
         store_state: String::new(),
         hash_state: None,
-    };
-    let mut conn = ctx.db.write().await?;
-    store::insert_upload(&mut conn, &row).await?;
-    Ok(row)
+    }
 }
 
 /// The offset an upload continues at. An upload a previous release left mid-way has no hash
@@ -165,9 +170,17 @@ where
     S: Stream<Item = Result<Bytes, StreamEnd>> + Send + Unpin + 'static,
 {
     let (id, offset, held) = match start {
+        // An upload begun in the stream is unknown to its client until the stream's answer, so
+        // nobody else can continue it before that. A small one on S3 keeps nothing anywhere until
+        // its one PutObject, so its row is written only with its completion (one transaction
+        // instead of three); any other is recorded first, so that expiry finds what it leaves.
+        UploadStart::New(header) if header.size.is_some_and(|n| ctx.objects.buffers_whole(n)) => {
+            let row = new_row(ctx, header, true);
+            (row.id.clone(), 0, Some(Held { generation: row.generation, fenced: false, unrecorded: true, row }))
+        }
         UploadStart::New(header) => {
             let row = insert_upload(ctx, header, true).await?;
-            (row.id.clone(), 0, Some(Held { generation: row.generation, fenced: false, row }))
+            (row.id.clone(), 0, Some(Held { generation: row.generation, fenced: false, unrecorded: false, row }))
         }
         UploadStart::Resume { id, offset } => {
             check_id("upload id", &id)?;
@@ -191,6 +204,8 @@ struct Held {
     generation: i64,
     /// The previous writer never let go: this one writes fenced.
     fenced: bool,
+    /// The row is not in the catalog yet (a small new upload): the first record inserts it.
+    unrecorded: bool,
 }
 
 impl Held {
@@ -213,7 +228,7 @@ async fn claim(ctx: &Context, id: &str, gone: &CancellationToken) -> Result<Held
                 if fenced {
                     tracing::info!(upload = %id, previous = %row.writer, "taking over an upload whose writer did not let go");
                 }
-                return Ok(Held { generation: row.generation + 1, fenced, row });
+                return Ok(Held { generation: row.generation + 1, fenced, unrecorded: false, row });
             }
             // Another stream claimed it between the read and the claim: look again.
             continue;
@@ -361,6 +376,10 @@ impl Session {
             expires_at: now + expiry(ctx),
         };
         let mut conn = ctx.db.write().await?;
+        if self.held.unrecorded {
+            store::insert_upload(&mut conn, &self.held.row).await?;
+            self.held.unrecorded = false;
+        }
         let held =
             store::record_progress(&mut conn, self.held.id(), self.held.generation, &ctx.instance_id, &p, hold, now)
                 .await?;
@@ -562,6 +581,10 @@ async fn load_open(ctx: &Context, id: &str) -> Result<UploadRow> {
 /// Fails the upload for good, if this stream still holds it: the row is marked failed, then its
 /// data discarded.
 async fn fail<T>(ctx: &Context, s: Session, why: Error) -> Result<T> {
+    if s.held.unrecorded {
+        // Nothing of it is anywhere: its client learns why from this answer.
+        return Err(why);
+    }
     let mut conn = ctx.db.write().await?;
     let failed =
         store::fail_upload(&mut conn, s.held.id(), s.held.generation, &ctx.instance_id, &why.to_string(), ctx.now())
@@ -592,13 +615,17 @@ async fn finish(ctx: &Context, mut s: Session) -> Result<File> {
         return fail(ctx, s, why).await;
     }
     // Still ours, with a whole lease ahead for publishing: no other stream may publish meanwhile.
-    let mut conn = ctx.db.write().await?;
-    let lease = ctx.now() + ctx.run_lease();
-    let held = store::renew_upload(&mut conn, &row.id, s.held.generation, &ctx.instance_id, lease).await?;
-    drop(conn);
-    if !held {
-        return Err(s.taken_over());
+    // (An unrecorded upload is known to nobody else.)
+    if !s.held.unrecorded {
+        let mut conn = ctx.db.write().await?;
+        let lease = ctx.now() + ctx.run_lease();
+        let held = store::renew_upload(&mut conn, &row.id, s.held.generation, &ctx.instance_id, lease).await?;
+        drop(conn);
+        if !held {
+            return Err(s.taken_over());
+        }
     }
+    let unrecorded = s.held.unrecorded.then(|| row.clone());
     let finishing = Instant::now();
     let (generation, taken_over) = (s.held.generation, s.taken_over());
     let written = s.writer.finish().await.map_err(object_err)?;
@@ -619,10 +646,18 @@ async fn finish(ctx: &Context, mut s: Session) -> Result<File> {
     let mut conn = ctx.db.write().await?;
     // Not recorded (an error, or another stream took over): the object stays where it is, since
     // the upload may still be completed to that key; reconciliation removes it if it never is.
-    let key =
-        store::complete_upload(&mut conn, &row.id, generation, &ctx.instance_id, &row.object_key, &file, ctx.now())
-            .await?
-            .ok_or(taken_over)?;
+    let key = store::complete_upload(
+        &mut conn,
+        unrecorded.as_ref(),
+        &row.id,
+        generation,
+        &ctx.instance_id,
+        &row.object_key,
+        &file,
+        ctx.now(),
+    )
+    .await?
+    .ok_or(taken_over)?;
     drop(conn);
     if key != row.object_key {
         // Identical content was stored already: keep one copy.
