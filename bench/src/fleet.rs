@@ -446,8 +446,8 @@ async fn send_short(client: &Client, id: &str, data: &bytes::Bytes, n: usize) ->
 }
 
 /// Seconds from cancelling a call mid-stream (the connection stays open) to another instance
-/// reporting the offset its checkpoint recorded: a stream sends `data` to `writer`, is cancelled
-/// 300 ms after half is recorded (records come every second, so the next one is the
+/// reporting the offset its checkpoint recorded: a stream sends `data` (1 GiB) to `writer`, is
+/// cancelled 300 ms after 64 MiB are recorded (records come every second, so the next one is the
 /// checkpoint's), and `other` is asked until the offset moves past the last one it saw.
 async fn cancel_to_visible(writer: &Client, other: &Client, data: &bytes::Bytes) -> anyhow::Result<f64> {
     let id = writer.create_upload(&UploadOptions::default(), "cancelled.bin", Some(data.len() as u64)).await?;
@@ -457,7 +457,7 @@ async fn cancel_to_visible(writer: &Client, other: &Client, data: &bytes::Bytes)
     let t0 = Instant::now();
     let seen = loop {
         let s = other.upload_status(&id).await?.committed_offset;
-        if s as usize >= data.len() / 2 {
+        if s as usize >= 64 << 20 {
             break s;
         }
         if t0.elapsed() > Duration::from_secs(60) {
@@ -470,11 +470,13 @@ async fn cancel_to_visible(writer: &Client, other: &Client, data: &bytes::Bytes)
     call.abort();
     let cancelled = Instant::now();
     loop {
-        if other.upload_status(&id).await?.committed_offset != seen {
+        let now = other.upload_status(&id).await?;
+        if now.committed_offset != seen {
             return Ok(cancelled.elapsed().as_secs_f64());
         }
         if cancelled.elapsed() > Duration::from_secs(10) {
-            bail!("the checkpoint after a cancel never became visible");
+            let call = call.await;
+            bail!("the checkpoint after a cancel never became visible: {now:?}, seen {seen}; the call: {call:?}");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -500,7 +502,7 @@ async fn resume_offsets(procs: &[ServerProcess], rounds: usize) -> anyhow::Resul
     let others = [procs[1].client().await, procs[2].client().await];
     let mut visible = Vec::new();
     for round in 0..rounds {
-        visible.push(cancel_to_visible(&writer, &others[round % 2], &data.slice(..256 << 20)).await?);
+        visible.push(cancel_to_visible(&writer, &others[round % 2], &data).await?);
     }
     let mut uploads = Vec::new();
     for mib in [100, 900] {

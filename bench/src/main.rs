@@ -78,8 +78,11 @@ enum Command {
     /// A fleet of three `strata-server` processes behind HAProxy (HTTP/2, round-robin per call,
     /// checked on `/readyz`) on one PostgreSQL and one S3 server: GetInfo calls with `h2load`
     /// through HAProxy vs straight to one instance (≥ 0.7×), 1 GiB uploads to S3 through HAProxy
-    /// vs straight (≥ 0.9×); prints how long a SIGTERMed instance still gets calls (and that none
-    /// failed) and how long a SIGKILLed blob-migration runner takes to be replaced.
+    /// vs straight (≥ 0.9×), 2 000 uploads of 64 KiB through HAProxy vs PutObject straight to S3
+    /// (≥ 0.5× files/s), continuing an upload on another instance at 900 vs 100 MiB (≤ 1.5×);
+    /// prints how soon a cancelled upload's offset is visible elsewhere, how long a SIGTERMed
+    /// instance still gets calls (and that none failed) and how long a SIGKILLed blob-migration
+    /// runner takes to be replaced.
     Fleet {
         /// Upload size in MiB.
         #[arg(long, default_value_t = 1024)]
