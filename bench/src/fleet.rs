@@ -218,27 +218,40 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     );
 
     // --- many small uploads through HAProxy vs PutObject straight to S3 ---
-    let mut ratios = Vec::new();
+    let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let (p, d) = if round % 2 == 0 {
+        let ((p, pc), (d, dc)) = if round % 2 == 0 {
             let p = small_uploads(&through).await?;
             (p, small_puts(&s3).await?)
         } else {
             let d = small_puts(&s3).await?;
             (small_uploads(&through).await?, d)
         };
+        // As for unary calls: with every process on the same two cores, the CPU a file costs in
+        // all of them together bounds the rate each side can reach.
+        let (pf, df) = (pc.0 / (SMALL_FILES as f64), dc.0 / (SMALL_FILES as f64));
         println!(
-            "  {SMALL_FILES} uploads of 64 KiB, {SMALL_CONCURRENCY} at a time, round {}: through HAProxy {p:.0} files/s vs PutObject straight to S3 {d:.0} files/s → {:.2}",
+            "  {SMALL_FILES} uploads of 64 KiB, {SMALL_CONCURRENCY} at a time, round {}: through HAProxy {p:.0} files/s vs PutObject straight to S3 {d:.0} files/s → {:.2}; machine CPU per file {:.0} µs ({:.0} % busy) vs {:.0} µs ({:.0} % busy) → bound {:.2}",
             round + 1,
-            p / d
+            p / d,
+            pf * 1e6,
+            pc.1 * 100.0,
+            df * 1e6,
+            dc.1 * 100.0,
+            df / pf
         );
         ratios.push(p / d);
+        bounds.push(df / pf);
     }
-    let r = median(ratios);
+    let (r, bound) = (median(ratios), median(bounds));
     all &= r >= 0.5;
     println!(
         "small uploads through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.5) {}",
         pass(r >= 0.5)
+    );
+    println!(
+        "  on these 2 cores the machine's CPU per file bounds it at {bound:.2}: strata reaches {:.0} % of that bound",
+        100.0 * r / bound
     );
 
     // --- continuing an upload on another instance: cost independent of the offset ---
@@ -343,6 +356,24 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     Ok(())
 }
 
+/// Busy CPU seconds of the whole machine so far (all cores; `/proc/stat`), and the total.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| f.get(*i)).sum::<f64>();
+    let total = busy + f.get(3).unwrap_or(&0.0) + f.get(4).unwrap_or(&0.0);
+    (busy / 100.0, total / 100.0)
+}
+
+/// Busy CPU seconds of the machine between two [`machine_jiffies`] readings, and the busy
+/// fraction of all cores.
+fn machine_cpu(before: (f64, f64), after: (f64, f64)) -> (f64, f64) {
+    let busy = after.0 - before.0;
+    (busy, busy / (after.1 - before.1).max(1e-9))
+}
+
 /// Small uploads measured, and how many at a time.
 const SMALL_FILES: usize = 2_000;
 const SMALL_CONCURRENCY: usize = 16;
@@ -362,10 +393,12 @@ fn small_file(i: usize) -> bytes::Bytes {
 }
 
 /// Files per second: [`SMALL_FILES`] uploads with the SDK (header and bytes in one stream, the
-/// size declared), [`SMALL_CONCURRENCY`] at a time; the files are deleted afterwards.
-async fn small_uploads(c: &Client) -> anyhow::Result<f64> {
+/// size declared), [`SMALL_CONCURRENCY`] at a time; the files are deleted afterwards. With the
+/// machine's CPU during them ([`machine_cpu`]).
+async fn small_uploads(c: &Client) -> anyhow::Result<(f64, (f64, f64))> {
     use futures::StreamExt as _;
     let files: Vec<bytes::Bytes> = (0..SMALL_FILES).map(small_file).collect();
+    let m = machine_jiffies();
     let t = Instant::now();
     let ids: Vec<String> = futures::stream::iter(files.into_iter().enumerate())
         .map(|(i, data)| async move {
@@ -378,17 +411,18 @@ async fn small_uploads(c: &Client) -> anyhow::Result<f64> {
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
     let rate = SMALL_FILES as f64 / t.elapsed().as_secs_f64();
+    let cpu = machine_cpu(m, machine_jiffies());
     futures::stream::iter(ids)
         .for_each_concurrent(SMALL_CONCURRENCY, |id| async move {
             let _ = c.delete_file(&id).await;
         })
         .await;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// Files per second: the same files stored with aws-sdk-s3 PutObject straight to the S3 server,
-/// [`SMALL_CONCURRENCY`] at a time, payload signing off as strata's.
-async fn small_puts(s3: &S3Server) -> anyhow::Result<f64> {
+/// [`SMALL_CONCURRENCY`] at a time, payload signing off as strata's. With the machine's CPU.
+async fn small_puts(s3: &S3Server) -> anyhow::Result<(f64, (f64, f64))> {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
     use futures::StreamExt as _;
     let conf = aws_sdk_s3::Config::builder()
@@ -407,6 +441,7 @@ async fn small_puts(s3: &S3Server) -> anyhow::Result<f64> {
         .build();
     let client = aws_sdk_s3::Client::from_conf(conf);
     let files: Vec<bytes::Bytes> = (0..SMALL_FILES).map(small_file).collect();
+    let m = machine_jiffies();
     let t = Instant::now();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(files.into_iter().enumerate())
         .map(|(i, data)| {
@@ -429,8 +464,9 @@ async fn small_puts(s3: &S3Server) -> anyhow::Result<f64> {
         .collect()
         .await;
     let rate = SMALL_FILES as f64 / t.elapsed().as_secs_f64();
+    let cpu = machine_cpu(m, machine_jiffies());
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// Streams the first `n` bytes of `data` into upload `id` and ends the stream, short of the
