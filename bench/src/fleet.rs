@@ -219,13 +219,14 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
 
     // --- many small uploads through HAProxy vs PutObject straight to S3 ---
     let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
+    let pids: Vec<u32> = procs.iter().map(ServerProcess::pid).collect();
     for round in 0..rounds {
         let ((p, pc), (d, dc)) = if round % 2 == 0 {
-            let p = small_uploads(&through).await?;
+            let p = small_uploads(&through, &pids).await?;
             (p, small_puts(&s3).await?)
         } else {
             let d = small_puts(&s3).await?;
-            (small_uploads(&through).await?, d)
+            (small_uploads(&through, &pids).await?, d)
         };
         // As for unary calls: with every process on the same two cores, the CPU a file costs in
         // all of them together bounds the rate each side can reach.
@@ -395,10 +396,11 @@ fn small_file(i: usize) -> bytes::Bytes {
 /// Files per second: [`SMALL_FILES`] uploads with the SDK (header and bytes in one stream, the
 /// size declared), [`SMALL_CONCURRENCY`] at a time; the files are deleted afterwards. With the
 /// machine's CPU during them ([`machine_cpu`]).
-async fn small_uploads(c: &Client) -> anyhow::Result<(f64, (f64, f64))> {
+async fn small_uploads(c: &Client, pids: &[u32]) -> anyhow::Result<(f64, (f64, f64))> {
     use futures::StreamExt as _;
     let files: Vec<bytes::Bytes> = (0..SMALL_FILES).map(small_file).collect();
-    let m = machine_jiffies();
+    let split = || (pids.iter().map(|p| proc_cpu(*p)).sum::<f64>(), rusage_cpu(libc::RUSAGE_SELF));
+    let (m, p0) = (machine_jiffies(), split());
     let t = Instant::now();
     let ids: Vec<String> = futures::stream::iter(files.into_iter().enumerate())
         .map(|(i, data)| async move {
@@ -412,6 +414,15 @@ async fn small_uploads(c: &Client) -> anyhow::Result<(f64, (f64, f64))> {
         .collect::<anyhow::Result<_>>()?;
     let rate = SMALL_FILES as f64 / t.elapsed().as_secs_f64();
     let cpu = machine_cpu(m, machine_jiffies());
+    let p1 = split();
+    let per_file = |secs: f64| secs / SMALL_FILES as f64 * 1e6;
+    let (servers, bench) = (p1.0 - p0.0, p1.1 - p0.1);
+    println!(
+        "    CPU per file through the fleet: strata instances {:.0} µs, this process (SDK client and S3 server) {:.0} µs, HAProxy, PostgreSQL and the rest {:.0} µs",
+        per_file(servers),
+        per_file(bench),
+        per_file(cpu.0 - servers - bench)
+    );
     futures::stream::iter(ids)
         .for_each_concurrent(SMALL_CONCURRENCY, |id| async move {
             let _ = c.delete_file(&id).await;
