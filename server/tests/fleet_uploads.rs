@@ -63,6 +63,24 @@ async fn writing(c: &mut diesel_async::AsyncPgConnection, id: &str) -> Writing {
         .unwrap()
 }
 
+#[derive(diesel::QueryableByName)]
+struct StoreState {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    store_state: String,
+}
+
+/// The S3 multipart upload id upload `id`'s write state records.
+async fn store_upload_id(c: &mut diesel_async::AsyncPgConnection, id: &str) -> String {
+    use diesel_async::RunQueryDsl;
+    let s: StoreState = diesel::sql_query("SELECT store_state FROM strata.uploads WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(id)
+        .get_result(c)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&s.store_state).unwrap();
+    v["upload_id"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Waits until `f` holds of the catalog's view of upload `id`.
 async fn until(c: &mut diesel_async::AsyncPgConnection, id: &str, what: &str, f: impl Fn(&Writing) -> bool) -> Writing {
     let t0 = Instant::now();
@@ -191,6 +209,8 @@ async fn an_upload_cut_four_ways_continues_on_other_instances() {
     let id = client.create_upload(&opts, "big.bin", Some(data.len() as u64)).await.unwrap();
 
     let mut last_writer = String::new();
+    // The S3 multipart upload the killed instance was writing.
+    let mut killed_upload = String::new();
     let mut committed = 0usize;
     let mut writers = Vec::new();
     for (cut, to) in [("connection lost", 40), ("call cancelled", 80), ("deadline", 120), ("instance killed", 160)] {
@@ -228,6 +248,7 @@ async fn an_upload_cut_four_ways_continues_on_other_instances() {
         assert!(!matches!(ended, Ok(Ok(_))), "{cut}: the cut call succeeded");
         let w = if cut == "instance killed" {
             // Nobody lets go: the next stream takes over once the lease lapses.
+            killed_upload = store_upload_id(&mut f.db, &id).await;
             writing(&mut f.db, &id).await
         } else {
             // The stream's end is checkpointed: the offset is in the catalog, the upload let go.
@@ -273,13 +294,21 @@ async fn an_upload_cut_four_ways_continues_on_other_instances() {
     // One object; no multipart upload or part left in the S3 server's storage.
     let objects = walk(&s3.root.join(&s3.bucket));
     assert_eq!(objects, ["blobs/".to_owned() + &id], "objects in the bucket");
-    let leftovers = files_starting(&s3.root, ".upload_id-");
+    // A part the killed instance had wholly handed to the kernel before it died can still arrive
+    // after the takeover completed that upload: S3 discards such a part, s3s-fs keeps it as a
+    // file. Nothing else may be left.
+    let (late, leftovers): (Vec<String>, Vec<String>) = files_starting(&s3.root, ".upload_id-")
+        .into_iter()
+        .partition(|f| !killed_upload.is_empty() && f.starts_with(&format!(".upload_id-{killed_upload}.part-")));
     if !leftovers.is_empty() {
         for procs in &f.procs {
             eprintln!("---- {}", procs.log());
         }
     }
     assert_eq!(leftovers, Vec::<String>::new(), "multipart leftovers");
+    if !late.is_empty() {
+        println!("late parts of the killed writer kept by s3s-fs: {late:?}");
+    }
     assert_eq!(files_starting(&s3.root, ".tmp"), Vec::<String>::new(), "parts being written");
     let report = client.reconcile_objects(false, Duration::ZERO).await.unwrap();
     assert!(report.orphan_object_keys.is_empty(), "orphans: {:?}", report.orphan_object_keys);
