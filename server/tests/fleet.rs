@@ -16,6 +16,7 @@ use strata_client::{
 use strata_tests::{
     PgCluster,
     haproxy::{Backend, Haproxy},
+    pg::count,
     process::ServerProcess,
 };
 use tokio_util::sync::CancellationToken;
@@ -165,17 +166,6 @@ async fn sigterm_of_an_instance_behind_haproxy_fails_no_call() {
         exited_at - sigterm_at,
     );
     drop(proxy);
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-async fn count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
-    use diesel_async::RunQueryDsl;
-    diesel::sql_query(sql).get_result::<Count>(c).await.unwrap().n
 }
 
 /// Rows in the table plus rows in committed segments: the original count when every row is in

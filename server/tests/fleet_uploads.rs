@@ -18,6 +18,7 @@ use strata_client::{
 use strata_tests::{
     PgCluster, S3Server,
     haproxy::{Backend, Haproxy},
+    pattern,
     process::ServerProcess,
     proxy::CutProxy,
 };
@@ -26,18 +27,6 @@ use tonic::transport::{Channel, Endpoint};
 const MIB: usize = 1 << 20;
 /// The instances' S3 part size: S3's smallest, for many parts.
 const PART: usize = 5 * MIB;
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 async fn connect(url: String) -> Channel {
     Endpoint::from_shared(url).unwrap().connect().await.expect("connect")

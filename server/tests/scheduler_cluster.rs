@@ -9,14 +9,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use diesel::{QueryableByName, sql_types::BigInt};
+use diesel::QueryableByName;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use strata_client::{
     Client,
     archive::ArchivePolicy,
     scheduler::{JobKind, JobRun, JobRunState, JobSpec},
 };
-use strata_tests::{PgCluster, process::ServerProcess};
+use strata_tests::{PgCluster, pg::count, process::ServerProcess};
 
 /// Debian's libfaketime (package `faketime`, installed by `.ci/run`).
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -43,12 +43,6 @@ fn spawn_with(db_url: &str, objects: &std::path::Path, skew: Option<&str>, extra
     }
     env.extend(extra.iter().copied());
     ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &env)
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 fn job(name: &str, kind: JobKind, target: &str, schedule: &str) -> JobSpec {
@@ -231,58 +225,40 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     assert_eq!(ids.len(), sample_ticks, "one snapshot per run");
     // (Through iter(): Diesel's RunQueryDsl::first would shadow BTreeSet::first.)
     let (first, last) = (ids.iter().next().unwrap(), ids.iter().next_back().unwrap());
-    let stored = diesel::sql_query(format!(
-        "SELECT count(*)::int8 AS n FROM strata.snapshots WHERE id BETWEEN {first} AND {last}"
-    ))
-    .get_result::<Count>(&mut c)
-    .await
-    .unwrap()
-    .n;
+    let stored =
+        count(&mut c, &format!("SELECT count(*)::int8 AS n FROM strata.snapshots WHERE id BETWEEN {first} AND {last}"))
+            .await;
     assert!(
         (sample_ticks as i64..=sample_ticks as i64 + taken_over).contains(&stored),
         "{stored} snapshots stored for {sample_ticks} ticks ({taken_over} taken over)"
     );
     // Every due row was archived exactly once: the hot table plus committed segments hold 40 000.
-    let hot = diesel::sql_query("SELECT count(*)::int8 AS n FROM events").get_result::<Count>(&mut c).await.unwrap().n;
-    let archived = diesel::sql_query(
+    let hot = count(&mut c, "SELECT count(*)::int8 AS n FROM events").await;
+    let archived = count(
+        &mut c,
         "SELECT coalesce(sum(row_count), 0)::int8 AS n FROM strata.archive_segments WHERE state = 'committed'",
     )
-    .get_result::<Count>(&mut c)
-    .await
-    .unwrap()
-    .n;
+    .await;
     assert_eq!((hot, archived), (0, 40_000));
     // One clock: no scheduled occurrence was claimed before it was due, no run taken over before
     // its lease lapsed — by the database's time (50 ms for the instances' estimate of it).
-    let early = diesel::sql_query(
+    let early = count(
+        &mut c,
         "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'claim' AND run_trigger = 'schedule'
            AND state = 'running' AND at < scheduled_for - interval '50 milliseconds'",
     )
-    .get_result::<Count>(&mut c)
-    .await
-    .unwrap()
-    .n;
+    .await;
     assert_eq!(early, 0, "occurrences claimed before they were due");
-    let claims = diesel::sql_query("SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'claim'")
-        .get_result::<Count>(&mut c)
-        .await
-        .unwrap()
-        .n;
+    let claims = count(&mut c, "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'claim'").await;
     assert!(claims >= 80, "{claims} claims logged");
-    let early_takeovers = diesel::sql_query(
+    let early_takeovers = count(
+        &mut c,
         "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'takeover'
            AND (old_lease IS NULL OR at < old_lease - interval '50 milliseconds')",
     )
-    .get_result::<Count>(&mut c)
-    .await
-    .unwrap()
-    .n;
+    .await;
     assert_eq!(early_takeovers, 0, "runs taken over before their lease lapsed");
-    let takeovers = diesel::sql_query("SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'takeover'")
-        .get_result::<Count>(&mut c)
-        .await
-        .unwrap()
-        .n;
+    let takeovers = count(&mut c, "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'takeover'").await;
     assert!(takeovers >= 1, "the killed instance's run was taken over");
 
     // The work was shared: more than one instance ran sampling runs.
@@ -291,10 +267,6 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     let status = client.scheduler_status().await.unwrap();
     assert!(status.running);
     assert_eq!(status.instances.iter().filter(|i| i.alive).count(), 2, "{status:?}");
-}
-
-async fn count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql).get_result::<Count>(c).await.unwrap().n
 }
 
 #[derive(QueryableByName)]

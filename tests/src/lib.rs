@@ -13,3 +13,17 @@ pub mod server;
 pub use pg::PgCluster;
 pub use s3::S3Server;
 pub use server::TestServer;
+
+/// `len` deterministic bytes that look random to a compressor (xorshift64 from `seed`): the same
+/// seed gives the same bytes in every test and process.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

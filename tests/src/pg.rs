@@ -52,6 +52,16 @@ fn is_root() -> bool {
 }
 
 /// The directory of the PostgreSQL server binaries (initdb, pg_ctl, pg_dump, pg_restore).
+/// The `n` column (BIGINT) of the one row `sql` returns on PostgreSQL: `SELECT count(*)::int8 AS n …`.
+pub async fn count(c: &mut AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel_async::RunQueryDsl::get_result::<N>(diesel::sql_query(sql), c).await.expect("a count").n
+}
+
 pub fn bindir() -> PathBuf {
     if let Some(d) = std::env::var_os("STRATA_PG_BINDIR") {
         return d.into();

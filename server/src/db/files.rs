@@ -232,6 +232,25 @@ pub async fn get_upload(conn: &mut Conn, id: &str) -> Result<Option<UploadRow>> 
     row.map(UploadRow::try_from).transpose()
 }
 
+/// Upload `$id` of table module `$t`, while open and held by `$writer` in `$generation`: the
+/// compare-and-set of every write a stream makes.
+macro_rules! held_upload {
+    ($t:ident, $id:expr, $generation:expr, $writer:expr) => {
+        $t::table
+            .filter($t::id.eq($id))
+            .filter($t::state.eq(UploadState::Open.as_str()))
+            .filter($t::generation.eq($generation))
+            .filter($t::writer.eq($writer))
+    };
+}
+
+/// No stream holds the upload at `$now` (the database's time): none is named, or its lease lapsed.
+macro_rules! unheld_upload {
+    ($t:ident, $now:expr) => {
+        $t::writer.eq("").or($t::lease_until.is_null()).or($t::lease_until.lt($now))
+    };
+}
+
 /// Makes `writer` the one writing open upload `id`, raising its generation from `seen`, when no
 /// other writer holds it: none is recorded, or its lease lapsed before `now`. Returns whether it
 /// did (false: another stream got there first, or one holds it).
@@ -250,7 +269,7 @@ pub async fn claim_upload(
                 .filter(t::id.eq(id))
                 .filter(t::state.eq(UploadState::Open.as_str()))
                 .filter(t::generation.eq(seen))
-                .filter(t::writer.eq("").or(t::lease_until.is_null()).or(t::lease_until.lt(now))),
+                .filter(unheld_upload!(t, now)),
         )
         .set((t::generation.eq(seen + 1), t::writer.eq(writer), t::lease_until.eq(lease_until), t::updated_at.eq(now)))
         .execute(conn)
@@ -304,25 +323,19 @@ pub async fn record_progress(
     };
     let n = db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(
-            t::table
-                .filter(t::id.eq(id))
-                .filter(t::state.eq(UploadState::Open.as_str()))
-                .filter(t::generation.eq(generation))
-                .filter(t::writer.eq(writer)),
-        )
-        .set((
-            t::committed_offset.eq(p.committed),
-            t::store_state.eq(p.store_state),
-            t::writer_token.eq(p.writer_token),
-            t::hash_state.eq(p.hash_state),
-            t::expires_at.eq(p.expires_at),
-            t::writer.eq(next_writer),
-            t::lease_until.eq(until),
-            t::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?
+        diesel::update(held_upload!(t, id, generation, writer))
+            .set((
+                t::committed_offset.eq(p.committed),
+                t::store_state.eq(p.store_state),
+                t::writer_token.eq(p.writer_token),
+                t::hash_state.eq(p.hash_state),
+                t::expires_at.eq(p.expires_at),
+                t::writer.eq(next_writer),
+                t::lease_until.eq(until),
+                t::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?
     });
     Ok(n == 1)
 }
@@ -337,16 +350,10 @@ pub async fn renew_upload(
 ) -> Result<bool> {
     let n = db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(
-            t::table
-                .filter(t::id.eq(id))
-                .filter(t::state.eq(UploadState::Open.as_str()))
-                .filter(t::generation.eq(generation))
-                .filter(t::writer.eq(writer)),
-        )
-        .set(t::lease_until.eq(lease_until))
-        .execute(conn)
-        .await?
+        diesel::update(held_upload!(t, id, generation, writer))
+            .set(t::lease_until.eq(lease_until))
+            .execute(conn)
+            .await?
     });
     Ok(n == 1)
 }
@@ -363,22 +370,16 @@ pub async fn fail_upload(
 ) -> Result<bool> {
     let n = db_run!(conn, {
         use schema::uploads as t;
-        diesel::update(
-            t::table
-                .filter(t::id.eq(id))
-                .filter(t::state.eq(UploadState::Open.as_str()))
-                .filter(t::generation.eq(generation))
-                .filter(t::writer.eq(writer)),
-        )
-        .set((
-            t::state.eq(UploadState::Failed.as_str()),
-            t::error.eq(error),
-            t::writer.eq(""),
-            t::lease_until.eq(now),
-            t::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?
+        diesel::update(held_upload!(t, id, generation, writer))
+            .set((
+                t::state.eq(UploadState::Failed.as_str()),
+                t::error.eq(error),
+                t::writer.eq(""),
+                t::lease_until.eq(now),
+                t::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?
     });
     Ok(n == 1)
 }
@@ -390,7 +391,7 @@ pub async fn expired_uploads(conn: &mut Conn, now: NaiveDateTime, limit: i64) ->
         t::table
             .filter(t::state.eq(UploadState::Open.as_str()))
             .filter(t::expires_at.lt(now))
-            .filter(t::writer.eq("").or(t::lease_until.is_null()).or(t::lease_until.lt(now)))
+            .filter(unheld_upload!(t, now))
             .order(t::expires_at.asc())
             .limit(limit)
             .select(upload_columns!(t))
@@ -465,23 +466,17 @@ pub async fn complete_upload(
                 insert_upload_row!(conn, schema, r);
             }
             // The compare-and-set first (and the first write: see `delete_file`).
-            let held = diesel::update(
-                u::table
-                    .filter(u::id.eq(upload_id))
-                    .filter(u::state.eq(UploadState::Open.as_str()))
-                    .filter(u::generation.eq(generation))
-                    .filter(u::writer.eq(writer)),
-            )
-            .set((
-                u::state.eq(UploadState::Complete.as_str()),
-                u::file_id.eq(&file.id),
-                u::committed_offset.eq(file.size_bytes),
-                u::writer.eq(""),
-                u::lease_until.eq(now),
-                u::updated_at.eq(now),
-            ))
-            .execute(&mut *conn)
-            .await?;
+            let held = diesel::update(held_upload!(u, upload_id, generation, writer))
+                .set((
+                    u::state.eq(UploadState::Complete.as_str()),
+                    u::file_id.eq(&file.id),
+                    u::committed_offset.eq(file.size_bytes),
+                    u::writer.eq(""),
+                    u::lease_until.eq(now),
+                    u::updated_at.eq(now),
+                ))
+                .execute(&mut *conn)
+                .await?;
             if held == 0 {
                 return Ok(None);
             }

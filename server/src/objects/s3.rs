@@ -121,20 +121,7 @@ impl S3Store {
     /// One PutObject of a whole (small) object.
     pub(super) async fn put(&self, key: &str, data: Bytes) -> Result<u64> {
         let full = self.full_key(key)?;
-        let size = data.len() as u64;
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&*self.bucket)
-            .key(&full)
-            .content_length(size as i64)
-            .body(AwsBody::from(data));
-        if let Some(class) = &self.settings.storage_class {
-            req = req.storage_class(StorageClass::from(class.as_str()));
-        }
-        // As for parts: no SHA-256 payload signing; callers verify content themselves.
-        req.customize().disable_payload_signing().send().await.map_err(s3_err("PutObject", &full))?;
-        Ok(size)
+        put_object(&self.client, &self.bucket, &full, self.settings.storage_class.as_deref(), vec![data]).await
     }
 
     /// A writer for `key`: one PutObject at the end for an object known to fit in one part (one
@@ -531,21 +518,9 @@ impl SmallWriter {
 
     pub(super) async fn finish(mut self) -> Result<u64> {
         let full = self.store.full_key(&self.key)?;
-        let size = self.data.len;
-        let chunks = self.data.take(size);
-        let mut req = self
-            .store
-            .client
-            .put_object()
-            .bucket(&*self.store.bucket)
-            .key(&full)
-            .content_length(size as i64)
-            .body(part_body(chunks));
-        if let Some(class) = &self.store.settings.storage_class {
-            req = req.storage_class(StorageClass::from(class.as_str()));
-        }
-        req.customize().disable_payload_signing().send().await.map_err(s3_err("PutObject", &full))?;
-        Ok(size)
+        let chunks = self.data.take(self.data.len);
+        let s = &self.store;
+        put_object(&s.client, &s.bucket, &full, s.settings.storage_class.as_deref(), chunks).await
     }
 }
 
@@ -714,13 +689,8 @@ impl S3Writer {
             if last.is_empty() {
                 // An empty object: S3 rejects a multipart upload without parts.
                 self.abort_multipart().await?;
-                let mut req =
-                    self.client.put_object().bucket(&*self.bucket).key(&self.key).body(AwsBody::from(Bytes::new()));
-                if let Some(class) = &self.storage_class {
-                    req = req.storage_class(StorageClass::from(class.as_str()));
-                }
-                req.send().await.map_err(s3_err("PutObject", &self.key))?;
-                return Ok(0);
+                return put_object(&self.client, &self.bucket, &self.key, self.storage_class.as_deref(), Vec::new())
+                    .await;
             }
             self.spawn_part(last);
         }
@@ -801,6 +771,25 @@ impl Pending {
         self.chunks.clear();
         self.len = 0;
     }
+}
+
+/// One PutObject of `chunks` under the full key `full`; returns the size. No SHA-256 payload
+/// signing, as for parts: callers verify content themselves.
+async fn put_object(
+    client: &Client,
+    bucket: &str,
+    full: &str,
+    storage_class: Option<&str>,
+    chunks: Vec<Bytes>,
+) -> Result<u64> {
+    let size: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let body = if chunks.is_empty() { AwsBody::from(Bytes::new()) } else { part_body(chunks) };
+    let mut req = client.put_object().bucket(bucket).key(full).content_length(size as i64).body(body);
+    if let Some(class) = storage_class {
+        req = req.storage_class(StorageClass::from(class));
+    }
+    req.customize().disable_payload_signing().send().await.map_err(s3_err("PutObject", full))?;
+    Ok(size)
 }
 
 /// A part's body from the chunks that make it up. Copying them into one buffer cost a pass over

@@ -11,18 +11,7 @@ fn live() -> CancellationToken {
     CancellationToken::new()
 }
 
-/// Deterministic, incompressible-looking bytes.
-pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub(crate) use strata_tests::pattern;
 
 async fn read_all(store: &ObjectStore, key: &str, offset: u64, length: Option<u64>) -> Vec<u8> {
     let chunks: Vec<Bytes> = store.get(key, offset, length, &live()).await.unwrap().try_collect().await.unwrap();

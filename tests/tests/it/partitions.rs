@@ -7,18 +7,8 @@ use std::time::Duration;
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use strata_client::partitions::PartitionInterval::Monthly;
-use strata_tests::{PgCluster, TestServer};
+use strata_tests::{PgCluster, TestServer, pg::count};
 use tonic::Code;
-
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-async fn count(c: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
-    diesel::sql_query(sql).get_result::<N>(c).await.unwrap().n
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rescue_premake_health_and_drop_on_postgres() {

@@ -469,11 +469,14 @@ where
     // Recorded at once when it is new to the catalog — a multipart upload, a fenced staging file —
     // so that any instance knows it before a byte goes to it. (A first staging file and a small
     // S3 object are found by the key alone.)
-    let recorded: WriteState = serde_json::from_str(&s.held.row.store_state).unwrap_or_default();
-    let first_local =
-        matches!(s.writer.state(), WriteState::Local { ref segments } if segments.len() == 1 && segments[0].start == 0);
-    if s.writer.state() != recorded
-        && !(committed == 0 && (first_local || s.writer.state() == WriteState::Empty) && !s.held.fenced)
+    let state = s.writer.state();
+    let found_by_key = match &state {
+        WriteState::Empty => true,
+        WriteState::Local { segments } => matches!(&segments[..], [only] if only.start == 0),
+        WriteState::S3 { .. } => false,
+    };
+    if !(committed == 0 && found_by_key && !s.held.fenced)
+        && state != serde_json::from_str::<WriteState>(&s.held.row.store_state).unwrap_or_default()
     {
         s.record(ctx, committed, Hold::Renew(ctx.now() + ctx.run_lease())).await?;
     }
