@@ -13,8 +13,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D target/release/strata /out/strata
 
 FROM debian:bookworm-slim
+# Backups of PostgreSQL run pg_dump / pg_restore, whose major version must be at least the
+# server's: the newest client tools from the PostgreSQL project's repository (they read every
+# older server). Build with --build-arg PG_MAJOR=N to pin another version.
+ARG PG_MAJOR=18
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && install -d /usr/share/postgresql-common/pgdg \
+ && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+ && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+      > /etc/apt/sources.list.d/pgdg.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-client-${PG_MAJOR} \
+ && apt-get purge -y --auto-remove curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin strata \
  && mkdir -p /data && chown strata:strata /data
@@ -24,6 +35,7 @@ WORKDIR /data
 # The embedded default keeps its SQLite file and objects here.
 VOLUME ["/data"]
 ENV STRATA_LISTEN=0.0.0.0:50051 \
+    STRATA_PG_BIN_DIR=/usr/lib/postgresql/${PG_MAJOR}/bin \
     STRATA_DATABASE_URL=sqlite:///data/strata.db \
     STRATA_OBJECT_STORE_URL=file:///data/objects
 EXPOSE 50051

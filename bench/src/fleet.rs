@@ -218,10 +218,10 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     );
 
     // --- many small uploads through HAProxy vs PutObject straight to S3 ---
-    let (mut ratios, mut bounds) = (Vec::new(), Vec::new());
+    let (mut ratios, mut bounds, mut ceilings) = (Vec::new(), Vec::new(), Vec::new());
     let pids: Vec<u32> = procs.iter().map(ServerProcess::pid).collect();
     for round in 0..rounds {
-        let ((p, pc), (d, dc)) = if round % 2 == 0 {
+        let ((p, pc, strata), (d, dc)) = if round % 2 == 0 {
             let p = small_uploads(&through, &pids).await?;
             (p, small_puts(&s3).await?)
         } else {
@@ -231,28 +231,34 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
         // As for unary calls: with every process on the same two cores, the CPU a file costs in
         // all of them together bounds the rate each side can reach.
         let (pf, df) = (pc.0 / (SMALL_FILES as f64), dc.0 / (SMALL_FILES as f64));
+        // The rest of the fleet's path (client, HAProxy, PostgreSQL, S3 server) alone: the most
+        // any server in strata's place could reach here, even one that cost no CPU at all.
+        let rest = pf - strata / SMALL_FILES as f64;
         println!(
-            "  {SMALL_FILES} uploads of 64 KiB, {SMALL_CONCURRENCY} at a time, round {}: through HAProxy {p:.0} files/s vs PutObject straight to S3 {d:.0} files/s → {:.2}; machine CPU per file {:.0} µs ({:.0} % busy) vs {:.0} µs ({:.0} % busy) → bound {:.2}",
+            "  {SMALL_FILES} uploads of 64 KiB, {SMALL_CONCURRENCY} at a time, round {}: through HAProxy {p:.0} files/s vs PutObject straight to S3 {d:.0} files/s → {:.2}; machine CPU per file {:.0} µs ({:.0} % busy) vs {:.0} µs ({:.0} % busy) → bound {:.2} (with strata's CPU at zero: {:.2})",
             round + 1,
             p / d,
             pf * 1e6,
             pc.1 * 100.0,
             df * 1e6,
             dc.1 * 100.0,
-            df / pf
+            df / pf,
+            df / rest
         );
         ratios.push(p / d);
         bounds.push(df / pf);
+        ceilings.push(df / rest);
     }
-    let (r, bound) = (median(ratios), median(bounds));
+    let (r, bound, ceiling) = (median(ratios), median(bounds), median(ceilings));
     all &= r >= 0.5;
     println!(
         "small uploads through HAProxy: median ratio {r:.2} over {rounds} rounds (target ≥ 0.5) {}",
         pass(r >= 0.5)
     );
     println!(
-        "  on these 2 cores the machine's CPU per file bounds it at {bound:.2}: strata reaches {:.0} % of that bound",
-        100.0 * r / bound
+        "  on these 2 cores the machine's CPU per file bounds it at {bound:.2}: strata reaches {:.0} % of that bound {}; a server costing no CPU could reach {ceiling:.2}",
+        100.0 * r / bound,
+        pass(r >= 0.9 * bound)
     );
 
     // --- continuing an upload on another instance: cost independent of the offset ---
@@ -396,7 +402,8 @@ fn small_file(i: usize) -> bytes::Bytes {
 /// Files per second: [`SMALL_FILES`] uploads with the SDK (header and bytes in one stream, the
 /// size declared), [`SMALL_CONCURRENCY`] at a time; the files are deleted afterwards. With the
 /// machine's CPU during them ([`machine_cpu`]).
-async fn small_uploads(c: &Client, pids: &[u32]) -> anyhow::Result<(f64, (f64, f64))> {
+/// Also the CPU seconds the strata instances spent.
+async fn small_uploads(c: &Client, pids: &[u32]) -> anyhow::Result<(f64, (f64, f64), f64)> {
     use futures::StreamExt as _;
     let files: Vec<bytes::Bytes> = (0..SMALL_FILES).map(small_file).collect();
     let split = || (pids.iter().map(|p| proc_cpu(*p)).sum::<f64>(), rusage_cpu(libc::RUSAGE_SELF));
@@ -428,7 +435,7 @@ async fn small_uploads(c: &Client, pids: &[u32]) -> anyhow::Result<(f64, (f64, f
             let _ = c.delete_file(&id).await;
         })
         .await;
-    Ok((rate, cpu))
+    Ok((rate, cpu, servers))
 }
 
 /// Files per second: the same files stored with aws-sdk-s3 PutObject straight to the S3 server,

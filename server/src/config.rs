@@ -349,7 +349,7 @@ pub struct Config {
     /// Accepted MIME types (`image/*` wildcards allowed); repeat or separate with commas. Default: any.
     #[arg(long = "allowed-content-type", env = "STRATA_ALLOWED_CONTENT_TYPES", value_delimiter = ',', global = true)]
     pub allowed_content_types: Vec<String>,
-    /// Open uploads expire this long after they were created.
+    /// Open uploads expire this long after their last recorded progress (or creation).
     #[arg(long, env = "STRATA_UPLOAD_EXPIRY", value_parser = parse_duration, default_value = "24h", global = true)]
     #[serde(with = "humantime_serde")]
     pub upload_expiry: Duration,

@@ -29,6 +29,7 @@ pub struct Server {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    hurry: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -81,13 +82,13 @@ impl Server {
         if jobs + rules > 0 {
             tracing::info!(jobs, rules, "built-in jobs and alert rules created");
         }
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(ctx, listener, admin_listener, shutdown.clone()));
+        let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(run(ctx, listener, admin_listener, shutdown.clone(), hurry.clone()));
         match admin_addr {
             Some(admin) => tracing::info!(%addr, %admin, "strata listening"),
             None => tracing::info!(%addr, "strata listening (no admin listener)"),
         }
-        Ok(Self { addr, admin_addr, shutdown, task })
+        Ok(Self { addr, admin_addr, shutdown, hurry, task })
     }
 
     /// The address the server listens on (useful with port 0).
@@ -104,6 +105,12 @@ impl Server {
     /// are still served for `shutdown_delay`, then the server drains and stops.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// A token that, when cancelled after [`Server::shutdown_token`], cuts the rest of
+    /// `shutdown_delay` short: the server drains at once (an operator's second Ctrl-C or SIGTERM).
+    pub fn hurry_token(&self) -> CancellationToken {
+        self.hurry.clone()
     }
 
     /// Waits until the server has stopped.
@@ -129,6 +136,7 @@ async fn run(
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     shutdown: CancellationToken,
+    hurry: CancellationToken,
 ) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
     let mut jobs =
@@ -168,7 +176,10 @@ async fn run(
             health.drain().await;
             if !delay.is_zero() {
                 tracing::info!("shutting down: health NOT_SERVING; serving calls for {delay:?} more, then draining");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = hurry.cancelled() => tracing::info!("asked again: draining now"),
+                }
             }
             closing.cancel();
             stop.cancel();

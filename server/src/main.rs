@@ -66,11 +66,13 @@ fn main() -> anyhow::Result<()> {
                     "starting strata {}", env!("CARGO_PKG_VERSION")
                 );
                 let server = Server::start(config).await?;
-                let stop = server.shutdown_token();
+                let (stop, hurry) = (server.shutdown_token(), server.hurry_token());
                 tokio::spawn(async move {
                     shutdown_signal().await;
-                    tracing::info!("shutdown requested");
+                    tracing::info!("shutdown requested (a second signal skips the rest of shutdown_delay)");
                     stop.cancel();
+                    shutdown_signal().await;
+                    hurry.cancel();
                 });
                 server.wait().await
             }

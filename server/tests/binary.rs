@@ -107,3 +107,30 @@ fn variables_and_flags_win_over_the_file() {
     let (ok, stderr) = migrate(Some("mysql://from-the-variable"), Some(&sqlite));
     assert!(ok, "{stderr}");
 }
+
+/// A first SIGTERM drains for load balancers (`shutdown_delay`); a second one, an operator who
+/// does not want to wait, ends that delay: the server drains and exits at once.
+#[tokio::test]
+async fn a_second_sigterm_skips_the_rest_of_the_shutdown_delay() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("strata.db").display());
+    let objects = format!("file://{}", dir.path().join("objects").display());
+    let mut server = strata_tests::process::ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_strata-server"),
+        &[
+            ("STRATA_DATABASE_URL", &db),
+            ("STRATA_OBJECT_STORE_URL", &objects),
+            // Far longer than the test waits for anything.
+            ("STRATA_SHUTDOWN_DELAY", "10m"),
+        ],
+    );
+    server.client().await;
+    server.sigterm();
+    // Still serving within the delay: the first signal alone does not stop it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.try_exit().is_none(), "exited on the first SIGTERM; its log:\n{}", server.log());
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}; its log:\n{}", server.log());
+}

@@ -237,3 +237,20 @@ pub async fn sqlite_integrity(path: &Path) -> Integrity {
     let verdict = rows.into_iter().map(|r| r.integrity_check).collect::<Vec<_>>().join("; ");
     if verdict == "ok" { Integrity::Ok } else { Integrity::Damaged(verdict) }
 }
+
+/// PostgreSQL: the server's major version (`server_version_num` 150004 → 15); None on SQLite.
+pub async fn pg_server_major(conn: &mut Conn) -> Result<Option<u32>> {
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        v: i32,
+    }
+    match conn {
+        Conn::Pg(c) => {
+            let row: Version =
+                diesel::sql_query("SELECT current_setting('server_version_num')::int4 AS v").get_result(c).await?;
+            Ok(Some((row.v / 10_000) as u32))
+        }
+        Conn::Sqlite(_) => Ok(None),
+    }
+}

@@ -471,8 +471,9 @@ impl S3Store {
     }
 }
 
+/// Userinfo as written in the URL, percent-decoded (RFC 3986: a `+` stays a `+`).
 fn percent(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// A part's number, size and outcome (its ETag).

@@ -181,6 +181,49 @@ async fn run(ctx: Context, mut row: BackupRow) {
     }
 }
 
+/// Fails with a clear message when `pg_dump` or `pg_restore` is older than the server: an older
+/// `pg_dump` refuses a newer server ("aborting because of server version mismatch") and an older
+/// `pg_restore` cannot read what a newer `pg_dump` wrote — better said before anything runs.
+async fn check_tool_versions(ctx: &Context) -> Result<()> {
+    let mut conn = ctx.db.write().await?;
+    let Some(server) = store::pg_server_major(&mut conn).await? else { return Ok(()) };
+    drop(conn);
+    for name in ["pg_dump", "pg_restore"] {
+        let path = tool(ctx, name);
+        let out = tokio::process::Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot run {}: {e} (set pg_bin_dir)", path.display())))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let major = tool_major(&text).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "{} --version printed {:?}: not a PostgreSQL tool",
+                path.display(),
+                text.trim()
+            ))
+        })?;
+        if major < server {
+            return Err(Error::FailedPrecondition(format!(
+                "{name} is version {major} ({}), older than the PostgreSQL {server} server: install the \
+                 PostgreSQL {server} client tools (or newer) and point pg_bin_dir at them",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The major version in a `--version` line: "pg_dump (PostgreSQL) 15.4 (Debian 15.4-2)" → 15,
+/// "pg_dump (PostgreSQL) 9.6.24" → 9.
+fn tool_major(version: &str) -> Option<u32> {
+    // Before 10 the major version had two parts (9.6): the first is enough to compare with 10+.
+    let number = version.split_once(')')?.1.split_whitespace().next()?;
+    number.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 fn tool(ctx: &Context, name: &str) -> PathBuf {
     match &ctx.config.pg_bin_dir {
         Some(dir) => dir.join(name),
@@ -198,8 +241,9 @@ fn libpq_target(url: &str) -> Result<(String, Option<String>)> {
     Ok((url, password.as_deref().map(percent_decode)))
 }
 
+/// RFC 3986 decoding, as libpq and strata's own connections read the URL: a `+` stays a `+`.
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("p={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 async fn write_and_check(ctx: &Context, row: &BackupRow) -> Result<(u64, String, String)> {
@@ -210,6 +254,7 @@ async fn write_and_check(ctx: &Context, row: &BackupRow) -> Result<(u64, String,
 }
 
 async fn pg_backup(ctx: &Context, row: &BackupRow) -> Result<(u64, String, String)> {
+    check_tool_versions(ctx).await?;
     let (target, password) = libpq_target(&ctx.db.settings().url)?;
     let mut cmd = tokio::process::Command::new(tool(ctx, "pg_dump"));
     cmd.args(["--format=custom", "--no-password", "--dbname"]).arg(&target);
@@ -455,5 +500,17 @@ mod tests {
         let (u, p) = libpq_target("postgres://app:s%40cret@db:5432/chat?sslmode=disable").unwrap();
         assert_eq!(u, "postgres://app@db:5432/chat?sslmode=disable");
         assert_eq!(p.as_deref(), Some("s@cret"));
+        // Form decoding would make this "a b c" and pg_dump's authentication fail.
+        let (_, p) = libpq_target("postgres://app:a+b%2Bc@db/chat").unwrap();
+        assert_eq!(p.as_deref(), Some("a+b+c"));
+    }
+
+    #[test]
+    fn tool_versions_are_read_from_their_version_line() {
+        assert_eq!(tool_major("pg_dump (PostgreSQL) 15.4 (Debian 15.4-2.pgdg120+1)"), Some(15));
+        assert_eq!(tool_major("pg_restore (PostgreSQL) 17.0"), Some(17));
+        assert_eq!(tool_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(tool_major("pg_dump (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(tool_major("something else"), None);
     }
 }

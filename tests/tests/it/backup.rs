@@ -127,3 +127,59 @@ async fn sqlite_snapshot_is_checked_and_opens() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     server.stop().await.unwrap();
 }
+
+/// A `pg_dump` older than the server refuses to dump it: the backup fails before it runs, saying
+/// which versions meet and what to install, and stores nothing. (The image has only PostgreSQL 15
+/// tools, so the older ones are scripts that answer `--version` as pg_dump 9.6 and pg_restore 14
+/// would, and fail the test if run for anything else.)
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_older_than_the_server_fail_the_backup_clearly() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("old_tools").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old-bin");
+    std::fs::create_dir(&old).unwrap();
+    for (tool, version) in [("pg_dump", "9.6.24"), ("pg_restore", "14.11 (Debian 14.11-1)")] {
+        let script = old.join(tool);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo '{tool} (PostgreSQL) {version}'; exit 0; }}\necho 'ran for a backup' >&2; exit 3\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut config = test_config(cluster.primary_url(&db), vec![], dir.path());
+    config.pg_bin_dir = Some(old.clone());
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    let b = client.run_backup().await.unwrap();
+    let b = client.wait_backup(&b.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(b.state, BackupState::Failed, "{b:?}");
+    let error = b.error.clone();
+    assert!(error.contains("pg_dump is version 9") && error.contains("older than the PostgreSQL 15 server"), "{error}");
+    assert!(!error.contains("ran for a backup"), "{error}");
+    // Only pg_restore old: named as such.
+    std::fs::remove_file(old.join("pg_dump")).unwrap();
+    std::os::unix::fs::symlink(bindir().join("pg_dump"), old.join("pg_dump")).unwrap();
+    let b = client.run_backup().await.unwrap();
+    let b = client.wait_backup(&b.id, Duration::from_millis(50)).await.unwrap();
+    let error = b.error.clone();
+    assert!(error.contains("pg_restore is version 14"), "{b:?}");
+    assert_eq!(b.size_bytes, 0, "{b:?}");
+    let objects = dir.path().join("backups");
+    assert!(!objects.exists() || walk(&objects) == 0, "nothing stored under {}", objects.display());
+    server.stop().await.unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 }
+        })
+        .sum()
+}
