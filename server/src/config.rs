@@ -14,6 +14,7 @@
 //! | `pool_max_size`            | `STRATA_POOL_MAX_SIZE`         | 16                                   |
 //! | `pool_acquire_timeout`     | `STRATA_POOL_ACQUIRE_TIMEOUT`  | 5s                                   |
 //! | `statement_timeout`        | `STRATA_STATEMENT_TIMEOUT`     | 30s                                  |
+//! | `maintenance_timeout`      | `STRATA_MAINTENANCE_TIMEOUT`   | 6h (0: no limit)                     |
 //! | `connect_timeout`          | `STRATA_CONNECT_TIMEOUT`       | 3s                                   |
 //! | `max_replica_lag`          | `STRATA_MAX_REPLICA_LAG`       | 10s                                  |
 //! | `health_check_interval`    | `STRATA_HEALTH_CHECK_INTERVAL` | 500ms                                |
@@ -37,6 +38,10 @@
 //! | `s3_part_size`             | `STRATA_S3_PART_SIZE`          | 8 MiB (≥ 5 MiB)                      |
 //! | `s3_concurrency`           | `STRATA_S3_CONCURRENCY`        | 4 parts in flight per upload         |
 //! | `s3_storage_class`         | `STRATA_S3_STORAGE_CLASS`      | the bucket's default                 |
+//! | `s3_connect_timeout`       | `STRATA_S3_CONNECT_TIMEOUT`    | 5s                                   |
+//! | `s3_read_timeout`          | `STRATA_S3_READ_TIMEOUT`       | 30s                                  |
+//! | `s3_attempt_timeout`       | `STRATA_S3_ATTEMPT_TIMEOUT`    | 2m                                   |
+//! | `s3_max_attempts`          | `STRATA_S3_MAX_ATTEMPTS`       | 3                                    |
 //! | `max_file_size`            | `STRATA_MAX_FILE_SIZE`         | 10 GiB                               |
 //! | `allowed_content_types`    | `STRATA_ALLOWED_CONTENT_TYPES` | any                                  |
 //! | `upload_expiry`            | `STRATA_UPLOAD_EXPIRY`         | 24h                                  |
@@ -220,6 +225,11 @@ pub struct Config {
     #[arg(long, env = "STRATA_STATEMENT_TIMEOUT", value_parser = parse_duration, default_value = "30s", global = true)]
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// Statement timeout of work whose length is the data's: VACUUM/ANALYZE, counting and
+    /// rescuing default-partition rows (a job's own timeout wins when it has one). 0: no limit.
+    #[arg(long, env = "STRATA_MAINTENANCE_TIMEOUT", value_parser = parse_duration, default_value = "6h", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub maintenance_timeout: Duration,
     /// Longest opening one database connection or health probe may take.
     #[arg(long, env = "STRATA_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "3s", global = true)]
     #[serde(with = "humantime_serde")]
@@ -343,6 +353,21 @@ pub struct Config {
     /// S3 storage class of new objects (e.g. STANDARD_IA); default: the bucket's.
     #[arg(long, env = "STRATA_S3_STORAGE_CLASS", global = true)]
     pub s3_storage_class: Option<String>,
+    /// Time to open a connection to S3 before the attempt fails (and is retried).
+    #[arg(long, env = "STRATA_S3_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "5s", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub s3_connect_timeout: Duration,
+    /// Longest wait for S3's response bytes before the attempt fails (and is retried).
+    #[arg(long, env = "STRATA_S3_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub s3_read_timeout: Duration,
+    /// Longest one attempt of one S3 call may take, sending a part or segment included.
+    #[arg(long, env = "STRATA_S3_ATTEMPT_TIMEOUT", value_parser = parse_duration, default_value = "2m", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub s3_attempt_timeout: Duration,
+    /// Attempts per S3 call, the first included, before it fails.
+    #[arg(long, env = "STRATA_S3_MAX_ATTEMPTS", default_value_t = 3, global = true)]
+    pub s3_max_attempts: u32,
     /// Largest file accepted, in bytes.
     #[arg(long, env = "STRATA_MAX_FILE_SIZE", default_value_t = 10 << 30, global = true)]
     pub max_file_size: u64,
@@ -592,6 +617,9 @@ impl Config {
             ("upload_expiry", self.upload_expiry),
             ("run_lease", self.run_lease),
             ("scheduler_poll_interval", self.scheduler_poll_interval),
+            ("s3_connect_timeout", self.s3_connect_timeout),
+            ("s3_read_timeout", self.s3_read_timeout),
+            ("s3_attempt_timeout", self.s3_attempt_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::Invalid(format!("{name} must be greater than zero")));
@@ -616,6 +644,9 @@ impl Config {
         }
         if self.job_history < 1 {
             return Err(ConfigError::Invalid("job_history must be at least 1".into()));
+        }
+        if self.s3_max_attempts == 0 {
+            return Err(ConfigError::Invalid("s3_max_attempts must be at least 1".into()));
         }
         if self.s3_concurrency == 0 {
             return Err(ConfigError::Invalid("s3_concurrency must be at least 1".into()));

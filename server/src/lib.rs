@@ -71,6 +71,10 @@ impl Server {
                 part_size: config.s3_part_size,
                 concurrency: config.s3_concurrency,
                 storage_class: config.s3_storage_class.clone(),
+                connect_timeout: config.s3_connect_timeout,
+                read_timeout: config.s3_read_timeout,
+                attempt_timeout: config.s3_attempt_timeout,
+                max_attempts: config.s3_max_attempts,
             },
         )
         .await

@@ -122,3 +122,84 @@ impl Drop for CutOnceProxy {
         self.stop.cancel();
     }
 }
+
+/// Forwards every connection to `target` until [`StallProxy::stall`]; from then on it forwards
+/// nothing either way but keeps the connections open, as a hung server or a black-holed network
+/// does (no error, no close: only a timeout notices), until [`StallProxy::resume`].
+pub struct StallProxy {
+    /// Address clients connect to.
+    pub addr: SocketAddr,
+    stalled: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
+}
+
+impl StallProxy {
+    /// Starts the proxy on a free loopback port, forwarding.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let (token, flag) = (stop.clone(), stalled.clone());
+        tokio::spawn(async move {
+            loop {
+                let (inbound, _) = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => break },
+                };
+                let (token, up_flag, down_flag) = (token.clone(), flag.subscribe(), flag.subscribe());
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let (in_r, in_w) = inbound.into_split();
+                    let (out_r, out_w) = outbound.into_split();
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = async { tokio::join!(pipe(in_r, out_w, up_flag), pipe(out_r, in_w, down_flag)) } => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, stalled, stop })
+    }
+
+    /// Stops forwarding: bytes already read are held, nothing more is read or written.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Forwards again, the bytes held first.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Copies `from` to `to`, waiting while `stalled` says so before each read and each write.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -69,7 +69,12 @@ impl S3Server {
 
     /// The `s3://` URL strata uses for this server.
     pub fn url(&self) -> String {
-        format!("s3://{ACCESS_KEY}:{SECRET_KEY}@{}?endpoint=http://{}", self.bucket, self.addr)
+        self.url_via(self.addr)
+    }
+
+    /// The URL of its bucket reached through `addr` (a proxy in front of it).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        format!("s3://{ACCESS_KEY}:{SECRET_KEY}@{}?endpoint=http://{addr}", self.bucket)
     }
 }
 

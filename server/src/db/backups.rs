@@ -247,8 +247,9 @@ pub async fn pg_server_major(conn: &mut Conn) -> Result<Option<u32>> {
     }
     match conn {
         Conn::Pg(c) => {
-            let row: Version =
-                diesel::sql_query("SELECT current_setting('server_version_num')::int4 AS v").get_result(c).await?;
+            let row: Version = diesel::sql_query("SELECT current_setting('server_version_num')::int4 AS v")
+                .get_result(&mut **c)
+                .await?;
             Ok(Some((row.v / 10_000) as u32))
         }
         Conn::Sqlite(_) => Ok(None),

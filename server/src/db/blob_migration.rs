@@ -138,7 +138,7 @@ pub async fn resolve(
     base64: bool,
 ) -> Result<std::result::Result<Target, String>> {
     let c = match conn {
-        Conn::Pg(c) => c,
+        Conn::Pg(c) => &mut **c,
         Conn::Sqlite(c) => return resolve_sqlite(c, schema_name, table, key, blob, reference, base64).await,
     };
     let cols: Vec<Column> = diesel::sql_query(

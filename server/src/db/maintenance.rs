@@ -29,6 +29,7 @@ pub struct TableInfo {
 /// partitions are listed themselves).
 pub async fn pg_tables(conn: &mut Conn, only: &[(String, String)]) -> Result<Vec<TableInfo>> {
     let Conn::Pg(c) = conn else { return Ok(Vec::new()) };
+    let c = &mut **c;
     let all: Vec<TableInfo> = diesel::sql_query(
         "SELECT schemaname::text AS schema, relname::text AS table, pg_total_relation_size(relid) AS size,
                 n_dead_tup AS dead_rows
@@ -51,6 +52,7 @@ pub async fn pg_size(conn: &mut Conn, t: &TableInfo) -> Result<i64> {
         s: i64,
     }
     let Conn::Pg(c) = conn else { return Ok(0) };
+    let c = &mut **c;
     let s: S = diesel::sql_query("SELECT coalesce(pg_total_relation_size(to_regclass($1)), 0) AS s")
         .bind::<Text, _>(format!("{}.{}", quote(&t.schema), quote(&t.table)))
         .get_result(c)
@@ -62,6 +64,7 @@ pub async fn pg_size(conn: &mut Conn, t: &TableInfo) -> Result<i64> {
 /// cannot run in a transaction).
 pub async fn vacuum(conn: &mut Conn, t: &TableInfo, full: bool, analyze: bool) -> Result<()> {
     let Conn::Pg(c) = conn else { return Ok(()) };
+    let c = &mut **c;
     let mut opts = Vec::new();
     if full {
         opts.push("FULL");
@@ -133,6 +136,7 @@ pub struct ScanStats {
 /// Every user table's scan statistics.
 pub async fn scan_stats(conn: &mut Conn) -> Result<Vec<ScanStats>> {
     let Conn::Pg(c) = conn else { return Ok(Vec::new()) };
+    let c = &mut **c;
     Ok(diesel::sql_query(
         "SELECT s.schemaname::text AS schema, s.relname::text AS table, coalesce(s.seq_scan, 0) AS seq_scan,
                 coalesce(s.seq_tup_read, 0) AS seq_tup_read, coalesce(s.idx_scan, 0) AS idx_scan,
@@ -166,6 +170,7 @@ pub struct UnusedIndex {
 /// (those enforce constraints whether or not they are read).
 pub async fn unused_indexes(conn: &mut Conn) -> Result<Vec<UnusedIndex>> {
     let Conn::Pg(c) = conn else { return Ok(Vec::new()) };
+    let c = &mut **c;
     Ok(diesel::sql_query(
         "SELECT s.schemaname::text AS schema, s.relname::text AS table, s.indexrelname::text AS index,
                 pg_relation_size(s.indexrelid) AS size

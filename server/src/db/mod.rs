@@ -288,13 +288,43 @@ pub struct Db {
     inner: Arc<Inner>,
 }
 
-/// A pooled connection of either backend. Use [`db_run!`] to run a query on it.
+/// A connection of either backend. Use [`db_run!`] to run a query on it.
 #[expect(clippy::large_enum_variant, reason = "short-lived, one per request; boxing buys nothing")]
 pub enum Conn {
     /// PostgreSQL connection.
-    Pg(PgPooled),
+    Pg(PgConn),
     /// SQLite connection.
     Sqlite(SqlitePooled),
+}
+
+/// A PostgreSQL session: from the pool, or opened for one piece of long work
+/// ([`Db::long_work`]) and closed after it.
+#[expect(clippy::large_enum_variant, reason = "as Conn: short-lived, the pooled kind is the common one")]
+pub enum PgConn {
+    /// From the pool, with the pooled `statement_timeout`.
+    Pooled(PgPooled),
+    /// A session of its own.
+    Own(Box<AsyncPgConnection>),
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Own(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        match self {
+            Self::Pooled(c) => c,
+            Self::Own(c) => c,
+        }
+    }
 }
 
 /// Runs the same Diesel body on whichever backend `$conn` is, with the matching catalog schema
@@ -622,11 +652,32 @@ impl Db {
         }
     }
 
+    /// A connection to the primary for work whose length is the data's — VACUUM, counting or
+    /// moving a partition's rows — whose statements may run for `timeout` (zero: no limit)
+    /// instead of the pooled `statement_timeout`. On PostgreSQL it is a session of its own,
+    /// closed when dropped: it holds no pool slot for hours, and no pooled session is ever left
+    /// with another timeout (as one would be if the work were dropped before setting it back).
+    /// SQLite has no statement timeout: a pooled connection.
+    pub async fn long_work(&self, timeout: Duration) -> Result<Conn> {
+        match &self.inner.backend {
+            Backend::Postgres { primary, .. } => {
+                let open = pg_setup(timeout, self.inner.settings.connect_timeout, false);
+                let c = open(&primary.url)
+                    .await
+                    .map_err(|e| Error::Connect { node: primary.name.clone(), message: e.to_string() })?;
+                Ok(Conn::Pg(PgConn::Own(Box::new(c))))
+            }
+            Backend::Sqlite { .. } => self.write().await,
+        }
+    }
+
     /// A connection to the primary, for writes.
     pub async fn write(&self) -> Result<Conn> {
         let timeout = self.inner.settings.acquire_timeout;
         match &self.inner.backend {
-            Backend::Postgres { primary, .. } => Ok(Conn::Pg(Self::checkout_pg(primary, timeout).await?)),
+            Backend::Postgres { primary, .. } => {
+                Ok(Conn::Pg(PgConn::Pooled(Self::checkout_pg(primary, timeout).await?)))
+            }
             Backend::Sqlite { node, .. } => Ok(Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?)),
         }
     }
@@ -642,7 +693,7 @@ impl Db {
             Backend::Postgres { primary, replicas } => {
                 for r in replicas.iter().filter(|r| self.replica_usable(r)) {
                     match Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
-                        Ok(c) => return Ok((Conn::Pg(c), Role::Replica)),
+                        Ok(c) => return Ok((Conn::Pg(PgConn::Pooled(c)), Role::Replica)),
                         Err(e) => {
                             tracing::warn!(node = %r.name, error = %e, "replica checkout failed; marking it down");
                             let mut h = r.health();
@@ -656,7 +707,7 @@ impl Db {
                     self.inner.replica_fallbacks.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("no replica can serve reads; reading from the primary");
                 }
-                Ok((Conn::Pg(Self::checkout_pg(primary, timeout).await?), Role::Primary))
+                Ok((Conn::Pg(PgConn::Pooled(Self::checkout_pg(primary, timeout).await?)), Role::Primary))
             }
         }
     }
@@ -670,12 +721,12 @@ impl Db {
                 Ok((Conn::Sqlite(Self::checkout_sqlite(node, timeout).await?), Role::Primary))
             }
             Backend::Postgres { primary, replicas } => match Self::checkout_pg(primary, timeout).await {
-                Ok(c) => Ok((Conn::Pg(c), Role::Primary)),
+                Ok(c) => Ok((Conn::Pg(PgConn::Pooled(c)), Role::Primary)),
                 Err(primary_err) => {
                     for r in replicas.iter().filter(|r| self.replica_usable(r)) {
                         if let Ok(c) = Self::checkout_pg(r, REPLICA_CHECKOUT_TIMEOUT.min(timeout)).await {
                             tracing::warn!(node = %r.name, error = %primary_err, "primary unavailable; reading from a replica");
-                            return Ok((Conn::Pg(c), Role::Replica));
+                            return Ok((Conn::Pg(PgConn::Pooled(c)), Role::Replica));
                         }
                     }
                     Err(primary_err)

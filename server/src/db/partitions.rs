@@ -79,7 +79,7 @@ pub enum Lookup {
 
 fn pg(conn: &mut Conn) -> Result<&mut AsyncPgConnection> {
     match conn {
-        Conn::Pg(c) => Ok(c),
+        Conn::Pg(c) => Ok(&mut **c),
         Conn::Sqlite(_) => {
             Err(Error::Unsupported("partitions need PostgreSQL; SQLite has no table partitioning".into()))
         }

@@ -25,7 +25,7 @@ impl MaintenanceService for MaintenanceApi {
         let started = std::time::Instant::now();
         let (runs, skipped) =
             if r.emergency { maintenance::emergency(&self.ctx).await? } else { (Vec::new(), Vec::new()) };
-        let done = maintenance::run(&self.ctx, &tables, r.full, !r.skip_analyze).await?;
+        let done = maintenance::run(&self.ctx, &tables, r.full, !r.skip_analyze, None).await?;
         let tables: Vec<pb::TableMaintenance> = done
             .into_iter()
             .map(|t| pb::TableMaintenance {

@@ -183,7 +183,9 @@ async fn perform(ctx: &Context, spec: &JobSpec, stop: CancellationToken) -> anyh
             }
             let full = spec.options.get("full").map(|v| bool_option("full", v)).transpose()?.unwrap_or(false);
             let analyze = spec.options.get("analyze").map(|v| bool_option("analyze", v)).transpose()?.unwrap_or(true);
-            let done = service::maintenance::run(ctx, &tables, full, analyze).await?;
+            // The job's own timeout, when it has one, bounds its statements too.
+            let timeout = (!spec.timeout.is_zero()).then_some(spec.timeout);
+            let done = service::maintenance::run(ctx, &tables, full, analyze, timeout).await?;
             let reclaimed: i64 = done.iter().map(|r| (r.size_before - r.size_after).max(0)).sum();
             Ok(format!(
                 "{} table(s) vacuumed{}, {reclaimed} bytes reclaimed",

@@ -4,11 +4,14 @@
 //! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`. Path-style addressing, so any S3-compatible server
 //! works. Writes are multipart uploads with several parts in flight.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aws_sdk_s3::{
     Client,
-    config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation},
+    config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+        retry::RetryConfig, timeout::TimeoutConfig,
+    },
     error::DisplayErrorContext,
     primitives::{ByteStream as AwsBody, SdkBody},
     types::{CompletedMultipartUpload, CompletedPart, StorageClass},
@@ -36,11 +39,36 @@ pub struct S3Settings {
     pub concurrency: usize,
     /// Storage class for new objects (e.g. `STANDARD_IA`); None: the bucket's default.
     pub storage_class: Option<String>,
+    /// Time to open a connection before an attempt fails.
+    pub connect_timeout: Duration,
+    /// Longest wait for a response's bytes before an attempt fails.
+    pub read_timeout: Duration,
+    /// Longest one attempt of one call may take, sending its body included.
+    pub attempt_timeout: Duration,
+    /// Attempts per call, the first included (retried with the SDK's standard backoff).
+    pub max_attempts: u32,
 }
 
 impl Default for S3Settings {
     fn default() -> Self {
-        Self { part_size: 8 << 20, concurrency: 4, storage_class: None }
+        Self {
+            part_size: 8 << 20,
+            concurrency: 4,
+            storage_class: None,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(120),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl S3Settings {
+    /// The longest one call can take, all its attempts and the backoff between them: what an
+    /// archive batch's segment upload may hold the batch's rows for.
+    pub fn call_bound(&self) -> Duration {
+        // The standard retry strategy's backoff is capped at 20 s between attempts.
+        self.attempt_timeout * self.max_attempts + Duration::from_secs(20) * self.max_attempts.saturating_sub(1)
     }
 }
 
@@ -98,7 +126,18 @@ impl S3Store {
             // strata verifies content itself (BLAKE3/SHA-256 over the stream); per-request checksums
             // only where the protocol requires them.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            // A stalled or unreachable store fails a call within a known time instead of holding
+            // what waits on it (an archive batch holds its rows' locks while its segment uploads).
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .read_timeout(settings.read_timeout)
+                    .operation_attempt_timeout(settings.attempt_timeout)
+                    .operation_timeout(settings.call_bound())
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1)));
         if let Some(e) = endpoint {
             conf = conf.endpoint_url(e);
         }

@@ -58,9 +58,17 @@ pub fn parse_table(s: &str) -> Result<(String, String)> {
     Ok((schema.to_owned(), table.to_owned()))
 }
 
-/// Vacuums (and analyzes) the tables — all user tables when `tables` is empty.
-pub async fn run(ctx: &Context, tables: &[(String, String)], full: bool, analyze: bool) -> Result<Vec<TableResult>> {
-    let mut conn = ctx.db.write().await?;
+/// Vacuums (and analyzes) the tables — all user tables when `tables` is empty — on a session of
+/// its own whose statements may run for `timeout` (None: the `maintenance_timeout` setting), not
+/// the pooled `statement_timeout`: a big table's VACUUM takes as long as it takes.
+pub async fn run(
+    ctx: &Context,
+    tables: &[(String, String)],
+    full: bool,
+    analyze: bool,
+    timeout: Option<Duration>,
+) -> Result<Vec<TableResult>> {
+    let mut conn = ctx.db.long_work(timeout.unwrap_or(ctx.config.maintenance_timeout)).await?;
     if ctx.db.backend() == db::BackendKind::Sqlite {
         let started = Instant::now();
         let before = store::sqlite_size(&mut conn).await?;

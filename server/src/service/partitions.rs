@@ -163,7 +163,10 @@ pub async fn health(ctx: &Context, p: Parent) -> Result<Health> {
         })
         .collect();
     let default_rows = match partitions.iter().find(|x| x.is_default) {
-        Some(d) => store::count_rows(&mut ctx.db.write().await?, &p, &d.name, None).await?,
+        // As long as the default partition is big: its own session and timeout.
+        Some(d) => {
+            store::count_rows(&mut ctx.db.long_work(ctx.config.maintenance_timeout).await?, &p, &d.name, None).await?
+        }
         None => 0,
     };
     let newest = ranges.iter().filter_map(|x| x.end).max();
@@ -202,9 +205,10 @@ pub async fn rescue(ctx: &Context, p: &Parent, interval: Interval, dry_run: bool
     let Some(def) = parts.iter().find(|x| x.is_default).cloned() else {
         return Ok((0, Vec::new(), 0));
     };
-    let mut conn = ctx.db.write().await?;
+    // Scans, counts and moves as long as the default partition is big: a session of its own,
+    // with the maintenance timeout rather than the pooled one.
+    let mut conn = ctx.db.long_work(ctx.config.maintenance_timeout).await?;
     let periods = store::periods(&mut conn, p, &def.name, interval).await?;
-    drop(conn);
     let mut moved = 0;
     let mut created = Vec::new();
     for micros in periods {
@@ -213,18 +217,16 @@ pub async fn rescue(ctx: &Context, p: &Parent, interval: Interval, dry_run: bool
         if overlaps(&parts, at(from), at(to)) {
             continue;
         }
-        let n = store::count_rows(&mut ctx.db.write().await?, p, &def.name, Some((from, to))).await?;
+        let n = store::count_rows(&mut conn, p, &def.name, Some((from, to))).await?;
         let name = format!("{}_p{}", p.table, interval.suffix(from));
         if !dry_run {
             let new = NewPartition { name: name.clone(), from, to };
-            store::rescue_rows(&mut ctx.db.write().await?, p, &def.name, &new)
-                .await
-                .map_err(|e| ddl_error(&name, e))?;
+            store::rescue_rows(&mut conn, p, &def.name, &new).await.map_err(|e| ddl_error(&name, e))?;
             tracing::info!(partition = %name, rows = n, "rescued default-partition rows");
         }
         moved += n;
         created.push(name);
     }
-    let left = if dry_run { 0 } else { store::count_rows(&mut ctx.db.write().await?, p, &def.name, None).await? };
+    let left = if dry_run { 0 } else { store::count_rows(&mut conn, p, &def.name, None).await? };
     Ok((moved, created, left))
 }

@@ -577,3 +577,105 @@ async fn cancel_and_shutdown_stop_runs_between_batches_and_say_so() {
     assert_eq!(count(&mut c).await, 0);
     server.stop().await.unwrap();
 }
+
+/// An S3 server that stalls (a proxy that stops forwarding, connections left open) while a batch
+/// holds its rows: the segment upload times out within the configured bound, the batch rolls back,
+/// and an application's UPDATE of one of those rows, blocked meanwhile, proceeds. Nothing is lost;
+/// once S3 answers again, the next run archives the rows (with the application's change).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_object_store_releases_the_rows_within_the_timeouts() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("archive_stall").await.unwrap();
+    let s3 = S3Server::start("strata-stall").unwrap();
+    let proxy = strata_tests::proxy::StallProxy::start(s3.addr).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE messages (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text);
+         INSERT INTO messages SELECT i, now() - make_interval(days => 400 - i / 10), 'message ' || i
+           FROM generate_series(1, 3000) i;",
+    )
+    .await
+    .unwrap();
+    let due_sql = "SELECT count(*)::int8 AS n FROM messages WHERE created_at < now() - interval '90 days'";
+    let due = pg_count(&mut c, due_sql).await;
+    assert!(due > 1000, "{due}");
+    let mut config = test_config(cluster.primary_url(&db), vec![], dir.path());
+    config.object_store_url = s3.url_via(proxy.addr);
+    config.s3_connect_timeout = Duration::from_secs(1);
+    config.s3_read_timeout = Duration::from_secs(1);
+    config.s3_attempt_timeout = Duration::from_secs(2);
+    config.s3_max_attempts = 2;
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    client.create_policy(&ArchivePolicy { batch_size: 5000, ..policy("stall", "messages", 90) }).await.unwrap();
+
+    proxy.stall();
+    let run = start(&client, async || client.run_archive("stall").await).await;
+    // The batch holds the due rows while its upload waits on the stalled store.
+    let waiting = "SELECT count(*)::int8 AS n FROM pg_stat_activity
+                   WHERE datname = current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()";
+    let mut app = cluster.connect(&db).await.unwrap();
+    for _ in 0..600 {
+        if pg_count(&mut app, waiting).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        pg_count(&mut app, waiting).await > 0,
+        "the batch never waited on the store: {:?}",
+        client.archive_run(&run.id).await
+    );
+    // The application writes one of those rows: it waits for the batch's lock, then proceeds.
+    let update = tokio::spawn(async move {
+        app.batch_execute("SET lock_timeout = '120s'; UPDATE messages SET body = 'edited while stalled' WHERE id = 1")
+            .await
+            .map(|()| app)
+    });
+    let blocked = "SELECT count(*)::int8 AS n FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let mut seen_blocked = false;
+    for _ in 0..200 {
+        if pg_count(&mut c, blocked).await > 0 {
+            seen_blocked = true;
+            break;
+        }
+        if update.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen_blocked, "the application's UPDATE never waited for the batch's row lock");
+    let ended =
+        tokio::time::timeout(Duration::from_secs(90), client.wait_archive_run(&run.id, Duration::from_millis(50)))
+            .await
+            .expect("the run ends although the store never answers")
+            .unwrap();
+    assert_eq!(ended.state, RunState::Failed, "{ended:?}");
+    assert_eq!(ended.rows_done, 0, "{ended:?}");
+    let _app = tokio::time::timeout(Duration::from_secs(60), update)
+        .await
+        .expect("the UPDATE proceeds once the batch let go")
+        .unwrap()
+        .expect("the UPDATE succeeds");
+    assert_eq!(pg_count(&mut c, due_sql).await, due, "every row is still in the table");
+
+    // The store answers again: the rows are archived, the application's change with them.
+    proxy.resume();
+    let run = start(&client, async || client.run_archive("stall").await).await;
+    let done = finish(&client, &run.id).await;
+    assert_eq!(done.rows_done as i64, due);
+    assert_eq!(pg_count(&mut c, due_sql).await, 0);
+    let mut edited = Vec::new();
+    let read = client
+        .read_archive("stall", &SegmentSelection::default(), |_, rows| {
+            edited.extend(rows.into_iter().filter(|r| r.contains("edited while stalled")));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(read as i64, due);
+    assert_eq!(edited.len(), 1, "the application's change is what was archived: {edited:?}");
+    server.stop().await.unwrap();
+}

@@ -172,3 +172,53 @@ async fn emergency_mode_starts_purges_and_retention_now() {
     );
     server.stop().await.unwrap();
 }
+
+/// VACUUM takes as long as the table needs, not the pooled `statement_timeout`: with a pooled
+/// timeout of 1 s, a VACUUM that needs longer (here it waits 2.5 s for a lock another session
+/// holds, which counts against a statement timeout just as work does) succeeds under
+/// `maintenance_timeout`, and fails when `maintenance_timeout` is shorter than it needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn vacuum_runs_under_the_maintenance_timeout_not_the_pooled_one() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("maint_timeout").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute("CREATE TABLE slow (id bigint PRIMARY KEY, pad text); INSERT INTO slow SELECT i, 'x' FROM generate_series(1, 1000) i;")
+        .await
+        .unwrap();
+    let config = |maintenance: Duration| {
+        let mut config = strata_tests::server::test_config(cluster.primary_url(&db), vec![], dir.path());
+        config.statement_timeout = Duration::from_secs(1);
+        config.maintenance_timeout = maintenance;
+        config
+    };
+
+    // Shorter than it needs: the statement is cancelled, said so, and nothing else is harmed.
+    let server = TestServer::start(config(Duration::from_millis(1000))).await.unwrap();
+    let client = server.client().await;
+    let released = hold_vacuum_lock(cluster, &db).await;
+    let e = client.run_maintenance(&["public.slow".into()], false, false).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+    released.await.unwrap();
+    server.stop().await.unwrap();
+
+    // The default (hours): it waits for the lock, then vacuums, although the pooled timeout is 1 s.
+    let server = TestServer::start(config(Duration::from_secs(6 * 3600))).await.unwrap();
+    let client = server.client().await;
+    let released = hold_vacuum_lock(cluster, &db).await;
+    let done = client.run_maintenance(&["public.slow".into()], false, false).await.unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert!(done[0].duration >= Duration::from_secs(1), "it did wait for the lock: {done:?}");
+    released.await.unwrap();
+    server.stop().await.unwrap();
+}
+
+/// Holds the lock VACUUM needs on `slow` for 2.5 s (from now), then lets go: the handle ends then.
+async fn hold_vacuum_lock(cluster: &PgCluster, db: &str) -> tokio::task::JoinHandle<()> {
+    let mut h = cluster.connect(db).await.unwrap();
+    h.batch_execute("BEGIN; LOCK TABLE slow IN SHARE UPDATE EXCLUSIVE MODE").await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        h.batch_execute("COMMIT").await.unwrap();
+    })
+}

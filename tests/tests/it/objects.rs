@@ -182,7 +182,7 @@ async fn local_store_round_trips() {
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_round_trips() {
     let s3 = S3Server::start("strata-objects").unwrap();
-    let settings = S3Settings { part_size: MIN_PART_SIZE, concurrency: 2, storage_class: None };
+    let settings = S3Settings { part_size: MIN_PART_SIZE, concurrency: 2, ..S3Settings::default() };
     let store = ObjectStore::open(&s3.url(), &settings).await.unwrap();
     exercise(store, MIN_PART_SIZE as usize).await;
     // A wrong secret is refused by the server.
