@@ -275,3 +275,26 @@ async fn archival_through_haproxy_survives_its_instance_killed() {
     assert_eq!(killed.state, strata_client::archive::RunState::Failed, "{killed:?}");
     drop(proxy);
 }
+
+/// When HAProxy answers a call itself — here 503, since the only instance is not there — the
+/// client gets a gRPC status it understands (UNAVAILABLE, with HAProxy's reason), not HAProxy's
+/// HTML page read as a garbled message ("invalid compression flag").
+#[tokio::test(flavor = "multi_thread")]
+async fn haproxy_own_errors_reach_clients_as_grpc_statuses() {
+    // Ports nobody listens on: the check fails and no server is up.
+    let gone = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (grpc, admin) =
+        (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let backend =
+        Backend { grpc: gone(grpc.local_addr().unwrap().port()), admin: gone(admin.local_addr().unwrap().port()) };
+    drop((grpc, admin));
+    let proxy = Haproxy::start(&[backend]).await.unwrap();
+    let mut admin = AdminServiceClient::new(connect(proxy.url()).await);
+    let e = admin.get_info(pb::GetInfoRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("HAProxy 503"), "{e:?}");
+    // The same through the SDK (whose uploads and downloads retry UNAVAILABLE).
+    let client = strata_client::Client::connect(proxy.url()).await.unwrap();
+    let e = client.info().await.unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e:?}");
+}

@@ -65,11 +65,20 @@ defaults
     timeout server 1h
     timeout check 1s
     # A call that could not reach an instance (it died before the checks noticed) goes to another
-    # one: nothing was sent, so it is safe for any call. Without it the client gets HAProxy's own
-    # 503 page, which a gRPC client reads as a garbled message.
+    # one: nothing was sent, so it is safe for any call.
     retries 3
     option redispatch 1
     retry-on conn-failure
+    # HAProxy's own answers (no instance could take the call, a malformed request, ...) carry
+    # a gRPC status in their headers, as gRPC maps HTTP statuses: clients read UNAVAILABLE and a
+    # message instead of an HTML page they would take for a garbled message.
+    http-error status 400 hdr grpc-status 13 hdr grpc-message \"HAProxy%%20400:%%20bad%%20request\"
+    http-error status 403 hdr grpc-status 7 hdr grpc-message \"HAProxy%%20403:%%20denied\"
+    http-error status 408 hdr grpc-status 2 hdr grpc-message \"HAProxy%%20408:%%20request%%20timeout\"
+    http-error status 500 hdr grpc-status 2 hdr grpc-message \"HAProxy%%20500:%%20internal%%20error\"
+    http-error status 502 hdr grpc-status 14 hdr grpc-message \"HAProxy%%20502:%%20bad%%20answer%%20from%%20an%%20instance\"
+    http-error status 503 hdr grpc-status 14 hdr grpc-message \"HAProxy%%20503:%%20no%%20instance%%20could%%20take%%20the%%20call\"
+    http-error status 504 hdr grpc-status 14 hdr grpc-message \"HAProxy%%20504:%%20no%%20answer%%20from%%20an%%20instance%%20in%%20time\"
 
 frontend grpc
     bind 127.0.0.1:{port} proto h2

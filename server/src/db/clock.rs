@@ -54,6 +54,10 @@ impl Clock {
         *a = Some((db_time, at));
         drop(a);
         if first {
+            // Times handed out before (the process's wall clock, nothing shared yet) must not
+            // hold this clock ahead of the database's afterwards, as the never-backwards rule
+            // would for as long as this host's clock is ahead.
+            self.last.store(i64::MIN, Ordering::Relaxed);
             let ahead = Utc::now() - db_time;
             if ahead.num_milliseconds().abs() >= 1000 {
                 tracing::warn!(
@@ -96,6 +100,16 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_reading_before_the_first_anchor_does_not_hold_it_ahead() {
+        let c = Clock::database();
+        // Before the first probe: the process's clock, here far ahead of the database's.
+        let early = c.now();
+        let db = early - chrono::Duration::seconds(120);
+        c.anchor(db, Instant::now());
+        assert!((c.now() - db).num_milliseconds().abs() < 1000, "{} vs {db}", c.now());
+    }
 
     #[test]
     fn follows_the_anchor_not_the_wall_clock() {

@@ -90,31 +90,22 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
         (d, result)
     });
     for (d, result) in futures::future::join_all(sends).await {
-        let t = ctx.now();
-        let mut conn = ctx.db.write().await?;
-        let recorded = match &result {
-            Ok(()) => {
-                let ev = NewEvent {
-                    kind: EventKind::Notified,
-                    value: None,
-                    actor: "strata".into(),
-                    note: format!("{} to {}", d.channel, d.target),
-                };
-                store::record_attempt(&mut conn, &d, NotificationState::Sent, t, None, t, Some(&ev)).await?
-            }
-            Err(e) if d.attempts + 1 < i64::from(ctx.config.alert_notify_attempts) => {
-                let next =
-                    t + chrono::Duration::from_std(retry_delay(d.attempts)).unwrap_or(chrono::Duration::seconds(300));
-                store::record_attempt(&mut conn, &d, NotificationState::Pending, next, Some(e), t, None).await?
-            }
-            Err(e) => {
-                let ev = NewEvent {
-                    kind: EventKind::NotifyFailed,
-                    value: None,
-                    actor: "strata".into(),
-                    note: format!("{} to {} failed after {} attempts: {e}", d.channel, d.target, d.attempts + 1),
-                };
-                store::record_attempt(&mut conn, &d, NotificationState::Failed, t, Some(e), t, Some(&ev)).await?
+        // Each outcome is recorded on its own: a database error on one must not drop the others
+        // (their leases would lapse and delivered notifications be sent again). A failed record
+        // is retried while the lease lasts; after that the lease's next holder decides.
+        let mut tries = 0;
+        let recorded = loop {
+            match record_outcome(ctx, &d, &result).await {
+                Ok(r) => break r,
+                Err(e) if tries < RECORD_TRIES => {
+                    tries += 1;
+                    tracing::warn!(alert = %d.alert_id, error = %e, "recording a notification attempt failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200) * tries).await;
+                }
+                Err(e) => {
+                    tracing::error!(alert = %d.alert_id, error = %e, "recording a notification attempt failed; its lease decides");
+                    break false;
+                }
             }
         };
         let attempt = d.attempts + 1;
@@ -135,6 +126,40 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
         }
     }
     Ok(n)
+}
+
+/// Times a failed record of one attempt is retried (200 ms, 400 ms, … apart).
+const RECORD_TRIES: u32 = 5;
+
+/// Records the outcome of one attempt on `d`; false when its lease was taken over meanwhile.
+async fn record_outcome(ctx: &Context, d: &NotificationRow, result: &std::result::Result<(), String>) -> Result<bool> {
+    let t = ctx.now();
+    let mut conn = ctx.db.write().await?;
+    Ok(match result {
+        Ok(()) => {
+            let ev = NewEvent {
+                kind: EventKind::Notified,
+                value: None,
+                actor: "strata".into(),
+                note: format!("{} to {}", d.channel, d.target),
+            };
+            store::record_attempt(&mut conn, d, NotificationState::Sent, t, None, t, Some(&ev)).await?
+        }
+        Err(e) if d.attempts + 1 < i64::from(ctx.config.alert_notify_attempts) => {
+            let next =
+                t + chrono::Duration::from_std(retry_delay(d.attempts)).unwrap_or(chrono::Duration::seconds(300));
+            store::record_attempt(&mut conn, d, NotificationState::Pending, next, Some(e), t, None).await?
+        }
+        Err(e) => {
+            let ev = NewEvent {
+                kind: EventKind::NotifyFailed,
+                value: None,
+                actor: "strata".into(),
+                note: format!("{} to {} failed after {} attempts: {e}", d.channel, d.target, d.attempts + 1),
+            };
+            store::record_attempt(&mut conn, d, NotificationState::Failed, t, Some(e), t, Some(&ev)).await?
+        }
+    })
 }
 
 /// The signature header value of a webhook body: hex HMAC-SHA256 over `"<timestamp>.<body>"`.
