@@ -65,13 +65,16 @@ fn main() -> anyhow::Result<()> {
                     listen = %config.listen,
                     "starting strata {}", env!("CARGO_PKG_VERSION")
                 );
+                // Before the server answers anyone: a SIGTERM that arrived before the handler
+                // existed would kill the process without its shutdown.
+                let mut signals = Signals::new()?;
                 let server = Server::start(config).await?;
                 let (stop, hurry) = (server.shutdown_token(), server.hurry_token());
                 tokio::spawn(async move {
-                    shutdown_signal().await;
+                    signals.next().await;
                     tracing::info!("shutdown requested (a second signal skips the rest of shutdown_delay)");
                     stop.cancel();
-                    shutdown_signal().await;
+                    signals.next().await;
                     hurry.cancel();
                 });
                 server.wait().await
@@ -82,14 +85,33 @@ fn main() -> anyhow::Result<()> {
     .context("strata-server failed")
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and ctrl-c (SIGINT), listened for from the moment this is made.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+                int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Waits for the next SIGTERM or ctrl-c.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! { _ = self.term.recv() => {}, _ = self.int.recv() => {} }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -98,7 +98,29 @@ fn run(mut c: Command) -> anyhow::Result<String> {
 }
 
 /// A free loopback TCP port (the listener is closed before PostgreSQL binds it).
+///
+/// Taken below the kernel's ephemeral range (32768–60999 by default), not from it: a port the
+/// kernel hands out for `bind(0)` may be given to an outgoing connection (to PostgreSQL, S3, …)
+/// before the server it was meant for binds it — seen as "Address already in use" in CI. Ports
+/// are handed out in turn from a start that differs per process, each checked free, so tests of
+/// one binary never get the same one and parallel binaries rarely meet.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
