@@ -96,7 +96,7 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
         let mut tries = 0;
         let recorded = loop {
             match record_outcome(ctx, &d, &result).await {
-                Ok(r) => break r,
+                Ok(r) => break Some(r),
                 Err(e) if tries < RECORD_TRIES => {
                     tries += 1;
                     tracing::warn!(alert = %d.alert_id, error = %e, "recording a notification attempt failed; retrying");
@@ -104,10 +104,12 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
                 }
                 Err(e) => {
                     tracing::error!(alert = %d.alert_id, error = %e, "recording a notification attempt failed; its lease decides");
-                    break false;
+                    break None;
                 }
             }
         };
+        // Not recorded at all: said above.
+        let Some(recorded) = recorded else { continue };
         let attempt = d.attempts + 1;
         match (&result, recorded) {
             (_, false) => tracing::warn!(
