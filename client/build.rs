@@ -9,6 +9,7 @@ use prost::Message;
 const PROTO_ROOT: &str = "../proto";
 const PROTOS: &[&str] = &[
     "strata/v1/common.proto",
+    "strata/v1/operations.proto",
     "strata/v1/admin.proto",
     "strata/v1/storage.proto",
     "strata/v1/files.proto",

@@ -31,6 +31,16 @@ pub enum Error {
     /// A local file could not be read or written.
     #[error("{0}")]
     Io(String),
+    /// A long operation ended without succeeding (failed or cancelled).
+    #[error("operation {id} {state}: {message}")]
+    Operation {
+        /// The operation's id.
+        id: String,
+        /// `failed` or `cancelled`.
+        state: String,
+        /// Why.
+        message: String,
+    },
     /// The server sent a response the SDK does not understand.
     #[error("malformed response: {0}")]
     Malformed(String),

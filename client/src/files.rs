@@ -13,6 +13,7 @@ use crate::{
     Client, Error,
     client::Svc,
     convert::timestamp,
+    operations::{ItemKind, Operation, OperationResult},
     pb::{self, file_service_client::FileServiceClient, upload_request::Kind},
     types::{
         BlobMigration, BlobMigrationSpec, BlobMigrationStart, File, FilePage, FileQuery, Reconciliation, UploadOptions,
@@ -339,22 +340,46 @@ impl Client {
         Ok(FilePage { files: r.files.into_iter().map(File::from).collect(), next_page_token: r.next_page_token })
     }
 
-    /// Compares the object store with the catalog; with `repair`, deletes orphans older than
-    /// `grace` and marks lost content.
-    pub async fn reconcile_objects(&self, repair: bool, grace: Duration) -> Result<Reconciliation, Error> {
+    /// Starts comparing the object store with the catalog (with `repair`, deleting orphans older
+    /// than `grace` and marking lost content); returns the operation at once. Its findings are
+    /// items: [`Client::operation_items`].
+    pub async fn start_reconcile(&self, repair: bool, grace: Duration) -> Result<Operation, Error> {
         let req = pb::ReconcileObjectsRequest {
             repair,
             grace_period: Some(prost_types::Duration::try_from(grace).map_err(|e| Error::Malformed(e.to_string()))?),
         };
         let r = self.files().reconcile_objects(req).await?.into_inner();
-        Ok(Reconciliation {
-            orphan_object_keys: r.orphan_object_keys,
-            deleted_object_keys: r.deleted_object_keys,
-            lost_blake3: r.lost_blake3,
-            lost_file_ids: r.lost_file_ids,
-            objects_scanned: r.objects_scanned,
-            blobs_scanned: r.blobs_scanned,
-        })
+        r.operation.map(Operation::from).ok_or_else(|| Error::Malformed("no operation in the response".into()))
+    }
+
+    /// Compares the object store with the catalog and waits for the end; returns every finding at
+    /// once (a big store's are better paged: [`Client::start_reconcile`]).
+    pub async fn reconcile_objects(&self, repair: bool, grace: Duration) -> Result<Reconciliation, Error> {
+        let op = self.start_reconcile(repair, grace).await?;
+        let op = self.finish_operation(op).await?;
+        let (objects_scanned, blobs_scanned) = match op.result {
+            OperationResult::Reconcile { objects_scanned, blobs_scanned, .. } => (objects_scanned, blobs_scanned),
+            _ => (0, 0),
+        };
+        let mut out = Reconciliation {
+            operation_id: op.id.clone(),
+            orphan_object_keys: Vec::new(),
+            deleted_object_keys: Vec::new(),
+            lost_blake3: Vec::new(),
+            lost_file_ids: Vec::new(),
+            objects_scanned,
+            blobs_scanned,
+        };
+        for i in self.all_operation_items(&op.id).await? {
+            match i.kind {
+                ItemKind::OrphanObject => out.orphan_object_keys.push(i.value),
+                ItemKind::DeletedObject => out.deleted_object_keys.push(i.value),
+                ItemKind::LostContent => out.lost_blake3.push(i.value),
+                ItemKind::LostFile => out.lost_file_ids.push(i.value),
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Starts moving a table's blobs into files (or, with `dry_run`, counts them).

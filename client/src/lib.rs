@@ -22,6 +22,7 @@ mod client;
 mod convert;
 mod files;
 pub mod maintenance;
+pub mod operations;
 pub mod partitions;
 pub mod scheduler;
 pub mod types;

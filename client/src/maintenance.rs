@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     Client, Error,
+    operations::{ItemKind, Operation},
     pb::{self, maintenance_service_client::MaintenanceServiceClient},
 };
 
@@ -27,6 +28,20 @@ pub struct TableMaintenance {
     /// Time taken.
     #[serde(with = "crate::types::secs")]
     pub duration: Duration,
+}
+
+impl From<pb::TableMaintenance> for TableMaintenance {
+    fn from(t: pb::TableMaintenance) -> Self {
+        TableMaintenance {
+            schema_name: t.schema_name,
+            table_name: t.table_name,
+            size_before_bytes: t.size_before_bytes,
+            size_after_bytes: t.size_after_bytes,
+            reclaimed_bytes: t.reclaimed_bytes,
+            dead_rows_before: t.dead_rows_before,
+            duration: dur(t.duration),
+        }
+    }
 }
 
 /// What a maintenance call did.
@@ -63,7 +78,26 @@ impl Client {
         MaintenanceServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
-    /// VACUUM (ANALYZE unless `skip_analyze`) the tables ("schema.table" or "table"; empty: all).
+    /// Starts VACUUM (ANALYZE unless `skip_analyze`) of the tables ("schema.table" or "table";
+    /// empty: all) — with `emergency`, the purge and retention runs first — and returns the
+    /// operation at once (follow it with [`Client::wait_operation`]).
+    pub async fn start_maintenance(
+        &self,
+        tables: &[String],
+        full: bool,
+        skip_analyze: bool,
+        emergency: bool,
+    ) -> Result<Operation, Error> {
+        let r = self
+            .maintenance()
+            .run_maintenance(pb::RunMaintenanceRequest { tables: tables.to_vec(), skip_analyze, full, emergency })
+            .await?
+            .into_inner();
+        r.operation.map(Operation::from).ok_or_else(|| Error::Malformed("no operation in the response".into()))
+    }
+
+    /// VACUUM (ANALYZE unless `skip_analyze`) the tables, waiting for the end; returns each
+    /// table's figures. An operation that fails answers [`Error::Operation`].
     pub async fn run_maintenance(
         &self,
         tables: &[String],
@@ -74,7 +108,7 @@ impl Client {
     }
 
     /// Emergency maintenance: starts every purge policy's run and every retention now, then
-    /// vacuums; returns what was done and the runs started.
+    /// vacuums; waits, and returns what was done and the runs started.
     pub async fn emergency_maintenance(&self) -> Result<MaintenanceReport, Error> {
         self.maintenance_report(&[], false, false, true).await
     }
@@ -86,25 +120,19 @@ impl Client {
         skip_analyze: bool,
         emergency: bool,
     ) -> Result<MaintenanceReport, Error> {
-        let r = self
-            .maintenance()
-            .run_maintenance(pb::RunMaintenanceRequest { tables: tables.to_vec(), skip_analyze, full, emergency })
-            .await?
-            .into_inner();
-        let tables = r
-            .tables
-            .into_iter()
-            .map(|t| TableMaintenance {
-                schema_name: t.schema_name,
-                table_name: t.table_name,
-                size_before_bytes: t.size_before_bytes,
-                size_after_bytes: t.size_after_bytes,
-                reclaimed_bytes: t.reclaimed_bytes,
-                dead_rows_before: t.dead_rows_before,
-                duration: dur(t.duration),
-            })
-            .collect();
-        Ok(MaintenanceReport { tables, started_runs: r.started_runs, skipped_policies: r.skipped_policies })
+        let op = self.start_maintenance(tables, full, skip_analyze, emergency).await?;
+        let op = self.finish_operation(op).await?;
+        let mut report =
+            MaintenanceReport { tables: Vec::new(), started_runs: Vec::new(), skipped_policies: Vec::new() };
+        for i in self.all_operation_items(&op.id).await? {
+            match (i.kind, i.table) {
+                (ItemKind::Table, Some(t)) => report.tables.push(t),
+                (ItemKind::StartedRun, _) => report.started_runs.push(i.value),
+                (ItemKind::SkippedPolicy, _) => report.skipped_policies.push(i.value),
+                _ => {}
+            }
+        }
+        Ok(report)
     }
 
     /// Advice from the statistics views (thresholds 0: the server's defaults).

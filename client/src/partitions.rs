@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     Client, Error,
+    operations::{ItemKind, Operation, OperationResult},
     pb::{self, partition_service_client::PartitionServiceClient},
 };
 
@@ -173,14 +174,15 @@ impl Client {
         Ok(r.run.unwrap_or_default().into())
     }
 
-    /// Moves default-partition rows into partitions of `interval`.
-    pub async fn rescue_default_rows(
+    /// Starts moving default-partition rows into partitions of `interval` (or, with `dry_run`,
+    /// counting them); returns the operation at once.
+    pub async fn start_rescue(
         &self,
         schema: &str,
         table: &str,
         interval: PartitionInterval,
         dry_run: bool,
-    ) -> Result<Rescue, Error> {
+    ) -> Result<Operation, Error> {
         let r = self
             .partitions()
             .rescue_default_rows(pb::RescueDefaultRowsRequest {
@@ -191,6 +193,30 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(Rescue { rows_moved: r.rows_moved, partitions_created: r.partitions_created, rows_left: r.rows_left })
+        r.operation.map(Operation::from).ok_or_else(|| Error::Malformed("no operation in the response".into()))
+    }
+
+    /// Moves default-partition rows into partitions of `interval` and waits for the end.
+    pub async fn rescue_default_rows(
+        &self,
+        schema: &str,
+        table: &str,
+        interval: PartitionInterval,
+        dry_run: bool,
+    ) -> Result<Rescue, Error> {
+        let op = self.start_rescue(schema, table, interval, dry_run).await?;
+        let op = self.finish_operation(op).await?;
+        let (rows_moved, rows_left) = match op.result {
+            OperationResult::Rescue { rows_moved, rows_left, .. } => (rows_moved, rows_left),
+            _ => (0, 0),
+        };
+        let partitions_created = self
+            .all_operation_items(&op.id)
+            .await?
+            .into_iter()
+            .filter(|i| i.kind == ItemKind::Partition)
+            .map(|i| i.value)
+            .collect();
+        Ok(Rescue { rows_moved, partitions_created, rows_left })
     }
 }

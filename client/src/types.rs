@@ -461,6 +461,8 @@ pub struct FilePage {
 /// What `ReconcileObjects` found (and, with repair, did).
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconciliation {
+    /// The operation that found it.
+    pub operation_id: String,
     /// Objects no catalog row references.
     pub orphan_object_keys: Vec<String>,
     /// Orphans deleted.

@@ -160,6 +160,7 @@ async fn run(
         ctx.config.scheduler_poll_interval,
         jobs_cancel.clone(),
     )));
+    jobs.push(tokio::spawn(jobs::operations(ctx.clone(), ctx.config.scheduler_poll_interval, jobs_cancel.clone())));
     match service::archive::mark_orphaned_runs(&ctx).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(runs = n, "archive runs of a stopped server recorded as interrupted"),

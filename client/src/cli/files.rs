@@ -41,6 +41,10 @@ pub enum FilesCommand {
         /// Orphans younger than this many seconds are kept.
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
+        /// Follow the operation until it ends and print what it found (exit code 1 unless it
+        /// succeeded); without it, print the operation's id and return.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -183,28 +187,29 @@ pub(super) async fn run_files(
             let f = client.stat_file(&id).await?;
             if json { print_json(out, &f)? } else { print_file(out, &f)? }
         }
-        FilesCommand::Reconcile { repair, grace_secs } => {
-            let r = client.reconcile_objects(repair, std::time::Duration::from_secs(grace_secs)).await?;
-            if json {
-                print_json(out, &r)?;
-            } else {
-                writeln!(
-                    out,
-                    "scanned {} objects and {} blobs: {} orphan(s), {} deleted, {} lost content(s) in {} file(s)",
-                    r.objects_scanned,
-                    r.blobs_scanned,
-                    r.orphan_object_keys.len(),
-                    r.deleted_object_keys.len(),
-                    r.lost_blake3.len(),
-                    r.lost_file_ids.len()
-                )?;
-                for k in &r.orphan_object_keys {
-                    writeln!(out, "orphan {k}")?;
-                }
-                for f in &r.lost_file_ids {
-                    writeln!(out, "lost file {f}")?;
-                }
+        FilesCommand::Reconcile { repair, grace_secs, wait } => {
+            let op = client.start_reconcile(repair, std::time::Duration::from_secs(grace_secs)).await?;
+            if !wait {
+                return super::ops::started(out, &op, json);
             }
+            let op = super::ops::follow(client, op, json, out).await?;
+            // Page by page: a big store's findings are never held at once.
+            let mut token = String::new();
+            loop {
+                let page = client.operation_items(&op.id, &token, 1000).await?;
+                if json {
+                    for i in &page.items {
+                        writeln!(out, "{}", serde_json::to_string(i)?)?;
+                    }
+                } else {
+                    super::ops::print_items(out, &page.items)?;
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            return Ok(op.state == crate::operations::OperationState::Succeeded);
         }
         FilesCommand::Rm { id } => {
             let gone = client.delete_file(&id).await?;

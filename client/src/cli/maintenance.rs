@@ -2,52 +2,60 @@
 
 use std::io::Write;
 
-use super::output::{bytes, print_json, table};
-use crate::Client;
+use super::{
+    ops::{follow, started},
+    output::{bytes, print_json, table},
+};
+use crate::{
+    Client,
+    operations::{ItemKind, OperationState},
+};
 
-/// `strata maintenance`: VACUUM (and ANALYZE), or with `emergency` the purge and retention runs first.
+/// `strata maintenance`: starts VACUUM (and ANALYZE), with `emergency` the purge and retention runs
+/// first; with `wait`, follows it and prints each table.
+#[allow(clippy::too_many_arguments, reason = "one per flag of the command")]
 pub(super) async fn maintenance(
     client: &Client,
     tables: &[String],
     full: bool,
     skip_analyze: bool,
     emergency: bool,
+    wait: bool,
     json: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
-    let done = if emergency {
-        let report = client.emergency_maintenance().await?;
-        for id in &report.started_runs {
-            writeln!(out, "started run {id} (follow it with `strata archive status {id}`)")?;
-        }
-        for s in &report.skipped_policies {
-            writeln!(out, "not started: {s}")?;
-        }
-        report.tables
-    } else {
-        client.run_maintenance(tables, full, skip_analyze).await?
-    };
-    if json {
-        print_json(out, &done)?;
-    } else {
-        let mut t = table(&["table", "before", "after", "reclaimed", "dead rows", "time"]);
-        for m in &done {
-            t.add_row(vec![
-                if m.schema_name.is_empty() {
-                    m.table_name.clone()
-                } else {
-                    format!("{}.{}", m.schema_name, m.table_name)
-                },
-                bytes(m.size_before_bytes),
-                bytes(m.size_after_bytes),
-                bytes(m.reclaimed_bytes),
-                m.dead_rows_before.to_string(),
-                format!("{:.2} s", m.duration.as_secs_f64()),
-            ]);
-        }
-        writeln!(out, "{t}")?;
+    let op = client.start_maintenance(tables, full, skip_analyze, emergency).await?;
+    if !wait {
+        return started(out, &op, json);
     }
-    Ok(true)
+    let op = follow(client, op, json, out).await?;
+    let items = client.all_operation_items(&op.id).await?;
+    if json {
+        print_json(out, &items)?;
+        return Ok(op.state == OperationState::Succeeded);
+    }
+    for i in &items {
+        match i.kind {
+            ItemKind::StartedRun => {
+                writeln!(out, "started run {} (follow it with `strata archive status {}`)", i.value, i.value)?
+            }
+            ItemKind::SkippedPolicy => writeln!(out, "not started: {}", i.value)?,
+            _ => {}
+        }
+    }
+    let mut t = table(&["table", "before", "after", "reclaimed", "dead rows", "time"]);
+    for m in items.iter().filter_map(|i| i.table.as_ref()) {
+        t.add_row(vec![
+            if m.schema_name.is_empty() { m.table_name.clone() } else { format!("{}.{}", m.schema_name, m.table_name) },
+            bytes(m.size_before_bytes),
+            bytes(m.size_after_bytes),
+            bytes(m.reclaimed_bytes),
+            m.dead_rows_before.to_string(),
+            format!("{:.2} s", m.duration.as_secs_f64()),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    Ok(op.state == OperationState::Succeeded)
 }
 
 /// `strata recommend`.

@@ -10,6 +10,7 @@ mod backup;
 mod files;
 mod jobs;
 mod maintenance;
+mod ops;
 mod output;
 mod partitions;
 mod storage;
@@ -122,6 +123,15 @@ pub enum Command {
         /// Space is running out: first start every purge policy's run and every retention now.
         #[arg(long)]
         emergency: bool,
+        /// Follow the operation until it ends and print each table (exit code 1 unless it
+        /// succeeded); without it, print the operation's id and return.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Long operations (maintenance, reconcile, rescue): list, follow, cancel, read results.
+    Ops {
+        #[command(subcommand)]
+        command: ops::OpsCommand,
     },
     /// Advice from the statistics views, with the numbers behind each item.
     Recommend {
@@ -193,9 +203,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::Download { id, output } => files::download(client, &id, &output, json, out).await?,
         Command::Files { command } => files::run_files(client, command, json, out).await?,
         Command::Blobs { command } => files::run_blobs(client, command, json, out).await?,
-        Command::Maintenance { tables, full, skip_analyze, emergency } => {
-            maintenance::maintenance(client, &tables, full, skip_analyze, emergency, json, out).await?
+        Command::Maintenance { tables, full, skip_analyze, emergency, wait } => {
+            maintenance::maintenance(client, &tables, full, skip_analyze, emergency, wait, json, out).await?
         }
+        Command::Ops { command } => ops::run(client, command, json, out).await?,
         Command::Recommend { large_table_bytes } => {
             maintenance::recommend(client, large_table_bytes, json, out).await?
         }

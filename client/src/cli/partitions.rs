@@ -71,6 +71,10 @@ pub enum PartitionsCommand {
         /// Only count.
         #[arg(long)]
         dry_run: bool,
+        /// Follow the operation until it ends and print each partition (exit code 1 unless it
+        /// succeeded); without it, print the operation's id and return.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -145,20 +149,19 @@ pub(super) async fn run(
                 return Ok(false);
             }
         }
-        PartitionsCommand::Rescue { table: t, schema, interval, dry_run } => {
-            let r = client.rescue_default_rows(&schema, &t, interval, dry_run).await?;
-            if json {
-                print_json(out, &r)?;
-            } else {
-                writeln!(
-                    out,
-                    "{} row(s) {} into {} partition(s); {} left in the default partition",
-                    r.rows_moved,
-                    if dry_run { "would move" } else { "moved" },
-                    r.partitions_created.len(),
-                    r.rows_left
-                )?;
+        PartitionsCommand::Rescue { table: t, schema, interval, dry_run, wait } => {
+            let op = client.start_rescue(&schema, &t, interval, dry_run).await?;
+            if !wait {
+                return super::ops::started(out, &op, json);
             }
+            let op = super::ops::follow(client, op, json, out).await?;
+            let items = client.all_operation_items(&op.id).await?;
+            if json {
+                print_json(out, &items)?
+            } else {
+                super::ops::print_items(out, &items)?
+            }
+            return Ok(op.state == crate::operations::OperationState::Succeeded);
         }
     }
     Ok(true)

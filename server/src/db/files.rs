@@ -615,20 +615,53 @@ pub fn escape_like(s: &str) -> String {
     out
 }
 
-/// Every blob: (BLAKE3, object key, already marked lost).
-pub async fn all_blobs(conn: &mut Conn) -> Result<Vec<(String, String, bool)>> {
-    let rows = db_run!(conn, {
-        use schema::blobs as b;
-        b::table.select((b::blake3, b::object_key, b::lost_at.is_not_null())).load(conn).await?
-    });
-    Ok(rows)
+/// Those of `keys` that a blob row or an open upload references (reconciliation, a page of the
+/// listing at a time).
+pub async fn referenced_keys(conn: &mut Conn, keys: &[String]) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    // Under SQLite's bind limit whatever the page size.
+    for chunk in keys.chunks(1000) {
+        let mut rows: Vec<String> = db_run!(conn, {
+            use schema::{blobs as b, uploads as u};
+            let mut rows: Vec<String> =
+                b::table.filter(b::object_key.eq_any(chunk)).select(b::object_key).load(&mut *conn).await?;
+            rows.extend(
+                u::table
+                    .filter(u::object_key.eq_any(chunk))
+                    .filter(u::state.eq(UploadState::Open.as_str()))
+                    .select(u::object_key)
+                    .load::<String>(&mut *conn)
+                    .await?,
+            );
+            rows
+        });
+        found.append(&mut rows);
+    }
+    Ok(found)
 }
 
-/// Object keys of uploads still open (their objects may appear any moment).
-pub async fn open_upload_keys(conn: &mut Conn) -> Result<Vec<String>> {
+/// Blobs (BLAKE3, object key, marked lost) whose key sorts after `after` and at or before `upto`
+/// (None: no bound), in key order, at most `limit`.
+pub async fn blobs_in_range(
+    conn: &mut Conn,
+    after: Option<&str>,
+    upto: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(String, String, bool)>> {
     let rows = db_run!(conn, {
-        use schema::uploads as u;
-        u::table.filter(u::state.eq(UploadState::Open.as_str())).select(u::object_key).load(conn).await?
+        use schema::blobs as b;
+        let mut q = b::table
+            .select((b::blake3, b::object_key, b::lost_at.is_not_null()))
+            .order(b::object_key)
+            .limit(limit)
+            .into_boxed();
+        if let Some(a) = after {
+            q = q.filter(b::object_key.gt(a));
+        }
+        if let Some(u) = upto {
+            q = q.filter(b::object_key.le(u));
+        }
+        q.load(conn).await?
     });
     Ok(rows)
 }

@@ -77,6 +77,29 @@ pub async fn vacuum(conn: &mut Conn, t: &TableInfo, full: bool, analyze: bool) -
     Ok(())
 }
 
+/// The server process of this PostgreSQL session (None on SQLite): what [`cancel_backend`] stops.
+pub async fn backend_pid(conn: &mut Conn) -> Result<Option<i32>> {
+    #[derive(QueryableByName)]
+    struct P {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let Conn::Pg(c) = conn else { return Ok(None) };
+    let p: P = diesel::sql_query("SELECT pg_backend_pid() AS pid").get_result(&mut **c).await?;
+    Ok(Some(p.pid))
+}
+
+/// Cancels the statement session `pid` is running (`pg_cancel_backend`): a VACUUM of a big table
+/// stops within moments instead of running to its end after its operation was cancelled.
+pub async fn cancel_backend(conn: &mut Conn, pid: i32) -> Result<()> {
+    let Conn::Pg(c) = conn else { return Ok(()) };
+    diesel::sql_query("SELECT pg_cancel_backend($1)")
+        .bind::<diesel::sql_types::Integer, _>(pid)
+        .execute(&mut **c)
+        .await?;
+    Ok(())
+}
+
 /// SQLite: the file's size (pages × page size).
 pub async fn sqlite_size(conn: &mut Conn) -> Result<i64> {
     #[derive(QueryableByName)]

@@ -12,6 +12,7 @@ mod clock;
 pub mod files;
 pub mod maintenance;
 pub mod migrations;
+pub mod operations;
 pub mod partitions;
 pub mod scheduler;
 pub mod schema;

@@ -65,6 +65,12 @@ pub const UNIQUE_INDEXES: &[UniqueIndex] = &[
         guards: "one running migration (and runner) per blob column across instances",
     },
     UniqueIndex {
+        table: "operations",
+        columns: &["scope"],
+        predicate: Some("state = 'running'"),
+        guards: "one running operation per scope (maintenance, reconcile, rescue of a table) across instances",
+    },
+    UniqueIndex {
         table: "archive_policies",
         columns: &["name"],
         predicate: None,
@@ -371,6 +377,33 @@ catalog! {
         created_at -> [Timestamp],
         sent_at -> [Nullable<Timestamp>],
         lease_owner -> [Nullable<Text>],
+    }
+    operations (id) sqlite "strata_operations" {
+        id -> [Text],
+        kind -> [Text],
+        scope -> [Text],
+        state -> [Text],
+        request -> [Text],
+        target -> [Text],
+        phase -> [Text],
+        done -> [BigInt],
+        total -> [BigInt],
+        progress -> [Text],
+        items -> [BigInt],
+        runner -> [Nullable<Text>],
+        lease_until -> [Nullable<Timestamp>],
+        cancel_requested -> [Bool],
+        error -> [Nullable<Text>],
+        started_at -> [Timestamp],
+        updated_at -> [Timestamp],
+        finished_at -> [Nullable<Timestamp>],
+    }
+    operation_items (operation_id, seq) sqlite "strata_operation_items" {
+        operation_id -> [Text],
+        seq -> [BigInt],
+        kind -> [Text],
+        value -> [Text],
+        detail -> [Text],
     }
     catalog_info (id) sqlite "strata_catalog_info" {
         id -> [BigInt],

@@ -190,15 +190,8 @@ impl FileService for FileApi {
             Some(d) => std::time::Duration::try_from(d)
                 .map_err(|_| Status::invalid_argument("grace_period must not be negative"))?,
         };
-        let out = files::reconcile(&self.ctx, r.repair, grace).await?;
-        Ok(Response::new(pb::ReconcileObjectsResponse {
-            orphan_object_keys: out.orphans,
-            deleted_object_keys: out.deleted,
-            lost_blake3: out.lost_blake3,
-            lost_file_ids: out.lost_files,
-            objects_scanned: out.objects_scanned as i64,
-            blobs_scanned: out.blobs_scanned as i64,
-        }))
+        let op = files::reconcile::start(&self.ctx, r.repair, grace).await?;
+        Ok(Response::new(pb::ReconcileObjectsResponse { operation: Some(super::operations::operation(op)) }))
     }
 
     async fn delete_file(

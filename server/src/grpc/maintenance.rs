@@ -3,7 +3,6 @@
 use strata_client::pb::{self, maintenance_service_server::MaintenanceService};
 use tonic::{Request, Response, Status};
 
-use super::convert::dur;
 use crate::service::{
     Context,
     maintenance::{self, Kind},
@@ -22,29 +21,12 @@ impl MaintenanceService for MaintenanceApi {
     ) -> Result<Response<pb::RunMaintenanceResponse>, Status> {
         let r = req.into_inner();
         let tables = r.tables.iter().map(|t| maintenance::parse_table(t)).collect::<Result<Vec<_>, _>>()?;
-        let started = std::time::Instant::now();
-        let (runs, skipped) =
-            if r.emergency { maintenance::emergency(&self.ctx).await? } else { (Vec::new(), Vec::new()) };
-        let done = maintenance::run(&self.ctx, &tables, r.full, !r.skip_analyze, None).await?;
-        let tables: Vec<pb::TableMaintenance> = done
-            .into_iter()
-            .map(|t| pb::TableMaintenance {
-                reclaimed_bytes: (t.size_before - t.size_after).max(0),
-                schema_name: t.schema,
-                table_name: t.table,
-                size_before_bytes: t.size_before,
-                size_after_bytes: t.size_after,
-                dead_rows_before: t.dead_rows_before,
-                duration: Some(dur(t.duration)),
-            })
-            .collect();
-        Ok(Response::new(pb::RunMaintenanceResponse {
-            reclaimed_bytes: tables.iter().map(|t| t.reclaimed_bytes).sum(),
-            tables,
-            duration: Some(dur(started.elapsed())),
-            started_runs: runs,
-            skipped_policies: skipped,
-        }))
+        let op = maintenance::start(
+            &self.ctx,
+            maintenance::MaintenanceRequest { tables, full: r.full, analyze: !r.skip_analyze, emergency: r.emergency },
+        )
+        .await?;
+        Ok(Response::new(pb::RunMaintenanceResponse { operation: Some(super::operations::operation(op)) }))
     }
 
     async fn get_recommendations(

@@ -12,6 +12,7 @@ mod drain;
 mod files;
 pub mod health;
 mod maintenance;
+mod operations;
 mod partitions;
 mod scheduler;
 mod status;
@@ -24,8 +25,8 @@ use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, alert_service_server::AlertServiceServer,
     archive_service_server::ArchiveServiceServer, backup_service_server::BackupServiceServer,
     file_service_server::FileServiceServer, maintenance_service_server::MaintenanceServiceServer,
-    partition_service_server::PartitionServiceServer, scheduler_service_server::SchedulerServiceServer,
-    storage_service_server::StorageServiceServer,
+    operation_service_server::OperationServiceServer, partition_service_server::PartitionServiceServer,
+    scheduler_service_server::SchedulerServiceServer, storage_service_server::StorageServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +127,7 @@ pub async fn serve(
         .add_service(BackupServiceServer::new(backup::BackupApi { ctx: ctx.clone() }))
         .add_service(PartitionServiceServer::new(partitions::PartitionApi { ctx: ctx.clone() }))
         .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx: ctx.clone() }))
+        .add_service(OperationServiceServer::new(operations::OperationApi { ctx: ctx.clone() }))
         .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx: ctx.clone() }))
         .add_service(AlertServiceServer::new(alerts::AlertApi { ctx }))
         .serve_with_incoming_shutdown(drain::incoming(listener, close.clone()), shutdown.cancelled())

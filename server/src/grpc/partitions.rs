@@ -112,11 +112,7 @@ impl PartitionService for PartitionApi {
         let r = req.into_inner();
         let iv = interval(r.interval)?;
         let parent = partitions::resolve(&self.ctx, &r.schema_name, &r.table_name).await?;
-        let (moved, created, left) = partitions::rescue(&self.ctx, &parent, iv, r.dry_run).await?;
-        Ok(Response::new(pb::RescueDefaultRowsResponse {
-            rows_moved: moved,
-            partitions_created: created,
-            rows_left: left,
-        }))
+        let op = partitions::start_rescue(&self.ctx, &parent, iv, r.dry_run).await?;
+        Ok(Response::new(pb::RescueDefaultRowsResponse { operation: Some(super::operations::operation(op)) }))
     }
 }

@@ -11,7 +11,11 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Context, alerts, blob_migration, scheduler};
+use crate::service::{
+    Context, alerts, blob_migration, files, maintenance,
+    operation::{self, OperationKind, OperationRow},
+    partitions, scheduler,
+};
 
 /// Probes every database node each `interval`: drives read routing and the health service.
 pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken) {
@@ -38,6 +42,45 @@ pub async fn blob_migrations(ctx: Context, interval: Duration, cancel: Cancellat
                 tracing::warn!(error = %e, "checking for blob migrations to take over failed; retrying");
             },
         }
+    }
+}
+
+/// Takes over long operations whose instance stopped or died, each `interval`, on every instance:
+/// operations are started by RPCs on any of them. The first check runs at once, so a restarted
+/// single instance continues what it was running. Ended operations older than
+/// [`operation::HISTORY`] are pruned about once an hour.
+pub async fn operations(ctx: Context, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let prune_every = (3600 / interval.as_secs().max(1)).max(1);
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                match operation::take_over_lapsed(&ctx).await {
+                    Ok(taken) => taken.into_iter().for_each(|(row, runner)| resume(&ctx, row, runner)),
+                    Err(e) => tracing::warn!(error = %e, "checking for operations to take over failed; retrying"),
+                }
+                if ticks.is_multiple_of(prune_every) {
+                    match operation::prune(&ctx).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(operations = n, "pruned ended operations"),
+                        Err(e) => tracing::warn!(error = %e, "pruning ended operations failed"),
+                    }
+                }
+                ticks += 1;
+            },
+        }
+    }
+}
+
+/// Continues an operation taken over here with its kind's work.
+fn resume(ctx: &Context, row: OperationRow, runner: String) {
+    match row.kind {
+        OperationKind::Maintenance => operation::drive(ctx, row, runner, maintenance::work),
+        OperationKind::Reconcile => operation::drive(ctx, row, runner, files::reconcile::work),
+        OperationKind::Rescue => operation::drive(ctx, row, runner, partitions::rescue_work),
     }
 }
 

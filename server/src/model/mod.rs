@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod archive;
 pub mod backup;
 pub mod files;
+pub mod operations;
 pub mod partitions;
 pub mod scheduler;
 pub mod stats;

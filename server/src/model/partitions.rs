@@ -34,7 +34,8 @@ pub struct Parent {
 }
 
 /// Length of one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Interval {
     /// One UTC day.
     Daily,

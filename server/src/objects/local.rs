@@ -260,6 +260,103 @@ impl LocalStore {
         .await
         .map_err(|e| Error::Io { path: "list".into(), source: std::io::Error::other(e) })?
     }
+
+    /// Objects whose key starts with `prefix` and sorts after `start_after`, in key order, sent
+    /// `page` at a time into the returned channel by a thread of its own. It holds the sorted names of
+    /// the directories on its current path, never the whole listing; it stops when the receiver goes.
+    pub(super) fn list_pages(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        page: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<ObjectInfo>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let walk = Walk {
+            root: self.root.clone(),
+            prefix: prefix.to_owned(),
+            start_after: start_after.map(str::to_owned),
+            page: page.max(1),
+            buf: Vec::new(),
+            tx,
+        };
+        tokio::task::spawn_blocking(move || walk.run());
+        rx
+    }
+}
+
+/// One paged listing's walk (see [`LocalStore::list_pages`]).
+struct Walk {
+    root: Arc<PathBuf>,
+    prefix: String,
+    start_after: Option<String>,
+    page: usize,
+    buf: Vec<ObjectInfo>,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<ObjectInfo>>>,
+}
+
+impl Walk {
+    fn run(mut self) {
+        let done = self.dir("");
+        match done {
+            Ok(true) if !self.buf.is_empty() => {
+                let last = std::mem::take(&mut self.buf);
+                let _ = self.tx.blocking_send(Ok(last));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = self.tx.blocking_send(Err(e));
+            }
+        }
+    }
+
+    /// Walks the directory whose keys start with `rel` ("" or "a/b/"); false once the receiver is
+    /// gone. Entries are visited in key order: a directory sorts as its name plus '/', so that
+    /// `a/x` comes after `a-b` as it does among keys.
+    fn dir(&mut self, rel: &str) -> Result<bool> {
+        let path = self.root.join(rel);
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&path).map_err(io(&path))? {
+            let entry = entry.map_err(io(&path))?;
+            let is_dir = entry.file_type().map_err(io(&entry.path()))?.is_dir();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if rel.is_empty() && name == STAGING {
+                continue;
+            }
+            entries.push(if is_dir { format!("{rel}{name}/") } else { format!("{rel}{name}") });
+        }
+        entries.sort_unstable();
+        for key in entries {
+            let under = |k: &str, p: &str| k.starts_with(p) || p.starts_with(k);
+            if key.ends_with('/') {
+                let dir = key.as_str();
+                // Every key below `dir` starts with it: skip the directory when none can match the
+                // prefix or all sort before the resume point.
+                let before = self.start_after.as_deref().is_some_and(|s| dir < s && !s.starts_with(dir));
+                if under(dir, &self.prefix) && !before && !self.dir(dir)? {
+                    return Ok(false);
+                }
+                continue;
+            }
+            if !key.starts_with(&self.prefix) || self.start_after.as_deref().is_some_and(|s| key.as_str() <= s) {
+                continue;
+            }
+            let file = self.root.join(&key);
+            let meta = match std::fs::metadata(&file) {
+                Ok(m) => m,
+                // Deleted since the directory was read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&file)(e)),
+            };
+            self.buf.push(ObjectInfo { key, size: meta.len(), modified: meta.modified().ok() });
+            if self.buf.len() >= self.page {
+                let full = std::mem::take(&mut self.buf);
+                if self.tx.blocking_send(Ok(full)).is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The first writer's staging file name beside a fenced writer's `file` (`K.g7.part` → `K.part`).

@@ -322,12 +322,66 @@ impl ObjectStore {
         .await
     }
 
+    /// The objects whose key starts with `prefix` and sorts after `start_after`, in key order,
+    /// `page` at a time (S3: at most 1000), holding no more than a page and what the store needs to
+    /// go on (file://: the sorted names of the directories on the walk's path).
+    pub fn lister(&self, prefix: &str, start_after: Option<&str>, page: usize, cancel: &CancellationToken) -> Lister {
+        let inner = match self {
+            Self::Local(s) => ListerInner::Local(s.list_pages(prefix, start_after, page)),
+            Self::S3(s) => ListerInner::S3 {
+                store: s.clone(),
+                prefix: prefix.to_owned(),
+                start_after: start_after.map(str::to_owned),
+                token: None,
+                page,
+                done: false,
+            },
+        };
+        Lister { inner, cancel: cancel.clone() }
+    }
+
     /// Every object whose key starts with `prefix`.
     pub async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>> {
         cancellable(cancel, async {
             match self {
                 Self::Local(s) => s.list(prefix).await,
                 Self::S3(s) => s.list(prefix).await,
+            }
+        })
+        .await
+    }
+}
+
+/// A listing in key order, a page at a time, that holds no more than a page (see
+/// [`ObjectStore::lister`]).
+pub struct Lister {
+    inner: ListerInner,
+    cancel: CancellationToken,
+}
+
+enum ListerInner {
+    Local(tokio::sync::mpsc::Receiver<Result<Vec<ObjectInfo>>>),
+    S3 { store: S3Store, prefix: String, start_after: Option<String>, token: Option<String>, page: usize, done: bool },
+}
+
+impl Lister {
+    /// The next page (never empty); None after the last.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<ObjectInfo>>> {
+        let cancel = self.cancel.clone();
+        cancellable(&cancel, async {
+            match &mut self.inner {
+                ListerInner::Local(rx) => rx.recv().await.transpose(),
+                ListerInner::S3 { store, prefix, start_after, token, page, done } => loop {
+                    if *done {
+                        return Ok(None);
+                    }
+                    let (objects, next) = store.list_page(prefix, start_after.as_deref(), token.take(), *page).await?;
+                    *done = next.is_none();
+                    *token = next;
+                    if !objects.is_empty() {
+                        return Ok(Some(objects));
+                    }
+                },
             }
         })
         .await

@@ -497,6 +497,43 @@ impl S3Store {
         Ok(out)
     }
 
+    /// One page (at most `max` keys) of the objects under `prefix` in key order: after
+    /// `start_after` on the first call, then from the continuation token. Returns the objects and
+    /// the token of the next page (None: the last).
+    pub(super) async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<(Vec<ObjectInfo>, Option<String>)> {
+        let full_prefix = format!("{}{prefix}", self.prefix);
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&*self.bucket)
+            .prefix(&full_prefix)
+            .set_start_after(start_after.filter(|_| token.is_none()).map(|s| format!("{}{s}", self.prefix)))
+            .set_continuation_token(token)
+            .max_keys(max.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(s3_err("ListObjectsV2", &full_prefix))?;
+        let out = page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let k = o.key()?.strip_prefix(&*self.prefix)?;
+                Some(ObjectInfo {
+                    key: k.to_owned(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                })
+            })
+            .collect();
+        Ok((out, page.next_continuation_token().map(str::to_owned)))
+    }
+
     pub(super) async fn abort_orphan(&self, key: &str, upload_id: &str) -> Result<()> {
         if upload_id.is_empty() {
             return Ok(());

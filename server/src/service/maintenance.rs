@@ -5,11 +5,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Context, Error, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Context, Error, Result,
+    operation::{self, Handle, Item, ItemKind, NewItem, Operation, OperationKind},
+};
 use crate::db::{self, maintenance as store};
 
 /// One table's maintenance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableResult {
     /// Schema.
     pub schema: String,
@@ -22,7 +27,40 @@ pub struct TableResult {
     /// Dead rows before.
     pub dead_rows_before: i64,
     /// Time taken.
+    #[serde(with = "humantime_serde")]
     pub duration: Duration,
+}
+
+/// What RunMaintenance was asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    /// Tables (schema, table); empty: every user table.
+    pub tables: Vec<(String, String)>,
+    /// VACUUM FULL.
+    pub full: bool,
+    /// ANALYZE too.
+    pub analyze: bool,
+    /// Purge and retention runs first.
+    pub emergency: bool,
+}
+
+/// Counters of a maintenance operation, and the table it reached.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MaintenanceProgress {
+    /// Every table up to this one (schema, table, in that order) is done.
+    pub after: Option<(String, String)>,
+    /// Tables done.
+    pub tables_done: i64,
+    /// Sum of the bytes given back.
+    pub reclaimed_bytes: i64,
+    /// The emergency runs were started.
+    pub emergency_done: bool,
+}
+
+/// A table's figures as recorded in its operation item.
+pub fn table_of(item: &Item) -> Option<TableResult> {
+    (item.kind == ItemKind::Table).then(|| serde_json::from_str(&item.detail).ok()).flatten()
 }
 
 /// Emergency mode: starts every purge policy's run and every archive policy's retention now.
@@ -58,9 +96,134 @@ pub fn parse_table(s: &str) -> Result<(String, String)> {
     Ok((schema.to_owned(), table.to_owned()))
 }
 
+/// Starts maintenance as an operation (one at a time across the fleet) and returns it at once. The
+/// tables named must exist.
+pub async fn start(ctx: &Context, req: MaintenanceRequest) -> Result<Operation> {
+    if ctx.db.backend() == db::BackendKind::Postgres && !req.tables.is_empty() {
+        let found = store::pg_tables(&mut ctx.db.read_prefer_primary().await?.0, &req.tables).await?;
+        missing_table(&req.tables, &found)?;
+    }
+    let target = match (ctx.db.backend(), req.tables.is_empty()) {
+        (db::BackendKind::Sqlite, _) => ctx.db.sqlite_path().unwrap_or("the database file").to_owned(),
+        (_, true) => "every user table".to_owned(),
+        (_, false) => req.tables.iter().map(|(s, t)| format!("{s}.{t}")).collect::<Vec<_>>().join(", "),
+    };
+    let (row, runner) = operation::begin(ctx, OperationKind::Maintenance, "maintenance".into(), target, &req).await?;
+    let op = Operation::from(row.clone());
+    operation::drive(ctx, row, runner, work);
+    Ok(op)
+}
+
+fn missing_table(asked: &[(String, String)], found: &[store::TableInfo]) -> Result<()> {
+    match asked.iter().find(|(s, t)| !found.iter().any(|f| f.schema == *s && f.table == *t)) {
+        Some((s, t)) => Err(Error::InvalidArgument(format!("table {s}.{t} does not exist"))),
+        None => Ok(()),
+    }
+}
+
+/// Runs (or continues) the maintenance held by `h`: the emergency runs once, then each table in
+/// (schema, table) order after the last one recorded, each recorded as an item when done.
+pub async fn work(h: Handle) -> Result<()> {
+    let ctx = &h.ctx;
+    let req: MaintenanceRequest = h.request()?;
+    let mut p: MaintenanceProgress = h.progress();
+    if req.emergency && !p.emergency_done {
+        let (started, skipped) = emergency(ctx).await?;
+        p.emergency_done = true;
+        let items: Vec<NewItem> = started
+            .into_iter()
+            .map(|id| NewItem { kind: ItemKind::StartedRun, value: id, detail: String::new() })
+            .chain(skipped.into_iter().map(|s| NewItem {
+                kind: ItemKind::SkippedPolicy,
+                value: s,
+                detail: String::new(),
+            }))
+            .collect();
+        h.step("purge and retention runs started", 0, 0, &p, &items).await?;
+    }
+    let mut conn = ctx.db.long_work(ctx.config.maintenance_timeout).await?;
+    if ctx.db.backend() == db::BackendKind::Sqlite {
+        if p.tables_done == 0 {
+            h.step("vacuum of the database file", 0, 1, &p, &[]).await?;
+            let t = sqlite_vacuum(ctx, &mut conn, req.analyze).await?;
+            done(&h, &mut p, 1, t).await?;
+        }
+        return Ok(());
+    }
+    let tables: Vec<store::TableInfo> = store::pg_tables(&mut conn, &req.tables)
+        .await?
+        .into_iter()
+        .filter(|t| p.after.as_ref().is_none_or(|(s, n)| (&t.schema, &t.table) > (s, n)))
+        .collect();
+    let total = p.tables_done + tables.len() as i64;
+    let pid = store::backend_pid(&mut conn).await?;
+    for t in tables {
+        h.step(&format!("vacuum {}.{}", t.schema, t.table), p.tables_done, total, &p, &[]).await?;
+        let vacuum = vacuum_one(&mut conn, t, req.full, req.analyze);
+        tokio::pin!(vacuum);
+        let r = tokio::select! {
+            r = &mut vacuum => r,
+            _ = h.stop().cancelled() => {
+                // Stop the statement now rather than when the table is done.
+                if let Some(pid) = pid {
+                    store::cancel_backend(&mut ctx.db.write().await?, pid).await?;
+                }
+                vacuum.await
+            }
+        };
+        h.check()?;
+        done(&h, &mut p, total, r?).await?;
+    }
+    Ok(())
+}
+
+async fn done(h: &Handle, p: &mut MaintenanceProgress, total: i64, t: TableResult) -> Result<()> {
+    p.after = Some((t.schema.clone(), t.table.clone()));
+    p.tables_done += 1;
+    p.reclaimed_bytes += (t.size_before - t.size_after).max(0);
+    let item = NewItem {
+        kind: ItemKind::Table,
+        value: if t.schema.is_empty() { t.table.clone() } else { format!("{}.{}", t.schema, t.table) },
+        detail: serde_json::to_string(&t).expect("serializes"),
+    };
+    h.step("vacuumed", p.tables_done, total, p, &[item]).await
+}
+
+async fn sqlite_vacuum(ctx: &Context, conn: &mut db::Conn, analyze: bool) -> Result<TableResult> {
+    let started = Instant::now();
+    let before = store::sqlite_size(conn).await?;
+    store::sqlite_vacuum(conn, analyze).await?;
+    let after = store::sqlite_size(conn).await?;
+    // SQLite vacuums the whole file: the "table" is the database file itself.
+    Ok(TableResult {
+        schema: String::new(),
+        table: ctx.db.sqlite_path().unwrap_or("").into(),
+        size_before: before,
+        size_after: after,
+        dead_rows_before: 0,
+        duration: started.elapsed(),
+    })
+}
+
+async fn vacuum_one(conn: &mut db::Conn, t: store::TableInfo, full: bool, analyze: bool) -> Result<TableResult> {
+    let started = Instant::now();
+    store::vacuum(conn, &t, full, analyze).await?;
+    let after = store::pg_size(conn, &t).await?;
+    tracing::info!(table = %format!("{}.{}", t.schema, t.table), before = t.size, after, "vacuumed");
+    Ok(TableResult {
+        schema: t.schema,
+        table: t.table,
+        size_before: t.size,
+        size_after: after,
+        dead_rows_before: t.dead_rows,
+        duration: started.elapsed(),
+    })
+}
+
 /// Vacuums (and analyzes) the tables — all user tables when `tables` is empty — on a session of
 /// its own whose statements may run for `timeout` (None: the `maintenance_timeout` setting), not
-/// the pooled `statement_timeout`: a big table's VACUUM takes as long as it takes.
+/// the pooled `statement_timeout`: a big table's VACUUM takes as long as it takes. The scheduler's
+/// maintenance job calls this (its job run is the record); RunMaintenance starts an operation.
 pub async fn run(
     ctx: &Context,
     tables: &[(String, String)],
@@ -70,38 +233,13 @@ pub async fn run(
 ) -> Result<Vec<TableResult>> {
     let mut conn = ctx.db.long_work(timeout.unwrap_or(ctx.config.maintenance_timeout)).await?;
     if ctx.db.backend() == db::BackendKind::Sqlite {
-        let started = Instant::now();
-        let before = store::sqlite_size(&mut conn).await?;
-        store::sqlite_vacuum(&mut conn, analyze).await?;
-        let after = store::sqlite_size(&mut conn).await?;
-        // SQLite vacuums the whole file: the "table" is the database file itself.
-        return Ok(vec![TableResult {
-            schema: String::new(),
-            table: ctx.db.sqlite_path().unwrap_or("").into(),
-            size_before: before,
-            size_after: after,
-            dead_rows_before: 0,
-            duration: started.elapsed(),
-        }]);
+        return Ok(vec![sqlite_vacuum(ctx, &mut conn, analyze).await?]);
     }
     let found = store::pg_tables(&mut conn, tables).await?;
-    if let Some((s, t)) = tables.iter().find(|(s, t)| !found.iter().any(|f| f.schema == *s && f.table == *t)) {
-        return Err(Error::InvalidArgument(format!("table {s}.{t} does not exist")));
-    }
+    missing_table(tables, &found)?;
     let mut out = Vec::new();
     for t in found {
-        let started = Instant::now();
-        store::vacuum(&mut conn, &t, full, analyze).await?;
-        let after = store::pg_size(&mut conn, &t).await?;
-        tracing::info!(table = %format!("{}.{}", t.schema, t.table), before = t.size, after, "vacuumed");
-        out.push(TableResult {
-            schema: t.schema,
-            table: t.table,
-            size_before: t.size,
-            size_after: after,
-            dead_rows_before: t.dead_rows,
-            duration: started.elapsed(),
-        });
+        out.push(vacuum_one(&mut conn, t, full, analyze).await?);
     }
     Ok(out)
 }

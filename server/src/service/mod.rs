@@ -9,6 +9,7 @@ pub mod blob_migration;
 pub mod files;
 pub mod maintenance;
 pub mod metrics;
+pub mod operation;
 pub mod partitions;
 pub mod scheduler;
 

@@ -3,7 +3,12 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{Context, Error, Result, ident};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Context, Error, Result, ident,
+    operation::{self, Handle, Item, ItemKind, NewItem, Operation, OperationKind},
+};
 use crate::db::{
     self,
     partitions::{self as store, DdlError, Lookup, NewPartition, PartitionRow},
@@ -198,35 +203,96 @@ pub async fn drop_old(
     Ok(due)
 }
 
-/// Moves default-partition rows into partitions of `interval`, one period per transaction.
-/// Returns (rows moved, partitions created, rows left).
-pub async fn rescue(ctx: &Context, p: &Parent, interval: Interval, dry_run: bool) -> Result<(i64, Vec<String>, i64)> {
-    let parts = list(ctx, p).await?;
+/// What RescueDefaultRows was asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RescueRequest {
+    /// Schema.
+    pub schema: String,
+    /// The partitioned table.
+    pub table: String,
+    /// Length of the partitions to create.
+    pub interval: Interval,
+    /// Only count.
+    pub dry_run: bool,
+}
+
+/// Counters of a rescue, and the period it reached.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RescueProgress {
+    /// Every period starting at or before this (µs since the epoch) is done.
+    pub after: Option<i64>,
+    /// Rows moved (or that would be).
+    pub rows_moved: i64,
+    /// Partitions created (or that would be).
+    pub partitions_created: i64,
+    /// Rows left in the default partition at the end.
+    pub rows_left: i64,
+}
+
+/// Starts moving default-partition rows into partitions of `interval` (one rescue per table at a
+/// time across the fleet) and returns the operation at once.
+pub async fn start_rescue(ctx: &Context, p: &Parent, interval: Interval, dry_run: bool) -> Result<Operation> {
+    let req = RescueRequest { schema: p.schema.clone(), table: p.table.clone(), interval, dry_run };
+    let target = format!("{}.{}", p.schema, p.table);
+    let (row, runner) = operation::begin(ctx, OperationKind::Rescue, format!("rescue:{target}"), target, &req).await?;
+    let op = Operation::from(row.clone());
+    operation::drive(ctx, row, runner, rescue_work);
+    Ok(op)
+}
+
+/// Runs (or continues) the rescue held by `h`: one period per transaction, each recorded as an
+/// item with its rows once moved (moved rows leave the default partition, so a continuation finds
+/// only what is left).
+pub async fn rescue_work(h: Handle) -> Result<()> {
+    let ctx = &h.ctx;
+    let req: RescueRequest = h.request()?;
+    let mut prog: RescueProgress = h.progress();
+    let p = resolve(ctx, &req.schema, &req.table).await?;
+    let interval = req.interval;
+    let parts = list(ctx, &p).await?;
     let Some(def) = parts.iter().find(|x| x.is_default).cloned() else {
-        return Ok((0, Vec::new(), 0));
+        return h.step("no default partition", 0, 0, &prog, &[]).await;
     };
     // Scans, counts and moves as long as the default partition is big: a session of its own,
     // with the maintenance timeout rather than the pooled one.
     let mut conn = ctx.db.long_work(ctx.config.maintenance_timeout).await?;
-    let periods = store::periods(&mut conn, p, &def.name, interval).await?;
-    let mut moved = 0;
-    let mut created = Vec::new();
+    h.step("finding the periods of the default partition's rows", 0, 0, &prog, &[]).await?;
+    let periods: Vec<i64> = store::periods(&mut conn, &p, &def.name, interval)
+        .await?
+        .into_iter()
+        .filter(|m| prog.after.is_none_or(|a| *m > a))
+        .collect();
+    let total = prog.partitions_created + periods.len() as i64;
     for micros in periods {
         let Some(from) = DateTime::from_timestamp_micros(micros).map(|x| x.date_naive()) else { continue };
         let to = interval.next(from);
         if overlaps(&parts, at(from), at(to)) {
             continue;
         }
-        let n = store::count_rows(&mut conn, p, &def.name, Some((from, to))).await?;
         let name = format!("{}_p{}", p.table, interval.suffix(from));
-        if !dry_run {
+        h.step(&format!("moving rows into {name}"), prog.partitions_created, total, &prog, &[]).await?;
+        let n = store::count_rows(&mut conn, &p, &def.name, Some((from, to))).await?;
+        if !req.dry_run {
             let new = NewPartition { name: name.clone(), from, to };
-            store::rescue_rows(&mut conn, p, &def.name, &new).await.map_err(|e| ddl_error(&name, e))?;
+            store::rescue_rows(&mut conn, &p, &def.name, &new).await.map_err(|e| ddl_error(&name, e))?;
             tracing::info!(partition = %name, rows = n, "rescued default-partition rows");
         }
-        moved += n;
-        created.push(name);
+        prog.after = Some(micros);
+        prog.rows_moved += n;
+        prog.partitions_created += 1;
+        let item = NewItem { kind: ItemKind::Partition, value: name, detail: format!("{{\"rows\":{n}}}") };
+        h.step("moved", prog.partitions_created, total, &prog, &[item]).await?;
     }
-    let left = if dry_run { 0 } else { store::count_rows(&mut conn, p, &def.name, None).await? };
-    Ok((moved, created, left))
+    prog.rows_left = if req.dry_run { 0 } else { store::count_rows(&mut conn, &p, &def.name, None).await? };
+    h.step("done", prog.partitions_created, total, &prog, &[]).await
+}
+
+/// Rows of a rescued partition as recorded in its operation item.
+pub fn rescued_rows(item: &Item) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct D {
+        rows: i64,
+    }
+    (item.kind == ItemKind::Partition).then(|| serde_json::from_str::<D>(&item.detail).ok().map(|d| d.rows)).flatten()
 }

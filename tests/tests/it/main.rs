@@ -17,6 +17,7 @@ mod maintenance;
 mod metrics_postgres;
 mod metrics_sqlite;
 mod objects;
+mod operations;
 mod partitions;
 mod pool;
 mod routing;

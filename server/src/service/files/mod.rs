@@ -14,7 +14,7 @@
 
 mod hashing;
 mod midstate;
-mod reconcile;
+pub mod reconcile;
 mod upload;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
 pub use self::{
-    reconcile::{Reconciliation, reconcile},
+    reconcile::{ReconcileProgress, ReconcileRequest},
     upload::{StreamEnd, UploadStart, UploadStatus, create_upload, expire_uploads, upload, upload_status},
 };
 use super::{Context, Error, Result};

@@ -1,78 +1,235 @@
-//! Reconciliation of the object store with the catalog: orphan objects, lost content.
+//! Reconciliation of the object store with the catalog — orphan objects, lost content — as a long
+//! operation (see `service::operation`).
+//!
+//! Memory stays bounded whatever the store's size: the listing comes a page at a time in key order
+//! and is merged with the catalog's blobs read in the same order and range, a page at a time; each
+//! page's findings are recorded as the operation's items with the key reached, which is where
+//! another instance continues should this one stop.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
+
+use serde::{Deserialize, Serialize};
 
 use super::object_err;
 use crate::{
     db::files as store,
-    service::{Context, Result},
+    objects::ObjectInfo,
+    service::{
+        Context, Error, Result,
+        operation::{self, Handle, ItemKind, NewItem, Operation, OperationKind},
+    },
 };
 
-/// What reconciliation found (and did).
-#[derive(Debug, Default, Clone)]
-pub struct Reconciliation {
-    /// Objects no catalog row references.
-    pub orphans: Vec<String>,
-    /// Orphans deleted.
-    pub deleted: Vec<String>,
-    /// Content whose object is missing.
-    pub lost_blake3: Vec<String>,
-    /// Files referencing lost content.
-    pub lost_files: Vec<String>,
-    /// Objects listed.
-    pub objects_scanned: usize,
-    /// Blobs checked.
-    pub blobs_scanned: usize,
+/// Where content objects live.
+const PREFIX: &str = "blobs/";
+/// Objects listed, and blobs read, per page; also the most items recorded in one step.
+const PAGE: usize = 1000;
+
+/// What ReconcileObjects was asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconcileRequest {
+    /// Delete old orphans and mark lost content.
+    pub repair: bool,
+    /// Orphans younger than this are never deleted.
+    pub grace_ms: u64,
 }
 
-/// Compares objects under `blobs/` with the catalog. The catalog is read before the listing, so
-/// an object published after that read looks orphaned: the grace period protects it, and every
-/// candidate is checked again right before anything is deleted or marked.
-pub async fn reconcile(ctx: &Context, repair: bool, grace: Duration) -> Result<Reconciliation> {
-    let mut conn = ctx.db.write().await?;
-    let blobs = store::all_blobs(&mut conn).await?;
-    let open = store::open_upload_keys(&mut conn).await?;
-    drop(conn);
-    let objects = ctx.objects.list("blobs/", &ctx.closing).await.map_err(object_err)?;
-    let known: std::collections::HashSet<&str> =
-        blobs.iter().map(|(_, k, _)| k.as_str()).chain(open.iter().map(String::as_str)).collect();
-    let present: std::collections::HashSet<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-    let mut out = Reconciliation { objects_scanned: objects.len(), blobs_scanned: blobs.len(), ..Default::default() };
+/// Counters of a reconciliation, and the key it reached.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReconcileProgress {
+    /// Every key up to this one is done (listing and catalog).
+    pub after: Option<String>,
+    /// Objects listed.
+    pub objects_scanned: i64,
+    /// Catalog blobs checked.
+    pub blobs_scanned: i64,
+    /// Objects no catalog row references.
+    pub orphans: i64,
+    /// Orphans deleted.
+    pub deleted: i64,
+    /// Content whose object is missing.
+    pub lost_content: i64,
+    /// Files referencing lost content.
+    pub lost_files: i64,
+}
+
+/// Starts a reconciliation (one at a time across the fleet) and returns it at once.
+pub async fn start(ctx: &Context, repair: bool, grace: Duration) -> Result<Operation> {
+    let req = ReconcileRequest { repair, grace_ms: grace.as_millis().min(u64::MAX as u128) as u64 };
+    let (row, runner) =
+        operation::begin(ctx, OperationKind::Reconcile, "reconcile".into(), PREFIX.into(), &req).await?;
+    let op = Operation::from(row.clone());
+    operation::drive(ctx, row, runner, work);
+    Ok(op)
+}
+
+/// The catalog's blobs in a key range, read a page at a time.
+struct CatalogRange {
+    after: Option<String>,
+    upto: Option<String>,
+    buf: std::collections::VecDeque<(String, String, bool)>,
+    exhausted: bool,
+}
+
+impl CatalogRange {
+    async fn peek(&mut self, ctx: &Context) -> Result<Option<&(String, String, bool)>> {
+        if self.buf.is_empty() && !self.exhausted {
+            let mut conn = ctx.db.read_prefer_primary().await?.0;
+            let rows =
+                store::blobs_in_range(&mut conn, self.after.as_deref(), self.upto.as_deref(), PAGE as i64).await?;
+            self.exhausted = rows.len() < PAGE;
+            if let Some(last) = rows.last() {
+                self.after = Some(last.1.clone());
+            }
+            self.buf.extend(rows);
+        }
+        Ok(self.buf.front())
+    }
+}
+
+/// Runs (or continues) the reconciliation held by `h`.
+pub async fn work(h: Handle) -> Result<()> {
+    let ctx = &h.ctx;
+    let req: ReconcileRequest = h.request()?;
+    let grace = Duration::from_millis(req.grace_ms);
+    let mut p: ReconcileProgress = h.progress();
+    let mut lister = ctx.objects.lister(PREFIX, p.after.as_deref(), PAGE, h.stop());
+    let mut items = Vec::new();
+    loop {
+        let page = lister.next_page().await.map_err(|e| stopped_or(&h, e))?;
+        let last_page = page.is_none();
+        let page = page.unwrap_or_default();
+        // Keys an open upload or a blob references, among this page's.
+        let keys: Vec<String> = page.iter().map(|o| o.key.clone()).collect();
+        let known: HashSet<String> =
+            store::referenced_keys(&mut ctx.db.read_prefer_primary().await?.0, &keys).await?.into_iter().collect();
+        let mut catalog = CatalogRange {
+            after: p.after.clone(),
+            upto: page.last().map(|o| o.key.clone()),
+            buf: Default::default(),
+            exhausted: false,
+        };
+        let mut objects = page.into_iter().peekable();
+        // Merge the page with the catalog's blobs of the same range, in key order.
+        loop {
+            let next_blob = catalog.peek(ctx).await?.map(|b| b.1.clone());
+            let reached = match (objects.peek(), next_blob) {
+                (None, None) => break,
+                (Some(o), Some(b)) if o.key == b => {
+                    catalog.buf.pop_front();
+                    p.blobs_scanned += 1;
+                    p.objects_scanned += 1;
+                    objects.next().expect("peeked").key
+                }
+                (Some(o), b) if b.as_ref().is_none_or(|b| o.key < *b) => {
+                    let o = objects.next().expect("peeked");
+                    p.objects_scanned += 1;
+                    if !known.contains(&o.key) {
+                        orphan(&h, &req, grace, &o, &mut p, &mut items).await?;
+                    }
+                    o.key
+                }
+                _ => {
+                    let (blake3, key, already) = catalog.buf.pop_front().expect("peeked");
+                    p.blobs_scanned += 1;
+                    missing(&h, &req, &blake3, &key, already, &mut p, &mut items).await?;
+                    key
+                }
+            };
+            p.after = Some(reached);
+            if items.len() >= PAGE {
+                record(&h, &p, &mut items).await?;
+            }
+        }
+        record(&h, &p, &mut items).await?;
+        if last_page {
+            return Ok(());
+        }
+    }
+}
+
+async fn record(h: &Handle, p: &ReconcileProgress, items: &mut Vec<NewItem>) -> Result<()> {
+    let phase = match &p.after {
+        Some(k) => format!("at {k}"),
+        None => "listing".into(),
+    };
+    h.step(&phase, p.objects_scanned, 0, p, items).await?;
+    items.clear();
+    Ok(())
+}
+
+fn item(kind: ItemKind, value: &str) -> NewItem {
+    NewItem { kind, value: value.to_owned(), detail: String::new() }
+}
+
+/// An object no catalog row referenced when its page was read: reported, and with repair deleted
+/// once older than the grace period and still unreferenced right before.
+async fn orphan(
+    h: &Handle,
+    req: &ReconcileRequest,
+    grace: Duration,
+    o: &ObjectInfo,
+    p: &mut ReconcileProgress,
+    items: &mut Vec<NewItem>,
+) -> Result<()> {
+    let ctx = &h.ctx;
+    p.orphans += 1;
+    items.push(item(ItemKind::Orphan, &o.key));
     // The objects' times come from the store's clock (S3) or the kernel's (file://): compare with
     // the database's, which the fleet agrees on, not with this process's, which may be off.
-    let now_sys = std::time::SystemTime::from(ctx.now_utc());
-    for o in objects.iter().filter(|o| !known.contains(o.key.as_str())) {
-        out.orphans.push(o.key.clone());
-        let old_enough = o.modified.is_some_and(|m| now_sys.duration_since(m).unwrap_or_default() >= grace);
-        if repair && old_enough {
-            let mut conn = ctx.db.write().await?;
-            if store::key_referenced(&mut conn, &o.key).await? {
-                continue;
-            }
-            drop(conn);
-            ctx.objects.delete(&o.key, &ctx.closing).await.map_err(object_err)?;
-            tracing::info!(key = %o.key, "deleted orphan object");
-            out.deleted.push(o.key.clone());
-        }
+    let now = std::time::SystemTime::from(ctx.now_utc());
+    let old_enough = o.modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() >= grace);
+    if !(req.repair && old_enough) {
+        return Ok(());
     }
-    for (blake3, key, already) in blobs.iter().filter(|(_, k, _)| !present.contains(k.as_str())) {
-        // Listed before the object was deleted along with its last file? Check both again.
-        if ctx.objects.head(key, &ctx.closing).await.map_err(object_err)?.is_some() {
-            continue;
-        }
-        let mut conn = ctx.db.write().await?;
-        if !store::key_referenced(&mut conn, key).await? {
-            continue;
-        }
-        let files = if repair && !already {
-            let ids = store::mark_lost(&mut conn, blake3, ctx.now()).await?;
-            tracing::error!(blake3 = %blake3, key = %key, files = ids.len(), "content missing from the object store; marked lost");
-            ids
-        } else {
-            store::files_of(&mut conn, blake3).await?
-        };
-        out.lost_blake3.push(blake3.clone());
-        out.lost_files.extend(files);
+    if store::key_referenced(&mut ctx.db.write().await?, &o.key).await? {
+        return Ok(());
     }
-    Ok(out)
+    ctx.objects.delete(&o.key, h.stop()).await.map_err(|e| stopped_or(h, e))?;
+    tracing::info!(key = %o.key, "deleted orphan object");
+    p.deleted += 1;
+    items.push(item(ItemKind::Deleted, &o.key));
+    Ok(())
+}
+
+/// A catalog blob the listing did not show: checked again (listed before the object was deleted
+/// along with its last file?), then reported, and with repair marked lost.
+async fn missing(
+    h: &Handle,
+    req: &ReconcileRequest,
+    blake3: &str,
+    key: &str,
+    already: bool,
+    p: &mut ReconcileProgress,
+    items: &mut Vec<NewItem>,
+) -> Result<()> {
+    let ctx = &h.ctx;
+    if ctx.objects.head(key, h.stop()).await.map_err(|e| stopped_or(h, e))?.is_some() {
+        return Ok(());
+    }
+    let mut conn = ctx.db.write().await?;
+    if !store::key_referenced(&mut conn, key).await? {
+        return Ok(());
+    }
+    let files = if req.repair && !already {
+        let ids = store::mark_lost(&mut conn, blake3, ctx.now()).await?;
+        tracing::error!(blake3 = %blake3, key = %key, files = ids.len(), "content missing from the object store; marked lost");
+        ids
+    } else {
+        store::files_of(&mut conn, blake3).await?
+    };
+    p.lost_content += 1;
+    p.lost_files += files.len() as i64;
+    items.push(item(ItemKind::LostContent, blake3));
+    items.extend(files.iter().map(|f| item(ItemKind::LostFile, f)));
+    Ok(())
+}
+
+/// An object-store error, or the operation's stop when that is what ended the call.
+fn stopped_or(h: &Handle, e: crate::objects::Error) -> Error {
+    match h.check() {
+        Err(stop) => stop,
+        Ok(()) => object_err(e),
+    }
 }
