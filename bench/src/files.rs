@@ -65,7 +65,7 @@ impl ServerProcess {
         Ok(Self { child, url })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -78,7 +78,7 @@ impl Drop for ServerProcess {
 }
 
 /// Resident set size of `pid` in bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -132,14 +132,14 @@ fn print_cpu(what: &str, pid: u32, before: (f64, f64), wall: Duration) {
 }
 
 /// Samples the peak RSS of `pid` until dropped.
-struct RssSampler {
+pub(crate) struct RssSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> Self {
+    pub(crate) fn start(pid: u32) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(rss(pid)));
         let (s, p) = (stop.clone(), peak.clone());
@@ -151,7 +151,7 @@ impl RssSampler {
         });
         Self { stop, peak, thread: Some(thread) }
     }
-    fn finish(mut self) -> u64 {
+    pub(crate) fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

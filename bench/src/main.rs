@@ -10,6 +10,7 @@ mod archive;
 mod files;
 mod fleet;
 mod partitions;
+mod reconcile;
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,18 @@ enum Command {
         /// GetInfo calls per h2load run.
         #[arg(long, default_value_t = 100_000)]
         calls: u64,
+    },
+    /// ReconcileObjects over a `file://` store of `--objects` objects (all but a few in the catalog,
+    /// a few catalog rows without object) on a `strata-server` process (SQLite catalog) vs a bare
+    /// directory walk plus one catalog query of the same keys compared in memory (≥ 0.5×), and the
+    /// server's peak RSS growth during it (≤ 64 MiB).
+    Reconcile {
+        /// Objects in the store.
+        #[arg(long, default_value_t = 100_000)]
+        objects: usize,
+        /// Rounds (alternating which side goes first); the median ratio is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// GetStorageMetrics p50 latency on PostgreSQL: a database with a 1M-row table vs one with a
     /// 10k-row table (target ratio ≤ 1.5), with `SELECT count(*)` on both as the contrast.
@@ -206,6 +219,7 @@ fn main() -> anyhow::Result<()> {
             Command::Archive { rows, batch_size, rounds } => archive::run(rows, batch_size, rounds.max(1)).await,
             Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
             Command::Fleet { size_mib, rounds, calls } => fleet::run(size_mib, rounds.max(1), calls).await,
+            Command::Reconcile { objects, rounds } => reconcile::run(objects, rounds.max(1)).await,
         }
     })
 }

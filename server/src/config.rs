@@ -50,6 +50,7 @@
 //! | `backup_keep_daily`        | `STRATA_BACKUP_KEEP_DAILY`     | 7                                    |
 //! | `backup_keep_weekly`       | `STRATA_BACKUP_KEEP_WEEKLY`    | 4                                    |
 //! | `backup_keep_monthly`      | `STRATA_BACKUP_KEEP_MONTHLY`   | 12                                   |
+//! | `partition_premake_ranges` | `STRATA_PARTITION_PREMAKE_RANGES` | 4 integer ranges ahead          |
 //! | `pg_bin_dir`               | `STRATA_PG_BIN_DIR`            | `pg_dump` / `pg_restore` from `PATH` |
 //!
 //! `docs/configuration.md` explains each one. Secrets (database passwords, tokens) are never logged:
@@ -389,6 +390,12 @@ pub struct Config {
     #[arg(long, env = "STRATA_RUN_LEASE", value_parser = parse_duration, default_value = "30s", global = true)]
     #[serde(with = "humantime_serde")]
     pub run_lease: Duration,
+    /// Ranges EnsurePartitions creates beyond the one holding an integer-range table's largest key
+    /// when the request's `premake` is 0 (0–1000).
+    // Four ranges ahead: ensured regularly, inserts stay off the default partition unless four
+    // ranges fill between two calls (then widen the ranges or ask for more).
+    #[arg(long, env = "STRATA_PARTITION_PREMAKE_RANGES", default_value_t = 4, global = true)]
+    pub partition_premake_ranges: u32,
     /// Backup rotation.
     // Read from the same table by `Config::load`: serde's `flatten` would buffer the values and
     // lose where in the file a wrong one is.
@@ -647,6 +654,9 @@ impl Config {
         }
         if self.s3_max_attempts == 0 {
             return Err(ConfigError::Invalid("s3_max_attempts must be at least 1".into()));
+        }
+        if self.partition_premake_ranges > 1000 {
+            return Err(ConfigError::Invalid("partition_premake_ranges must be 0–1000".into()));
         }
         if self.s3_concurrency == 0 {
             return Err(ConfigError::Invalid("s3_concurrency must be at least 1".into()));

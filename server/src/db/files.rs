@@ -615,29 +615,25 @@ pub fn escape_like(s: &str) -> String {
     out
 }
 
-/// Those of `keys` that a blob row or an open upload references (reconciliation, a page of the
-/// listing at a time).
-pub async fn referenced_keys(conn: &mut Conn, keys: &[String]) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    // Under SQLite's bind limit whatever the page size.
-    for chunk in keys.chunks(1000) {
-        let mut rows: Vec<String> = db_run!(conn, {
-            use schema::{blobs as b, uploads as u};
-            let mut rows: Vec<String> =
-                b::table.filter(b::object_key.eq_any(chunk)).select(b::object_key).load(&mut *conn).await?;
-            rows.extend(
-                u::table
-                    .filter(u::object_key.eq_any(chunk))
-                    .filter(u::state.eq(UploadState::Open.as_str()))
-                    .select(u::object_key)
-                    .load::<String>(&mut *conn)
-                    .await?,
-            );
-            rows
-        });
-        found.append(&mut rows);
-    }
-    Ok(found)
+/// Object keys of open uploads (their objects may appear any moment) that sort after `after` and
+/// at or before `upto` (None: no bound): reconciliation, a page of the listing at a time.
+pub async fn open_upload_keys_in_range(
+    conn: &mut Conn,
+    after: Option<&str>,
+    upto: Option<&str>,
+) -> Result<Vec<String>> {
+    let rows = db_run!(conn, {
+        use schema::uploads as u;
+        let mut q = u::table.filter(u::state.eq(UploadState::Open.as_str())).select(u::object_key).into_boxed();
+        if let Some(a) = after {
+            q = q.filter(u::object_key.gt(a));
+        }
+        if let Some(b) = upto {
+            q = q.filter(u::object_key.le(b));
+        }
+        q.load(conn).await?
+    });
+    Ok(rows)
 }
 
 /// Blobs (BLAKE3, object key, marked lost) whose key sorts after `after` and at or before `upto`

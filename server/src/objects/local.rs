@@ -222,6 +222,15 @@ impl LocalStore {
         }
     }
 
+    pub(super) async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = self.path(key)?;
+        match fs::metadata(&path).await {
+            Ok(m) => Ok(Some(ObjectInfo { key: key.to_owned(), size: m.len(), modified: m.modified().ok() })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
     pub(super) async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match fs::remove_file(&path).await {
@@ -269,6 +278,7 @@ impl LocalStore {
         prefix: &str,
         start_after: Option<&str>,
         page: usize,
+        meta: bool,
     ) -> tokio::sync::mpsc::Receiver<Result<Vec<ObjectInfo>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let walk = Walk {
@@ -276,6 +286,7 @@ impl LocalStore {
             prefix: prefix.to_owned(),
             start_after: start_after.map(str::to_owned),
             page: page.max(1),
+            meta,
             buf: Vec::new(),
             tx,
         };
@@ -290,6 +301,8 @@ struct Walk {
     prefix: String,
     start_after: Option<String>,
     page: usize,
+    /// Stat each file for its size and time (else 0 and None: a directory read alone).
+    meta: bool,
     buf: Vec<ObjectInfo>,
     tx: tokio::sync::mpsc::Sender<Result<Vec<ObjectInfo>>>,
 }
@@ -340,14 +353,18 @@ impl Walk {
             if !key.starts_with(&self.prefix) || self.start_after.as_deref().is_some_and(|s| key.as_str() <= s) {
                 continue;
             }
-            let file = self.root.join(&key);
-            let meta = match std::fs::metadata(&file) {
-                Ok(m) => m,
-                // Deleted since the directory was read.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&file)(e)),
+            let info = if self.meta {
+                let file = self.root.join(&key);
+                match std::fs::metadata(&file) {
+                    Ok(m) => ObjectInfo { key, size: m.len(), modified: m.modified().ok() },
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&file)(e)),
+                }
+            } else {
+                ObjectInfo { key, size: 0, modified: None }
             };
-            self.buf.push(ObjectInfo { key, size: meta.len(), modified: meta.modified().ok() });
+            self.buf.push(info);
             if self.buf.len() >= self.page {
                 let full = std::mem::take(&mut self.buf);
                 if self.tx.blocking_send(Ok(full)).is_err() {

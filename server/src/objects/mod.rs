@@ -311,6 +311,17 @@ impl ObjectStore {
         .await
     }
 
+    /// Size and time of `key`, or None when it does not exist.
+    pub async fn stat(&self, key: &str, cancel: &CancellationToken) -> Result<Option<ObjectInfo>> {
+        cancellable(cancel, async {
+            match self {
+                Self::Local(s) => s.stat(key).await,
+                Self::S3(s) => s.stat(key).await,
+            }
+        })
+        .await
+    }
+
     /// Deletes `key`; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<()> {
         cancellable(cancel, async {
@@ -324,10 +335,19 @@ impl ObjectStore {
 
     /// The objects whose key starts with `prefix` and sorts after `start_after`, in key order,
     /// `page` at a time (S3: at most 1000), holding no more than a page and what the store needs to
-    /// go on (file://: the sorted names of the directories on the walk's path).
-    pub fn lister(&self, prefix: &str, start_after: Option<&str>, page: usize, cancel: &CancellationToken) -> Lister {
+    /// go on (file://: the sorted names of the directories on the walk's path). Without `meta`,
+    /// file:// reads directories alone and leaves each object's size 0 and time unknown (S3 lists
+    /// them anyway): ask [`ObjectStore::stat`] for the few that need them.
+    pub fn lister(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        page: usize,
+        meta: bool,
+        cancel: &CancellationToken,
+    ) -> Lister {
         let inner = match self {
-            Self::Local(s) => ListerInner::Local(s.list_pages(prefix, start_after, page)),
+            Self::Local(s) => ListerInner::Local(s.list_pages(prefix, start_after, page, meta)),
             Self::S3(s) => ListerInner::S3 {
                 store: s.clone(),
                 prefix: prefix.to_owned(),

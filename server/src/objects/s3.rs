@@ -454,6 +454,19 @@ impl S3Store {
         }
     }
 
+    pub(super) async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let full = self.full_key(key)?;
+        match self.client.head_object().bucket(&*self.bucket).key(&full).send().await {
+            Ok(o) => Ok(Some(ObjectInfo {
+                key: key.to_owned(),
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                modified: o.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(s3_err("HeadObject", &full)(e)),
+        }
+    }
+
     pub(super) async fn delete(&self, key: &str) -> Result<()> {
         let full = self.full_key(key)?;
         self.client

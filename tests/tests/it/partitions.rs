@@ -209,3 +209,209 @@ async fn archive_partitions_exports_whole_partitions_then_drops_them() {
     assert_eq!(docs(&mut c).await, original);
     server.stop().await.unwrap();
 }
+
+/// Partitions of `table` in the database, by name.
+async fn partition_names(c: &mut diesel_async::AsyncPgConnection, table: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    diesel::sql_query(format!(
+        "SELECT inhrelid::regclass::text AS name FROM pg_inherits WHERE inhparent = '{table}'::regclass ORDER BY 1"
+    ))
+    .load::<Name>(c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|n| n.name)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn integer_ranges_created_topped_up_and_reported() {
+    use strata_client::partitions::PartitionKind;
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("intparts").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE items (id bigint NOT NULL, body text) PARTITION BY RANGE (id);
+         CREATE TABLE items_p0 PARTITION OF items FOR VALUES FROM (0) TO (1000);
+         INSERT INTO items SELECT i, 'item ' || i FROM generate_series(0, 999) i;
+         CREATE TABLE orders (id integer NOT NULL) PARTITION BY RANGE (id);
+         CREATE TABLE orders_p0 PARTITION OF orders FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE orders_default PARTITION OF orders DEFAULT;
+         INSERT INTO orders SELECT i FROM generate_series(0, 2500) i;
+         CREATE TABLE tagged (tag text NOT NULL) PARTITION BY LIST (tag);
+         CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (at);",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
+    let client = server.client().await;
+
+    // Bad input changes nothing: no width, a negative one, a width on a time table, an interval on
+    // an integer table, a list-partitioned table.
+    for (table, width, code) in [
+        ("items", 0, Code::InvalidArgument),
+        ("items", -1000, Code::InvalidArgument),
+        ("events", 1000, Code::InvalidArgument),
+        ("tagged", 1000, Code::FailedPrecondition),
+    ] {
+        let e = client.ensure_integer_ranges("public", table, width, 2, 0).await.unwrap_err();
+        assert_eq!(e.code(), Some(code), "{table} width {width}: {e}");
+    }
+    let e = client.ensure_partitions("public", "items", Monthly, 2, 0).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("width"), "{e}");
+    assert_eq!(partition_names(&mut c, "items").await, ["items_p0"]);
+    assert!(partition_names(&mut c, "events").await.is_empty());
+
+    // The range holding the largest key (999) exists: the two beyond it are created.
+    let (created, skipped) = client.ensure_integer_ranges("public", "items", 1000, 2, 0).await.unwrap();
+    let bounds = |parts: &[strata_client::partitions::PartitionInfo]| -> Vec<(String, Option<i64>, Option<i64>)> {
+        parts.iter().map(|p| (p.name.clone(), p.start_key, p.end_key)).collect()
+    };
+    assert_eq!(
+        bounds(&created),
+        [("items_p1000".into(), Some(1000), Some(2000)), ("items_p2000".into(), Some(2000), Some(3000))]
+    );
+    assert_eq!(skipped, 1);
+    // Rows up to 2500: topped up two beyond the range holding 2500; idempotent.
+    c.batch_execute("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1000, 2500) i").await.unwrap();
+    let (created, skipped) = client.ensure_integer_ranges("public", "items", 1000, 2, 0).await.unwrap();
+    assert_eq!(
+        bounds(&created),
+        [("items_p3000".into(), Some(3000), Some(4000)), ("items_p4000".into(), Some(4000), Some(5000))]
+    );
+    assert_eq!(skipped, 1);
+    let (again, skipped) = client.ensure_integer_ranges("public", "items", 1000, 2, 1).await.unwrap();
+    assert_eq!((again.len(), skipped), (0, 4), "idempotent");
+    // premake 0: the server's partition_premake_ranges (4) beyond the range of 2500.
+    let (created, skipped) = client.ensure_integer_ranges("public", "items", 1000, 0, 0).await.unwrap();
+    assert_eq!(created.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["items_p5000", "items_p6000"]);
+    assert_eq!(skipped, 3);
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM items_p2000").await, 501, "rows land in their range");
+
+    let h = client.partition_health("public", "items").await.unwrap();
+    assert_eq!((h.kind, h.key_column.as_str(), h.key_type.as_str()), (PartitionKind::IntegerRange, "id", "bigint"));
+    let expected: Vec<(String, Option<i64>, Option<i64>)> =
+        (0..7).map(|k| (format!("items_p{}", k * 1000), Some(k * 1000), Some(k * 1000 + 1000))).collect();
+    assert_eq!(bounds(&h.partitions), expected);
+    assert!(h.key_gaps.is_empty() && h.gaps.is_empty(), "{:?}", h.key_gaps);
+    assert_eq!(h.default_rows, 0);
+    let r = h.integer_range.unwrap();
+    assert_eq!((r.max_key, r.keys_ahead), (Some(2500), 7000 - 2501));
+    assert!(h.hash.is_none());
+
+    // A hole shows up as a gap with integer bounds.
+    c.batch_execute("DROP TABLE items_p4000").await.unwrap();
+    let h = client.partition_health("public", "items").await.unwrap();
+    assert_eq!(h.key_gaps, [(4000, 5000)]);
+
+    // A range over rows in the default partition: refused, nothing created, the rows counted.
+    let e = client.ensure_integer_ranges("public", "orders", 1000, 1, 0).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("rescue them first"), "{e}");
+    assert_eq!(partition_names(&mut c, "orders").await, ["orders_default", "orders_p0"]);
+    let h = client.partition_health("public", "orders").await.unwrap();
+    assert_eq!((h.kind, h.key_type.as_str(), h.default_rows), (PartitionKind::IntegerRange, "integer", 1501));
+    assert_eq!(h.integer_range.unwrap().keys_ahead, 0, "the largest key is past every range");
+
+    // The time-only calls say so.
+    let e = client.drop_partitions("public", "items", Duration::from_secs(1), true).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("time-range partitions only") && e.to_string().contains("integer range"), "{e}");
+    let e = client.start_rescue("public", "orders", Monthly, true).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("time-range partitions only"), "{e}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hash_partitions_created_and_skew_reported() {
+    use strata_client::{archive::ArchivePolicy, partitions::PartitionKind};
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("hashparts").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE visits (user_id bigint NOT NULL, at timestamptz NOT NULL DEFAULT now()) PARTITION BY HASH (user_id);
+         CREATE TABLE visits_a PARTITION OF visits FOR VALUES WITH (MODULUS 4, REMAINDER 0);
+         CREATE TABLE visits_b PARTITION OF visits FOR VALUES WITH (MODULUS 4, REMAINDER 1);
+         CREATE TABLE visits_c PARTITION OF visits FOR VALUES WITH (MODULUS 4, REMAINDER 2);
+         CREATE TABLE bare (id bigint NOT NULL) PARTITION BY HASH (id);",
+    )
+    .await
+    .unwrap();
+    let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
+    let client = server.client().await;
+
+    let h = client.partition_health("public", "visits").await.unwrap();
+    assert_eq!((h.kind, h.key_column.as_str(), h.key_type.as_str()), (PartitionKind::Hash, "user_id", "bigint"));
+    let x = h.hash.unwrap();
+    assert_eq!((x.modulus, x.missing_remainders.as_slice()), (4, &[3][..]));
+    let hashes: Vec<(i32, i32)> =
+        h.partitions.iter().map(|p| p.hash.map(|b| (b.modulus, b.remainder)).unwrap()).collect();
+    assert_eq!(hashes, [(4, 0), (4, 1), (4, 2)]);
+
+    // Bad input changes nothing.
+    let e = client.ensure_integer_ranges("public", "visits", 1000, 0, 0).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    let e = client.ensure_partitions("public", "visits", Monthly, 0, 0).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    let e = client.ensure_hash_partitions("public", "bare").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert_eq!(partition_names(&mut c, "visits").await.len(), 3);
+
+    // The missing remainder is created; idempotent.
+    let (created, skipped) = client.ensure_hash_partitions("public", "visits").await.unwrap();
+    assert_eq!(created.len(), 1);
+    assert_eq!(
+        (created[0].name.as_str(), created[0].hash.map(|b| (b.modulus, b.remainder))),
+        ("visits_h3", Some((4, 3)))
+    );
+    assert_eq!(skipped, 3);
+    let (again, skipped) = client.ensure_hash_partitions("public", "visits").await.unwrap();
+    assert_eq!((again.len(), skipped), (0, 4));
+
+    // One heavy user: its partition holds most rows.
+    c.batch_execute(
+        "INSERT INTO visits (user_id) SELECT 7 FROM generate_series(1, 6000);
+         INSERT INTO visits (user_id) SELECT i FROM generate_series(1, 2000) i;
+         ANALYZE visits;",
+    )
+    .await
+    .unwrap();
+    let h = client.partition_health("public", "visits").await.unwrap();
+    let x = h.hash.unwrap();
+    assert!(x.missing_remainders.is_empty(), "{x:?}");
+    assert!(x.row_skew > 1.5, "{x:?}");
+    assert!(x.size_skew > 1.5, "{x:?}");
+    for p in &h.partitions {
+        let exact = count(&mut c, &format!("SELECT count(*)::int8 AS n FROM \"{}\"", p.name)).await;
+        assert_eq!(p.estimated_rows, exact, "{}", p.name);
+    }
+    assert_eq!(h.partitions.iter().map(|p| p.estimated_rows).sum::<i64>(), 8000);
+
+    // The time-only calls say so.
+    let e = client.drop_partitions("public", "visits", Duration::from_secs(1), true).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("time-range partitions only") && e.to_string().contains("hash"), "{e}");
+    client
+        .create_policy(&ArchivePolicy {
+            name: "visits".into(),
+            table_name: "visits".into(),
+            time_column: "at".into(),
+            key_columns: vec!["user_id".into()],
+            archive_after: Duration::from_secs(86_400),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = client.archive_partitions("visits").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("time-range partitions only"), "{e}");
+    server.stop().await.unwrap();
+}

@@ -432,6 +432,50 @@ pub async fn segments(
     }))
 }
 
+/// A page of the policy's segments in `states` after segment id `after` (id order), at most
+/// `limit`: those whose newest row is older than `due_before` when given (retention), and those
+/// overlapping [`from`, `to`) when given (a time-range selection). Callers page through a policy's
+/// segments this way instead of holding them all.
+#[allow(clippy::too_many_arguments, reason = "each filter is optional and named")]
+pub async fn segments_page(
+    conn: &mut Conn,
+    policy: &str,
+    states: &[SegmentState],
+    due_before: Option<NaiveDateTime>,
+    range: Option<(Option<NaiveDateTime>, Option<NaiveDateTime>)>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<SegmentRow>> {
+    let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    convert(db_run!(conn, {
+        use schema::archive_segments as t;
+        let mut q = t::table
+            .filter(t::policy_id.eq(policy).and(t::state.eq_any(&states[..])))
+            .order(t::id.asc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(b) = due_before {
+            q = q.filter(t::max_time.lt(b));
+        }
+        if let Some((from, to)) = range {
+            // Segments without row times match only an unbounded selection.
+            if from.is_some() || to.is_some() {
+                q = q.filter(t::min_time.is_not_null().and(t::max_time.is_not_null()));
+            }
+            if let Some(f) = from {
+                q = q.filter(t::max_time.ge(f));
+            }
+            if let Some(to) = to {
+                q = q.filter(t::min_time.lt(to));
+            }
+        }
+        if let Some(a) = after {
+            q = q.filter(t::id.gt(a));
+        }
+        q.load::<SegmentColumns>(conn).await?
+    }))
+}
+
 /// Segments by id (any policy; the caller checks).
 pub async fn segments_by_id(conn: &mut Conn, ids: &[String]) -> Result<Vec<SegmentRow>> {
     convert(db_run!(conn, {

@@ -147,9 +147,9 @@ async fn observe(ctx: &Context, rule: &RuleSpec, cache: &mut Cache) -> Result<Ve
             .collect(),
         Metric::DefaultPartitionRows => {
             let (schema, table) = maintenance::parse_table(&rule.table)?;
-            let parent = partitions::resolve(ctx, &schema, &table).await?;
-            let health = partitions::health(ctx, parent).await?;
-            vec![labelled("table", rule.table.clone(), health.default_rows as f64)]
+            let t = partitions::resolve_table(ctx, &schema, &table).await?;
+            let health = partitions::health_any(ctx, t).await?;
+            vec![labelled("table", rule.table.clone(), health.default_rows() as f64)]
         }
         Metric::FailedJob => scheduler::list_jobs(ctx)
             .await?

@@ -43,16 +43,29 @@ async fn select_segments(ctx: &Context, p: &Policy, sel: &Selection) -> Result<V
             Ok(found)
         }
         Selection::Range { start, end } => {
-            let all = store::segments(&mut conn, &p.id, &[SegmentState::Committed], 0, i64::MAX).await?;
-            Ok(segments_of(all)
-                .into_iter()
-                .filter(|s| {
-                    let (Some(lo), Some(hi)) = (s.min_time, s.max_time) else {
-                        return start.is_none() && end.is_none();
-                    };
-                    start.is_none_or(|st| hi >= st) && end.is_none_or(|en| lo < en)
-                })
-                .collect())
+            // The range is the database's filter: only the selected segments are read, a page at a
+            // time, not every segment of the policy.
+            let range = Some((start.map(|t| t.naive_utc()), end.map(|t| t.naive_utc())));
+            let mut out = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = store::segments_page(
+                    &mut conn,
+                    &p.id,
+                    &[SegmentState::Committed],
+                    None,
+                    range,
+                    after.as_deref(),
+                    1000,
+                )
+                .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                out.extend(segments_of(page));
+            }
+            // Oldest rows first, as the segments' manifests order them.
+            out.sort_by(|a, b| a.min_time.cmp(&b.min_time).then_with(|| a.id.cmp(&b.id)));
+            Ok(out)
         }
     }
 }

@@ -12,6 +12,9 @@ use crate::{
     service::{Context, Error, Result, store_unavailable},
 };
 
+/// Due segments read per page.
+const RETENTION_PAGE: i64 = 500;
+
 /// Starts deleting the policy's expired segments.
 pub async fn apply_retention(ctx: &Context, policy: &str) -> Result<Run> {
     let p = get_policy(ctx, policy).await?;
@@ -24,38 +27,51 @@ pub async fn apply_retention(ctx: &Context, policy: &str) -> Result<Run> {
 
 pub(super) async fn retention(ctx: &Context, p: &Policy, run: &Run, cutoff: DateTime<Utc>) -> Result<Stop> {
     clean_pending(ctx, p, run).await?;
-    let mut conn = ctx.db.write().await?;
     let states = [SegmentState::Committed, SegmentState::Restored, SegmentState::Deleting];
-    let due: Vec<_> = store::segments(&mut conn, &p.id, &states, 0, i64::MAX)
-        .await?
-        .into_iter()
-        .filter(|s| s.max_time.is_some_and(|t| t < cutoff.naive_utc()))
-        .collect();
-    drop(conn);
-    for s in due {
-        if let Some(stop) = stop_requested(ctx, false) {
-            return Ok(stop);
-        }
+    // A page of due segments at a time (id order): a policy's segments are never all in memory.
+    let mut after: Option<String> = None;
+    loop {
         let mut conn = ctx.db.write().await?;
-        if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
-            return Err(lease_lost());
-        }
-        // Marked first: a crash after the object is gone leaves a manifest that says so, and the
-        // next retention run finishes the job (deleting a missing object succeeds).
-        store::set_segment_state(&mut conn, &s.id, SegmentState::Deleting).await?;
+        let due = store::segments_page(
+            &mut conn,
+            &p.id,
+            &states,
+            Some(cutoff.naive_utc()),
+            None,
+            after.as_deref(),
+            RETENTION_PAGE,
+        )
+        .await?;
         drop(conn);
-        ctx.objects.delete(&s.object_key, &ctx.background).await.map_err(store_unavailable)?;
-        let mut conn = ctx.db.write().await?;
-        store::delete_segment(&mut conn, &s.id).await?;
-        let progress = store::Progress {
-            rows: s.row_count,
-            segments: 1,
-            raw: s.raw_bytes,
-            compressed: s.compressed_bytes,
-            ..Default::default()
-        };
-        if let Some(stop) = stop_requested(ctx, store::add_progress(&mut conn, &run.id, &progress, ctx.now()).await?) {
-            return Ok(stop);
+        let Some(last) = due.last() else { break };
+        after = Some(last.id.clone());
+        for s in due {
+            if let Some(stop) = stop_requested(ctx, false) {
+                return Ok(stop);
+            }
+            let mut conn = ctx.db.write().await?;
+            if !store::renew_lease(&mut conn, &p.id, &run.id, lease_until(ctx)).await? {
+                return Err(lease_lost());
+            }
+            // Marked first: a crash after the object is gone leaves a manifest that says so, and the
+            // next retention run finishes the job (deleting a missing object succeeds).
+            store::set_segment_state(&mut conn, &s.id, SegmentState::Deleting).await?;
+            drop(conn);
+            ctx.objects.delete(&s.object_key, &ctx.background).await.map_err(store_unavailable)?;
+            let mut conn = ctx.db.write().await?;
+            store::delete_segment(&mut conn, &s.id).await?;
+            let progress = store::Progress {
+                rows: s.row_count,
+                segments: 1,
+                raw: s.raw_bytes,
+                compressed: s.compressed_bytes,
+                ..Default::default()
+            };
+            if let Some(stop) =
+                stop_requested(ctx, store::add_progress(&mut conn, &run.id, &progress, ctx.now()).await?)
+            {
+                return Ok(stop);
+            }
         }
     }
     Ok(Stop::Done)

@@ -22,8 +22,12 @@ use crate::{
 
 /// Where content objects live.
 const PREFIX: &str = "blobs/";
-/// Objects listed, and blobs read, per page; also the most items recorded in one step.
+/// Objects listed (S3 lists at most 1000 per call), and blobs read, per page. Larger pages did not
+/// go faster (100,000 objects on file://: 1000 per page 185–300 ms, 5000 per page 195–278 ms) but
+/// grew the server's peak RSS (37 vs 67 MiB).
 const PAGE: usize = 1000;
+/// The most items recorded in one step.
+const ITEMS_PER_STEP: usize = 1000;
 
 /// What ReconcileObjects was asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,22 +98,25 @@ pub async fn work(h: Handle) -> Result<()> {
     let req: ReconcileRequest = h.request()?;
     let grace = Duration::from_millis(req.grace_ms);
     let mut p: ReconcileProgress = h.progress();
-    let mut lister = ctx.objects.lister(PREFIX, p.after.as_deref(), PAGE, h.stop());
+    // Without each object's time: only orphans need it, and they are looked at one by one.
+    let mut lister = ctx.objects.lister(PREFIX, p.after.as_deref(), PAGE, false, h.stop());
     let mut items = Vec::new();
     loop {
         let page = lister.next_page().await.map_err(|e| stopped_or(&h, e))?;
         let last_page = page.is_none();
         let page = page.unwrap_or_default();
-        // Keys an open upload or a blob references, among this page's.
-        let keys: Vec<String> = page.iter().map(|o| o.key.clone()).collect();
-        let known: HashSet<String> =
-            store::referenced_keys(&mut ctx.db.read_prefer_primary().await?.0, &keys).await?.into_iter().collect();
-        let mut catalog = CatalogRange {
-            after: p.after.clone(),
-            upto: page.last().map(|o| o.key.clone()),
-            buf: Default::default(),
-            exhausted: false,
-        };
+        // Keys of open uploads in this page's range: their objects are not orphans. (Blobs are
+        // matched by the merge below.)
+        let upto = page.last().map(|o| o.key.clone());
+        let open: HashSet<String> = store::open_upload_keys_in_range(
+            &mut ctx.db.read_prefer_primary().await?.0,
+            p.after.as_deref(),
+            upto.as_deref(),
+        )
+        .await?
+        .into_iter()
+        .collect();
+        let mut catalog = CatalogRange { after: p.after.clone(), upto, buf: Default::default(), exhausted: false };
         let mut objects = page.into_iter().peekable();
         // Merge the page with the catalog's blobs of the same range, in key order.
         loop {
@@ -125,7 +132,7 @@ pub async fn work(h: Handle) -> Result<()> {
                 (Some(o), b) if b.as_ref().is_none_or(|b| o.key < *b) => {
                     let o = objects.next().expect("peeked");
                     p.objects_scanned += 1;
-                    if !known.contains(&o.key) {
+                    if !open.contains(&o.key) {
                         orphan(&h, &req, grace, &o, &mut p, &mut items).await?;
                     }
                     o.key
@@ -138,7 +145,7 @@ pub async fn work(h: Handle) -> Result<()> {
                 }
             };
             p.after = Some(reached);
-            if items.len() >= PAGE {
+            if items.len() >= ITEMS_PER_STEP {
                 record(&h, &p, &mut items).await?;
             }
         }
@@ -176,11 +183,18 @@ async fn orphan(
     let ctx = &h.ctx;
     p.orphans += 1;
     items.push(item(ItemKind::Orphan, &o.key));
+    if !req.repair {
+        return Ok(());
+    }
+    let modified = match o.modified {
+        Some(m) => Some(m),
+        None => ctx.objects.stat(&o.key, h.stop()).await.map_err(|e| stopped_or(h, e))?.and_then(|i| i.modified),
+    };
     // The objects' times come from the store's clock (S3) or the kernel's (file://): compare with
     // the database's, which the fleet agrees on, not with this process's, which may be off.
     let now = std::time::SystemTime::from(ctx.now_utc());
-    let old_enough = o.modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() >= grace);
-    if !(req.repair && old_enough) {
+    let old_enough = modified.is_some_and(|m| now.duration_since(m).unwrap_or_default() >= grace);
+    if !old_enough {
         return Ok(());
     }
     if store::key_referenced(&mut ctx.db.write().await?, &o.key).await? {

@@ -1,5 +1,9 @@
-//! Partition upkeep for time-range-partitioned PostgreSQL tables: premake, health, dropping whole
-//! old partitions, rescuing rows from the default partition.
+//! Partition upkeep for partitioned PostgreSQL tables. Time-range tables get every call: premake,
+//! health, dropping whole old partitions, rescuing rows from the default partition (this module).
+//! Integer-range and hash tables get premake and health ([`keyed`]); the time-only calls refuse
+//! them through [`resolve`].
+
+mod keyed;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -13,7 +17,8 @@ use crate::db::{
     self,
     partitions::{self as store, DdlError, Lookup, NewPartition, PartitionRow},
 };
-pub use crate::model::partitions::{Interval, KeyType, Parent};
+pub use crate::model::partitions::{IntKeyType, Interval, KeyType, Kind, Parent, Table};
+pub use keyed::{Ensure, HashHealth, RangeHealth, TableHealth, ensure_any, health_any};
 
 /// A partition with bounds in UTC.
 #[derive(Debug, Clone)]
@@ -30,6 +35,12 @@ pub struct Partition {
     pub estimated_rows: i64,
     /// The default partition.
     pub is_default: bool,
+    /// Lower bound of an integer range (None: MINVALUE, or another kind).
+    pub start_key: Option<i64>,
+    /// Upper bound of an integer range (None: MAXVALUE, or another kind).
+    pub end_key: Option<i64>,
+    /// Modulus and remainder of a hash partition.
+    pub hash: Option<(i32, i32)>,
 }
 
 impl From<PartitionRow> for Partition {
@@ -41,6 +52,9 @@ impl From<PartitionRow> for Partition {
             size: r.size,
             estimated_rows: r.estimated_rows,
             is_default: r.is_default,
+            start_key: None,
+            end_key: None,
+            hash: None,
         }
     }
 }
@@ -60,8 +74,28 @@ pub struct Health {
     pub coverage_ahead: std::time::Duration,
 }
 
-/// Checks the table is range-partitioned on one time column.
+/// Checks the table is range-partitioned on one time column: what every call but EnsurePartitions
+/// and GetPartitionHealth needs. Other kinds are FAILED_PRECONDITION.
 pub async fn resolve(ctx: &Context, schema: &str, table: &str) -> Result<Parent> {
+    resolve_time(ctx, schema, table, "this call").await
+}
+
+/// [`resolve`], naming the call `what` when it refuses another kind.
+pub async fn resolve_time(ctx: &Context, schema: &str, table: &str, what: &str) -> Result<Parent> {
+    let t = resolve_table(ctx, schema, table).await?;
+    t.time().ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "{what} works on time-range partitions only; {}.{} is partitioned by {}",
+            t.schema,
+            t.table,
+            t.kind.describe()
+        ))
+    })
+}
+
+/// Checks the table is partitioned in a way strata handles: by range on one time or integer
+/// column, or by hash.
+pub async fn resolve_table(ctx: &Context, schema: &str, table: &str) -> Result<Table> {
     if ctx.db.backend() != db::BackendKind::Postgres {
         return Err(Error::FailedPrecondition(
             "partition upkeep needs PostgreSQL: SQLite has no table partitioning (use an archive policy instead)"
@@ -71,7 +105,8 @@ pub async fn resolve(ctx: &Context, schema: &str, table: &str) -> Result<Parent>
     let schema = if schema.is_empty() { "public" } else { schema };
     ident("schema", schema)?;
     ident("table", table)?;
-    // Partition names append `_pYYYYMMDD` (10 bytes) and must stay within 63 bytes.
+    // Partition names append `_pYYYYMMDD` (10 bytes) and must stay within 63 bytes (integer-range
+    // and hash names shorten the table's part when their suffix is longer).
     if table.len() > 53 {
         return Err(Error::InvalidArgument(format!(
             "table name {table:?} is too long for partition names (max 53 bytes)"
@@ -79,13 +114,13 @@ pub async fn resolve(ctx: &Context, schema: &str, table: &str) -> Result<Parent>
     }
     let mut conn = ctx.db.write().await?;
     match store::find(&mut conn, schema, table).await? {
-        Lookup::Found(parent) => Ok(parent),
-        Lookup::NotPartitioned => {
-            Err(Error::FailedPrecondition(format!("{schema}.{table} is not range-partitioned on one column")))
-        }
+        Lookup::Found(t) => Ok(t),
+        Lookup::NotPartitioned => Err(Error::FailedPrecondition(format!(
+            "{schema}.{table} is neither range-partitioned on one column nor hash-partitioned"
+        ))),
         Lookup::Missing => Err(Error::InvalidArgument(format!("table {schema}.{table} does not exist"))),
         Lookup::OtherKeyType { key, sql_type } => Err(Error::FailedPrecondition(format!(
-            "{schema}.{table} is partitioned on {key} of type {sql_type}; expected a timestamp or date"
+            "{schema}.{table} is partitioned on {key} of type {sql_type}; expected a timestamp, date or integer"
         ))),
     }
 }
@@ -248,7 +283,7 @@ pub async fn rescue_work(h: Handle) -> Result<()> {
     let ctx = &h.ctx;
     let req: RescueRequest = h.request()?;
     let mut prog: RescueProgress = h.progress();
-    let p = resolve(ctx, &req.schema, &req.table).await?;
+    let p = resolve_time(ctx, &req.schema, &req.table, "RescueDefaultRows").await?;
     let interval = req.interval;
     let parts = list(ctx, &p).await?;
     let Some(def) = parts.iter().find(|x| x.is_default).cloned() else {
