@@ -419,6 +419,15 @@ pub async fn items(conn: &mut Conn, id: &str, after: i64, limit: i64) -> Result<
 
 /// Deletes operations that ended before `before`, with their items. Returns how many went.
 pub async fn prune(conn: &mut Conn, before: NaiveDateTime) -> Result<usize> {
+    // Read first: nothing to prune is the usual case, and a write would wait for the database's
+    // write lock (SQLite) while holding a pooled connection.
+    let due: i64 = db_run!(conn, {
+        use schema::operations as t;
+        t::table.filter(t::finished_at.lt(before)).count().get_result(conn).await?
+    });
+    if due == 0 {
+        return Ok(0);
+    }
     let n = db_run!(conn, {
         conn.transaction(async |conn| {
             use schema::{operation_items as i, operations as t};

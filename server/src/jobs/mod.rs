@@ -52,7 +52,7 @@ pub async fn blob_migrations(ctx: Context, interval: Duration, cancel: Cancellat
 pub async fn operations(ctx: Context, interval: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let prune_every = (3600 / interval.as_secs().max(1)).max(1);
+    let prune_every = (3_600_000 / interval.as_millis().max(1)).max(1) as u64;
     let mut ticks = 0u64;
     loop {
         tokio::select! {
