@@ -126,6 +126,13 @@ pub struct NewItem {
     pub detail: String,
 }
 
+impl NewItem {
+    /// An item without detail.
+    pub fn new(kind: ItemKind, value: impl Into<String>) -> Self {
+        NewItem { kind, value: value.into(), detail: String::new() }
+    }
+}
+
 /// A step to record: where the operation is and what it found since the last step.
 #[derive(Debug, Clone)]
 pub struct Step<'a> {

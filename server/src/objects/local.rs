@@ -240,36 +240,6 @@ impl LocalStore {
         }
     }
 
-    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let root = self.root.clone();
-        let prefix = prefix.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            let mut dirs = vec![root.as_ref().clone()];
-            while let Some(dir) = dirs.pop() {
-                for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-                    let entry = entry.map_err(io(&dir))?;
-                    let path = entry.path();
-                    let meta = entry.metadata().map_err(io(&path))?;
-                    let rel = path.strip_prefix(root.as_ref()).unwrap_or(&path);
-                    let key = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-                    if key == STAGING {
-                        continue;
-                    }
-                    if meta.is_dir() {
-                        dirs.push(path);
-                    } else if key.starts_with(&prefix) {
-                        out.push(ObjectInfo { key, size: meta.len(), modified: meta.modified().ok() });
-                    }
-                }
-            }
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Io { path: "list".into(), source: std::io::Error::other(e) })?
-    }
-
     /// Objects whose key starts with `prefix` and sorts after `start_after`, in key order, sent
     /// `page` at a time into the returned channel by a thread of its own. It holds the sorted names of
     /// the directories on its current path, never the whole listing; it stops when the receiver goes.

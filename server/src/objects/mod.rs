@@ -360,15 +360,15 @@ impl ObjectStore {
         Lister { inner, cancel: cancel.clone() }
     }
 
-    /// Every object whose key starts with `prefix`.
+    /// Every object whose key starts with `prefix`, in key order, with size and time (the pages
+    /// of [`ObjectStore::lister`] collected: for prefixes known to hold few objects).
     pub async fn list(&self, prefix: &str, cancel: &CancellationToken) -> Result<Vec<ObjectInfo>> {
-        cancellable(cancel, async {
-            match self {
-                Self::Local(s) => s.list(prefix).await,
-                Self::S3(s) => s.list(prefix).await,
-            }
-        })
-        .await
+        let mut lister = self.lister(prefix, None, 1000, true, cancel);
+        let mut out = Vec::new();
+        while let Some(page) = lister.next_page().await? {
+            out.extend(page);
+        }
+        Ok(out)
     }
 }
 

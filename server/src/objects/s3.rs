@@ -479,37 +479,6 @@ impl S3Store {
         Ok(())
     }
 
-    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let full_prefix = format!("{}{prefix}", self.prefix);
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&*self.bucket)
-                .prefix(&full_prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(s3_err("ListObjectsV2", &full_prefix))?;
-            for o in page.contents() {
-                if let Some(k) = o.key().and_then(|k| k.strip_prefix(&*self.prefix)) {
-                    out.push(ObjectInfo {
-                        key: k.to_owned(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                        modified: o.last_modified().and_then(|t| std::time::SystemTime::try_from(*t).ok()),
-                    });
-                }
-            }
-            token = page.next_continuation_token().map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
     /// One page (at most `max` keys) of the objects under `prefix` in key order: after
     /// `start_after` on the first call, then from the continuation token. Returns the objects and
     /// the token of the next page (None: the last).

@@ -132,12 +132,8 @@ pub async fn work(h: Handle) -> Result<()> {
         p.emergency_done = true;
         let items: Vec<NewItem> = started
             .into_iter()
-            .map(|id| NewItem { kind: ItemKind::StartedRun, value: id, detail: String::new() })
-            .chain(skipped.into_iter().map(|s| NewItem {
-                kind: ItemKind::SkippedPolicy,
-                value: s,
-                detail: String::new(),
-            }))
+            .map(|id| NewItem::new(ItemKind::StartedRun, id))
+            .chain(skipped.into_iter().map(|s| NewItem::new(ItemKind::SkippedPolicy, s)))
             .collect();
         h.step("purge and retention runs started", 0, 0, &p, &items).await?;
     }

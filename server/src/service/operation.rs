@@ -348,29 +348,20 @@ pub async fn get(ctx: &Context, id: &str) -> Result<Operation> {
     store::get(&mut conn, id).await?.map(Operation::from).ok_or_else(|| Error::NotFound(format!("operation {id:?}")))
 }
 
-/// Operations newest first (of one kind when given): a page of at most `page_size` (1–1000) after
-/// `page_token` (the last id of the previous page), and the next page's token.
+/// Operations newest first (of one kind when given): a page of `page_size` (checked by the caller)
+/// after `page_token` (the last id of the previous page), and the next page's token.
 pub async fn list(
     ctx: &Context,
     kind: Option<OperationKind>,
     page_size: i64,
     page_token: Option<&str>,
 ) -> Result<(Vec<Operation>, Option<String>)> {
-    let page_size = page_size_of(page_size)?;
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     let mut rows = store::list(&mut conn, kind, page_token, page_size + 1).await?;
     let more = rows.len() as i64 > page_size;
     rows.truncate(page_size as usize);
     let next = more.then(|| rows.last().map(|r| r.id.clone())).flatten();
     Ok((rows.into_iter().map(Operation::from).collect(), next))
-}
-
-fn page_size_of(n: i64) -> Result<i64> {
-    match n {
-        0 => Ok(100),
-        1..=1000 => Ok(n),
-        _ => Err(Error::InvalidArgument(format!("page_size {n} is outside 0-1000"))),
-    }
 }
 
 /// Asks operation `id` to stop; an ended one is returned as it is.
@@ -382,13 +373,9 @@ pub async fn cancel(ctx: &Context, id: &str) -> Result<Operation> {
         .ok_or_else(|| Error::NotFound(format!("operation {id:?}")))
 }
 
-/// Items of operation `id` after sequence number `after`: a page of at most `page_size` (1–1000),
-/// and the next page's token (the last seq) when more may follow.
+/// Items of operation `id` after sequence number `after`: a page of `page_size` (page size and
+/// token checked by the caller), and the next page's token (the last seq) when more may follow.
 pub async fn items(ctx: &Context, id: &str, page_size: i64, after: i64) -> Result<(Vec<Item>, Option<i64>)> {
-    let page_size = page_size_of(page_size)?;
-    if after < 0 {
-        return Err(Error::InvalidArgument("page_token must not be negative".into()));
-    }
     let op = get(ctx, id).await?;
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     let rows = store::items(&mut conn, &op.id, after, page_size).await?;

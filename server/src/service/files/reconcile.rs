@@ -166,10 +166,6 @@ async fn record(h: &Handle, p: &ReconcileProgress, items: &mut Vec<NewItem>) -> 
     Ok(())
 }
 
-fn item(kind: ItemKind, value: &str) -> NewItem {
-    NewItem { kind, value: value.to_owned(), detail: String::new() }
-}
-
 /// An object no catalog row referenced when its page was read: reported, and with repair deleted
 /// once older than the grace period and still unreferenced right before.
 async fn orphan(
@@ -182,7 +178,7 @@ async fn orphan(
 ) -> Result<()> {
     let ctx = &h.ctx;
     p.orphans += 1;
-    items.push(item(ItemKind::Orphan, &o.key));
+    items.push(NewItem::new(ItemKind::Orphan, &o.key));
     if !req.repair {
         return Ok(());
     }
@@ -203,7 +199,7 @@ async fn orphan(
     ctx.objects.delete(&o.key, h.stop()).await.map_err(|e| stopped_or(h, e))?;
     tracing::info!(key = %o.key, "deleted orphan object");
     p.deleted += 1;
-    items.push(item(ItemKind::Deleted, &o.key));
+    items.push(NewItem::new(ItemKind::Deleted, &o.key));
     Ok(())
 }
 
@@ -235,8 +231,8 @@ async fn missing(
     };
     p.lost_content += 1;
     p.lost_files += files.len() as i64;
-    items.push(item(ItemKind::LostContent, blake3));
-    items.extend(files.iter().map(|f| item(ItemKind::LostFile, f)));
+    items.push(NewItem::new(ItemKind::LostContent, blake3));
+    items.extend(files.iter().map(|f| NewItem::new(ItemKind::LostFile, f)));
     Ok(())
 }
 

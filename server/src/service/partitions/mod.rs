@@ -316,7 +316,8 @@ pub async fn rescue_work(h: Handle) -> Result<()> {
         prog.after = Some(micros);
         prog.rows_moved += n;
         prog.partitions_created += 1;
-        let item = NewItem { kind: ItemKind::Partition, value: name, detail: format!("{{\"rows\":{n}}}") };
+        let detail = serde_json::to_string(&RescuedRows { rows: n }).expect("serializes");
+        let item = NewItem { kind: ItemKind::Partition, value: name, detail };
         h.step("moved", prog.partitions_created, total, &prog, &[item]).await?;
     }
     prog.rows_left = if req.dry_run { 0 } else { store::count_rows(&mut conn, &p, &def.name, None).await? };
@@ -325,9 +326,13 @@ pub async fn rescue_work(h: Handle) -> Result<()> {
 
 /// Rows of a rescued partition as recorded in its operation item.
 pub fn rescued_rows(item: &Item) -> Option<i64> {
-    #[derive(Deserialize)]
-    struct D {
-        rows: i64,
-    }
-    (item.kind == ItemKind::Partition).then(|| serde_json::from_str::<D>(&item.detail).ok().map(|d| d.rows)).flatten()
+    (item.kind == ItemKind::Partition)
+        .then(|| serde_json::from_str::<RescuedRows>(&item.detail).ok().map(|d| d.rows))
+        .flatten()
+}
+
+/// The detail of a rescued partition's item.
+#[derive(Serialize, Deserialize)]
+struct RescuedRows {
+    rows: i64,
 }
