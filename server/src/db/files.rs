@@ -615,51 +615,51 @@ pub fn escape_like(s: &str) -> String {
     out
 }
 
-/// Object keys of open uploads (their objects may appear any moment) that sort after `after` and
-/// at or before `upto` (None: no bound): reconciliation, a page of the listing at a time.
-pub async fn open_upload_keys_in_range(
-    conn: &mut Conn,
-    after: Option<&str>,
-    upto: Option<&str>,
-) -> Result<Vec<String>> {
+/// Keys of open uploads that sort after `after` (None: from the start), in key order, at most
+/// `limit` (read through the partial index on open uploads' keys).
+pub async fn open_upload_keys_after(conn: &mut Conn, after: Option<&str>, limit: i64) -> Result<Vec<String>> {
     let rows = db_run!(conn, {
         use schema::uploads as u;
-        let mut q = u::table.filter(u::state.eq(UploadState::Open.as_str())).select(u::object_key).into_boxed();
+        let mut q = u::table
+            .filter(u::state.eq(UploadState::Open.as_str()))
+            .select(u::object_key)
+            .order(u::object_key)
+            .limit(limit)
+            .into_boxed();
         if let Some(a) = after {
             q = q.filter(u::object_key.gt(a));
-        }
-        if let Some(b) = upto {
-            q = q.filter(u::object_key.le(b));
         }
         q.load(conn).await?
     });
     Ok(rows)
 }
 
-/// Blobs (BLAKE3, object key, marked lost) whose key sorts after `after` and at or before `upto`
-/// (None: no bound), in key order, at most `limit`.
-pub async fn blobs_in_range(
-    conn: &mut Conn,
-    after: Option<&str>,
-    upto: Option<&str>,
-    limit: i64,
-) -> Result<Vec<(String, String, bool)>> {
+/// Object keys of blobs that sort after `after` (None: from the start), in key order, at most
+/// `limit` (the unique index on the key covers the read: no table row is visited).
+pub async fn blob_keys_after(conn: &mut Conn, after: Option<&str>, limit: i64) -> Result<Vec<String>> {
     let rows = db_run!(conn, {
         use schema::blobs as b;
-        let mut q = b::table
-            .select((b::blake3, b::object_key, b::lost_at.is_not_null()))
-            .order(b::object_key)
-            .limit(limit)
-            .into_boxed();
+        let mut q = b::table.select(b::object_key).order(b::object_key).limit(limit).into_boxed();
         if let Some(a) = after {
             q = q.filter(b::object_key.gt(a));
-        }
-        if let Some(u) = upto {
-            q = q.filter(b::object_key.le(u));
         }
         q.load(conn).await?
     });
     Ok(rows)
+}
+
+/// The blob stored at `key`: its BLAKE3 and whether it is marked lost.
+pub async fn blob_at(conn: &mut Conn, key: &str) -> Result<Option<(String, bool)>> {
+    let row = db_run!(conn, {
+        use schema::blobs as b;
+        b::table
+            .filter(b::object_key.eq(key))
+            .select((b::blake3, b::lost_at.is_not_null()))
+            .first(conn)
+            .await
+            .optional()?
+    });
+    Ok(row)
 }
 
 /// Whether a blob row or an open upload references `key` (checked again right before acting).

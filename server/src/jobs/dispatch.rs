@@ -14,9 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::{
     self, Context, Error, Result,
-    scheduler::{
-        self, JobKind, JobRun, JobRunState, JobSpec, blob_request, bool_option, count_option, interval_option,
-    },
+    scheduler::{self, JobKind, JobRun, JobRunState, JobSpec, blob_request, bool_option, premake_request},
 };
 
 /// Starts run `run` of `job`, held by this instance, on `ctx.tasks` (the server waits for it at
@@ -195,11 +193,9 @@ async fn perform(ctx: &Context, spec: &JobSpec, stop: CancellationToken) -> anyh
         }
         JobKind::PartitionPremake => {
             let (schema, table) = service::maintenance::parse_table(&spec.target)?;
-            let interval = interval_option(spec.options.get("interval"))?;
-            let ahead = count_option("ahead", spec.options.get("ahead"), 3)?;
-            let back = count_option("back", spec.options.get("back"), 0)?;
-            let parent = service::partitions::resolve(ctx, &schema, &table).await?;
-            let (created, existing) = service::partitions::ensure(ctx, &parent, interval, ahead, back).await?;
+            let t = service::partitions::resolve_table(ctx, &schema, &table).await?;
+            let e = premake_request(&spec.options, &t)?;
+            let (created, existing) = service::partitions::ensure_any(ctx, &t, e).await?;
             Ok(format!("{} partition(s) created, {existing} already there", created.len()))
         }
         JobKind::Backup => {

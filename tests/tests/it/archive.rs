@@ -526,6 +526,91 @@ async fn sqlite_archive_restore_and_purge() {
     server.stop().await.unwrap();
 }
 
+/// A time-range selection of more segments than the server reads per page (100): read and
+/// restored oldest rows first, page after page, each row exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn range_selections_page_through_hundreds_of_segments() {
+    const ROWS: i64 = 1200;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut c = crate::support::sqlite(&db).await;
+    // Row i is 100 + i hours old: the larger the id, the older the row.
+    c.batch_execute(&format!(
+        "CREATE TABLE log (id INTEGER PRIMARY KEY, created_at TEXT, v TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {ROWS})
+         INSERT INTO log SELECT i, datetime('now', '-' || (100 + i) || ' hours'), 'row ' || i FROM s;"
+    ))
+    .await
+    .unwrap();
+    let config = test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    client.create_policy(&ArchivePolicy { batch_size: 4, ..policy("log", "log", 1) }).await.unwrap();
+    let r = start(&client, async || client.run_archive("log").await).await;
+    assert_eq!(finish(&client, &r.id).await.rows_done, ROWS);
+    assert_eq!(client.list_segments("log").await.unwrap().len(), 300);
+    let ids = async |c: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>| {
+        diesel::sql_query("SELECT id AS n FROM log ORDER BY id")
+            .load::<N>(c)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.n)
+            .collect::<Vec<_>>()
+    };
+    assert!(ids(&mut c).await.is_empty());
+
+    // Rows 300 to 900 hours old: ids 200..=800, about 150 segments, plus the rest of the two
+    // segments at the edges.
+    let now = chrono::Utc::now();
+    let range = SegmentSelection {
+        start: Some(now - chrono::Duration::hours(900)),
+        end: Some(now - chrono::Duration::hours(300)),
+        ids: vec![],
+    };
+    // Rows by segment, in the order read.
+    let mut segments: Vec<(String, Vec<i64>)> = Vec::new();
+    client
+        .read_archive("log", &range, |segment, rows| {
+            if segments.last().is_none_or(|(s, _)| *s != segment) {
+                segments.push((segment.to_owned(), Vec::new()));
+            }
+            let ids = &mut segments.last_mut().unwrap().1;
+            for r in rows {
+                let v: serde_json::Value = serde_json::from_str(&r).unwrap();
+                ids.push(v["id"].as_i64().unwrap());
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    // Oldest rows first: each segment's rows are older (larger ids) than the next segment's.
+    for pair in segments.windows(2) {
+        let (older, newer) = (&pair[0].1, &pair[1].1);
+        assert!(newer.iter().max() < older.iter().min(), "{} read before {}", pair[0].0, pair[1].0);
+    }
+    let read: Vec<i64> = segments.iter().flat_map(|(_, ids)| ids.iter().copied()).collect();
+    let unique: std::collections::BTreeSet<i64> = read.iter().copied().collect();
+    assert_eq!(unique.len(), read.len(), "each row read once");
+    let inner = 201..=799;
+    assert!(inner.clone().all(|i| read.contains(&i)), "every row of the range read");
+    assert!(read.len() <= inner.count() + 2 * 2 * 4, "{} rows read", read.len());
+
+    let r = start(&client, async || client.restore_archive("log", &range).await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!((r.rows_done, r.rows_skipped), (read.len() as i64, 0));
+    let mut back = read.clone();
+    back.sort();
+    assert_eq!(ids(&mut c).await, back, "the range's rows, restored once each");
+
+    // The rest, unbounded: every other segment, page after page.
+    let r = start(&client, async || client.restore_archive("log", &SegmentSelection::default()).await).await;
+    let r = finish(&client, &r.id).await;
+    assert_eq!((r.rows_done, r.rows_skipped), (ROWS - read.len() as i64, 0));
+    assert_eq!(ids(&mut c).await, (1..=ROWS).collect::<Vec<_>>());
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_and_shutdown_stop_runs_between_batches_and_say_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use strata_client::partitions::PartitionInterval::Monthly;
+use strata_client::{
+    partitions::PartitionInterval::Monthly,
+    scheduler::{JobKind, JobRunState, JobSpec},
+};
 use strata_tests::{PgCluster, TestServer, pg::count};
 use tonic::Code;
+
+use crate::operations::{strata, watch};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rescue_premake_health_and_drop_on_postgres() {
@@ -109,9 +114,19 @@ async fn rescue_premake_health_and_drop_on_postgres() {
 async fn partitions_on_sqlite_are_a_clear_failed_precondition() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::sqlite(dir.path()).await.unwrap();
-    let e = server.client().await.partition_health("main", "events").await.unwrap_err();
+    let client = server.client().await;
+    let e = client.partition_health("main", "events").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition));
     assert!(e.to_string().contains("SQLite has no table partitioning"), "{e}");
+    // RescueDefaultRows too, before any operation starts; and so `strata partitions rescue --wait`.
+    let e = client.start_rescue("main", "events", Monthly, false).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+    assert!(e.to_string().contains("SQLite has no table partitioning"), "{e}");
+    let url = server.url();
+    let cli = Cli::try_parse_from(["strata", "--url", &url, "partitions", "rescue", "events", "--wait"]).unwrap();
+    let e = run(cli, &mut Vec::new()).await.unwrap_err().to_string();
+    assert!(e.contains("FailedPrecondition") && e.contains("SQLite has no table partitioning"), "{e}");
+    assert!(client.list_operations(None, 10).await.unwrap().is_empty(), "no operation recorded");
     server.stop().await.unwrap();
 }
 
@@ -310,6 +325,34 @@ async fn integer_ranges_created_topped_up_and_reported() {
     let h = client.partition_health("public", "items").await.unwrap();
     assert_eq!(h.key_gaps, [(4000, 5000)]);
 
+    // The scheduled premake job tops integer ranges up too, given a width; options that do not
+    // fit the table's kind are refused when the job is created.
+    let premake = |table: &str, options: &[(&str, &str)]| JobSpec {
+        options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        enabled: false,
+        ..JobSpec::new(&format!("premake-{table}-{}", options.len()), JobKind::PartitionPremake, "@daily")
+            .target(&format!("public.{table}"))
+    };
+    for (table, options, wanted) in [
+        ("items", &[][..], "width is required"),
+        ("items", &[("width", "1000"), ("interval", "daily")][..], "interval is for time-range tables"),
+        ("items", &[("width", "-5")][..], "positive"),
+        ("events", &[("width", "1000")][..], "width is for integer-range tables"),
+    ] {
+        let e = client.create_job(&premake(table, options)).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{table} {options:?}: {e}");
+        assert!(e.to_string().contains(wanted), "{table} {options:?}: {e}");
+    }
+    assert!(client.list_jobs().await.unwrap().iter().all(|j| !j.spec.name.starts_with("premake-")));
+    client.create_job(&premake("items", &[("width", "1000"), ("ahead", "3")])).await.unwrap();
+    let run = client.run_job_now("premake-items-2").await.unwrap();
+    let run = client.wait_job_run(&run.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(run.state, JobRunState::Succeeded, "{run:?}");
+    // The range holding 2500 and three beyond it: all there but the hole at 4000.
+    assert_eq!(run.message, "1 partition(s) created, 3 already there", "{run:?}");
+    let h = client.partition_health("public", "items").await.unwrap();
+    assert!(h.key_gaps.is_empty(), "{:?}", h.key_gaps);
+
     // A range over rows in the default partition: refused, nothing created, the rows counted.
     let e = client.ensure_integer_ranges("public", "orders", 1000, 1, 0).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
@@ -375,6 +418,19 @@ async fn hash_partitions_created_and_skew_reported() {
     assert_eq!(skipped, 3);
     let (again, skipped) = client.ensure_hash_partitions("public", "visits").await.unwrap();
     assert_eq!((again.len(), skipped), (0, 4));
+    // A premake job on a hash table takes no options, and creates missing remainders.
+    let job = |options: &[(&str, &str)]| JobSpec {
+        options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        enabled: false,
+        ..JobSpec::new("premake-visits", JobKind::PartitionPremake, "@daily").target("public.visits")
+    };
+    let e = client.create_job(&job(&[("ahead", "2")])).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("option ahead does not apply"), "{e}");
+    client.create_job(&job(&[])).await.unwrap();
+    let run = client.run_job_now("premake-visits").await.unwrap();
+    let run = client.wait_job_run(&run.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!((run.state, run.message.as_str()), (JobRunState::Succeeded, "0 partition(s) created, 4 already there"));
 
     // One heavy user: its partition holds most rows.
     c.batch_execute(
@@ -413,5 +469,90 @@ async fn hash_partitions_created_and_skew_reported() {
     let e = client.archive_partitions("visits").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
     assert!(e.to_string().contains("time-range partitions only"), "{e}");
+    server.stop().await.unwrap();
+}
+
+/// RescueDefaultRows as an operation: it returns at once and shows its progress (days moved of
+/// those found); a second one on the table is refused meanwhile; a cancel stops it between days,
+/// each day moved whole (its rows, its partition, its item) and the oldest first; `strata
+/// partitions rescue --wait` then moves the rest, each row into the partition of its day.
+#[tokio::test(flavor = "multi_thread")]
+async fn rescue_runs_as_an_operation_cancels_between_periods_and_waits() {
+    // One period per transaction, each its own steps: the cancel comes after the first, long
+    // before the last.
+    const DAYS: i64 = 40;
+    const PER_DAY: i64 = 25;
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("parts_ops").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster.connect(&db).await.unwrap();
+    // PER_DAY rows on each of the DAYS days (UTC) before today, all in the default partition.
+    c.batch_execute(&format!(
+        "CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL, body text) PARTITION BY RANGE (at);
+         CREATE TABLE events_default PARTITION OF events DEFAULT;
+         INSERT INTO events SELECT i, date_trunc('day', now(), 'UTC') - make_interval(days => 1 + i % {DAYS})
+             + make_interval(mins => i / {DAYS} * 50), 'e' || i
+           FROM generate_series(0, {DAYS} * {PER_DAY} - 1) i;"
+    ))
+    .await
+    .unwrap();
+    let total = DAYS * PER_DAY;
+    let misplaced = "SELECT count(*)::int8 AS n FROM events e JOIN pg_class p ON p.oid = e.tableoid
+                      WHERE p.relname NOT IN ('events_default', 'events_p' || to_char(e.at AT TIME ZONE 'UTC', 'YYYYMMDD'))";
+    let server = TestServer::postgres(cluster, &db, dir.path()).await.unwrap();
+    let client = server.client().await;
+
+    let op = client.start_rescue("public", "events", Daily, false).await.unwrap();
+    assert_eq!((op.kind, op.state), (Some(OperationKind::Rescue), OperationState::Running), "{op:?}");
+    assert_eq!(op.target, "public.events");
+    let e = client.start_rescue("public", "events", Daily, true).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::FailedPrecondition), "one rescue of a table at a time: {e}");
+    assert!(e.to_string().contains(&op.id), "{e}");
+    let running = watch(&client, &op.id, |o| o.done > 0).await;
+    assert_eq!(running.state, OperationState::Running, "{running:?}");
+    assert_eq!(running.total, DAYS, "every day found before the first moves: {running:?}");
+    let asked = client.cancel_operation(&op.id).await.unwrap();
+    assert!(asked.cancel_requested, "{asked:?}");
+    let ended = client.wait_operation(&op.id, Duration::from_millis(50)).await.unwrap();
+    assert_eq!(ended.state, OperationState::Cancelled, "{ended:?}");
+    assert_eq!(ended.error.as_deref(), Some("cancelled on request"));
+    let OperationResult::Rescue { rows_moved, partitions_created: moved_days, .. } = ended.result else {
+        panic!("{ended:?}")
+    };
+    assert!(moved_days >= running.done && moved_days < DAYS, "stopped between days: {ended:?}");
+    assert_eq!(rows_moved, moved_days * PER_DAY, "{ended:?}");
+    let items = client.all_operation_items(&op.id).await.unwrap();
+    assert_eq!(items.len() as i64, moved_days, "{items:?}");
+    assert!(items.iter().all(|i| i.kind == ItemKind::Partition && i.rows == PER_DAY), "{items:?}");
+    let mut recorded: Vec<&str> = items.iter().map(|i| i.value.as_str()).collect();
+    recorded.sort();
+    let mut made = partition_names(&mut c, "events").await;
+    made.retain(|n| n != "events_default");
+    assert_eq!(made, recorded, "the partitions made are those recorded");
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events_default").await, total - rows_moved);
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events").await, total);
+    assert_eq!(count(&mut c, misplaced).await, 0);
+    let newer = "SELECT count(*)::int8 AS n FROM events_default
+                  WHERE at < (SELECT max(at) FROM events WHERE tableoid <> 'events_default'::regclass)";
+    assert_eq!(count(&mut c, newer).await, 0, "the oldest days moved first");
+
+    let (code, out) = strata(&server, &["partitions", "rescue", "events", "--interval", "daily", "--wait"]).await;
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "{out}");
+    let summary = format!(
+        "{} row(s) into {} partition(s); 0 left in the default partition",
+        total - rows_moved,
+        DAYS - moved_days
+    );
+    assert!(out.contains("succeeded") && out.contains(&summary), "{out}");
+    let listed =
+        out.lines().filter(|l| l.contains(" partition events_p") && l.ends_with(&format!(": {PER_DAY} row(s)")));
+    assert_eq!(listed.count() as i64, DAYS - moved_days, "{out}");
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events_default").await, 0);
+    assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events").await, total);
+    assert_eq!(count(&mut c, misplaced).await, 0, "each row in the partition of its day");
+    assert_eq!(partition_names(&mut c, "events").await.len() as i64, DAYS + 1);
+    let ops = client.list_operations(Some(OperationKind::Rescue), 10).await.unwrap();
+    let states: Vec<(OperationState, bool)> = ops.iter().map(|o| (o.state, o.id == op.id)).collect();
+    assert_eq!(states, [(OperationState::Succeeded, false), (OperationState::Cancelled, true)], "newest first");
     server.stop().await.unwrap();
 }

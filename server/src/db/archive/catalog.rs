@@ -433,16 +433,13 @@ pub async fn segments(
 }
 
 /// A page of the policy's segments in `states` after segment id `after` (id order), at most
-/// `limit`: those whose newest row is older than `due_before` when given (retention), and those
-/// overlapping [`from`, `to`) when given (a time-range selection). Callers page through a policy's
-/// segments this way instead of holding them all.
-#[allow(clippy::too_many_arguments, reason = "each filter is optional and named")]
+/// `limit`, those whose newest row is older than `due_before` when given (retention). Callers page
+/// through a policy's segments this way instead of holding them all.
 pub async fn segments_page(
     conn: &mut Conn,
     policy: &str,
     states: &[SegmentState],
     due_before: Option<NaiveDateTime>,
-    range: Option<(Option<NaiveDateTime>, Option<NaiveDateTime>)>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<SegmentRow>> {
@@ -457,20 +454,57 @@ pub async fn segments_page(
         if let Some(b) = due_before {
             q = q.filter(t::max_time.lt(b));
         }
-        if let Some((from, to)) = range {
-            // Segments without row times match only an unbounded selection.
-            if from.is_some() || to.is_some() {
-                q = q.filter(t::min_time.is_not_null().and(t::max_time.is_not_null()));
-            }
-            if let Some(f) = from {
-                q = q.filter(t::max_time.ge(f));
-            }
-            if let Some(to) = to {
-                q = q.filter(t::min_time.lt(to));
-            }
-        }
         if let Some(a) = after {
             q = q.filter(t::id.gt(a));
+        }
+        q.load::<SegmentColumns>(conn).await?
+    }))
+}
+
+/// Where a walk through a policy's committed segments, oldest rows first, has got to: first the
+/// segments without row times (by id), then the others by (oldest row, id). Both orders follow an
+/// index, so each page is read without sorting the policy's segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeOrder {
+    /// Among the segments without row times, after this id (None: from the first).
+    Untimed(Option<String>),
+    /// Among the others, after this (oldest row, id) (None: from the first).
+    Timed(Option<(NaiveDateTime, String)>),
+}
+
+/// A page of the policy's committed segments at `at` (see [`TimeOrder`]), at most `limit`; the
+/// timed ones only if they overlap [`from`, `to`) (either unbounded when None).
+pub async fn committed_segments_page(
+    conn: &mut Conn,
+    policy: &str,
+    from: Option<NaiveDateTime>,
+    to: Option<NaiveDateTime>,
+    at: &TimeOrder,
+    limit: i64,
+) -> Result<Vec<SegmentRow>> {
+    let committed = SegmentState::Committed.as_str();
+    convert(db_run!(conn, {
+        use schema::archive_segments as t;
+        let mut q = t::table.filter(t::policy_id.eq(policy).and(t::state.eq(committed))).limit(limit).into_boxed();
+        match at {
+            TimeOrder::Untimed(after) => {
+                q = q.filter(t::min_time.is_null()).order(t::id.asc());
+                if let Some(a) = after {
+                    q = q.filter(t::id.gt(a.clone()));
+                }
+            }
+            TimeOrder::Timed(after) => {
+                q = q.filter(t::min_time.is_not_null()).order((t::min_time.asc(), t::id.asc()));
+                if let Some((m, id)) = after {
+                    q = q.filter(t::min_time.gt(*m).or(t::min_time.eq(*m).and(t::id.gt(id.clone()))));
+                }
+                if let Some(f) = from {
+                    q = q.filter(t::max_time.ge(f));
+                }
+                if let Some(to) = to {
+                    q = q.filter(t::min_time.lt(to));
+                }
+            }
         }
         q.load::<SegmentColumns>(conn).await?
     }))

@@ -28,10 +28,10 @@ pub use batch::{
     Batch, BatchError, BatchOutcome, DueRows, Phases, Sealed, archive_batch, purge_batch, restore_segment,
 };
 pub use catalog::{
-    PendingSegment, Progress, acquire_lease, add_progress, delete_policy, delete_segment, discard_pending, finish_run,
-    get_policy, get_run, insert_pending_segment, insert_policy, insert_run, list_policies, list_runs, orphaned_runs,
-    release_lease, renew_lease, request_cancel, segments, segments_by_id, segments_page, set_segment_state,
-    update_policy,
+    PendingSegment, Progress, TimeOrder, acquire_lease, add_progress, committed_segments_page, delete_policy,
+    delete_segment, discard_pending, finish_run, get_policy, get_run, insert_pending_segment, insert_policy,
+    insert_run, list_policies, list_runs, orphaned_runs, release_lease, renew_lease, request_cancel, segments,
+    segments_by_id, segments_page, set_segment_state, update_policy,
 };
 pub use resolve::{ColumnInfo, PlanRow, TableSpec, TableSql, TimeKind, last_due_key, params, plan, resolve};
 pub use rows::{PolicyRow, RunRow, SegmentRow};

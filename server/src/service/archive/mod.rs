@@ -555,7 +555,7 @@ pub async fn mark_orphaned_runs(ctx: &Context) -> Result<usize> {
 enum Work {
     Rows { sql: store::TableSql, cutoff: DateTime<Utc> },
     Partitions { parent: super::partitions::Parent, cutoff: DateTime<Utc> },
-    Restore { sql: store::TableSql, segments: Vec<Segment> },
+    Restore { sql: store::TableSql, segments: restore::Selected },
     Retention { cutoff: DateTime<Utc> },
 }
 

@@ -15,6 +15,9 @@ use crate::{
 /// ReadArchive sends rows in messages of about this many bytes (below HTTP/2 send buffers).
 const READ_CHUNK: usize = 256 << 10;
 
+/// Segments read per page of a time-range selection.
+const SEGMENT_PAGE: i64 = 100;
+
 /// Starts restoring the selected segments.
 pub async fn restore(ctx: &Context, policy: &str, selection: Selection) -> Result<Run> {
     let p = get_policy(ctx, policy).await?;
@@ -23,10 +26,56 @@ pub async fn restore(ctx: &Context, policy: &str, selection: Selection) -> Resul
     start(ctx, p, RunKind::Restore, None, Work::Restore { sql, segments }).await
 }
 
-async fn select_segments(ctx: &Context, p: &Policy, sel: &Selection) -> Result<Vec<Segment>> {
-    let mut conn = ctx.db.read_prefer_primary().await?.0;
+/// The committed segments a selection names, oldest rows first, handed out one at a time: ids are
+/// checked up front (the request holds them anyway); a time range is read from the catalog a page
+/// at a time, so a policy's segments are never all in memory.
+pub(super) enum Selected {
+    /// Segments named by id.
+    Ids(std::vec::IntoIter<Segment>),
+    /// Segments overlapping a time range.
+    Range {
+        policy: String,
+        from: Option<chrono::NaiveDateTime>,
+        to: Option<chrono::NaiveDateTime>,
+        at: store::TimeOrder,
+        page: std::collections::VecDeque<Segment>,
+        done: bool,
+    },
+}
+
+impl Selected {
+    /// The next segment; None after the last.
+    async fn next(&mut self, ctx: &Context) -> Result<Option<Segment>> {
+        match self {
+            Self::Ids(ids) => Ok(ids.next()),
+            Self::Range { policy, from, to, at, page, done } => {
+                while page.is_empty() && !*done {
+                    let mut conn = ctx.db.read_prefer_primary().await?.0;
+                    let rows = store::committed_segments_page(&mut conn, policy, *from, *to, at, SEGMENT_PAGE).await?;
+                    let full = rows.len() as i64 == SEGMENT_PAGE;
+                    page.extend(segments_of(rows));
+                    let last = page.back().filter(|_| full);
+                    match (&*at, last) {
+                        (store::TimeOrder::Untimed(_), Some(s)) => *at = store::TimeOrder::Untimed(Some(s.id.clone())),
+                        // Past the last segment without row times: on to the others.
+                        (store::TimeOrder::Untimed(_), None) => *at = store::TimeOrder::Timed(None),
+                        (store::TimeOrder::Timed(_), Some(s)) => {
+                            let oldest = s.min_time.expect("a timed segment has its oldest row's time");
+                            *at = store::TimeOrder::Timed(Some((oldest.naive_utc(), s.id.clone())));
+                        }
+                        (store::TimeOrder::Timed(_), None) => *done = true,
+                    }
+                }
+                Ok(page.pop_front())
+            }
+        }
+    }
+}
+
+async fn select_segments(ctx: &Context, p: &Policy, sel: &Selection) -> Result<Selected> {
     match sel {
         Selection::Ids(ids) => {
+            let mut conn = ctx.db.read_prefer_primary().await?.0;
             let found = segments_of(store::segments_by_id(&mut conn, ids).await?);
             for id in ids {
                 match found.iter().find(|s| &s.id == id) {
@@ -40,32 +89,17 @@ async fn select_segments(ctx: &Context, p: &Policy, sel: &Selection) -> Result<V
                     Some(_) => {}
                 }
             }
-            Ok(found)
+            Ok(Selected::Ids(found.into_iter()))
         }
         Selection::Range { start, end } => {
-            // The range is the database's filter: only the selected segments are read, a page at a
-            // time, not every segment of the policy.
-            let range = Some((start.map(|t| t.naive_utc()), end.map(|t| t.naive_utc())));
-            let mut out = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let page = store::segments_page(
-                    &mut conn,
-                    &p.id,
-                    &[SegmentState::Committed],
-                    None,
-                    range,
-                    after.as_deref(),
-                    1000,
-                )
-                .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
-                out.extend(segments_of(page));
-            }
-            // Oldest rows first, as the segments' manifests order them.
-            out.sort_by(|a, b| a.min_time.cmp(&b.min_time).then_with(|| a.id.cmp(&b.id)));
-            Ok(out)
+            let (from, to) = (start.map(|t| t.naive_utc()), end.map(|t| t.naive_utc()));
+            // Segments without row times match only an unbounded selection.
+            let at = if from.is_none() && to.is_none() {
+                store::TimeOrder::Untimed(None)
+            } else {
+                store::TimeOrder::Timed(None)
+            };
+            Ok(Selected::Range { policy: p.id.clone(), from, to, at, page: Default::default(), done: false })
         }
     }
 }
@@ -100,9 +134,9 @@ pub(super) async fn restore_segments(
     p: &Policy,
     run: &Run,
     sql: &store::TableSql,
-    segments: Vec<Segment>,
+    mut segments: Selected,
 ) -> Result<Stop> {
-    for s in segments {
+    while let Some(s) = segments.next(ctx).await? {
         if let Some(stop) = stop_requested(ctx, false) {
             return Ok(stop);
         }
@@ -152,14 +186,22 @@ pub async fn read(
         Ok(p) => select_segments(ctx, &p, &selection).await,
         Err(e) => Err(e),
     };
-    let segments = match segments {
+    let mut segments = match segments {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
         }
     };
-    for s in segments {
+    loop {
+        let s = match segments.next(ctx).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
         let raw = match load_segment(ctx, &s).await {
             Ok(r) => r,
             Err(e) => {

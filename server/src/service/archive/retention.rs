@@ -37,7 +37,6 @@ pub(super) async fn retention(ctx: &Context, p: &Policy, run: &Run, cutoff: Date
             &p.id,
             &states,
             Some(cutoff.naive_utc()),
-            None,
             after.as_deref(),
             RETENTION_PAGE,
         )

@@ -92,7 +92,8 @@ async fn check_target(ctx: &Context, spec: &JobSpec) -> Result<()> {
         }
         JobKind::PartitionPremake => {
             let (schema, table) = maintenance::parse_table(&spec.target)?;
-            partitions::resolve(ctx, &schema, &table).await?;
+            let t = partitions::resolve_table(ctx, &schema, &table).await?;
+            super::premake_request(&spec.options, &t)?;
         }
         _ => {}
     }

@@ -39,7 +39,7 @@ impl JobKind {
     fn options(self) -> &'static [&'static str] {
         match self {
             JobKind::Maintenance => &["full", "analyze"],
-            JobKind::PartitionPremake => &["interval", "ahead", "back"],
+            JobKind::PartitionPremake => &["interval", "width", "ahead", "back"],
             JobKind::BlobMigration => &["blob_column", "key_column", "reference_column", "encoding", "batch_size"],
             _ => &[],
         }
@@ -230,6 +230,7 @@ impl JobSpec {
             JobKind::PartitionPremake => {
                 super::maintenance::parse_table(&self.target)?;
                 interval_option(self.options.get("interval"))?;
+                width_option(self.options.get("width"))?;
                 for k in ["ahead", "back"] {
                     count_option(k, self.options.get(k), 0)?;
                 }
@@ -264,6 +265,56 @@ pub(crate) fn interval_option(v: Option<&String>) -> Result<super::partitions::I
         None | Some("monthly") => Ok(Interval::Monthly),
         Some("daily") => Ok(Interval::Daily),
         Some(o) => Err(Error::InvalidArgument(format!("option interval must be daily or monthly, not {o:?}"))),
+    }
+}
+
+fn width_option(v: Option<&String>) -> Result<Option<i64>> {
+    v.map(|w| match w.parse::<i64>() {
+        Ok(w) if w > 0 => Ok(w),
+        _ => Err(Error::InvalidArgument(format!("option width must be a positive number of keys, not {w:?}"))),
+    })
+    .transpose()
+}
+
+/// What a partition_premake job asks of table `t`, from its options, which must fit the table's
+/// kind: time ranges take `interval` (default monthly), `ahead` (default 3) and `back`; integer
+/// ranges take `width` (required), `ahead` (default: the `partition_premake_ranges` setting) and
+/// `back`; hash partitions take none (their missing remainders are created).
+pub(crate) fn premake_request(
+    o: &BTreeMap<String, String>,
+    t: &super::partitions::Table,
+) -> Result<super::partitions::Ensure> {
+    use super::partitions::{Ensure, Kind};
+    let name = format!("{}.{}", t.schema, t.table);
+    let given = |keys: &[&'static str]| keys.iter().copied().find(|k| o.contains_key(*k));
+    let past = count_option("back", o.get("back"), 0)?;
+    match t.kind {
+        Kind::TimeRange(_) => {
+            if given(&["width"]).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "option width is for integer-range tables; {name} is partitioned by time range"
+                )));
+            }
+            let interval = Some(interval_option(o.get("interval"))?);
+            Ok(Ensure { interval, width: None, ahead: count_option("ahead", o.get("ahead"), 3)?, past })
+        }
+        Kind::IntegerRange(_) => {
+            if given(&["interval"]).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "option interval is for time-range tables; {name} is partitioned by integer range: give a width"
+                )));
+            }
+            let width = width_option(o.get("width"))?.ok_or_else(|| {
+                Error::InvalidArgument(format!("option width is required: {name} is partitioned by integer range"))
+            })?;
+            Ok(Ensure { interval: None, width: Some(width), ahead: count_option("ahead", o.get("ahead"), 0)?, past })
+        }
+        Kind::Hash => match given(&["interval", "width", "ahead", "back"]) {
+            Some(k) => Err(Error::InvalidArgument(format!(
+                "option {k} does not apply: {name} is partitioned by hash (its missing remainders are created)"
+            ))),
+            None => Ok(Ensure { interval: None, width: None, ahead: 0, past: 0 }),
+        },
     }
 }
 
