@@ -1,7 +1,7 @@
 //! Long operations: RunMaintenance, ReconcileObjects and RescueDefaultRows return at once and run
 //! in the background as operations any instance reports, cancels and continues.
 
-use std::{collections::HashSet, path::Path, time::Duration};
+use std::{collections::HashSet, path::Path, process::ExitCode, time::Duration};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -12,12 +12,13 @@ use strata_client::{
     operations::{ItemKind, Operation, OperationKind, OperationResult, OperationState},
     types::UploadOptions,
 };
-use strata_tests::{PgCluster, TestServer, pattern, server::test_config};
+use strata_tests::{PgCluster, S3Server, TestServer, pattern, proxy::StallProxy, server::test_config};
 use tonic::Code;
 
 use crate::support::eventually;
 
-async fn strata(server: &TestServer, args: &[&str]) -> (std::process::ExitCode, String) {
+/// The `strata` CLI, run in-process against `server` (as it/cli.rs does): its exit code and output.
+pub(crate) async fn strata(server: &TestServer, args: &[&str]) -> (ExitCode, String) {
     let url = server.url();
     let mut argv = vec!["strata", "--url", &url];
     argv.extend_from_slice(args);
@@ -97,10 +98,10 @@ async fn reconcile_of_a_hundred_thousand_objects_is_paged() {
 
     // The CLI: start, then follow with `ops wait`; the listing shows it; bad input is refused.
     let (code, out) = strata(&server, &["files", "reconcile"]).await;
-    assert_eq!(code, std::process::ExitCode::SUCCESS, "{out}");
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
     let id = out.split_whitespace().nth(2).unwrap().to_owned();
     let (code, out) = strata(&server, &["ops", "wait", &id]).await;
-    assert_eq!(code, std::process::ExitCode::SUCCESS, "{out}");
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
     assert!(out.contains("succeeded") && out.contains(&format!("{N} orphan(s)")), "{out}");
     let (_, out) = strata(&server, &["ops", "items", &id, "--limit", "2"]).await;
     assert!(out.contains("orphan object blobs/orphan-000000") && out.contains("more: --page-token 2"), "{out}");
@@ -218,7 +219,7 @@ async fn maintenance_runs_as_an_operation_and_cancels_its_vacuum() {
     drop(lock);
 
     let (code, out) = strata(&server, &["maintenance", "--table", "public.slow", "--wait"]).await;
-    assert_eq!(code, std::process::ExitCode::SUCCESS, "{out}");
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
     assert!(out.contains("public.slow") && out.contains("succeeded"), "{out}");
     let ops = client.list_operations(Some(OperationKind::Maintenance), 10).await.unwrap();
     assert_eq!(ops.len(), 2);
@@ -226,5 +227,249 @@ async fn maintenance_runs_as_an_operation_and_cancels_its_vacuum() {
     let items = client.all_operation_items(&ops[0].id).await.unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].table.as_ref().unwrap().table_name, "slow");
+    server.stop().await.unwrap();
+}
+
+/// Polls operation `id` until `seen` holds or it ended, and returns it then: every few
+/// milliseconds rather than [`eventually`]'s tenth of a second, as the caller acts on what it sees
+/// before the operation's next steps.
+pub(crate) async fn watch(client: &Client, id: &str, seen: impl Fn(&Operation) -> bool) -> Operation {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = client.operation(id).await.unwrap();
+        if seen(&o) || o.state != OperationState::Running {
+            return o;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not seen in 60 s: {o:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A reconciliation of `n` orphans (written as files under `objects`, behind strata's back) and
+/// one kept file on `server` shows its progress while it runs; `strata ops cancel` stops it
+/// part-way with what it found until then recorded (the first orphans in key order, each once,
+/// matching its counters); the scope is then free, and `strata files reconcile --wait` runs a new
+/// one from the start to its end. With `stall` (the proxy in front of the S3 server the objects are
+/// on), the store stops answering from the first step until the cancel is recorded.
+async fn reconcile_cancelled_part_way(server: &TestServer, objects: &Path, n: usize, stall: Option<&StallProxy>) {
+    const LEFT: usize = 25;
+    let client = server.client().await;
+    let opts = UploadOptions { owner: "o".into(), ..Default::default() };
+    client.upload_bytes(&opts, "kept.bin", Bytes::from(pattern(1000, 1))).await.unwrap();
+    orphans(objects, n);
+
+    let op = client.start_reconcile(false, Duration::from_secs(3600)).await.unwrap();
+    // Findings are recorded a thousand at a time, each batch its own step: the cancel comes after
+    // the first step, long before the last.
+    let running = watch(&client, &op.id, |o| o.done > 0).await;
+    if let Some(p) = stall {
+        p.stall();
+    }
+    assert_eq!(running.state, OperationState::Running, "{running:?}");
+    assert_ne!(running.phase, "starting", "{running:?}");
+    let OperationResult::Reconcile { orphans: found_first, .. } = running.result else { panic!("{running:?}") };
+    assert!(found_first > 0, "{running:?}");
+    assert_eq!(found_first, running.item_count, "counters and findings are recorded together: {running:?}");
+    let (code, out) = strata(server, &["ops", "status", &op.id]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(out.contains(&format!("operation {} (reconcile) running", op.id)), "{out}");
+
+    let (code, out) = strata(server, &["ops", "cancel", &op.id]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    // Running until its next step notices; or that step came between the request and the answer.
+    assert!(
+        out.contains(&format!("cancel of {} requested", op.id))
+            || out.contains(&format!("operation {} cancelled", op.id)),
+        "{out}"
+    );
+    if let Some(p) = stall {
+        p.resume();
+    }
+    let (code, out) = strata(server, &["ops", "wait", &op.id]).await;
+    assert_eq!(code, ExitCode::FAILURE, "not a success: {out}");
+    assert!(
+        out.contains(&format!("operation {} (reconcile) cancelled", op.id))
+            && out.contains("error:    cancelled on request"),
+        "{out}"
+    );
+    let ended = client.operation(&op.id).await.unwrap();
+    assert_eq!(ended.state, OperationState::Cancelled, "{ended:?}");
+    assert_eq!(ended.error.as_deref(), Some("cancelled on request"));
+    assert!(ended.cancel_requested && ended.finished_at.is_some(), "{ended:?}");
+    let OperationResult::Reconcile {
+        objects_scanned,
+        blobs_scanned,
+        orphans: found,
+        deleted,
+        lost_content,
+        lost_files,
+    } = ended.result
+    else {
+        panic!("{ended:?}")
+    };
+    assert!(found >= found_first && found < n as i64, "stopped part-way: {ended:?}");
+    assert!(blobs_scanned <= 1, "{ended:?}");
+    assert_eq!(
+        objects_scanned,
+        found + blobs_scanned,
+        "each object scanned is an orphan or the kept file's: {ended:?}"
+    );
+    assert_eq!((deleted, lost_content, lost_files), (0, 0, 0), "{ended:?}");
+    assert_eq!(ended.item_count, found, "{ended:?}");
+    let items = all_items(&client, &op.id, 1000).await;
+    assert!(items.iter().all(|i| i.kind == ItemKind::OrphanObject));
+    let keys: Vec<&str> = items.iter().map(|i| i.value.as_str()).collect();
+    let expected: Vec<String> = (0..found as usize).map(|i| format!("blobs/orphan-{i:06}")).collect();
+    assert_eq!(keys, expected, "the findings up to where it stopped, each once, in key order");
+
+    // A new one may start: from the beginning, not where the cancelled one stopped (most orphans
+    // go first, to keep it short).
+    for i in LEFT..n {
+        std::fs::remove_file(objects.join("blobs").join(format!("orphan-{i:06}"))).unwrap();
+    }
+    let (code, out) = strata(server, &["files", "reconcile", "--wait"]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(out.contains("succeeded") && out.contains(&format!("scanned {} objects", LEFT + 1)), "{out}");
+    assert!(out.contains(&format!("{LEFT} orphan(s), 0 deleted")), "{out}");
+    let printed: Vec<&str> = out.lines().filter_map(|l| l.split_once(" orphan object ").map(|(_, k)| k)).collect();
+    let expected: Vec<String> = (0..LEFT).map(|i| format!("blobs/orphan-{i:06}")).collect();
+    assert_eq!(printed, expected, "{out}");
+    let ops = client.list_operations(Some(OperationKind::Reconcile), 10).await.unwrap();
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert_eq!((ops[1].id.as_str(), ops[1].state), (op.id.as_str(), OperationState::Cancelled), "newest first");
+    assert_eq!(ops[0].state, OperationState::Succeeded, "{:?}", ops[0]);
+    assert_eq!(
+        ops[0].result,
+        OperationResult::Reconcile {
+            objects_scanned: LEFT as i64 + 1,
+            blobs_scanned: 1,
+            orphans: LEFT as i64,
+            deleted: 0,
+            lost_content: 0,
+            lost_files: 0
+        }
+    );
+    let (_, out) = strata(server, &["ops", "ls", "--kind", "reconcile"]).await;
+    let row = out.lines().find(|l| l.contains(&op.id)).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("cancelled"), "{out}");
+}
+
+/// On SQLite, with the objects on S3: the cancel is asked for while the operation waits on the
+/// store (see the ignored test below for why not while it records its steps).
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_on_sqlite_cancels_part_way_then_runs_with_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start("strata-reconcile").unwrap();
+    let proxy = StallProxy::start(s3.addr).await.unwrap();
+    let mut config =
+        test_config(format!("sqlite://{}", dir.path().join("strata.db").display()), vec![], &dir.path().join("o"));
+    config.object_store_url = s3.url_via(proxy.addr);
+    let server = TestServer::start(config).await.unwrap();
+    reconcile_cancelled_part_way(&server, &s3.root.join(&s3.bucket), 10_000, Some(&proxy)).await;
+    server.stop().await.unwrap();
+}
+
+/// On SQLite, with the objects on the local file system, cancelled while the operation records
+/// its steps back to back.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "server bug: on SQLite, CancelOperation waits for the write lock a running reconciliation \
+            keeps taking, often until that ends or busy_timeout (5 s) fails it (UNAVAILABLE)"]
+async fn reconcile_on_sqlite_cancels_part_way_while_it_records_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    reconcile_cancelled_part_way(&server, &dir.path().join("objects"), 30_000, None).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_on_postgres_cancels_part_way_then_runs_with_wait() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("ops_reconcile_cancel").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let server = TestServer::postgres(cluster, &db, &objects).await.unwrap();
+    reconcile_cancelled_part_way(&server, &objects, 30_000, None).await;
+    server.stop().await.unwrap();
+}
+
+/// Bytes of the SQLite database `c` is open on (its pages, those still in the WAL included).
+async fn sqlite_bytes(
+    c: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>,
+) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let sql = "SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()";
+    diesel_async::RunQueryDsl::get_result::<N>(diesel::sql_query(sql), c).await.unwrap().n
+}
+
+/// Maintenance on SQLite is one VACUUM (and ANALYZE) of the whole file, recorded as its one table:
+/// it returns at once and shows its step while the VACUUM runs. The VACUUM is one statement, not
+/// interrupted: a cancel asked for during it is recorded once SQLite's write lock comes free
+/// (usually while ANALYZE reads), and the operation ends cancelled at its next step with the file
+/// vacuumed; or, should that step take the lock first, it ends succeeded and the cancel finds it
+/// ended. Either way the record matches the file, and `--wait` then runs a new one to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_on_sqlite_runs_as_an_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::sqlite(dir.path()).await.unwrap();
+    let file = dir.path().join("strata.db");
+    let path = file.display().to_string();
+    let mut c = crate::support::sqlite(&file).await;
+    // 60 MB kept (a VACUUM that takes a while to copy them), 10 MB deleted (space to give back).
+    c.batch_execute(
+        "CREATE TABLE junk (id INTEGER PRIMARY KEY, pad BLOB);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 70000)
+         INSERT INTO junk SELECT i, randomblob(1000) FROM s;
+         DELETE FROM junk WHERE id > 60000;",
+    )
+    .await
+    .unwrap();
+    let before = sqlite_bytes(&mut c).await;
+    let client = server.client().await;
+
+    let op = client.start_maintenance(&[], false, false, false).await.unwrap();
+    assert_eq!((op.kind, op.state), (Some(OperationKind::Maintenance), OperationState::Running), "{op:?}");
+    assert_eq!(op.target, path);
+    let vacuuming = watch(&client, &op.id, |o| o.phase == "vacuum of the database file").await;
+    assert_eq!(vacuuming.state, OperationState::Running, "{vacuuming:?}");
+    assert_eq!((vacuuming.done, vacuuming.total), (0, 1), "{vacuuming:?}");
+    let asked = client.cancel_operation(&op.id).await.unwrap();
+    let ended = wait(&client, &op).await;
+    match ended.state {
+        OperationState::Cancelled => {
+            assert!(asked.cancel_requested && ended.cancel_requested, "{asked:?}");
+            assert_eq!(ended.error.as_deref(), Some("cancelled on request"));
+        }
+        OperationState::Succeeded => {
+            assert_eq!((asked.state, asked.cancel_requested), (OperationState::Succeeded, false), "{asked:?}");
+            assert_eq!(ended.error, None);
+        }
+        _ => panic!("{ended:?}"),
+    }
+    let OperationResult::Maintenance { tables_done, reclaimed_bytes } = ended.result else { panic!("{ended:?}") };
+    assert_eq!((tables_done, ended.done, ended.total), (1, 1, 1), "the VACUUM ran to its end: {ended:?}");
+    assert!(reclaimed_bytes > 9_000_000, "{ended:?}");
+    let after = sqlite_bytes(&mut c).await;
+    assert!(before - after > 9_000_000, "the file gave the space back: {before} → {after}");
+    let items = client.all_operation_items(&op.id).await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    let t = items[0].table.as_ref().unwrap();
+    assert_eq!((t.table_name.as_str(), t.reclaimed_bytes), (path.as_str(), reclaimed_bytes), "{t:?}");
+
+    // `--wait --json`: the ended operation, then its items.
+    let (code, out) = strata(&server, &["--json", "maintenance", "--wait"]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let docs: Vec<serde_json::Value> =
+        serde_json::Deserializer::from_str(&out).into_iter().collect::<Result<_, _>>().unwrap();
+    let [done, items] = &docs[..] else { panic!("{out}") };
+    assert_eq!(done["state"], "succeeded", "{out}");
+    assert_eq!(done["result"]["maintenance"]["tables_done"], 1, "{out}");
+    assert_eq!(items[0]["table"]["table_name"], path.as_str(), "{out}");
+    let ops = client.list_operations(Some(OperationKind::Maintenance), 10).await.unwrap();
+    let ids: Vec<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, [done["id"].as_str().unwrap(), op.id.as_str()], "newest first");
     server.stop().await.unwrap();
 }

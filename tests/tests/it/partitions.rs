@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use diesel::{QueryableByName, sql_types::BigInt};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use strata_client::{
-    partitions::PartitionInterval::Monthly,
+    cli::{Cli, run},
+    operations::{ItemKind, OperationKind, OperationResult, OperationState},
+    partitions::PartitionInterval::{Daily, Monthly},
     scheduler::{JobKind, JobRunState, JobSpec},
 };
 use strata_tests::{PgCluster, TestServer, pg::count};
