@@ -376,6 +376,10 @@ pub async fn finish(
         .set((
             t::state.eq(state.as_str()),
             t::error.eq(error),
+            // A cancelled operation was asked to be, whether or not that request was recorded
+            // before it stopped (a cancel asked of the instance running it stops it at once).
+            t::cancel_requested
+                .eq(t::cancel_requested.or((state == OperationState::Cancelled).into_sql::<diesel::sql_types::Bool>())),
             t::lease_until.eq(None::<NaiveDateTime>),
             t::updated_at.eq(now),
             t::finished_at.eq(Some(now)),

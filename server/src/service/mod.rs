@@ -134,6 +134,8 @@ pub struct Context {
     pub start_run: scheduler::StartRun,
     /// This process among strata instances (`host:pid:random`): owner of the job runs it holds.
     pub instance_id: String,
+    /// The long operations this instance runs, so that a cancel asked of it stops one at once.
+    pub operations: operation::Running,
 }
 
 impl Context {
@@ -182,6 +184,7 @@ impl Context {
                 std::process::id(),
                 &uuid::Uuid::now_v7().simple().to_string()[24..]
             ),
+            operations: Default::default(),
         }
     }
 }

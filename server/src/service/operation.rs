@@ -110,6 +110,54 @@ enum Why {
     Lost,
 }
 
+/// How to tell a running operation to stop.
+#[derive(Clone)]
+struct Teller {
+    stop: CancellationToken,
+    why: Arc<OnceLock<Why>>,
+}
+
+impl Teller {
+    fn tell(&self, why: Why) {
+        let _ = self.why.set(why);
+        self.stop.cancel();
+    }
+}
+
+/// The operations this instance runs, by id. Not a source of truth (the catalog is: a cancel is
+/// recorded there, and any instance's runner notices it when it renews its lease); it lets
+/// CancelOperation stop an operation running here at once. Without it, on SQLite, the cancel's
+/// write could wait behind the steps the operation keeps writing (one writer at a time, and
+/// SQLite's busy handler polls instead of queueing) until the operation ended or the wait timed
+/// out.
+#[derive(Clone, Default)]
+pub struct Running(Arc<std::sync::Mutex<std::collections::HashMap<String, Teller>>>);
+
+impl Running {
+    fn add(&self, id: &str, t: Teller) {
+        self.0.lock().expect("running operations").insert(id.to_owned(), t);
+    }
+
+    fn remove(&self, id: &str) {
+        self.0.lock().expect("running operations").remove(id);
+    }
+
+    /// Tells operation `id` to stop if it runs here; whether it did.
+    fn cancel(&self, id: &str) -> bool {
+        let t = self.0.lock().expect("running operations").get(id).cloned();
+        t.inspect(|t| t.tell(Why::Requested)).is_some()
+    }
+}
+
+/// Removes an operation from [`Running`] however its task ends.
+struct Registered(Running, String);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
+}
+
 /// The running instance's hold on an operation: what the kind's work reads and records through.
 #[derive(Clone)]
 pub struct Handle {
@@ -155,8 +203,11 @@ impl Handle {
     }
 
     fn told(&self, why: Why) {
-        let _ = self.why.set(why);
-        self.stop.cancel();
+        self.teller().tell(why);
+    }
+
+    fn teller(&self) -> Teller {
+        Teller { stop: self.stop.clone(), why: self.why.clone() }
     }
 
     /// Records a step (and renews the lease): `progress` must say where to continue from should
@@ -249,7 +300,10 @@ where
         why: Arc::default(),
     };
     let kind = row.kind;
+    ctx.operations.add(&h.id, h.teller());
+    let registered = Registered(ctx.operations.clone(), h.id.clone());
     ctx.tasks.spawn(async move {
+        let _registered = registered;
         tracing::info!(operation = %h.id, kind = %kind, target = %row.target, "operation started here");
         let heartbeat = tokio::spawn(hold_lease(h.clone()));
         let outcome = work(h.clone()).await;
@@ -364,8 +418,12 @@ pub async fn list(
     Ok((rows.into_iter().map(Operation::from).collect(), next))
 }
 
-/// Asks operation `id` to stop; an ended one is returned as it is.
+/// Asks operation `id` to stop; an ended one is returned as it is. One running on this instance is
+/// told at once (and records itself cancelled); the request is recorded for any other instance.
 pub async fn cancel(ctx: &Context, id: &str) -> Result<Operation> {
+    if ctx.operations.cancel(id) {
+        tracing::info!(operation = %id, "cancel asked of the operation running here");
+    }
     let mut conn = ctx.db.write().await?;
     store::request_cancel(&mut conn, id, ctx.now())
         .await?

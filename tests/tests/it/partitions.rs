@@ -55,7 +55,7 @@ async fn rescue_premake_health_and_drop_on_postgres() {
 
     // Rescue: every stranded row moves to a monthly partition, one month per transaction.
     let dry = client.rescue_default_rows("public", "events", Monthly, true).await.unwrap();
-    assert_eq!(dry.rows_moved, total);
+    assert_eq!((dry.rows_moved, dry.rows_left), (total, 0));
     assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM events_default").await, total, "dry run moved nothing");
     let r = client.rescue_default_rows("public", "events", Monthly, false).await.unwrap();
     assert_eq!((r.rows_moved, r.rows_left), (total, 0));
@@ -519,9 +519,10 @@ async fn rescue_runs_as_an_operation_cancels_between_periods_and_waits() {
     let ended = client.wait_operation(&op.id, Duration::from_millis(50)).await.unwrap();
     assert_eq!(ended.state, OperationState::Cancelled, "{ended:?}");
     assert_eq!(ended.error.as_deref(), Some("cancelled on request"));
-    let OperationResult::Rescue { rows_moved, partitions_created: moved_days, .. } = ended.result else {
+    let OperationResult::Rescue { rows_moved, partitions_created: moved_days, rows_left } = ended.result else {
         panic!("{ended:?}")
     };
+    assert_eq!(rows_left, total - rows_moved, "what it left, though cancelled: {ended:?}");
     assert!(moved_days >= running.done && moved_days < DAYS, "stopped between days: {ended:?}");
     assert_eq!(rows_moved, moved_days * PER_DAY, "{ended:?}");
     let items = client.all_operation_items(&op.id).await.unwrap();

@@ -32,15 +32,9 @@ pub(super) async fn retention(ctx: &Context, p: &Policy, run: &Run, cutoff: Date
     let mut after: Option<String> = None;
     loop {
         let mut conn = ctx.db.write().await?;
-        let due = store::segments_page(
-            &mut conn,
-            &p.id,
-            &states,
-            Some(cutoff.naive_utc()),
-            after.as_deref(),
-            RETENTION_PAGE,
-        )
-        .await?;
+        let due =
+            store::segments_page(&mut conn, &p.id, &states, Some(cutoff.naive_utc()), after.as_deref(), RETENTION_PAGE)
+                .await?;
         drop(conn);
         let Some(last) = due.last() else { break };
         after = Some(last.id.clone());

@@ -261,7 +261,8 @@ pub struct RescueProgress {
     pub rows_moved: i64,
     /// Partitions created (or that would be).
     pub partitions_created: i64,
-    /// Rows left in the default partition at the end.
+    /// Rows left in the default partition as of the last step (a dry run: that would be left);
+    /// counted again at the end.
     pub rows_left: i64,
 }
 
@@ -298,6 +299,9 @@ pub async fn rescue_work(h: Handle) -> Result<()> {
         .into_iter()
         .filter(|m| prog.after.is_none_or(|a| *m > a))
         .collect();
+    // Counted before anything moves, so that an operation cancelled or failed part-way reports
+    // what it left (a dry run moves nothing: what it would leave).
+    prog.rows_left = store::count_rows(&mut conn, &p, &def.name, None).await?;
     let total = prog.partitions_created + periods.len() as i64;
     for micros in periods {
         let Some(from) = DateTime::from_timestamp_micros(micros).map(|x| x.date_naive()) else { continue };
@@ -315,12 +319,15 @@ pub async fn rescue_work(h: Handle) -> Result<()> {
         }
         prog.after = Some(micros);
         prog.rows_moved += n;
+        prog.rows_left -= n;
         prog.partitions_created += 1;
         let detail = serde_json::to_string(&RescuedRows { rows: n }).expect("serializes");
         let item = NewItem { kind: ItemKind::Partition, value: name, detail };
         h.step("moved", prog.partitions_created, total, &prog, &[item]).await?;
     }
-    prog.rows_left = if req.dry_run { 0 } else { store::count_rows(&mut conn, &p, &def.name, None).await? };
+    if !req.dry_run {
+        prog.rows_left = store::count_rows(&mut conn, &p, &def.name, None).await?;
+    }
     h.step("done", prog.partitions_created, total, &prog, &[]).await
 }
 
