@@ -1,22 +1,34 @@
-//! Three real `strata-server` processes on one PostgreSQL catalog: over more than 50 ticks every
-//! occurrence of every job runs exactly once among them, a job never overlaps itself, and killing
-//! (SIGKILL) the process holding a long archival run lets another instance take the run over and
-//! finish the schedule. Two of the three run with their wall clock faked (libfaketime) 120 s ahead
-//! and 120 s behind: every due time and lease follows the database's clock, so no occurrence runs
-//! early and no lease is taken over before it lapsed (checked by a trigger stamping each claim and
-//! takeover with the database's own time).
+//! Three real `strata-server` processes on one PostgreSQL catalog behind HAProxy, as a fleet is
+//! deployed: the tests' clients talk only to HAProxy (round-robin per call, each instance checked
+//! on its `/readyz`). Over about two and a half minutes (more than 130 ticks) every occurrence of
+//! every job runs exactly once among them, a job never overlaps itself, and killing (SIGKILL) the
+//! process holding a long archival run lets another instance take the run over and finish the
+//! schedule. Two of the three run with their wall clock faked (libfaketime) 120 s ahead and 120 s
+//! behind: every due time and lease follows the database's clock, so no occurrence runs early and
+//! no lease is taken over before it lapsed (checked by a trigger stamping each claim, takeover and
+//! end with the database's own time).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use strata_client::{
-    Client,
+    Client, INSTANCE_HEADER,
     archive::ArchivePolicy,
+    pb::{self, file_service_client::FileServiceClient, scheduler_service_client::SchedulerServiceClient},
     scheduler::{JobKind, JobRun, JobRunState, JobSpec},
 };
-use strata_tests::{PgCluster, pg::count, process::ServerProcess};
+use strata_tests::{
+    PgCluster,
+    haproxy::{Backend, Haproxy},
+    pg::{count, free_port},
+    process::ServerProcess,
+};
+use tonic::transport::{Channel, Endpoint};
 
 /// Debian's libfaketime (package `faketime`, installed by `.ci/run`).
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -36,6 +48,8 @@ fn spawn_with(db_url: &str, objects: &std::path::Path, skew: Option<&str>, extra
         ("STRATA_RUN_LEASE", "1s"),
         ("STRATA_RUN_SCHEDULER", "true"),
         ("STRATA_SCHEDULER_POLL_INTERVAL", "100ms"),
+        // Every run of the longest test (~150 per job) stays listed: the default keeps 100.
+        ("STRATA_JOB_HISTORY", "1000"),
     ];
     if let Some(skew) = skew {
         assert!(std::path::Path::new(FAKETIME).exists(), "{FAKETIME} missing: apt-get install faketime");
@@ -43,6 +57,46 @@ fn spawn_with(db_url: &str, objects: &std::path::Path, skew: Option<&str>, extra
     }
     env.extend(extra.iter().copied());
     ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &env)
+}
+
+/// HAProxy in front of `procs`, once each of them answers through it (at most 60 s: they may still
+/// be starting; their logs are shown otherwise); their instance ids, and a client of HAProxy.
+async fn behind_haproxy(procs: &[ServerProcess]) -> (Haproxy, BTreeSet<String>, Client) {
+    let backends: Vec<Backend> = procs.iter().map(|p| Backend { grpc: p.addr(), admin: p.admin_addr() }).collect();
+    let proxy = Haproxy::start(&backends).await.unwrap();
+    let ids = match proxy.wait_for_instances(procs.len(), Duration::from_secs(60)).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            let logs: Vec<String> = procs.iter().map(|p| format!("pid {}:\n{}", p.pid(), p.log())).collect();
+            panic!("{e}\ntheir logs:\n{}", logs.join("\n"));
+        }
+    };
+    let mut pids: Vec<u32> = ids.iter().map(|i| pid_of(i)).collect();
+    let mut ours: Vec<u32> = procs.iter().map(ServerProcess::pid).collect();
+    pids.sort_unstable();
+    ours.sort_unstable();
+    assert_eq!(pids, ours, "the instances answering through haproxy: {ids:?}");
+    let client = Client::connect(proxy.url()).await.unwrap();
+    (proxy, ids, client)
+}
+
+/// The process id in an instance id (`host:pid:random`).
+fn pid_of(instance: &str) -> u32 {
+    instance.split(':').nth(1).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("instance id {instance:?}"))
+}
+
+/// A gRPC channel to HAProxy for calls whose answering instance matters: the SDK does not show
+/// response headers.
+async fn raw_channel(proxy: &Haproxy) -> Channel {
+    Endpoint::from_shared(proxy.url()).unwrap().connect().await.expect("connect to haproxy")
+}
+
+/// The instance that answered a call (its `x-strata-instance` header), or why none is named.
+fn answered_by(metadata: &tonic::metadata::MetadataMap) -> String {
+    match metadata.get(INSTANCE_HEADER) {
+        Some(v) => v.to_str().unwrap().to_owned(),
+        None => format!("(no {INSTANCE_HEADER} header)"),
+    }
 }
 
 fn job(name: &str, kind: JobKind, target: &str, schedule: &str) -> JobSpec {
@@ -86,6 +140,9 @@ fn assert_exactly_once(job: &str, by: &BTreeMap<DateTime<Utc>, Vec<JobRun>>, eve
     ticks.len()
 }
 
+/// How long the cluster test runs its every-second and every-2-seconds jobs: a few minutes of them.
+const RUN_FOR_SECS: i64 = 150;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     let cluster = PgCluster::shared();
@@ -104,10 +161,7 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     let db_url = cluster.primary_url(&db);
     let mut procs: Vec<ServerProcess> =
         [None, Some("+120s"), Some("-120s")].into_iter().map(|skew| spawn(&db_url, objects.path(), skew)).collect();
-    let client = procs[0].client().await;
-    for p in &procs[1..] {
-        p.client().await;
-    }
+    let (proxy, _, client) = behind_haproxy(&procs).await;
     // The fakes took: each skewed instance saw its clock differ from the database's by ~120 s.
     for (p, sign) in [(&procs[1], ""), (&procs[2], "-")] {
         // ahead_ms=1200xx for the one ahead, ahead_ms=-1200xx for the one behind.
@@ -117,17 +171,20 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
             "no clock skew reported by a faked instance:\n{log}"
         );
     }
-    // Stamp every claim and takeover of a job run with the database's own time.
+    // Stamp every claim, takeover and end of a job run with the database's own time.
     c.batch_execute(
         "CREATE TABLE run_log (run_id text, kind text, run_trigger text, state text, scheduled_for timestamp,
-                               old_lease timestamp, at timestamp);
+                               old_lease timestamp, at timestamp, job text);
          CREATE FUNCTION log_run() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
            IF TG_OP = 'INSERT' THEN
              INSERT INTO run_log VALUES (NEW.id, 'claim', NEW.run_trigger, NEW.state, NEW.scheduled_for, NULL,
-                                         clock_timestamp() AT TIME ZONE 'UTC');
+                                         clock_timestamp() AT TIME ZONE 'UTC', NEW.job_name);
            ELSIF NEW.attempt > OLD.attempt THEN
              INSERT INTO run_log VALUES (NEW.id, 'takeover', NEW.run_trigger, NEW.state, NEW.scheduled_for,
-                                         OLD.lease_until, clock_timestamp() AT TIME ZONE 'UTC');
+                                         OLD.lease_until, clock_timestamp() AT TIME ZONE 'UTC', NEW.job_name);
+           ELSIF OLD.state = 'running' AND NEW.state <> 'running' THEN
+             INSERT INTO run_log VALUES (NEW.id, 'end', NEW.run_trigger, NEW.state, NEW.scheduled_for,
+                                         OLD.lease_until, clock_timestamp() AT TIME ZONE 'UTC', NEW.job_name);
            END IF;
            RETURN NEW;
          END $$;
@@ -162,7 +219,7 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     let (held, holder_pid) = loop {
         let runs = client.list_job_runs(Some("archive"), 10).await.unwrap();
         if let Some(r) = runs.into_iter().find(|r| r.state == JobRunState::Running) {
-            let pid: u32 = r.instance.split(':').nth(1).unwrap().parse().unwrap();
+            let pid = pid_of(&r.instance);
             break (r, pid);
         }
         assert!(Utc::now() - start < chrono::Duration::seconds(20), "the archive job never started");
@@ -172,8 +229,8 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     let victim = procs.iter().position(|p| p.pid() == holder_pid).expect("the holder is one of ours");
     procs[victim].kill9();
     let killed_at = Utc::now();
-    let survivor = procs.iter().position(|p| p.pid() != holder_pid).unwrap();
-    let client = procs[survivor].client().await;
+    // The client goes on calling through HAProxy: its checks take the dead instance out of
+    // rotation, and a call that could not connect to it meanwhile goes to another instance.
 
     // Another instance takes the run over once its 1 s lease lapses, and finishes it.
     let done = loop {
@@ -188,8 +245,8 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     assert_eq!(done.attempt, 2, "{done:?}");
     assert!(!done.instance.contains(&format!(":{holder_pid}:")), "{done:?}");
 
-    // Run on until the every-second job has seen more than 50 ticks, then let the tail settle.
-    while Utc::now() - start < chrono::Duration::seconds(62) {
+    // Run on for a few minutes of ticks, then let the tail settle.
+    while Utc::now() - start < chrono::Duration::seconds(RUN_FOR_SECS) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settled = Utc::now() - chrono::Duration::seconds(6);
@@ -197,15 +254,35 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let sample = runs_by_tick(&client, "sample", from, settled).await;
+    // Lower bounds some 10 s short of the ~143 s between `from` and `settled`: every tick in
+    // between is checked; these only say the run lasted that long.
     let sample_ticks = assert_exactly_once("sample", &sample, 1);
-    assert!(sample_ticks >= 50, "{sample_ticks} ticks");
+    assert!(sample_ticks >= 130, "{sample_ticks} ticks");
     let vacuum = runs_by_tick(&client, "vacuum", from, settled).await;
     let vacuum_ticks = assert_exactly_once("vacuum", &vacuum, 2);
-    assert!(vacuum_ticks >= 24, "{vacuum_ticks} ticks");
+    assert!(vacuum_ticks >= 65, "{vacuum_ticks} ticks");
     // Occurrences that came while the long run was going waited for it, then ran late, in order.
     let archive = runs_by_tick(&client, "archive", from, settled).await;
-    assert!(assert_exactly_once("archive", &archive, 5) >= 9);
-    // A job never overlaps itself.
+    let archive_ticks = assert_exactly_once("archive", &archive, 5);
+    assert!(archive_ticks >= 24, "{archive_ticks} ticks");
+    // A job never overlaps itself: by the database's clock (from the claim to the end the trigger
+    // stamped; a run claimed while another of its job runs waits for that one to commit its end)…
+    let overlaps = count(
+        &mut c,
+        "WITH spans AS (
+           SELECT run_id, job,
+                  min(at) FILTER (WHERE kind = 'claim' AND state = 'running') AS began,
+                  coalesce(max(at) FILTER (WHERE kind = 'end'), 'infinity') AS ended
+             FROM run_log GROUP BY run_id, job)
+         SELECT count(*)::int8 AS n FROM spans a JOIN spans b ON a.job = b.job AND a.run_id < b.run_id
+          WHERE a.began < b.ended AND b.began < a.ended",
+    )
+    .await;
+    assert_eq!(overlaps, 0, "runs of a job overlapping by the database's clock");
+    let ended = count(&mut c, "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'end'").await;
+    let counted = (sample_ticks + vacuum_ticks + archive_ticks) as i64;
+    assert!(ended >= counted, "{ended} ends logged for {counted} runs");
+    // …and by the times the runs record.
     for by in [&sample, &vacuum, &archive] {
         let runs: Vec<&JobRun> = by.values().flatten().collect();
         for pair in runs.windows(2) {
@@ -250,7 +327,7 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     .await;
     assert_eq!(early, 0, "occurrences claimed before they were due");
     let claims = count(&mut c, "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'claim'").await;
-    assert!(claims >= 80, "{claims} claims logged");
+    assert!(claims >= 200, "{claims} claims logged");
     let early_takeovers = count(
         &mut c,
         "SELECT count(*)::int8 AS n FROM run_log WHERE kind = 'takeover'
@@ -267,6 +344,7 @@ async fn three_instances_run_every_tick_exactly_once_and_survive_a_kill() {
     let status = client.scheduler_status().await.unwrap();
     assert!(status.running);
     assert_eq!(status.instances.iter().filter(|i| i.alive).count(), 2, "{status:?}");
+    drop(proxy);
 }
 
 #[derive(QueryableByName)]
@@ -283,9 +361,10 @@ struct Blob {
     raw: Vec<u8>,
 }
 
-/// A blob migration started through three instances at once has one runner; SIGKILLed, it is taken
-/// over by another instance once its lease lapsed (by the database's clock: two instances run with
-/// their wall clock two minutes off) and every row is moved exactly once.
+/// A blob migration started through HAProxy six times at once (round-robin: two calls on each
+/// instance) has one runner; SIGKILLed, it is taken over by another instance once its lease lapsed
+/// (by the database's clock: two instances run with their wall clock two minutes off) and every row
+/// is moved exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blob_migration_has_one_runner_and_outlives_it() {
     let cluster = PgCluster::shared();
@@ -303,10 +382,7 @@ async fn a_blob_migration_has_one_runner_and_outlives_it() {
     let db_url = cluster.primary_url(&db);
     let mut procs: Vec<ServerProcess> =
         [None, Some("+120"), Some("-120")].into_iter().map(|skew| spawn(&db_url, objects.path(), skew)).collect();
-    let mut clients = Vec::new();
-    for p in &procs {
-        clients.push(p.client().await);
-    }
+    let (proxy, ids, client) = behind_haproxy(&procs).await;
     // Stamp every change of runner with the database's own time and the lease it replaced.
     c.batch_execute(
         "CREATE TABLE runner_log (old_runner text, new_runner text, old_lease timestamp, at timestamp);
@@ -320,29 +396,42 @@ async fn a_blob_migration_has_one_runner_and_outlives_it() {
     .await
     .unwrap();
 
-    let spec = strata_client::types::BlobMigrationSpec {
+    let request = pb::StartBlobMigrationRequest {
         table_name: "docs".into(),
         key_column: "id".into(),
         blob_column: "raw".into(),
         reference_column: "raw_ref".into(),
-        base64: false,
+        encoding: pb::BlobEncoding::Bytea as i32,
         batch_size: 20,
         owner: "fleet".into(),
         ..Default::default()
     };
-    // Started through all three at once: one migration, the others are told it exists.
-    let results = futures::future::join_all(clients.iter().map(|c| c.start_blob_migration(&spec))).await;
-    let started: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    // Started through HAProxy six times at once: it sends each call to the next instance in turn,
+    // so every instance gets some. One migration, the other calls are told it exists.
+    let channel = raw_channel(&proxy).await;
+    let results = futures::future::join_all((0..6).map(|_| {
+        let (mut files, request) = (FileServiceClient::new(channel.clone()), request.clone());
+        async move {
+            match files.start_blob_migration(request).await {
+                Ok(r) => (answered_by(r.metadata()), Ok(r.into_inner())),
+                Err(status) => (answered_by(status.metadata()), Err(status)),
+            }
+        }
+    }))
+    .await;
+    let answering: BTreeSet<String> = results.iter().map(|(by, _)| by.clone()).collect();
+    assert_eq!(answering, ids, "the starts were not answered by every instance: {results:?}");
+    let started: Vec<_> = results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
     assert_eq!(started.len(), 1, "{results:?}");
-    for e in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert_eq!(e.code(), Some(tonic::Code::AlreadyExists), "{e}");
+    for e in results.iter().filter_map(|(_, r)| r.as_ref().err()) {
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     }
     let id = started[0].migration.as_ref().unwrap().id.clone();
 
     // Kill its runner mid-way.
     let t0 = std::time::Instant::now();
     loop {
-        let m = clients[0].blob_migration(&id).await.unwrap();
+        let m = client.blob_migration(&id).await.unwrap();
         if m.rows_done >= 200 {
             assert_eq!(m.state, "running", "{m:?}");
             break;
@@ -357,13 +446,13 @@ async fn a_blob_migration_has_one_runner_and_outlives_it() {
         .unwrap()
         .runner
         .expect("a running migration has a runner");
-    let pid: u32 = runner.split(':').nth(1).unwrap().parse().unwrap();
+    let pid = pid_of(&runner);
     let victim = procs.iter().position(|p| p.pid() == pid).expect("the runner is one of ours");
     procs[victim].kill9();
-    let survivor = &clients[(victim + 1) % 3];
 
+    // Still through HAProxy, which takes the dead instance out of rotation.
     let done = loop {
-        let m = survivor.blob_migration(&id).await.unwrap();
+        let m = client.blob_migration(&id).await.unwrap();
         if m.state != "running" {
             break m;
         }
@@ -379,7 +468,7 @@ async fn a_blob_migration_has_one_runner_and_outlives_it() {
     );
     assert_eq!(count(&mut c, "SELECT count(DISTINCT raw_ref)::int8 AS n FROM docs").await, ROWS);
     assert_eq!(count(&mut c, "SELECT count(*)::int8 AS n FROM strata.files WHERE owner = 'fleet'").await, ROWS);
-    // The bytes are the originals (a sample, read back through the survivor).
+    // The bytes are the originals (a sample, read back through HAProxy from the survivors).
     let sample: Vec<Blob> = diesel::sql_query(
         "SELECT d.raw_ref, b.raw FROM docs d JOIN docs_before b USING (id) WHERE d.id % 97 = 1 ORDER BY d.id",
     )
@@ -388,7 +477,7 @@ async fn a_blob_migration_has_one_runner_and_outlives_it() {
     .unwrap();
     assert!(sample.len() >= 30);
     for b in sample {
-        assert_eq!(survivor.download_bytes(&b.raw_ref, 0, 0).await.unwrap(), b.raw, "file {}", b.raw_ref);
+        assert_eq!(client.download_bytes(&b.raw_ref, 0, 0).await.unwrap(), b.raw, "file {}", b.raw_ref);
     }
     // One takeover, from the killed runner, and not before its lease lapsed by the database's time.
     let takeovers = count(
@@ -403,6 +492,7 @@ async fn a_blob_migration_has_one_runner_and_outlives_it() {
     )
     .await;
     assert_eq!(early, 0, "taken over before the lease lapsed");
+    drop(proxy);
 }
 
 /// 50 alerts fire at once on a fleet of three (clocks two minutes apart) whose webhook receiver
@@ -432,10 +522,7 @@ async fn fifty_alerts_are_each_delivered_once_by_a_fleet() {
         .into_iter()
         .map(|skew| spawn_with(&db_url, objects.path(), skew, &extra))
         .collect();
-    let client = procs[0].client().await;
-    for p in &procs[1..] {
-        p.client().await;
-    }
+    let (proxy, _, client) = behind_haproxy(&procs).await;
     for j in client.list_jobs().await.unwrap() {
         client.pause_job(&j.spec.name).await.unwrap();
     }
@@ -483,9 +570,18 @@ async fn fifty_alerts_are_each_delivered_once_by_a_fleet() {
     // The catalog agrees: 50 sent, after 100 attempts in all, each recorded once.
     let sent = count(&mut c, "SELECT count(*)::int8 AS n FROM strata.alert_notifications WHERE state = 'sent'").await;
     let attempts = count(&mut c, "SELECT coalesce(sum(attempts), 0)::int8 AS n FROM strata.alert_notifications").await;
+    if (sent, attempts) != (50, received.len() as i64) {
+        // What the instances said about recording attempts (the likely culprit).
+        for p in &procs {
+            for l in p.log().lines().filter(|l| l.contains("notification") && !l.contains("INFO")) {
+                eprintln!("{}: {l}", p.pid());
+            }
+        }
+    }
     assert_eq!((sent, attempts), (50, received.len() as i64));
     let notified = count(&mut c, "SELECT count(*)::int8 AS n FROM strata.alert_events WHERE kind = 'notified'").await;
     assert_eq!(notified, 50);
+    drop(proxy);
 }
 
 /// The previous release's server (built by `tests/setup.sh` from the commit in
@@ -498,9 +594,39 @@ fn previous_server() -> std::path::PathBuf {
     path
 }
 
-/// A rolling upgrade: an instance of the previous release keeps serving, scheduling and migrating
-/// blobs while an instance of this one upgrades the catalog under it and runs beside it; every
-/// occurrence runs once, every row moves once, each sees what the other wrote.
+/// Uploads `data` as `name` through `channel`: the file's id and the instance that wrote it.
+async fn upload(channel: &Channel, name: &str, data: bytes::Bytes) -> (String, String) {
+    use pb::upload_request::Kind;
+    let header = pb::FileHeader {
+        name: name.into(),
+        owner: "o".into(),
+        size_bytes: Some(data.len() as i64),
+        ..Default::default()
+    };
+    let msgs =
+        [pb::UploadRequest { kind: Some(Kind::Header(header)) }, pb::UploadRequest { kind: Some(Kind::Chunk(data)) }];
+    let r = FileServiceClient::new(channel.clone()).upload(futures::stream::iter(msgs)).await.unwrap();
+    let by = answered_by(r.metadata());
+    (r.into_inner().file.expect("the uploaded file").id, by)
+}
+
+/// Downloads file `id` through `channel`: its bytes and the instance that read them.
+async fn download(channel: &Channel, id: &str) -> (Vec<u8>, String) {
+    let request = pb::DownloadRequest { file_id: id.into(), offset: 0, length: 0 };
+    let r = FileServiceClient::new(channel.clone()).download(request).await.unwrap();
+    let by = answered_by(r.metadata());
+    let (mut stream, mut data) = (r.into_inner(), Vec::new());
+    while let Some(m) = stream.message().await.unwrap() {
+        data.extend_from_slice(&m.chunk);
+    }
+    (data, by)
+}
+
+/// A rolling upgrade behind HAProxy: an instance of the previous release keeps serving, scheduling
+/// and migrating blobs while an instance of this one upgrades the catalog under it and runs beside
+/// it; every occurrence runs once, every row moves once, each sees what the other wrote. The
+/// clients talk only to HAProxy; which release answered a call is told by its `x-strata-instance`
+/// header.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_previous_release_and_this_one_share_a_catalog() {
     let old_bin = previous_server();
@@ -523,44 +649,98 @@ async fn the_previous_release_and_this_one_share_a_catalog() {
         ("STRATA_RUN_SCHEDULER", "true"),
         ("STRATA_SCHEDULER_POLL_INTERVAL", "100ms"),
     ];
-    // The previous release creates the catalog, then this one upgrades it while it runs.
+    // The previous release creates the catalog, then this one upgrades it while it runs. One
+    // HAProxy throughout, as deployed: the new instance's place is in its configuration from the
+    // start, out of rotation until that instance is up and passes the checks.
     let old = ServerProcess::spawn(old_bin.to_str().unwrap(), &env);
-    let old_client = old.client().await;
-    for j in old_client.list_jobs().await.unwrap() {
-        old_client.pause_job(&j.spec.name).await.unwrap();
+    let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let new_backend = Backend { grpc: loopback(free_port()), admin: loopback(free_port()) };
+    let proxy = Haproxy::start(&[Backend { grpc: old.addr(), admin: old.admin_addr() }, new_backend]).await.unwrap();
+    let old_instance = match proxy.wait_for_instances(1, Duration::from_secs(60)).await {
+        Ok(ids) => ids.into_iter().next().unwrap(),
+        Err(e) => panic!("{e}\nthe previous release's log:\n{}", old.log()),
+    };
+    assert_eq!(pid_of(&old_instance), old.pid(), "{old_instance}");
+    let client = Client::connect(proxy.url()).await.unwrap();
+    for j in client.list_jobs().await.unwrap() {
+        client.pause_job(&j.spec.name).await.unwrap();
     }
-    let opts = strata_client::types::UploadOptions { owner: "o".into(), ..Default::default() };
-    let before = old_client.upload_bytes(&opts, "before", bytes_of("from the old one")).await.unwrap();
-    let new = ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &env);
-    let new_client = new.client().await;
+    let files = raw_channel(&proxy).await;
+    // Only the old one is up: it writes this one.
+    let (before, by) = upload(&files, "before", bytes_of("from the old one")).await;
+    assert_eq!(by, old_instance);
+    let (new_listen, new_admin_listen) = (new_backend.grpc.to_string(), new_backend.admin.to_string());
+    let mut new_env = env.to_vec();
+    new_env.extend([("STRATA_LISTEN", new_listen.as_str()), ("STRATA_ADMIN_LISTEN", new_admin_listen.as_str())]);
+    let new = ServerProcess::spawn(env!("CARGO_BIN_EXE_strata-server"), &new_env);
+    let ids = match proxy.wait_for_instances(2, Duration::from_secs(60)).await {
+        Ok(ids) => ids,
+        Err(e) => panic!("{e}\nthis release's log:\n{}\nthe previous release's log:\n{}", new.log(), old.log()),
+    };
+    let new_instance = ids.iter().find(|i| **i != old_instance).unwrap().clone();
+    assert_eq!(pid_of(&new_instance), new.pid(), "{ids:?}");
     let level = count(&mut c, "SELECT compat_level AS n FROM strata.catalog_info").await;
     assert_eq!(level, 1);
 
-    // The old one still works on the upgraded catalog: files both ways.
-    let after = old_client.upload_bytes(&opts, "after", bytes_of("old, after the upgrade")).await.unwrap();
-    let mine = new_client.upload_bytes(&opts, "mine", bytes_of("from the new one")).await.unwrap();
-    assert_eq!(new_client.download_bytes(&before.id, 0, 0).await.unwrap(), b"from the old one");
-    assert_eq!(new_client.download_bytes(&after.id, 0, 0).await.unwrap(), b"old, after the upgrade");
-    assert_eq!(old_client.download_bytes(&mine.id, 0, 0).await.unwrap(), b"from the new one");
+    // The old one still works on the upgraded catalog: files both ways. Uploads through HAProxy
+    // until each release has written one (it sends each call to the next instance in turn), then
+    // every file read back through it until each release has served it.
+    let both = BTreeSet::from([old_instance.clone(), new_instance.clone()]);
+    let mut written = vec![(before, bytes_of("from the old one"), old_instance.clone())];
+    for i in 0.. {
+        let writers: BTreeSet<String> = written[1..].iter().map(|(_, _, by)| by.clone()).collect();
+        if writers == both {
+            break;
+        }
+        assert!(i < 10, "{i} uploads through haproxy after the upgrade, written by {writers:?} only");
+        let data = bytes::Bytes::from(format!("upload {i}, after the upgrade"));
+        let (id, by) = upload(&files, &format!("after-{i}"), data.clone()).await;
+        assert!(both.contains(&by), "{by}");
+        written.push((id, data, by));
+    }
+    for (id, data, writer) in &written {
+        let mut readers = BTreeSet::new();
+        for _ in 0..10 {
+            let (got, by) = download(&files, id).await;
+            assert_eq!(got, *data, "file {id}, written by {writer}, read by {by}");
+            readers.insert(by);
+            if readers == both {
+                break;
+            }
+        }
+        assert_eq!(readers, both, "file {id}, written by {writer}");
+    }
 
-    // A blob migration started by the old one is left to it while it makes progress.
-    let spec = strata_client::types::BlobMigrationSpec {
+    // A blob migration started by the old one is left to it while it makes progress. After a call
+    // the new one answered, HAProxy sends the next one (the start) to the old one.
+    let request = pb::StartBlobMigrationRequest {
         table_name: "docs".into(),
         key_column: "id".into(),
         blob_column: "raw".into(),
         reference_column: "raw_ref".into(),
+        encoding: pb::BlobEncoding::Bytea as i32,
         batch_size: 10,
         owner: "upgrade".into(),
         ..Default::default()
     };
-    let id = old_client.start_blob_migration(&spec).await.unwrap().migration.unwrap().id;
+    let mut scheduler = SchedulerServiceClient::new(files.clone());
+    for i in 0.. {
+        assert!(i < 10, "through haproxy the new release answered none of {i} calls");
+        let r = scheduler.get_scheduler_status(pb::GetSchedulerStatusRequest {}).await.unwrap();
+        if answered_by(r.metadata()) == new_instance {
+            break;
+        }
+    }
+    let started = FileServiceClient::new(files.clone()).start_blob_migration(request).await.unwrap();
+    assert_eq!(answered_by(started.metadata()), old_instance, "the start went to this release");
+    let id = started.into_inner().migration.unwrap().id;
 
     // Both schedule: an every-second job runs once per occurrence across the two versions.
     let start = Utc::now();
-    new_client.create_job(&job("tick", JobKind::MetricsSample, "", "* * * * * *")).await.unwrap();
+    client.create_job(&job("tick", JobKind::MetricsSample, "", "* * * * * *")).await.unwrap();
     let t0 = std::time::Instant::now();
     let done = loop {
-        let m = new_client.blob_migration(&id).await.unwrap();
+        let m = client.blob_migration(&id).await.unwrap();
         if m.state != "running" {
             break m;
         }
@@ -572,9 +752,9 @@ async fn the_previous_release_and_this_one_share_a_catalog() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let settled = Utc::now() - chrono::Duration::seconds(3);
-    let ticks = runs_by_tick(&new_client, "tick", start + chrono::Duration::seconds(1), settled).await;
+    let ticks = runs_by_tick(&client, "tick", start + chrono::Duration::seconds(1), settled).await;
     assert!(assert_exactly_once("tick", &ticks, 1) >= 8);
-    let versions: std::collections::BTreeSet<&str> = ticks.values().flatten().map(|r| r.instance.as_str()).collect();
+    let versions: BTreeSet<&str> = ticks.values().flatten().map(|r| r.instance.as_str()).collect();
     eprintln!("ticks run by {} instance(s)", versions.len());
     // Every row moved once; the old release ran it alone (it holds the lease; nobody took it over).
     assert_eq!(
@@ -587,9 +767,8 @@ async fn the_previous_release_and_this_one_share_a_catalog() {
         .get_result::<Runner>(&mut c)
         .await
         .unwrap();
-    let old_instance = old_client.scheduler_status().await.unwrap().this_instance;
     assert_eq!(runner.runner, Some(old_instance), "taken over from a live runner of the previous release");
-    drop((old, new));
+    drop((proxy, old, new));
 }
 
 fn bytes_of(s: &'static str) -> bytes::Bytes {

@@ -4,6 +4,7 @@
 //! port; killed when dropped, its log printed if the test failed.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -11,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use strata_client::Client;
 
 use crate::pg::free_port;
 
@@ -144,6 +146,31 @@ impl Haproxy {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Calls through the proxy until `n` distinct instances have answered, at most `limit`: each
+    /// passed HAProxy's checks and serves. Returns their ids (`host:pid:random`, as
+    /// GetSchedulerStatus and the `x-strata-instance` header name them). Calls before then may
+    /// fail: HAProxy answers UNAVAILABLE while no instance is up yet.
+    pub async fn wait_for_instances(&self, n: usize, limit: Duration) -> anyhow::Result<BTreeSet<String>> {
+        let deadline = Instant::now() + limit;
+        let client = Client::connect(self.url()).await?;
+        let mut seen = BTreeSet::new();
+        let mut last_error = String::new();
+        while seen.len() < n {
+            if Instant::now() >= deadline {
+                bail!("only {seen:?} of {n} instances answered through haproxy in {limit:?}; last error: {last_error}");
+            }
+            // GetSchedulerStatus names the instance that answered, in every release.
+            match client.scheduler_status().await {
+                Ok(s) => {
+                    seen.insert(s.this_instance);
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(seen)
     }
 
     /// Its process id (benchmarks read its CPU time).

@@ -432,6 +432,16 @@ pub async fn claim(
                 diesel::insert_into(r::table).values(run_values!(r, m)).execute(&mut *c).await?;
             }
             if let Some(run) = run {
+                // Not before its predecessor's end (see `insert_run`).
+                let last_end: Option<Option<NaiveDateTime>> = r::table
+                    .filter(r::job_name.eq(job))
+                    .order(r::started_at.desc())
+                    .select(r::finished_at)
+                    .first(&mut *c)
+                    .await
+                    .optional()?;
+                let started_at = last_end.flatten().map_or(run.started_at, |e| e.max(run.started_at));
+                let run = RunRow { started_at, ..run.clone() };
                 diesel::insert_into(r::table).values(run_values!(r, run)).execute(&mut *c).await?;
             }
             Ok(Claim::Claimed)
@@ -448,11 +458,30 @@ pub async fn claim(
     }
 }
 
-/// Records a manual run as running; false when the job is running already.
+/// Records a manual run as running; false when the job is running already. Its start is moved to
+/// its predecessor's end should that be later: the time was read before the predecessor's end
+/// was committed (by another instance, whose reading of the database's clock differs by a little),
+/// and a job's runs never overlap.
 pub async fn insert_run(conn: &mut Conn, run: &RunRow) -> Result<bool> {
     let r = db_run!(conn, {
         use schema::job_runs as r;
-        diesel::insert_into(r::table).values(run_values!(r, run)).execute(conn).await
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            // Write first (SQLite takes its write lock with the first write, see db/files.rs).
+            diesel::insert_into(r::table).values(run_values!(r, run)).execute(&mut *c).await?;
+            let last_end: Option<Option<NaiveDateTime>> = r::table
+                .filter(r::job_name.eq(&run.job_name))
+                .filter(r::id.ne(&run.id))
+                .order(r::started_at.desc())
+                .select(r::finished_at)
+                .first(&mut *c)
+                .await
+                .optional()?;
+            if let Some(end) = last_end.flatten().filter(|e| *e > run.started_at) {
+                diesel::update(r::table.filter(r::id.eq(&run.id))).set(r::started_at.eq(end)).execute(&mut *c).await?;
+            }
+            Ok(())
+        })
+        .await
     });
     match r {
         Ok(_) => Ok(true),

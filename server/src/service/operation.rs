@@ -421,14 +421,26 @@ pub async fn list(
 /// Asks operation `id` to stop; an ended one is returned as it is. One running on this instance is
 /// told at once (and records itself cancelled); the request is recorded for any other instance.
 pub async fn cancel(ctx: &Context, id: &str) -> Result<Operation> {
-    if ctx.operations.cancel(id) {
+    let told = ctx.operations.cancel(id);
+    if told {
         tracing::info!(operation = %id, "cancel asked of the operation running here");
     }
-    let mut conn = ctx.db.write().await?;
-    store::request_cancel(&mut conn, id, ctx.now())
-        .await?
-        .map(Operation::from)
-        .ok_or_else(|| Error::NotFound(format!("operation {id:?}")))
+    let recorded = async {
+        let mut conn = ctx.db.write().await?;
+        Ok::<_, Error>(store::request_cancel(&mut conn, id, ctx.now()).await?)
+    };
+    match recorded.await {
+        Ok(row) => row.map(Operation::from).ok_or_else(|| Error::NotFound(format!("operation {id:?}"))),
+        // Told here, it stops and records itself cancelled: the request's own write is not needed,
+        // and may have waited too long for SQLite's one writer (a VACUUM holds it to its end).
+        Err(e) if told => {
+            tracing::warn!(operation = %id, error = %e, "recording the cancel failed; the operation was told here");
+            let mut op = get(ctx, id).await?;
+            op.cancel_requested = true;
+            Ok(op)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Items of operation `id` after sequence number `after`: a page of `page_size` (page size and

@@ -8,7 +8,10 @@ use strata_client::{
     HealthStatus,
     types::{NodeRole, RoutingState},
 };
-use strata_tests::{PgCluster, TestServer};
+use strata_tests::{
+    PgCluster, TestServer,
+    haproxy::{Backend, Haproxy},
+};
 
 use crate::support::eventually;
 
@@ -159,7 +162,9 @@ async fn replica_and_primary_loss_and_recovery() {
 /// Primary failover: the database URL names both nodes (libpq's several hosts with
 /// `target_session_attrs=read-write`); once the primary is stopped and the replica promoted,
 /// writes go to the new primary, health says which server that is, and what was written before is
-/// still there.
+/// still there. The client talks only to HAProxy in front of the server, as deployed: while the
+/// server has no primary its `/readyz` fails and HAProxy answers UNAVAILABLE itself, until the
+/// server is ready again on the new primary.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_follow_a_promoted_replica() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await.unwrap().expect("own cluster");
@@ -169,7 +174,11 @@ async fn writes_follow_a_promoted_replica() {
     let server = TestServer::start(strata_tests::server::test_config(url, Vec::new(), &dir.path().join("objects")))
         .await
         .unwrap();
-    let c = server.client().await;
+    let proxy = Haproxy::start(&[Backend { grpc: server.addr, admin: server.admin_addr.expect("admin listener") }])
+        .await
+        .unwrap();
+    proxy.wait_for_instances(1, Duration::from_secs(30)).await.unwrap();
+    let c = strata_client::Client::connect(proxy.url()).await.unwrap();
     let opts = strata_client::types::UploadOptions { owner: "o".into(), ..Default::default() };
     let before = c.upload_bytes(&opts, "before", bytes::Bytes::from_static(b"written before")).await.unwrap();
     let info = c.info().await.unwrap();
@@ -188,7 +197,11 @@ async fn writes_follow_a_promoted_replica() {
         async move { c.upload_bytes(&opts, "after", bytes::Bytes::from_static(b"written after")).await.ok() }
     })
     .await;
-    eprintln!("writes resumed {:?} after the promotion", t0.elapsed());
+    eprintln!(
+        "writes resumed {:?} after the promotion; haproxy took the server out of rotation {} time(s)",
+        t0.elapsed(),
+        proxy.log().lines().filter(|l| l.starts_with("Server ") && l.contains(" is DOWN")).count()
+    );
     let node = eventually("health naming the new primary", Duration::from_secs(30), || {
         let c = c.clone();
         let first = first.clone();
@@ -204,5 +217,6 @@ async fn writes_follow_a_promoted_replica() {
     );
     assert_eq!(c.download_bytes(&before.id, 0, 0).await.unwrap(), b"written before");
     assert_eq!(c.download_bytes(&after.id, 0, 0).await.unwrap(), b"written after");
+    drop(proxy);
     server.stop().await.unwrap();
 }

@@ -92,15 +92,16 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
     for (d, result) in futures::future::join_all(sends).await {
         // Each outcome is recorded on its own: a database error on one must not drop the others
         // (their leases would lapse and delivered notifications be sent again). A failed record
-        // is retried while the lease lasts; after that the lease's next holder decides.
-        let mut tries = 0;
+        // is retried while the lease lasts (by the database's clock); after that the lease's next
+        // holder decides.
+        let mut tries = 0u32;
         let recorded = loop {
             match record_outcome(ctx, &d, &result).await {
                 Ok(r) => break Some(r),
-                Err(e) if tries < RECORD_TRIES => {
+                Err(e) if d.lease_until.is_some_and(|u| ctx.now() + RECORD_MARGIN < u) => {
                     tries += 1;
-                    tracing::warn!(alert = %d.alert_id, error = %e, "recording a notification attempt failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200) * tries).await;
+                    tracing::warn!(alert = %d.alert_id, error = %e, tries, "recording a notification attempt failed; retrying");
+                    tokio::time::sleep((Duration::from_millis(100) * 2u32.pow(tries.min(4))).min(RECORD_MARGIN)).await;
                 }
                 Err(e) => {
                     tracing::error!(alert = %d.alert_id, error = %e, "recording a notification attempt failed; its lease decides");
@@ -130,8 +131,9 @@ pub async fn deliver_due(ctx: &Context, http: &reqwest::Client) -> Result<usize>
     Ok(n)
 }
 
-/// Times a failed record of one attempt is retried (200 ms, 400 ms, … apart).
-const RECORD_TRIES: u32 = 5;
+/// A failed record of one attempt is retried (200 ms, 400 ms, … up to this apart) until this long
+/// before the send's lease ends.
+const RECORD_MARGIN: Duration = Duration::from_secs(2);
 
 /// Records the outcome of one attempt on `d`; false when its lease was taken over meanwhile.
 async fn record_outcome(ctx: &Context, d: &NotificationRow, result: &std::result::Result<(), String>) -> Result<bool> {
