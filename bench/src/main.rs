@@ -98,7 +98,8 @@ enum Command {
     /// ReconcileObjects over a `file://` store of `--objects` objects (all but a few in the catalog,
     /// a few catalog rows without object) on a `strata-server` process (SQLite catalog) vs a bare
     /// directory walk plus one catalog query of the same keys compared in memory (≥ 0.5×), and the
-    /// server's peak RSS growth during it (≤ 64 MiB).
+    /// server's peak RSS growth during it (≤ 64 MiB); then the same objects on the S3 server
+    /// (s3s-fs, in-process): the RSS bound only.
     Reconcile {
         /// Objects in the store.
         #[arg(long, default_value_t = 100_000)]
