@@ -687,31 +687,43 @@ async fn a_stalled_object_store_releases_the_rows_within_the_timeouts() {
     assert!(due > 1000, "{due}");
     let mut config = test_config(cluster.primary_url(&db), vec![], dir.path());
     config.object_store_url = s3.url_via(proxy.addr);
+    // The batch holds its rows for at least one attempt's 8 s: long enough that a loaded machine
+    // still sees it waiting and then the application's UPDATE blocked (with 1 s timeouts, the
+    // whole window passed between two looks of this test on a loaded machine).
     config.s3_connect_timeout = Duration::from_secs(1);
-    config.s3_read_timeout = Duration::from_secs(1);
-    config.s3_attempt_timeout = Duration::from_secs(2);
+    config.s3_read_timeout = Duration::from_secs(8);
+    config.s3_attempt_timeout = Duration::from_secs(10);
     config.s3_max_attempts = 2;
     let server = TestServer::start(config).await.unwrap();
     let client = server.client().await;
     client.create_policy(&ArchivePolicy { batch_size: 5000, ..policy("stall", "messages", 90) }).await.unwrap();
 
     proxy.stall();
+    let began = std::time::Instant::now();
     let run = start(&client, async || client.run_archive("stall").await).await;
-    // The batch holds the due rows while its upload waits on the stalled store.
-    let waiting = "SELECT count(*)::int8 AS n FROM pg_stat_activity
-                   WHERE datname = current_database() AND state = 'idle in transaction' AND pid <> pg_backend_pid()";
+    // The batch holds the due rows while its upload waits on the stalled store: a session idle in
+    // its transaction that has locked rows of the table (ROW SHARE, what SELECT … FOR UPDATE takes;
+    // the metrics collector's size query, also briefly idle in its transaction, holds only ACCESS
+    // SHARE). Judged on the look that saw it: a second look could come after the batch gave up.
+    let waiting = "SELECT count(DISTINCT a.pid)::int8 AS n FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+                   WHERE a.datname = current_database() AND a.state = 'idle in transaction'
+                     AND l.relation = 'messages'::regclass AND l.mode = 'RowShareLock'";
     let mut app = cluster.connect(&db).await.unwrap();
+    let mut seen_waiting = false;
     for _ in 0..600 {
         if pg_count(&mut app, waiting).await > 0 {
+            seen_waiting = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        pg_count(&mut app, waiting).await > 0,
-        "the batch never waited on the store: {:?}",
+        seen_waiting,
+        "the batch never waited on the store ({:?} after the run started): {:?}",
+        began.elapsed(),
         client.archive_run(&run.id).await
     );
+    let waited_at = began.elapsed();
     // The application writes one of those rows: it waits for the batch's lock, then proceeds.
     let update = tokio::spawn(async move {
         app.batch_execute("SET lock_timeout = '120s'; UPDATE messages SET body = 'edited while stalled' WHERE id = 1")
@@ -721,7 +733,7 @@ async fn a_stalled_object_store_releases_the_rows_within_the_timeouts() {
     let blocked = "SELECT count(*)::int8 AS n FROM pg_stat_activity
                    WHERE datname = current_database() AND wait_event_type = 'Lock'";
     let mut seen_blocked = false;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if pg_count(&mut c, blocked).await > 0 {
             seen_blocked = true;
             break;
@@ -731,7 +743,13 @@ async fn a_stalled_object_store_releases_the_rows_within_the_timeouts() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(seen_blocked, "the application's UPDATE never waited for the batch's row lock");
+    assert!(
+        seen_blocked,
+        "the application's UPDATE never waited for the batch's row lock (batch seen waiting {waited_at:?} \
+         after the run started, UPDATE ended by {:?}): {:?}",
+        began.elapsed(),
+        client.archive_run(&run.id).await
+    );
     let ended =
         tokio::time::timeout(Duration::from_secs(90), client.wait_archive_run(&run.id, Duration::from_millis(50)))
             .await
