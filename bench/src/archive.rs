@@ -12,53 +12,19 @@ use diesel_async::SimpleAsyncConnection;
 use strata_client::archive::{ArchivePolicy, RunState};
 use strata_tests::{PgCluster, S3Server, TestServer, server::test_config};
 
-/// Words of the generated English-like text.
-const WORDS: &str = "the of and to in is you that it he was for on are as with his they at be this have from or \
-    one had by word but not what all were we when your can said there use an each which she do how their if will up \
-    other about out many then them these so some her would make like him into time has look two more write go see \
-    number no way could people my than first water been call who oil its now find long down day did get come made may \
-    part over new sound take only little work know place year live me back give most very after thing our just name \
-    good sentence man think say great where help through much before line right too mean old any same tell boy follow \
-    came want show also around form three small set put end does another well large must big even such because turn \
-    here why ask went men read need land different home us move try kind hand picture again change off play spell air \
-    away animal house point page letter mother answer found study still learn should america world";
+use crate::prose::Prose;
 
 /// Writes `rows` chat rows (`id`, `room`, `author`, `body`) in COPY text format: bodies of about
 /// 450 B drawn word by word from a skewed vocabulary (common words often, rare ones seldom), so they
 /// compress like English text (≈ 3× with zstd -3), not like repeated strings.
 fn generate(rows: u64, out: &mut impl std::io::Write) -> std::io::Result<()> {
-    let base: Vec<&str> = WORDS.split_whitespace().collect();
-    let vocab: Vec<String> =
-        base.iter().flat_map(|w| ["", "s", "ed", "ing", "er", "ly"].map(|s| format!("{w}{s}"))).collect();
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    use std::fmt::Write as _;
+    let mut text = Prose::new();
     let mut line = String::with_capacity(1024);
     for id in 1..=rows {
         line.clear();
-        use std::fmt::Write as _;
         let _ = write!(line, "{id}\t{}\tuser{}\t", id % 500, (id * 7919) % 10_000);
-        let words = 60 + next() % 30;
-        let mut capital = true;
-        for _ in 0..words {
-            let u = (next() >> 11) as f64 / (1u64 << 53) as f64;
-            let w = &vocab[((u.powf(2.5) * vocab.len() as f64) as usize).min(vocab.len() - 1)];
-            if capital {
-                let mut c = w.chars();
-                if let Some(f) = c.next() {
-                    line.extend(f.to_uppercase());
-                    line.push_str(c.as_str());
-                }
-            } else {
-                line.push_str(w);
-            }
-            capital = next() % 12 == 0;
-            line.push_str(if capital { ". " } else { " " });
-        }
+        text.body(&mut line);
         line.push('\n');
         out.write_all(line.as_bytes())?;
     }
@@ -205,9 +171,8 @@ async fn strata_archive(
     })
 }
 
-/// Runs the archive benchmarks: `rounds` rounds, each on fresh copies of the same rows, the three
-/// treatments in a rotating order (the machine's load drifts); the median ratio is judged.
-pub(crate) async fn run(rows: u64, batch_size: i32, rounds: usize) -> anyhow::Result<()> {
+/// A primary (its replica stopped) with `chat` holding `rows` generated rows over 24 months.
+async fn start_and_load(rows: u64) -> anyhow::Result<(PgCluster, String, diesel_async::AsyncPgConnection)> {
     println!("starting PostgreSQL …");
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
     // The harness starts a streaming replica too; on this two-core machine its WAL replay would
@@ -234,7 +199,13 @@ pub(crate) async fn run(rows: u64, batch_size: i32, rounds: usize) -> anyhow::Re
     ))
     .await?;
     println!("loaded {rows} rows in {:.1}s", t.elapsed().as_secs_f64());
+    Ok((cluster, url, c))
+}
 
+/// Runs the archive benchmarks: `rounds` rounds, each on fresh copies of the same rows, the three
+/// treatments in a rotating order (the machine's load drifts); the median ratio is judged.
+pub(crate) async fn run(rows: u64, batch_size: i32, rounds: usize) -> anyhow::Result<()> {
+    let (_cluster, url, mut c) = start_and_load(rows).await?;
     let dir = tempfile::tempdir()?;
     let s3 = S3Server::start("bench-archive")?;
     let mut config = test_config(url.clone(), vec![], dir.path());
@@ -297,6 +268,83 @@ pub(crate) async fn run(rows: u64, batch_size: i32, rounds: usize) -> anyhow::Re
     println!(
         "compression: strata {worst_compression:.2}× (worst round) vs pipeline {copy_compression:.2}× (best round) {}",
         pass(worst_compression >= copy_compression * 0.999)
+    );
+    server.stop().await?;
+    Ok(())
+}
+
+/// A copy of `chat` partitioned by month: 24 monthly partitions back from this month, two ahead, and
+/// a default one for anything older; the same indexes (the primary key takes the partition key).
+async fn partitioned_copy(c: &mut diesel_async::AsyncPgConnection, name: &str) -> anyhow::Result<()> {
+    c.batch_execute(&format!(
+        "CREATE TABLE {name} (id bigint NOT NULL, room int NOT NULL, author text NOT NULL,
+                              sent_at timestamptz NOT NULL, body text NOT NULL, PRIMARY KEY (id, sent_at))
+           PARTITION BY RANGE (sent_at);
+         DO $$
+         DECLARE m int;
+         BEGIN
+           FOR m IN 0..25 LOOP
+             EXECUTE format('CREATE TABLE %I PARTITION OF {name} FOR VALUES FROM (%L) TO (%L)', '{name}_' || m,
+               date_trunc('month', now()) - make_interval(months => 23 - m),
+               date_trunc('month', now()) - make_interval(months => 22 - m));
+           END LOOP;
+         END $$;
+         CREATE TABLE {name}_default PARTITION OF {name} DEFAULT;
+         CREATE INDEX ON {name} (sent_at);
+         INSERT INTO {name} SELECT * FROM chat ORDER BY id;"
+    ))
+    .await?;
+    c.batch_execute(&format!("VACUUM ANALYZE {name}")).await?;
+    Ok(())
+}
+
+/// Row-mode archival of a monthly-partitioned copy of the chat rows vs an unpartitioned copy, both
+/// by strata, `rounds` rounds on fresh copies in alternating order; the median ratio is judged.
+pub(crate) async fn run_partitioned(rows: u64, batch_size: i32, rounds: usize) -> anyhow::Result<()> {
+    let (_cluster, url, mut c) = start_and_load(rows).await?;
+    let dir = tempfile::tempdir()?;
+    let s3 = S3Server::start("bench-archive")?;
+    let mut config = test_config(url.clone(), vec![], dir.path());
+    config.object_store_url = s3.url();
+    config.statement_timeout = Duration::from_secs(300);
+    let server = TestServer::start(config).await?;
+    let client = server.client().await;
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let (flat, part) = (format!("chat_flat_{round}"), format!("chat_part_{round}"));
+        copy_table(&mut c, &flat).await?;
+        partitioned_copy(&mut c, &part).await?;
+        let partitions = count(&mut c, &format!("(SELECT DISTINCT tableoid FROM {part}) s")).await?;
+        let (mut f, mut p) = (None, None);
+        for step in 0..2 {
+            if (round + step) % 2 == 0 {
+                f = Some(strata_archive(&client, &mut c, &flat, rows, batch_size).await?);
+            } else {
+                p = Some(strata_archive(&client, &mut c, &part, rows, batch_size).await?);
+            }
+        }
+        let (f, p) = (f.expect("ran"), p.expect("ran"));
+        anyhow::ensure!(f.rows == p.rows, "unpartitioned moved {} rows, partitioned {}", f.rows, p.rows);
+        let (fr, pr) = (f.rows as f64 / f.secs, p.rows as f64 / p.secs);
+        println!(
+            "round {}: {} rows due; partitioned ({partitions} partitions with rows) {:.2} s ({pr:.0} rows/s, {} segments, longest transaction {:.3} s) · unpartitioned {:.2} s ({fr:.0} rows/s, {} segments) → {:.2}",
+            round + 1,
+            p.rows,
+            p.secs,
+            p.segments,
+            p.longest_txn,
+            f.secs,
+            f.segments,
+            pr / fr
+        );
+        ratios.push(pr / fr);
+        c.batch_execute(&format!("DROP TABLE {flat}, {part}")).await?;
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    println!(
+        "ratio partitioned / unpartitioned: median {median:.2} over {rounds} rounds (target ≥ 0.80) {}",
+        if median >= 0.8 { "PASS" } else { "FAIL" }
     );
     server.stop().await?;
     Ok(())

@@ -7,10 +7,13 @@
 //! ```
 
 mod archive;
+mod fairness;
 mod files;
 mod fleet;
 mod partitions;
+mod prose;
 mod reconcile;
+mod restore;
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,20 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Row-mode archival of a table partitioned by month (24 partitions of the archive bench's
+    /// chat rows, half of them due) vs the same rows in an unpartitioned table, both by strata
+    /// (≥ 0.8× rows/s).
+    ArchivePartitioned {
+        /// Rows per table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// strata's rows per batch.
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: i32,
+        /// Rounds, each on fresh copies (alternating which goes first); the median ratio is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Partition upkeep vs pg_partman on identical monthly-partitioned tables (12 partitions 13–24
     /// months old holding rows): strata's EnsurePartitions (24 ahead, 12 back) + DropPartitions
     /// (older than a year) vs `create_parent(p_premake := 24)` + retention 12 months +
@@ -105,6 +122,44 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         objects: usize,
         /// Rounds (alternating which side goes first); the median ratio is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Fair sharing of SQLite during archival: an application inserting one row every 5 ms into its
+    /// table of the embedded database (own connection, busy timeout 10 s) while a run archives half
+    /// of `--rows` chat rows; the run with its pause between batches switched off (as before) vs
+    /// the default, on identical fresh tables, in alternating order. Targets on the default: the
+    /// application's insert p99 ≤ 50 ms and max ≤ 250 ms during the run, the run's rows/s ≥ 0.5×
+    /// the unpaused run's.
+    SqliteFairness {
+        /// Rows of the application's table (half of them due).
+        #[arg(long, default_value_t = 600_000)]
+        rows: u64,
+        /// The policy's rows per batch (0: the server's default).
+        #[arg(long, default_value_t = 0)]
+        batch_size: i32,
+        /// Rounds, each measuring both on fresh copies.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// `sqlite_sleep_coef` instead of the default (to explore).
+        #[arg(long)]
+        sleep_coef: Option<f64>,
+        /// `sqlite_batch_target` in ms instead of the default (to explore).
+        #[arg(long)]
+        batch_target_ms: Option<u64>,
+    },
+    /// Restore on PostgreSQL: strata archives the due half of 1M chat rows (with a jsonb column),
+    /// a tenth of the archived rows is put back, then strata's RestoreArchive of every segment vs
+    /// `COPY … FROM` (CSV, psql) of the rows not present into an identical copy of the table in the
+    /// same state (≥ 0.7× rows/s).
+    Restore {
+        /// Rows of the table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// strata's rows per batch (segment) when archiving.
+        #[arg(long, default_value_t = 10_000)]
+        batch_size: i32,
+        /// Rounds, each on fresh copies, alternating which side goes first; the median is judged.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
@@ -218,9 +273,17 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Files { size_mib, rounds, dir } => files::run(size_mib << 20, rounds.max(1), dir).await,
             Command::Archive { rows, batch_size, rounds } => archive::run(rows, batch_size, rounds.max(1)).await,
+            Command::ArchivePartitioned { rows, batch_size, rounds } => {
+                archive::run_partitioned(rows, batch_size, rounds.max(1)).await
+            }
             Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
             Command::Fleet { size_mib, rounds, calls } => fleet::run(size_mib, rounds.max(1), calls).await,
             Command::Reconcile { objects, rounds } => reconcile::run(objects, rounds.max(1)).await,
+            Command::Restore { rows, batch_size, rounds } => restore::run(rows, batch_size, rounds.max(1)).await,
+            Command::SqliteFairness { rows, batch_size, rounds, sleep_coef, batch_target_ms } => {
+                let tuning = fairness::Tuning { sleep_coef, batch_target_ms };
+                fairness::run(rows, batch_size, rounds.max(1), tuning).await
+            }
         }
     })
 }

@@ -105,19 +105,53 @@ async fn check_exactly_once(c: &mut AsyncPgConnection, s3: &S3Server, original: 
     segments.len()
 }
 
+/// The rows of `chat`: 30,000 over 400 days, ids in time order.
+const ROWS: &str = "INSERT INTO chat
+    SELECT i, now() - make_interval(days => 400 - i / 125), 'message ' || i || repeat(' lorem', i % 40), i * 1.5
+      FROM generate_series(1, 30000) i;";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_archival_loses_and_duplicates_nothing() {
+    kill_9_during_archival(
+        "crash",
+        &format!(
+            "CREATE TABLE chat (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text, n numeric); {ROWS}"
+        ),
+    )
+    .await;
+}
+
+/// The same on a table partitioned by month (rows of different partitions share locations), with
+/// the oldest rows in its default partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_archival_of_a_partitioned_table_loses_and_duplicates_nothing() {
+    kill_9_during_archival(
+        "crash_partitioned",
+        &format!(
+            "CREATE TABLE chat (id bigint NOT NULL, created_at timestamptz NOT NULL, body text, n numeric,
+                                PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at);
+             DO $$
+             DECLARE m int;
+             BEGIN
+               FOR m IN 0..12 LOOP
+                 EXECUTE format('CREATE TABLE chat_m%s PARTITION OF chat FOR VALUES FROM (%L) TO (%L)', m,
+                   date_trunc('month', now()) - make_interval(months => 11 - m),
+                   date_trunc('month', now()) - make_interval(months => 10 - m));
+               END LOOP;
+             END $$;
+             CREATE TABLE chat_default PARTITION OF chat DEFAULT;
+             {ROWS}"
+        ),
+    )
+    .await;
+}
+
+async fn kill_9_during_archival(name: &str, ddl: &str) {
     let cluster = PgCluster::shared();
-    let db = cluster.create_database("crash").await.unwrap();
+    let db = cluster.create_database(name).await.unwrap();
     let s3 = S3Server::start(BUCKET).unwrap();
     let mut c = cluster.connect(&db).await.unwrap();
-    c.batch_execute(
-        "CREATE TABLE chat (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, body text, n numeric);
-         INSERT INTO chat SELECT i, now() - make_interval(days => 400 - i / 125), 'message ' || i || repeat(' lorem', i % 40), i * 1.5
-           FROM generate_series(1, 30000) i;",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(ddl).await.unwrap();
     let original = hot(&mut c).await;
     let db_url = cluster.primary_url(&db);
 

@@ -404,18 +404,25 @@ fn pg_setup(
                 tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url)).await.map_err(|_| {
                     ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
                 })??;
-            // Every session gets the statement timeout; replica sessions are read-only so a routing
-            // mistake can never write to a replica (it would fail there anyway, but with a clear error).
-            let mut sql =
-                format!("SET statement_timeout = {}; SET application_name = 'strata';", statement_timeout.as_millis());
-            if read_only {
-                sql.push_str("SET default_transaction_read_only = on;");
-            }
-            conn.batch_execute(&sql).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
+            conn.batch_execute(&pg_session_settings(statement_timeout, read_only))
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
             Ok(conn)
         }
         .boxed()
     })
+}
+
+/// What every PostgreSQL session strata opens is set up with (pooled, [`Db::long_work`],
+/// [`Db::bulk_session`]): the statement timeout; replica sessions are read-only so a routing
+/// mistake can never write to a replica (it would fail there anyway, but with a clear error).
+fn pg_session_settings(statement_timeout: Duration, read_only: bool) -> String {
+    let mut sql =
+        format!("SET statement_timeout = {}; SET application_name = 'strata';", statement_timeout.as_millis());
+    if read_only {
+        sql.push_str("SET default_transaction_read_only = on;");
+    }
+    sql
 }
 
 fn sqlite_setup() -> diesel_async::pooled_connection::SetupCallback<SqliteConn> {
@@ -669,6 +676,33 @@ impl Db {
                 Ok(Conn::Pg(PgConn::Own(Box::new(c))))
             }
             Backend::Sqlite { .. } => self.write().await,
+        }
+    }
+
+    /// A tokio-postgres session of its own on the primary, set up as the pooled ones, for what
+    /// Diesel cannot send: archive restore's `COPY … FROM STDIN`. Closed when dropped. Every
+    /// tokio-postgres session strata opens is opened here.
+    pub async fn bulk_session(&self) -> Result<tokio_postgres::Client> {
+        let Backend::Postgres { primary, .. } = &self.inner.backend else {
+            return Err(Error::Unsupported("bulk sessions are PostgreSQL's".into()));
+        };
+        let settings = &self.inner.settings;
+        let fail = |message: String| Error::Connect { node: primary.name.clone(), message };
+        let open = async {
+            let (client, connection) = tokio_postgres::connect(&primary.url, tokio_postgres::NoTls).await?;
+            let node = primary.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(node = %node, error = %e, "bulk session ended");
+                }
+            });
+            client.batch_execute(&pg_session_settings(settings.statement_timeout, false)).await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        match tokio::time::timeout(settings.connect_timeout, open).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(fail(e.to_string())),
+            Err(_) => Err(fail(format!("connect timed out after {:?}", settings.connect_timeout))),
         }
     }
 

@@ -469,6 +469,17 @@ async fn sqlite_archive_restore_and_purge() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(Code::InvalidArgument));
+    // A value an INTEGER or REAL column cannot take would match nothing, silently, every run.
+    for (column, value) in [("n", "1 OR 1=1"), ("id", "0x10"), ("ratio", "NaN")] {
+        let e = client
+            .create_policy(&ArchivePolicy {
+                filters: vec![Filter::new(column, FilterOp::Eq, &[value])],
+                ..policy("x", "events", 30)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidArgument), "{column} = {value:?}: {e}");
+    }
     let due = original
         .iter()
         .filter(|r| {
@@ -780,5 +791,60 @@ async fn a_stalled_object_store_releases_the_rows_within_the_timeouts() {
         .unwrap();
     assert_eq!(read as i64, due);
     assert_eq!(edited.len(), 1, "the application's change is what was archived: {edited:?}");
+    server.stop().await.unwrap();
+}
+
+/// On SQLite, column names with a `'` (or spaces, or SQL in them) archive and restore: each name
+/// reaches SQL only quoted, in identifiers and in JSON paths alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_odd_column_names_archive_and_restore() {
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        row: String,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut c = crate::support::sqlite(&db).await;
+    c.batch_execute(
+        "CREATE TABLE notes (\"it's\" INTEGER PRIMARY KEY, \"created at\" TEXT, \"x'); DROP TABLE notes; --\" TEXT,
+                             \"blob's\" BLOB);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+         INSERT INTO notes SELECT i, datetime('now', '-' || (i % 100) || ' days'), 'note ' || i || ' ''quoted''',
+                                  CASE WHEN i % 3 = 0 THEN NULL ELSE randomblob(8) END FROM s;",
+    )
+    .await
+    .unwrap();
+    let rows = async |c: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<
+        diesel::SqliteConnection,
+    >| {
+        diesel::sql_query(
+            "SELECT \"it's\" || '|' || \"created at\" || '|' || \"x'); DROP TABLE notes; --\" || '|' || ifnull(hex(\"blob's\"), 'null') AS row
+               FROM notes ORDER BY \"it's\"",
+        )
+        .load::<Row>(c)
+        .await
+        .unwrap()
+    };
+    let original = rows(&mut c).await;
+    let config = test_config(format!("sqlite://{}", db.display()), vec![], &dir.path().join("objects"));
+    let server = TestServer::start(config).await.unwrap();
+    let client = server.client().await;
+    client
+        .create_policy(&ArchivePolicy {
+            time_column: "created at".into(),
+            key_columns: vec!["it's".into()],
+            batch_size: 40,
+            ..policy("notes", "notes", 30)
+        })
+        .await
+        .unwrap();
+    let r = start(&client, async || client.run_archive("notes").await).await;
+    let r = finish(&client, &r.id).await;
+    assert!(r.rows_done > 100, "{r:?}");
+    assert_eq!(rows(&mut c).await.len() as i64 + r.rows_done, original.len() as i64);
+    let r = start(&client, async || client.restore_archive("notes", &SegmentSelection::default()).await).await;
+    finish(&client, &r.id).await;
+    assert_eq!(rows(&mut c).await, original, "every row back, exactly");
     server.stop().await.unwrap();
 }

@@ -4,6 +4,9 @@
 
 mod alerts;
 mod archive;
+mod archive_fairness;
+mod archive_partitioned;
+mod archive_restore;
 mod auth;
 mod backup;
 mod blob_migration;

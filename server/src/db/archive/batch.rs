@@ -15,6 +15,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
 use super::{
     Dialect, TableSql,
     catalog::{Progress, add_progress, renew_lease},
+    restore::{Restored, SegmentRows, insert_rows},
 };
 use crate::{
     db::{Conn, Error, Result},
@@ -134,6 +135,10 @@ pub struct DueRows {
     /// What the delete takes: the rows' locations as a `tid[]` literal (PostgreSQL; they cannot
     /// move while the rows are locked) or their keys as a JSON array (SQLite).
     pub(super) targets: String,
+    /// A partitioned PostgreSQL table's rows instead: per partition (its oid), their locations as
+    /// a `tid[]` literal. A location is unique only within its partition: partitions of equal
+    /// shape hold rows at the same `ctid`.
+    pub(super) by_partition: Vec<(u32, String)>,
 }
 
 impl DueRows {
@@ -217,7 +222,7 @@ where
     let sealed = seal(&mut rows).await.map_err(BatchError::Seal)?;
     phases.seal = t.elapsed();
     let t = Instant::now();
-    let deleted = execute(conn, &b.sql.delete_keys, &rows.targets).await?;
+    let deleted = db_run!(conn, { conn.delete_due(b.sql, &rows).await? });
     if deleted != rows.count {
         // Locked rows cannot vanish; if they did, nothing of this batch may stick.
         return Err(BatchError::Db(Error::Unsupported(format!(
@@ -282,21 +287,21 @@ pub async fn purge_batch(conn: &mut Conn, b: &Batch<'_>) -> Result<Option<(usize
 }
 
 /// Restores one segment (`b.segment_id`, whose object held `raw_bytes` / `compressed_bytes`) in
-/// one transaction: re-checks the lease, inserts the rows of `rows_json` (a JSON array of `rows`
-/// documents) whose key is absent, marks the segment restored and counts progress. Returns
-/// (inserted, skipped), or None when the lease was lost or the segment is no longer committed
-/// (nothing changed then).
-pub async fn restore_segment(
+/// one transaction the exact way: re-checks the lease, inserts the rows whose key is absent (the
+/// table's `restore` statement, or SQLite's per-row statement: [`insert_rows`]), marks the segment
+/// restored and counts progress. None when the lease was lost or the segment is no longer
+/// committed (nothing changed then). The COPY path (`restore::BulkSession`) does the same on its
+/// own session.
+pub(super) async fn restore_segment(
     conn: &mut Conn,
     b: &Batch<'_>,
-    rows_json: &str,
-    rows: usize,
+    rows: &SegmentRows,
     raw_bytes: i64,
     compressed_bytes: i64,
-) -> Result<Option<(usize, usize)>> {
+) -> Result<Option<Restored>> {
     let started = Instant::now();
     begin(conn).await?;
-    let r: Result<Option<(usize, usize)>> = async {
+    let r: Result<Option<Restored>> = async {
         let held = renew_lease(&mut *conn, b.policy_id, b.run_id, b.lease_until).await?;
         let marked = db_run!(conn, {
             use schema::archive_segments as s;
@@ -310,17 +315,18 @@ pub async fn restore_segment(
         if !held || marked != 1 {
             return Ok(None);
         }
-        let inserted = execute(&mut *conn, &b.sql.restore, rows_json).await?;
+        let inserted = insert_rows(&mut *conn, b.sql, rows).await?;
+        let skipped = rows.rows().saturating_sub(inserted);
         let progress = Progress {
             rows: inserted as i64,
-            skipped: (rows - inserted) as i64,
+            skipped: skipped as i64,
             segments: 1,
             raw: raw_bytes,
             compressed: compressed_bytes,
             txn_ms: started.elapsed().as_millis() as i64,
         };
-        add_progress(&mut *conn, b.run_id, &progress, b.now).await?;
-        Ok(Some((inserted, rows - inserted)))
+        let cancel_requested = add_progress(&mut *conn, b.run_id, &progress, b.now).await?;
+        Ok(Some(Restored { inserted, skipped, cancel_requested }))
     }
     .await;
     settle(conn, r).await

@@ -25,6 +25,8 @@ pub(super) struct DocPlan {
     /// Counts the table's columns, to notice one added during a run (it would be missing from the
     /// documents).
     count_columns: String,
+    /// A partitioned table: each row also says which partition it lies in (`tableoid`).
+    partitioned: bool,
 }
 
 /// How one column's value arrives from the select and becomes JSON.
@@ -54,8 +56,8 @@ impl Render {
 
 impl DocPlan {
     /// The select's leading result columns: the table's columns in order, then the row's time and
-    /// its location.
-    pub(super) fn select_list(columns: &[ColumnInfo], time: &str) -> String {
+    /// its location (with its partition on a partitioned table).
+    pub(super) fn select_list(columns: &[ColumnInfo], time: &str, partitioned: bool) -> String {
         let mut list: Vec<String> = columns
             .iter()
             .map(|c| match Render::of(&c.ty) {
@@ -65,10 +67,13 @@ impl DocPlan {
             .collect();
         list.push(format!("t.{}", quote(time)));
         list.push("t.ctid".into());
+        if partitioned {
+            list.push("t.tableoid".into());
+        }
         list.join(", ")
     }
 
-    pub(super) fn new(columns: &[ColumnInfo], keys: &[ColumnInfo], table: &str) -> Self {
+    pub(super) fn new(columns: &[ColumnInfo], keys: &[ColumnInfo], table: &str, partitioned: bool) -> Self {
         Self {
             columns: columns
                 .iter()
@@ -80,15 +85,17 @@ impl DocPlan {
                   WHERE attrelid = {}::regclass AND attnum > 0 AND NOT attisdropped",
                 sql_string(table)
             ),
+            partitioned,
         }
     }
 
     /// Appends the row's document, identical to `row_to_json(t)::text`, to `out`.
     fn document(&self, row: &PgRawRow, out: &mut Vec<u8>) -> std::result::Result<(), String> {
-        if row.fields.len() != self.columns.len() + 2 {
+        let extra = 2 + usize::from(self.partitioned);
+        if row.fields.len() != self.columns.len() + extra {
             return Err(format!(
                 "the select returned {} values for the table's {} columns",
-                row.fields.len().saturating_sub(2),
+                row.fields.len().saturating_sub(extra),
                 self.columns.len()
             ));
         }
@@ -151,6 +158,14 @@ impl DocPlan {
                 Ok(())
             }
             _ => Err("the row's ctid did not arrive".into()),
+        }
+    }
+
+    /// The partition a row of a partitioned table lies in: its `tableoid`, from its binary value.
+    fn partition(&self, row: &PgRawRow) -> std::result::Result<u32, String> {
+        match row.field(self.columns.len() + 2) {
+            Some(v) if v.len() == 4 => Ok(u32::from_be_bytes(v.try_into().expect("4 bytes"))),
+            _ => Err("the row's tableoid did not arrive".into()),
         }
     }
 }
@@ -285,21 +300,41 @@ pub(super) async fn load_due(
     out.last_key = plan.key(last).map_err(Error::Unsupported)?;
     let row_bytes: usize = rows.iter().map(|r| r.bytes.len() + r.bytes.len() / 16 + 64).sum();
     out.jsonl.reserve(row_bytes);
-    out.targets.reserve(rows.len() * 16 + 2);
-    out.targets.push('{');
-    for (i, r) in rows.iter().enumerate() {
+    if !plan.partitioned {
+        out.targets.reserve(rows.len() * 16 + 2);
+        out.targets.push('{');
+    }
+    for r in &rows {
         plan.document(r, &mut out.jsonl).map_err(Error::Unsupported)?;
         out.jsonl.push(b'\n');
         if let Some(ts) = plan.time(r).map_err(Error::Unsupported)? {
             out.min_ts = Some(out.min_ts.map_or(ts, |m| m.min(ts)));
             out.max_ts = Some(out.max_ts.map_or(ts, |m| m.max(ts)));
         }
-        if i > 0 {
-            out.targets.push(',');
+        let targets = if plan.partitioned {
+            // A batch along the key touches few partitions: a short list, searched from its end.
+            let oid = plan.partition(r).map_err(Error::Unsupported)?;
+            let at = match out.by_partition.iter().rposition(|(o, _)| *o == oid) {
+                Some(at) => at,
+                None => {
+                    out.by_partition.push((oid, String::from("{")));
+                    out.by_partition.len() - 1
+                }
+            };
+            &mut out.by_partition[at].1
+        } else {
+            &mut out.targets
+        };
+        if targets.len() > 1 {
+            targets.push(',');
         }
-        plan.location(r, &mut out.targets).map_err(Error::Unsupported)?;
+        plan.location(r, targets).map_err(Error::Unsupported)?;
     }
-    out.targets.push('}');
+    if plan.partitioned {
+        out.by_partition.iter_mut().for_each(|(_, t)| t.push('}'));
+    } else {
+        out.targets.push('}');
+    }
     out.count = rows.len();
     // Text arrives in the database's encoding converted to UTF-8 by the server; checked once
     // over the whole batch, not per value.

@@ -10,6 +10,8 @@
 //! - `resolve`: a policy checked against its table, and the SQL of a run.
 //! - `batch`: the batch transactions (archive, purge, restore).
 //! - `encode`: the PostgreSQL row → JSON encoder the archive batches use.
+//! - `restore`, `decode`: restore at bulk-load speed (COPY on PostgreSQL, a prepared statement per
+//!   row on SQLite), from documents decoded in Rust.
 //! - `postgres`, `sqlite`: each backend's [`Dialect`].
 //!
 //! Per-backend code has one shape: a body that reads the same on both backends is written once and
@@ -18,15 +20,15 @@
 
 mod batch;
 mod catalog;
+mod decode;
 mod encode;
 mod postgres;
 mod resolve;
+mod restore;
 mod rows;
 mod sqlite;
 
-pub use batch::{
-    Batch, BatchError, BatchOutcome, DueRows, Phases, Sealed, archive_batch, purge_batch, restore_segment,
-};
+pub use batch::{Batch, BatchError, BatchOutcome, DueRows, Phases, Sealed, archive_batch, purge_batch};
 pub use catalog::{
     PendingSegment, Progress, TimeOrder, acquire_lease, add_progress, committed_segments_page, delete_policy,
     delete_segment, discard_pending, finish_run, get_policy, get_run, insert_pending_segment, insert_policy,
@@ -34,6 +36,7 @@ pub use catalog::{
     segments_by_id, segments_page, set_segment_state, update_policy,
 };
 pub use resolve::{ColumnInfo, PlanRow, TableSpec, TableSql, TimeKind, last_due_key, params, plan, resolve};
+pub use restore::{RestorePlan, RestoreWriter, Restored, SegmentRows, restore_plan, restore_writers};
 pub use rows::{PolicyRow, RunRow, SegmentRow};
 
 use resolve::{Resolved, Unfit};
@@ -51,6 +54,10 @@ trait Dialect {
     /// The application table's columns, in order. [`Unfit::Invalid`] when the table does not exist
     /// or cannot be archived on this backend.
     async fn columns(&mut self, spec: &resolve::TableSpec<'_>, table: &str) -> Result<Vec<ColumnInfo>, Unfit>;
+
+    /// Whether the table is partitioned (its rows live in partitions, each with its own row
+    /// locations).
+    async fn partitioned(&mut self, spec: &resolve::TableSpec<'_>) -> Result<bool, Unfit>;
 
     /// How a time column of this type holds time; None when it cannot be a time column.
     fn time_kind(time: &ColumnInfo) -> Option<TimeKind>;
@@ -76,6 +83,9 @@ trait Dialect {
     /// Reads a batch's due rows with `select` (one of `sql`'s statements) into `out`, as the
     /// segment will hold them.
     async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str, out: &mut DueRows) -> Result<()>;
+
+    /// Deletes exactly the rows `load_due` read into `rows` (locked since); how many it deleted.
+    async fn delete_due(&mut self, sql: &TableSql, rows: &DueRows) -> Result<usize>;
 }
 /// A string literal in SQL.
 pub(super) fn sql_string(s: &str) -> String {

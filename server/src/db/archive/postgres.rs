@@ -13,7 +13,7 @@ use super::{
     encode::{self, DocPlan},
     resolve::{Resolved, TableSpec, Unfit},
 };
-use crate::db::{Result, quote};
+use crate::db::{Error, Result, quote};
 
 /// The JSON parameter every statement takes.
 const P: &str = "$1::json";
@@ -60,6 +60,23 @@ impl Dialect for AsyncPgConnection {
         Ok(columns)
     }
 
+    async fn partitioned(&mut self, spec: &TableSpec<'_>) -> Result<bool, Unfit> {
+        #[derive(QueryableByName)]
+        struct Kind {
+            #[diesel(sql_type = Bool)]
+            partitioned: bool,
+        }
+        Ok(diesel::sql_query(
+            "SELECT c.relkind = 'p' AS partitioned FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind::<Text, _>(spec.schema_name)
+        .bind::<Text, _>(spec.table_name)
+        .get_result::<Kind>(self)
+        .await?
+        .partitioned)
+    }
+
     fn time_kind(time: &ColumnInfo) -> Option<TimeKind> {
         match time.ty.as_str() {
             "timestamp with time zone" | "timestamp without time zone" | "date" => Some(TimeKind::Timestamp),
@@ -97,12 +114,59 @@ impl Dialect for AsyncPgConnection {
     async fn load_due(&mut self, sql: &TableSql, select: &str, params: &str, out: &mut DueRows) -> Result<()> {
         encode::load_due(self, sql, select, params, out).await
     }
+
+    async fn delete_due(&mut self, sql: &TableSql, rows: &DueRows) -> Result<usize> {
+        if rows.by_partition.is_empty() {
+            return Ok(diesel::sql_query(&sql.delete_keys).bind::<Text, _>(&rows.targets).execute(self).await?);
+        }
+        delete_by_partition(self, &rows.by_partition).await
+    }
+}
+
+/// Deletes a partitioned table's locked rows partition by partition: `DELETE FROM ONLY` the
+/// partition each row was read from, by location. One statement over the parent would have to
+/// match (partition, location) pairs in every partition — a TID scan of each partition for every
+/// location, as many times over as the table has partitions.
+///
+/// The partitions' names are read here, inside the batch's transaction: their rows are locked, so
+/// a rename (which needs an ACCESS EXCLUSIVE lock) waits for this transaction to end.
+async fn delete_by_partition(c: &mut AsyncPgConnection, by_partition: &[(u32, String)]) -> Result<usize> {
+    #[derive(QueryableByName)]
+    struct Partition {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        oid: i64,
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let oids = by_partition.iter().map(|(oid, _)| oid.to_string()).collect::<Vec<_>>().join(",");
+    let names: Vec<Partition> = diesel::sql_query(
+        "SELECT c.oid::int8 AS oid, format('%I.%I', n.nspname, c.relname) AS name
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY($1::oid[])",
+    )
+    .bind::<Text, _>(format!("{{{oids}}}"))
+    .load(c)
+    .await?;
+    let mut deleted = 0;
+    for (oid, locations) in by_partition {
+        let Some(p) = names.iter().find(|p| p.oid == i64::from(*oid)) else {
+            return Err(Error::Unsupported(format!("partition {oid} of a batch's rows is gone")));
+        };
+        // `format('%I.%I')` quoted the name.
+        deleted += diesel::sql_query(format!(
+            "DELETE FROM ONLY {} WHERE ctid = ANY(CAST((SELECT $1::tid[]) AS tid[]))",
+            p.name
+        ))
+        .bind::<Text, _>(locations)
+        .execute(c)
+        .await?;
+    }
+    Ok(deleted)
 }
 
 /// The statements of a run: the due rows read in key order and locked, skipping rows another batch
 /// holds, so batches can work beside each other.
 fn table_sql(r: Resolved<'_>) -> TableSql {
-    let Resolved { spec, columns, time, time_kind, keys, due } = r;
+    let Resolved { spec, columns, time, time_kind, keys, partitioned, due } = r;
     let t = format!("{}.{}", quote(spec.schema_name), quote(spec.table_name));
     let tc = format!("t.{}", quote(spec.time_column));
     let p = P;
@@ -123,7 +187,7 @@ fn table_sql(r: Resolved<'_>) -> TableSql {
         TimeKind::Timestamp => format!("(extract(epoch FROM {tc}) * 1000000)::int8"),
         TimeKind::UnixSeconds => format!("({tc}::int8 * 1000000)"),
     };
-    let values = DocPlan::select_list(&columns, &time.name);
+    let values = DocPlan::select_list(&columns, &time.name, partitioned);
     let select = |extra: &str| {
         format!(
             "SELECT {values} FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT ({p}->>'limit')::int8
@@ -147,7 +211,8 @@ fn table_sql(r: Resolved<'_>) -> TableSql {
             desc = keys.iter().map(|k| format!("t.{} DESC", quote(&k.name))).collect::<Vec<_>>().join(", "),
         )),
         // The batch's rows are locked FOR UPDATE, so their ctids are stable until commit: a TID scan
-        // deletes them without an index lookup per row. The array goes through a scalar subquery so
+        // deletes them without an index lookup per row (a partitioned table's, partition by
+        // partition: `delete_by_partition`). The array goes through a scalar subquery so
         // the planner does not estimate the selectivity of each of its 10 000 elements.
         delete_keys: format!("DELETE FROM {t} WHERE ctid = ANY(CAST((SELECT $1::tid[]) AS tid[]))"),
         purge: format!(
@@ -169,7 +234,7 @@ fn table_sql(r: Resolved<'_>) -> TableSql {
             cols = insert_cols.join(", "),
             rcols = insert_cols.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", "),
         ),
-        doc: Some(DocPlan::new(&columns, &keys, &t)),
+        doc: Some(DocPlan::new(&columns, &keys, &t, partitioned)),
         columns,
     }
 }

@@ -91,6 +91,8 @@ pub(super) struct Resolved<'a> {
     pub(super) time_kind: TimeKind,
     /// The key columns, in the policy's order.
     pub(super) keys: Vec<ColumnInfo>,
+    /// Whether the table is partitioned.
+    pub(super) partitioned: bool,
     /// The condition that makes a row due (alias `t`): older than the cutoff and every filter.
     pub(super) due: String,
 }
@@ -136,6 +138,7 @@ pub async fn resolve(conn: &mut Conn, spec: &TableSpec<'_>) -> Result<std::resul
 async fn resolve_on<D: Dialect>(c: &mut D, spec: &TableSpec<'_>) -> std::result::Result<TableSql, Unfit> {
     let table = format!("{}.{}", spec.schema_name, spec.table_name);
     let columns = c.columns(spec, &table).await?;
+    let partitioned = c.partitioned(spec).await?;
     let time = find(&columns, spec.time_column, &table)?.clone();
     let Some(time_kind) = D::time_kind(&time) else {
         return Err(Unfit::Invalid(format!(
@@ -162,7 +165,7 @@ async fn resolve_on<D: Dialect>(c: &mut D, spec: &TableSpec<'_>) -> std::result:
         }
     }
     let due = due::<D>(spec, &columns, &time, time_kind, &table);
-    Ok(D::table_sql(Resolved { spec, columns, time, time_kind, keys, due }))
+    Ok(D::table_sql(Resolved { spec, columns, time, time_kind, keys, partitioned, due }))
 }
 
 fn find<'c>(columns: &'c [ColumnInfo], name: &str, table: &str) -> std::result::Result<&'c ColumnInfo, String> {

@@ -18,6 +18,43 @@ use crate::db::{Result, SqliteConn, quote};
 /// The JSON parameter every statement takes.
 const P: &str = "?1";
 
+/// A filter value must be one the column's type can take: SQLite compares a bound text with an
+/// INTEGER or REAL column's affinity applied, so a value that is not a number there (`"1 OR 1=1"`)
+/// would silently match nothing, every run. Other affinities (TEXT, BLOB, NUMERIC — where SQLite
+/// keeps dates as text) take any text.
+fn check_value(ty: &str, value: &str) -> std::result::Result<(), String> {
+    // SQLite's affinity rules, in their order (https://sqlite.org/datatype3.html, 3.1).
+    let t = ty.to_ascii_uppercase();
+    let (integer, real) = if t.contains("INT") {
+        (true, false)
+    } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") || t.contains("BLOB") || t.is_empty() {
+        (false, false)
+    } else {
+        (false, t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB"))
+    };
+    if !(integer || real) {
+        return Ok(());
+    }
+    // What SQLite takes as a number: optional sign, digits with at most one point, an optional
+    // exponent; surrounding spaces ignored. No hex, infinity or NaN.
+    let v = value.trim();
+    let (mantissa, exponent) = match v.find(['e', 'E']) {
+        Some(i) => (&v[..i], Some(&v[i + 1..])),
+        None => (v, None),
+    };
+    let unsigned = |s: &str| s.strip_prefix(['+', '-']).unwrap_or(s).to_owned();
+    let m = unsigned(mantissa);
+    let digits = m.chars().filter(char::is_ascii_digit).count();
+    let number = digits > 0
+        && m.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && m.matches('.').count() <= 1
+        && exponent.is_none_or(|e| {
+            let e = unsigned(e);
+            !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+        });
+    if number { Ok(()) } else { Err(format!("not a number ({} affinity)", if integer { "INTEGER" } else { "REAL" })) }
+}
+
 #[derive(QueryableByName)]
 struct SqliteColumn {
     #[diesel(sql_type = Text)]
@@ -73,6 +110,10 @@ impl Dialect for SqliteConn {
         Ok(columns)
     }
 
+    async fn partitioned(&mut self, _spec: &TableSpec<'_>) -> Result<bool, Unfit> {
+        Ok(false)
+    }
+
     fn time_kind(time: &ColumnInfo) -> Option<TimeKind> {
         // SQLite's type affinity rules: a declared type containing "INT" is an integer column.
         Some(if time.ty.to_ascii_uppercase().contains("INT") { TimeKind::UnixSeconds } else { TimeKind::Timestamp })
@@ -83,8 +124,8 @@ impl Dialect for SqliteConn {
     }
 
     /// SQLite accepts any value in any column (type affinity), so there is nothing to check.
-    async fn check_value(&mut self, _ty: &str, _value: &str) -> std::result::Result<(), String> {
-        Ok(())
+    async fn check_value(&mut self, ty: &str, value: &str) -> std::result::Result<(), String> {
+        check_value(ty, value)
     }
 
     fn before_cutoff(tc: &str, _time: &ColumnInfo, kind: TimeKind) -> String {
@@ -120,6 +161,10 @@ impl Dialect for SqliteConn {
         out.max_ts = rows.iter().filter_map(|r| r.ts).max();
         out.count = rows.len();
         Ok(())
+    }
+
+    async fn delete_due(&mut self, sql: &TableSql, rows: &DueRows) -> Result<usize> {
+        Ok(diesel::sql_query(&sql.delete_keys).bind::<Text, _>(&rows.targets).execute(self).await?)
     }
 }
 
@@ -163,11 +208,15 @@ fn table_sql(r: Resolved<'_>) -> TableSql {
                FROM {t} t WHERE {due}{extra} ORDER BY {key_cols} LIMIT json_extract({p}, '$.limit')"
         )
     };
-    let field = |src: &str, name: &str| format!("json_extract({src}, '$.\"{name}\"')");
+    // JSON paths are SQL string literals: a column named `it's` must not end the literal (names
+    // with `"` were refused by `columns`, so the quoted path member is well formed).
+    let path = |name: &str, member: &str| sql_string(&format!("$.\"{name}\"{member}"));
+    let field = |src: &str, name: &str| format!("json_extract({src}, {})", path(name, ""));
     let decode = |src: &str, name: &str| {
         format!(
-            "CASE json_type({src}, '$.\"{name}\"') WHEN 'object' THEN unhex(json_extract({src}, '$.\"{name}\".\"$blob\"')) \
-             ELSE {} END",
+            "CASE json_type({src}, {}) WHEN 'object' THEN unhex(json_extract({src}, {})) ELSE {} END",
+            path(name, ""),
+            path(name, ".\"$blob\""),
             field(src, name)
         )
     };
@@ -202,5 +251,36 @@ fn table_sql(r: Resolved<'_>) -> TableSql {
         ),
         doc: None,
         columns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_value;
+
+    #[test]
+    fn filter_values_must_fit_integer_and_real_columns() {
+        for (ty, ok) in [
+            ("INTEGER", &["1", " -42 ", "+7", "1.5", "1e3", "2E-2", ".5"][..]),
+            ("REAL", &["0.1", "-3", "6.02e23"][..]),
+            ("TEXT", &["1 OR 1=1", "anything"][..]),
+            ("DATETIME", &["2024-01-01 00:00:00"][..]),
+            ("", &["x"][..]),
+            ("BLOB", &["x"][..]),
+        ] {
+            for v in ok {
+                assert_eq!(check_value(ty, v), Ok(()), "{ty} {v:?}");
+            }
+        }
+        for (ty, bad) in [
+            ("INTEGER", &["1 OR 1=1", "", "abc", "0x10", "1.2.3", "1e", "e5", "inf", "NaN", "--1"][..]),
+            ("BIGINT", &["12abc"][..]),
+            ("DOUBLE PRECISION", &["1;DROP TABLE x"][..]),
+            ("FLOAT", &["infinity"][..]),
+        ] {
+            for v in bad {
+                assert!(check_value(ty, v).is_err(), "{ty} {v:?}");
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! the previous one compresses and uploads), each moving its rows into a sealed segment
 //! ([`store::archive_batch`]); a purge run deletes due rows batch by batch.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -121,8 +121,85 @@ struct Cursor {
 
 /// How one archive batch ended.
 enum BatchEnd {
-    Committed { cancel_requested: bool },
+    Committed { cancel_requested: bool, rows: usize, txn: Duration },
     Empty,
+}
+
+/// SQLite's default busy handler (what `sqlite3_busy_timeout` installs, so what most
+/// applications' SQLite connections wait with): a writer that finds the write lock taken sleeps
+/// these many milliseconds between attempts, then 100 ms each. It does not queue: a writer gets the
+/// lock only when an attempt falls between two of the run's transactions.
+const SQLITE_BUSY_SLEEPS_MS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+
+/// A SQLite batch is not made smaller than this for [`Pacing::batch_target`]: below it a batch's
+/// time is more and more what every batch costs whatever its rows (≈ 6 ms: `strata-bench
+/// sqlite-fairness` measured 49 ms for 5 000 rows and 24 ms for 2 100), so smaller batches would
+/// hardly hold the lock for less, only archive slower.
+const MIN_SPLIT_ROWS: i64 = 500;
+
+/// How an archive or purge run on SQLite shares the database's one write lock with the
+/// application's writers (`sqlite_sleep_coef`, `sqlite_batch_target`). PostgreSQL runs are not
+/// paced: a batch there locks only its own rows, and batches overlap (see [`PIPELINE_DEPTH`]).
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// Pause after a batch, as a multiple of its transaction's time; 0: none.
+    sleep_coef: f64,
+    /// A batch whose transaction took longer makes the next one smaller; zero: never.
+    batch_target: Duration,
+    /// The policy's batch size: the most rows a batch takes.
+    batch_size: i64,
+}
+
+impl Pacing {
+    fn of(ctx: &Context, p: &Policy) -> Option<Self> {
+        (ctx.db.backend() == db::BackendKind::Sqlite).then(|| Pacing {
+            sleep_coef: ctx.config.sqlite_sleep_coef,
+            batch_target: ctx.config.sqlite_batch_target,
+            batch_size: p.spec.batch_size,
+        })
+    }
+
+    /// The pause after a batch whose transaction took `txn`: `sleep_coef` times it, and at least
+    /// the busy handler's sleep of a writer that has waited since the transaction began, so that
+    /// such a writer attempts (and gets the lock) within the pause.
+    fn pause(&self, txn: Duration) -> Duration {
+        if self.sleep_coef <= 0.0 {
+            return Duration::ZERO;
+        }
+        let waited = txn.as_millis() as u64;
+        let mut slept = 0;
+        let retry = SQLITE_BUSY_SLEEPS_MS
+            .iter()
+            .find(|&&d| {
+                slept += d;
+                slept >= waited
+            })
+            .copied()
+            .unwrap_or(100);
+        txn.mul_f64(self.sleep_coef).max(Duration::from_millis(retry))
+    }
+
+    /// Rows of the next batch after one of `rows` rows whose transaction took `txn`: as many as
+    /// fit in `batch_target` at that batch's pace, at most twice as many as it took (one slow batch
+    /// on a busy machine is not the new pace), at most the batch size and at least
+    /// [`MIN_SPLIT_ROWS`] (or the batch size, when smaller).
+    fn next_limit(&self, rows: usize, txn: Duration) -> i64 {
+        if self.batch_target.is_zero() || rows == 0 || txn.is_zero() {
+            return self.batch_size;
+        }
+        let fit = (rows as f64 * self.batch_target.as_secs_f64() / txn.as_secs_f64()) as i64;
+        fit.min(2 * rows as i64).clamp(MIN_SPLIT_ROWS.min(self.batch_size), self.batch_size)
+    }
+}
+
+/// Waits `pause` (a [`Pacing`] pause between two batches), or less when the server stops.
+async fn pause(ctx: &Context, pause: Duration) {
+    if !pause.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = ctx.background.cancelled() => {}
+        }
+    }
 }
 
 pub(super) async fn archive_rows(
@@ -137,6 +214,8 @@ pub(super) async fn archive_rows(
     let columns = Arc::new(columns);
     let sql = Arc::new(sql.clone());
     let depth = if ctx.db.backend() == db::BackendKind::Postgres { PIPELINE_DEPTH } else { 1 };
+    let pacing = Pacing::of(ctx, p);
+    let mut limit = p.spec.batch_size;
     let mut inflight = std::collections::VecDeque::new();
     let mut after: Option<serde_json::Value> = None;
     // The last due key (see `store::last_due_key`), asked once the run needs a second batch.
@@ -173,8 +252,9 @@ pub(super) async fn archive_rows(
                 run.id.clone(),
                 sql.clone(),
                 columns.clone(),
-                store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), upto.as_ref(), p.spec.batch_size),
+                store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), upto.as_ref(), limit),
                 (after.is_some(), upto.is_some()),
+                limit,
                 tx,
             ));
             inflight.push_back(task);
@@ -201,12 +281,17 @@ pub(super) async fn archive_rows(
         let Some(task) = inflight.pop_front() else { break };
         let end = task.await.map_err(|e| Error::Unavailable(format!("batch task: {e}")))?;
         match end {
-            Ok(BatchEnd::Committed { cancel_requested }) => {
+            Ok(BatchEnd::Committed { cancel_requested, rows, txn }) => {
                 if let Some(stop) = stop_requested(ctx, cancel_requested) {
                     more = false;
                     if outcome.is_ok() {
                         outcome = Ok(stop);
                     }
+                }
+                // SQLite: one batch at a time, so the next one starts only after this pause.
+                if let Some(pacing) = pacing.filter(|_| more) {
+                    limit = pacing.next_limit(rows, txn);
+                    pause(ctx, pacing.pause(txn)).await;
                 }
             }
             Ok(BatchEnd::Empty) => more = false,
@@ -238,6 +323,7 @@ async fn one_batch(
     columns: Arc<Vec<String>>,
     params: String,
     (after, upto): (bool, bool),
+    limit: i64,
     cursor: tokio::sync::oneshot::Sender<Cursor>,
 ) -> Result<BatchEnd> {
     let segment_id = uuid::Uuid::now_v7().to_string();
@@ -262,8 +348,7 @@ async fn one_batch(
         let mut conn = ctx.db.write().await?;
         store::archive_batch(&mut conn, &batch, buffers::take(), async |rows: &mut DueRows| {
             if let Some(tx) = cursor.take() {
-                let _ =
-                    tx.send(Cursor { last_key: rows.last_key.clone(), full: rows.count as i64 >= p.spec.batch_size });
+                let _ = tx.send(Cursor { last_key: rows.last_key.clone(), full: rows.count as i64 >= limit });
             }
             seal(&ctx, &p, &segment_id, rows, &written).await
         })
@@ -277,7 +362,7 @@ async fn one_batch(
                 select_ms = phases.select.as_millis() as u64, seal_ms = phases.seal.as_millis() as u64,
                 finish_ms = phases.finish.as_millis() as u64, "archive batch committed"
             );
-            Ok(BatchEnd::Committed { cancel_requested })
+            Ok(BatchEnd::Committed { cancel_requested, rows, txn })
         }
         Ok(BatchOutcome::Empty) => {
             discard(&ctx, &segment_id, key).await?;
@@ -405,13 +490,15 @@ pub(super) async fn purge_rows(
     sql: &store::TableSql,
     cutoff: DateTime<Utc>,
 ) -> Result<Stop> {
+    let pacing = Pacing::of(ctx, p);
+    let mut limit = p.spec.batch_size;
     loop {
         if let Some(stop) = stop_requested(ctx, false) {
             return Ok(stop);
         }
         let batch = Batch {
             sql,
-            params: store::params(sql, cutoff, &p.spec.filters, None, None, p.spec.batch_size),
+            params: store::params(sql, cutoff, &p.spec.filters, None, None, limit),
             after: false,
             upto: false,
             policy_id: &p.id,
@@ -423,12 +510,17 @@ pub(super) async fn purge_rows(
         let mut conn = ctx.db.write().await?;
         match store::purge_batch(&mut conn, &batch).await? {
             None => return Err(lease_lost()),
-            Some((n, cancel, _)) => {
+            Some((n, cancel, txn)) => {
                 if let Some(stop) = stop_requested(ctx, cancel) {
                     return Ok(stop);
                 }
-                if (n as i64) < p.spec.batch_size {
+                if (n as i64) < limit {
                     return Ok(Stop::Done);
+                }
+                drop(conn);
+                if let Some(pacing) = pacing {
+                    limit = pacing.next_limit(n, txn);
+                    pause(ctx, pacing.pause(txn)).await;
                 }
             }
         }
@@ -452,5 +544,36 @@ mod tests {
         let prefix = table_prefix(&p);
         assert_eq!(prefix, "archive/public.bad_.._name/");
         assert!(!prefix.split('/').any(|s| s == ".."));
+    }
+
+    #[test]
+    fn a_pause_outlasts_the_busy_sleep_of_a_writer_waiting_since_the_batch_began() {
+        let ms = Duration::from_millis;
+        let pacing = Pacing { sleep_coef: 0.5, batch_target: ms(25), batch_size: 5000 };
+        // Half the transaction, when that is longer than the busy handler's sleep at that point…
+        assert_eq!(pacing.pause(ms(100)), ms(50));
+        assert_eq!(pacing.pause(ms(4000)), ms(2000));
+        // …else that sleep: after 25 ms a writer sleeps from 18 to 33 ms, after 40 ms from 33 to 53.
+        assert_eq!(pacing.pause(ms(25)), ms(15));
+        assert_eq!(pacing.pause(ms(40)), ms(20));
+        assert_eq!(Pacing { sleep_coef: 0.1, ..pacing }.pause(ms(300)), ms(100));
+        assert_eq!(Pacing { sleep_coef: 0.0, ..pacing }.pause(ms(40)), Duration::ZERO);
+    }
+
+    #[test]
+    fn batches_shrink_to_the_target_time_and_grow_back_to_the_batch_size() {
+        let ms = Duration::from_millis;
+        let pacing = Pacing { sleep_coef: 0.5, batch_target: ms(25), batch_size: 5000 };
+        assert_eq!(pacing.next_limit(5000, ms(50)), 2500);
+        assert_eq!(pacing.next_limit(2500, ms(25)), 2500);
+        // At most twice the last batch, at most the batch size, at least MIN_SPLIT_ROWS…
+        assert_eq!(pacing.next_limit(1000, ms(5)), 2000);
+        assert_eq!(pacing.next_limit(4000, ms(10)), 5000);
+        assert_eq!(pacing.next_limit(5000, ms(2000)), MIN_SPLIT_ROWS);
+        assert_eq!(Pacing { batch_size: 100_000, ..pacing }.next_limit(100_000, ms(1000)), 2500);
+        // …unless the policy's batches are smaller: those are never split.
+        assert_eq!(Pacing { batch_size: 5, ..pacing }.next_limit(5, ms(2000)), 5);
+        // No target: the batch size.
+        assert_eq!(Pacing { batch_target: Duration::ZERO, ..pacing }.next_limit(5000, ms(50)), 5000);
     }
 }
