@@ -39,6 +39,7 @@ ENV STRATA_LISTEN=0.0.0.0:50051 \
     STRATA_DATABASE_URL=sqlite:///data/strata.db \
     STRATA_OBJECT_STORE_URL=file:///data/objects
 EXPOSE 50051
-# Listening on 0.0.0.0 without tokens still serves loopback clients only: set STRATA_AUTH_TOKENS.
+# Listening on 0.0.0.0 needs credentials, or strata refuses to start: set STRATA_AUTH_TOKENS
+# (and/or STRATA_TLS_CERT, STRATA_TLS_KEY, STRATA_TLS_CLIENT_CA for mutual TLS).
 ENTRYPOINT ["strata-server"]
 CMD ["serve"]

@@ -43,7 +43,7 @@ fn server_binary() -> anyhow::Result<String> {
 
 /// `h2load` calls of GetInfo against `url`: calls per second, after checking every call got a
 /// 200 (h2load counts HTTP statuses, not grpc-status: GetInfo has no failure mode here).
-fn h2load(url: &str, body: &Path, calls: u64) -> anyhow::Result<f64> {
+pub(crate) fn h2load(url: &str, body: &Path, calls: u64) -> anyhow::Result<f64> {
     let out = Command::new("h2load")
         .args(["-n", &calls.to_string(), "-c", "8", "-m", "16", "-t", "1", "-d"])
         .arg(body)
@@ -106,7 +106,16 @@ async fn runner(c: &mut diesel_async::AsyncPgConnection, id: &str) -> anyhow::Re
         .unwrap_or_default())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// How long the SDK takes to upload `src` (the file is deleted after).
+pub(crate) async fn timed_upload(c: &Client, src: &Path) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let f = c.upload_path(src, &UploadOptions::default(), |_, _| {}).await?;
+    let d = t.elapsed();
+    c.delete_file(&f.id).await?;
+    Ok(d)
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -184,13 +193,7 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
     let (through, straight) = (Client::connect(proxy.url()).await?, procs[0].client().await);
     let mut ratios = Vec::new();
     for round in 0..rounds {
-        let time = async |c: &Client| -> anyhow::Result<Duration> {
-            let t = Instant::now();
-            let f = c.upload_path(&src, &UploadOptions::default(), |_, _| {}).await?;
-            let d = t.elapsed();
-            c.delete_file(&f.id).await?;
-            Ok(d)
-        };
+        let time = async |c: &Client| timed_upload(c, &src).await;
         let (p, d) = if round % 2 == 0 {
             let p = time(&through).await?;
             (p, time(&straight).await?)
@@ -591,6 +594,6 @@ async fn instance_of(url: &str) -> anyhow::Result<String> {
     Ok(r.metadata().get("x-strata-instance").context("no x-strata-instance header")?.to_str()?.to_owned())
 }
 
-fn pass(ok: bool) -> &'static str {
+pub(crate) fn pass(ok: bool) -> &'static str {
     if ok { "PASS" } else { "FAIL" }
 }

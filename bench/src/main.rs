@@ -14,6 +14,7 @@ mod partitions;
 mod prose;
 mod reconcile;
 mod restore;
+mod tls;
 
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,19 @@ enum Command {
         /// Rounds (alternating which side goes first); the median ratio is judged.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// TLS on the gRPC port vs plaintext (both strata, in this process, SQLite + `file://`): 1 GiB
+    /// uploads through the SDK (≥ 0.7×) and unary GetInfo with h2load, connections reused (≥ 0.8×).
+    Tls {
+        /// Upload size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Rounds, alternating which side goes first; the median ratio is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// GetInfo calls per h2load run.
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
     },
     /// Fair sharing of SQLite during archival: an application inserting one row every 5 ms into its
     /// table of the embedded database (own connection, busy timeout 10 s) while a run archives half
@@ -279,6 +293,7 @@ fn main() -> anyhow::Result<()> {
             Command::Partitions { rounds, rows } => partitions::run(rounds, rows).await,
             Command::Fleet { size_mib, rounds, calls } => fleet::run(size_mib, rounds.max(1), calls).await,
             Command::Reconcile { objects, rounds } => reconcile::run(objects, rounds.max(1)).await,
+            Command::Tls { size_mib, rounds, calls } => tls::run(size_mib, rounds.max(1), calls).await,
             Command::Restore { rows, batch_size, rounds } => restore::run(rows, batch_size, rounds.max(1)).await,
             Command::SqliteFairness { rows, batch_size, rounds, sleep_coef, batch_target_ms } => {
                 let tuning = fairness::Tuning { sleep_coef, batch_target_ms };

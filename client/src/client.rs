@@ -3,7 +3,7 @@ use std::time::Duration;
 use tonic::{
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -21,6 +21,9 @@ pub enum Error {
     /// The connection could not be established.
     #[error("cannot connect to {url}: {source}")]
     Connect { url: String, source: tonic::transport::Error },
+    /// TLS settings that cannot be used (a file that cannot be read, options for an `http://` URL).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A token that cannot be sent as a header (e.g. contains a newline).
     #[error("the token contains characters that cannot be sent in a header")]
     InvalidToken,
@@ -103,11 +106,54 @@ pub struct Client {
 /// How long to wait for the TCP/HTTP2 connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// TLS settings of a connection to an `https://` URL. Without a CA the server's certificate must
+/// chain to a public root (the webpki roots).
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM certificate(s) of the CA that signs the server's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate (chain) and its key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry, when it is not the URL's host.
+    pub domain: Option<String>,
+}
+
+impl TlsOptions {
+    /// From PEM files: the CA, and the client certificate with its key (both or neither).
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Self, Error> {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::Tls(format!("{}: {e}", p.display())));
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => return Err(Error::Tls("a client certificate and its key go together: give both or neither".into())),
+        };
+        Ok(Self { ca_pem: ca.map(read).transpose()?, identity, domain: None })
+    }
+
+    fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.identity.is_some() || self.domain.is_some()
+    }
+}
+
 impl Client {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`, or `https://…` for a server with TLS
+    /// whose certificate chains to a public root).
     pub async fn connect(url: impl Into<String>) -> Result<Self, Error> {
+        Self::connect_with(url, &TlsOptions::default()).await
+    }
+
+    /// Connects to `url` with `tls` (which needs an `https://` URL when it sets anything).
+    pub async fn connect_with(url: impl Into<String>, tls: &TlsOptions) -> Result<Self, Error> {
         let url = url.into();
-        let endpoint = Endpoint::from_shared(url.clone())
+        let https = url.starts_with("https://");
+        if !https && tls.is_set() {
+            return Err(Error::Tls(format!("{url}: a CA or client certificate needs an https:// URL")));
+        }
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|source| Error::InvalidUrl { url: url.clone(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             // Larger HTTP/2 windows than the defaults: streams carry file chunks and archive rows.
@@ -117,6 +163,20 @@ impl Client {
             // default cuts per-frame overhead on large streams.
             .max_frame_size(1u32 << 20)
             .tcp_nodelay(true);
+        if https {
+            let mut config = ClientTlsConfig::new();
+            config = match &tls.ca_pem {
+                Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+                None => config.with_webpki_roots(),
+            };
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &tls.domain {
+                config = config.domain_name(d.clone());
+            }
+            endpoint = endpoint.tls_config(config).map_err(|source| Error::InvalidUrl { url: url.clone(), source })?;
+        }
         let channel = endpoint.connect().await.map_err(|source| Error::Connect { url, source })?;
         Ok(Self { channel, auth: Auth::default() })
     }

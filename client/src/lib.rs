@@ -27,7 +27,7 @@ pub mod partitions;
 pub mod scheduler;
 pub mod types;
 
-pub use client::{Client, Error, HealthStatus};
+pub use client::{Client, Error, HealthStatus, TlsOptions};
 pub use files::{UPLOAD_INCOMPLETE, incomplete_upload_offset, sha256_of};
 
 /// Response header naming the strata instance that answered (its `host:pid:random` id), on every

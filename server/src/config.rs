@@ -34,6 +34,10 @@
 //! | `alert_notify_attempts`    | `STRATA_ALERT_NOTIFY_ATTEMPTS` | 8                                    |
 //! | `startup_timeout`          | `STRATA_STARTUP_TIMEOUT`       | 60s                                  |
 //! | `tokens` / `--auth-token`  | `STRATA_AUTH_TOKENS` (comma)   | none: loopback clients only          |
+//! | `tls_cert`, `tls_key`      | `STRATA_TLS_CERT`, `STRATA_TLS_KEY` | none: plaintext                 |
+//! | `tls_client_ca`            | `STRATA_TLS_CLIENT_CA`         | none: no client certificates         |
+//! | `tls_client_roles` / `--tls-client-role` | `STRATA_TLS_CLIENT_ROLES` (comma) | none               |
+//! | `trusted_proxies` / `--trusted-proxy` | `STRATA_TRUSTED_PROXIES` (comma) | none: no PROXY headers |
 //! | `log_format`               | `STRATA_LOG_FORMAT`            | `text` (`json` for log shippers)     |
 //! | `s3_part_size`             | `STRATA_S3_PART_SIZE`          | 8 MiB (≥ 5 MiB)                      |
 //! | `s3_concurrency`           | `STRATA_S3_CONCURRENCY`        | 4 parts in flight per upload         |
@@ -58,7 +62,13 @@
 //! `docs/configuration.md` explains each one. Secrets (database passwords, tokens) are never logged:
 //! URLs are shown with the password replaced and tokens are configured as SHA-256 hashes only.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, sync::OnceLock, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use clap::{ArgAction, ArgMatches, FromArgMatches, builder::Resettable, parser::ValueSource};
 use serde::{
@@ -125,6 +135,114 @@ impl TokenSpec {
             ));
         }
         Ok(())
+    }
+}
+
+/// A rule giving clients whose certificate carries a name (mutual TLS) a role: `NAME:ROLE:cn=VALUE`
+/// matches the subject's common name, `NAME:ROLE:san=VALUE` any subject alternative name (DNS name,
+/// URI, e-mail or IP address). The first rule that matches decides; a verified certificate that no
+/// rule matches gets no role (its calls need a token).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRule {
+    /// The caller's name in logs and records.
+    pub name: String,
+    /// Granted role.
+    pub role: Role,
+    /// The subject common name to match exactly.
+    #[serde(default)]
+    pub cn: Option<String>,
+    /// The subject alternative name to match exactly.
+    #[serde(default)]
+    pub san: Option<String>,
+}
+
+impl FromStr for CertRule {
+    type Err = String;
+    /// `NAME:ROLE:cn=VALUE` or `NAME:ROLE:san=VALUE` (the value may hold `:`, as URIs do).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.trim().splitn(3, ':');
+        let (Some(name), Some(role), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("expected NAME:ROLE:cn=VALUE or NAME:ROLE:san=VALUE".into());
+        };
+        let (cn, san) = match m.split_once('=') {
+            Some(("cn", v)) => (Some(v.to_owned()), None),
+            Some(("san", v)) => (None, Some(v.to_owned())),
+            _ => return Err(format!("{m:?}: expected cn=VALUE or san=VALUE")),
+        };
+        let rule = CertRule { name: name.to_owned(), role: role.parse()?, cn, san };
+        rule.validate()?;
+        Ok(rule)
+    }
+}
+
+impl CertRule {
+    fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("tls_client_roles: a rule's name is empty".into());
+        }
+        match (&self.cn, &self.san) {
+            (Some(v), None) | (None, Some(v)) if !v.is_empty() => Ok(()),
+            _ => Err(format!("tls_client_roles {:?}: set exactly one of cn and san, not empty", self.name)),
+        }
+    }
+}
+
+/// A trusted proxy (`trusted_proxies`): an address, or a network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl ProxyNet {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 peer counts as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for ProxyNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|e| format!("{s:?}: {e}: expected an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for ProxyNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
     }
 }
 
@@ -342,6 +460,28 @@ pub struct Config {
         global = true
     )]
     pub tokens: Vec<TokenSpec>,
+    /// PEM certificate chain of the gRPC port: with `tls_key`, the port speaks TLS only (h2 over
+    /// TLS 1.2/1.3). Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "STRATA_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "STRATA_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the CA(s) that sign client certificates: with it, every client must
+    /// present one (mutual TLS), and `tls_client_roles` map them to roles.
+    #[arg(long, env = "STRATA_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Role of clients by their certificate: `NAME:ROLE:cn=VALUE` or `NAME:ROLE:san=VALUE`; repeat
+    /// or separate with commas. The first matching rule decides.
+    // `[[tls_client_roles]]` tables in the file (`name`, `role`, and `cn` or `san`).
+    #[arg(long = "tls-client-role", env = "STRATA_TLS_CLIENT_ROLES", value_delimiter = ',', global = true)]
+    pub tls_client_roles: Vec<CertRule>,
+    /// Load balancers allowed to speak for their clients with the PROXY protocol version 2
+    /// (HAProxy `send-proxy-v2`): addresses or CIDR networks; repeat or separate with commas.
+    /// Connections from them must start with the header; a header from anyone else is refused.
+    /// With any set, loopback peers are no longer trusted without credentials.
+    #[arg(long = "trusted-proxy", env = "STRATA_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    pub trusted_proxies: Vec<ProxyNet>,
     /// Log format.
     #[arg(long, env = "STRATA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -695,6 +835,20 @@ impl Config {
         }
         for t in &self.tokens {
             t.validate().map_err(ConfigError::Invalid)?;
+        }
+        for r in &self.tls_client_roles {
+            r.validate().map_err(ConfigError::Invalid)?;
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("tls_cert and tls_key go together: set both or neither".into()));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::Invalid("tls_client_ca needs tls_cert and tls_key (mutual TLS)".into()));
+        }
+        if !self.tls_client_roles.is_empty() && self.tls_client_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_client_roles need tls_client_ca (clients present certificates only with mutual TLS)".into(),
+            ));
         }
         Ok(())
     }

@@ -52,8 +52,27 @@ impl Server {
         if ran > 0 {
             tracing::info!(migrations = ran, "applied migrations");
         }
-        if config.tokens.is_empty() {
-            tracing::warn!("no auth tokens configured: only loopback clients are served");
+        let tls = grpc::tls::Tls::from_config(&config).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+        let mutual = tls.as_ref().is_some_and(|t| t.mutual());
+        if config.tokens.is_empty() && !mutual {
+            // Without credentials every caller would be an operator: only this machine may call,
+            // and only when the port is on loopback (another address would invite the network in)
+            // and no proxy speaks for others (behind one on this machine, everyone is loopback).
+            let why = if !config.listen.ip().is_loopback() {
+                Some(format!("listen on {}", config.listen))
+            } else if !config.trusted_proxies.is_empty() {
+                Some("take PROXY headers (trusted_proxies)".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                anyhow::bail!(
+                    "refusing to {why} without credentials: set auth tokens (tokens / --auth-token / \
+                     STRATA_AUTH_TOKENS) or mutual TLS (tls_cert, tls_key and tls_client_ca), or listen on a \
+                     loopback address such as 127.0.0.1 without trusted_proxies"
+                );
+            }
+            tracing::warn!("no auth tokens or client certificates configured: only loopback clients are served");
         }
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -87,7 +106,7 @@ impl Server {
             tracing::info!(jobs, rules, "built-in jobs and alert rules created");
         }
         let (shutdown, hurry) = (CancellationToken::new(), CancellationToken::new());
-        let task = tokio::spawn(run(ctx, listener, admin_listener, shutdown.clone(), hurry.clone()));
+        let task = tokio::spawn(run(ctx, listener, tls, admin_listener, shutdown.clone(), hurry.clone()));
         match admin_addr {
             Some(admin) => tracing::info!(%addr, %admin, "strata listening"),
             None => tracing::info!(%addr, "strata listening (no admin listener)"),
@@ -138,6 +157,7 @@ const ADMIN_CLOSE: Duration = Duration::from_secs(1);
 async fn run(
     ctx: Context,
     listener: TcpListener,
+    tls: Option<std::sync::Arc<grpc::tls::Tls>>,
     admin_listener: Option<TcpListener>,
     shutdown: CancellationToken,
     hurry: CancellationToken,
@@ -190,7 +210,7 @@ async fn run(
             stop.cancel();
         })
     };
-    let served = grpc::serve(ctx.clone(), listener, &health, stop.clone()).await;
+    let served = grpc::serve(ctx.clone(), listener, tls, &health, stop.clone()).await;
     // The gRPC server also ends by itself on a transport error: the rest stops without delay.
     drain.abort();
     health.drain().await;

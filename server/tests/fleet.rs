@@ -298,3 +298,82 @@ async fn haproxy_own_errors_reach_clients_as_grpc_statuses() {
     let e = client.info().await.unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::Unavailable), "{e:?}");
 }
+
+/// Waits until `log()` holds `needle` (at most 10 s); the log, or a panic with it.
+async fn until_logged(log: impl Fn() -> String, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = log();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{needle:?} not logged; the log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Behind HAProxy with `send-proxy-v2`, an instance that trusts it sees each client's own address
+/// (here a client on 127.0.0.7, whose rejected call the instance logs with that address, not
+/// HAProxy's); the trusted proxy's connections without a header, and a header from a peer that is
+/// not trusted, are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_haproxy_the_proxy_protocol_gives_the_client_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (db, objects) = (
+        format!("sqlite://{}", dir.path().join("strata.db").display()),
+        format!("file://{}", dir.path().join("o").display()),
+    );
+    let token = format!("ops:operator:{}", strata_server::grpc::auth::hash_token("proxy-test-secret"));
+    let server = ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_strata-server"),
+        &[
+            ("STRATA_DATABASE_URL", db.as_str()),
+            ("STRATA_OBJECT_STORE_URL", objects.as_str()),
+            ("STRATA_AUTH_TOKENS", token.as_str()),
+            ("STRATA_TRUSTED_PROXIES", "127.0.0.1"),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let proxy =
+        Haproxy::start_proxy_protocol(&[Backend { grpc: server.addr(), admin: server.admin_addr() }]).await.unwrap();
+    // Through HAProxy (with a token) once the instance is up.
+    let client = strata_client::Client::connect(proxy.url()).await.unwrap().with_token("proxy-test-secret").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = client.info().await {
+        assert!(Instant::now() < deadline, "no answer through HAProxy: {e}; the log:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A client on 127.0.0.7 calls without a token: rejected, and logged with its own address.
+    let body = dir.path().join("getinfo.bin");
+    std::fs::write(&body, [0u8; 5]).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--interface", "127.0.0.7", "--http2-prior-knowledge"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("{}/strata.v1.AdminService/GetInfo", proxy.url()))
+        .status()
+        .unwrap();
+    assert!(out.success(), "curl through HAProxy: {out}");
+    let log = until_logged(|| server.log(), "peer=Some(127.0.0.7:").await;
+    let line = log.lines().find(|l| l.contains("peer=Some(127.0.0.7:")).unwrap();
+    assert!(line.contains("request rejected") && line.contains("via=Some(127.0.0.1:"), "{line}");
+
+    // Straight to the instance from the trusted proxy's address, without a header: refused.
+    let direct = strata_client::Client::connect(server.url()).await;
+    assert!(direct.is_err() || direct.unwrap().info().await.is_err(), "a trusted peer must send a PROXY header");
+    until_logged(|| server.log(), "PROXY header: missing").await;
+
+    // A PROXY header (LOCAL) from 127.0.0.9, which is not trusted: the connection is closed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.9:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(server.addr()).await.unwrap();
+    tcp.write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00").await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "the connection must be closed: {read:?}");
+    until_logged(|| server.log(), "not in trusted_proxies").await;
+    // The proxied client still works.
+    client.info().await.unwrap();
+}

@@ -103,22 +103,32 @@ backend strata
 impl Haproxy {
     /// Starts HAProxy in front of `backends` and waits (at most 10 s) until it accepts connections.
     pub async fn start(backends: &[Backend]) -> anyhow::Result<Self> {
-        Self::start_with(backends, true).await
+        Self::start_with(backends, true, false).await
+    }
+
+    /// [`Haproxy::start`] telling the instances each client's address with the PROXY protocol
+    /// (`send-proxy-v2`; the instances must list 127.0.0.1 in `trusted_proxies`).
+    pub async fn start_proxy_protocol(backends: &[Backend]) -> anyhow::Result<Self> {
+        Self::start_with(backends, true, true).await
     }
 
     /// [`Haproxy::start`] without a log line per call (benchmarks: at 100k calls/s the log, not
     /// the proxying, would be measured); servers going down and up are still logged.
     pub async fn start_quiet(backends: &[Backend]) -> anyhow::Result<Self> {
-        Self::start_with(backends, false).await
+        Self::start_with(backends, false, false).await
     }
 
-    async fn start_with(backends: &[Backend], log_calls: bool) -> anyhow::Result<Self> {
+    async fn start_with(backends: &[Backend], log_calls: bool, send_proxy: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         let cfg = dir.path().join("haproxy.cfg");
         let mut text = config(port, backends);
         if !log_calls {
             text = text.replace("    log global\n    option httplog\n", "");
+        }
+        if send_proxy {
+            // Health checks (to the admin port, `port …`) do not send the header.
+            text = text.replace(" proto h2 check ", " proto h2 send-proxy-v2 check ");
         }
         std::fs::write(&cfg, text)?;
         let log = std::fs::File::create(dir.path().join("haproxy.log"))?;

@@ -5,6 +5,7 @@
 pub mod haproxy;
 pub mod notify;
 pub mod pg;
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod s3;

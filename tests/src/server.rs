@@ -86,6 +86,12 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// The server URL for a server with TLS: `https://localhost:PORT` (the name the test
+    /// certificates of [`crate::pki::Pki::server`] carry).
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
     /// The admin listener's URL (`http://ADDR`); panics when it is off.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr.expect("the admin listener is on"))

@@ -30,7 +30,7 @@ pub enum ArchiveCommand {
         #[arg(long)]
         time_column: String,
         /// Key column (repeat for a composite key).
-        #[arg(long = "key", default_value = "id")]
+        #[arg(long = "key-column", default_value = "id")]
         keys: Vec<String>,
         /// Rows older than this are due, e.g. 90d or 1y.
         #[arg(long, value_parser = humantime::parse_duration)]

@@ -30,9 +30,19 @@ use crate::{Client, types::GrowthWindow};
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about)]
 pub struct Cli {
-    /// Server URL.
+    /// Server URL (`https://…` for a server with TLS).
     #[arg(long, env = "STRATA_URL", default_value = "http://127.0.0.1:50051", global = true)]
     url: String,
+    /// PEM certificate of the CA that signs the server's certificate (https:// URLs; default: the
+    /// public webpki roots).
+    #[arg(long, env = "STRATA_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a server that asks for one (mutual TLS); with --key.
+    #[arg(long, env = "STRATA_CERT", global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "STRATA_KEY", global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Bearer token (viewer or operator).
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -181,7 +191,8 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 /// Runs one CLI command, writing its output to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(cli.url.clone()).await?;
+    let tls = crate::TlsOptions::from_files(cli.ca.as_deref(), cli.cert.as_deref(), cli.key.as_deref())?;
+    let mut client = Client::connect_with(cli.url.clone(), &tls).await?;
     if let Some(t) = &cli.token {
         client = client.with_token(t)?;
     }

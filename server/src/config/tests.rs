@@ -282,3 +282,19 @@ fn zero_pool_is_rejected() {
     let err = Config::load(&args(&["--pool-max-size", "0"])).unwrap_err();
     assert!(err.to_string().contains("pool_max_size"));
 }
+
+#[test]
+fn trusted_proxy_networks() {
+    let net: ProxyNet = "10.1.0.0/16".parse().unwrap();
+    assert!(net.contains("10.1.2.3".parse().unwrap()));
+    assert!(!net.contains("10.2.0.1".parse().unwrap()));
+    assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()), "IPv4-mapped peers");
+    let one: ProxyNet = "127.0.0.1".parse().unwrap();
+    assert!(one.contains("127.0.0.1".parse().unwrap()) && !one.contains("127.0.0.2".parse().unwrap()));
+    let v6: ProxyNet = "fd00::/8".parse().unwrap();
+    assert!(v6.contains("fd12::1".parse().unwrap()) && !v6.contains("fe80::1".parse().unwrap()));
+    assert!("0.0.0.0/0".parse::<ProxyNet>().unwrap().contains("192.0.2.1".parse().unwrap()));
+    for bad in ["10.0.0.0/33", "host", "10.0.0.0/x", "::/129"] {
+        assert!(bad.parse::<ProxyNet>().is_err(), "{bad}");
+    }
+}

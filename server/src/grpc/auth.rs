@@ -1,23 +1,24 @@
-//! Bearer-token authentication and role checks for every RPC except health and reflection,
-//! as a tower layer in front of all services.
+//! Authentication (a bearer token, or the client certificate of mutual TLS; without either
+//! configured, the loopback peer) and role checks for every RPC except health and reflection, as a
+//! tower layer in front of all services.
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
 use sha2::{Digest, Sha256};
-use tonic::{Status, transport::server::TcpConnectInfo};
+use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::config::{Role, TokenSpec};
+use super::{accept::Peer, tls::CertNames};
+use crate::config::{CertRule, Role, TokenSpec};
 
 /// Who is calling, inserted into request extensions after a successful check.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// Token name (or `loopback`).
+    /// Token name, certificate rule name, or `loopback`.
     pub name: String,
     /// Granted role.
     pub role: Role,
@@ -80,10 +81,14 @@ fn required_role(path: &str) -> Option<Role> {
     }
 }
 
-/// Checks tokens against their configured hashes.
+/// Checks tokens against their configured hashes and client certificates against the rules.
 #[derive(Debug)]
 pub struct Authorizer {
     tokens: Vec<(String, Role, [u8; 32])>,
+    rules: Vec<CertRule>,
+    /// Loopback peers are operators without credentials: no tokens and no trusted proxies (behind a
+    /// proxy on the same machine every client would be a loopback peer).
+    trust_loopback: bool,
 }
 
 /// Hex SHA-256 of a token, as configured (`strata-server hash-token`).
@@ -92,9 +97,10 @@ pub fn hash_token(token: &str) -> String {
 }
 
 impl Authorizer {
-    /// From the configured token specs (already validated as 64 hex digits).
-    pub fn new(specs: &[TokenSpec]) -> Self {
-        let tokens = specs
+    /// From the configured token specs (already validated as 64 hex digits), certificate rules
+    /// and whether trusted proxies are configured.
+    pub fn new(specs: &[TokenSpec], rules: &[CertRule], behind_proxies: bool) -> Self {
+        let tokens: Vec<_> = specs
             .iter()
             .filter_map(|s| {
                 let mut h = [0u8; 32];
@@ -102,43 +108,66 @@ impl Authorizer {
                 Some((s.name.clone(), s.role, h))
             })
             .collect();
-        Self { tokens }
+        Self { trust_loopback: tokens.is_empty() && !behind_proxies, tokens, rules: rules.to_vec() }
     }
 
-    /// Decides whether a call to `path` from `peer` with `authorization` may proceed.
-    fn check(
-        &self,
-        path: &str,
-        peer: Option<SocketAddr>,
-        authorization: Option<&[u8]>,
-    ) -> Result<Option<Caller>, Status> {
+    /// The rule a certificate's names match first.
+    fn rule_for(&self, cert: &CertNames) -> Option<&CertRule> {
+        self.rules.iter().find(|r| match (&r.cn, &r.san) {
+            (Some(cn), _) => cert.cn.as_ref() == Some(cn),
+            (None, Some(san)) => cert.sans.contains(san),
+            (None, None) => false,
+        })
+    }
+
+    /// Decides whether a call to `path` from `peer` with `authorization` may proceed: a bearer
+    /// token when one is sent and tokens are configured, else the client certificate's rule, else
+    /// (no tokens and no certificate) the loopback peer.
+    fn check(&self, path: &str, peer: Option<&Peer>, authorization: Option<&[u8]>) -> Result<Option<Caller>, Status> {
         let Some(needed) = required_role(path) else {
             return Ok(None);
         };
-        if self.tokens.is_empty() {
-            // No tokens configured: trust only this machine (the server logged a warning at start).
-            return match peer {
-                Some(p) if p.ip().is_loopback() => Ok(Some(Caller { name: "loopback".into(), role: Role::Operator })),
+        let allow = |name: &str, role: Role, what: &str| {
+            if role < needed {
+                return Err(Status::permission_denied(format!(
+                    "{what} {name:?} has role {role:?}; {path} needs {needed:?}"
+                )));
+            }
+            Ok(Some(Caller { name: name.to_owned(), role }))
+        };
+        if let (Some(header), false) = (authorization, self.tokens.is_empty()) {
+            let token = std::str::from_utf8(header)
+                .ok()
+                .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+                .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
+            let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+            let Some((name, role, _)) = self.tokens.iter().find(|(_, _, h)| *h == digest) else {
+                return Err(Status::unauthenticated("invalid token"));
+            };
+            return allow(name, *role, "token");
+        }
+        if let Some(cert) = peer.and_then(|p| p.cert.as_deref()) {
+            return match self.rule_for(cert) {
+                Some(rule) => allow(&rule.name, rule.role, "client certificate"),
+                None => Err(Status::unauthenticated(format!(
+                    "the client certificate (CN {:?}, SAN {:?}) matches no tls_client_roles rule, and no bearer token was sent",
+                    cert.cn.as_deref().unwrap_or(""),
+                    cert.sans
+                ))),
+            };
+        }
+        if self.trust_loopback {
+            // No credentials configured: trust only this machine (the server refuses to listen
+            // elsewhere then, and logged a warning at start).
+            return match peer.and_then(|p| p.addr) {
+                Some(p) if p.ip().is_loopback() => allow("loopback", Role::Operator, "caller"),
                 _ => Err(Status::permission_denied("no auth tokens are configured: only loopback clients are served")),
             };
         }
-        let Some(header) = authorization else {
-            return Err(Status::unauthenticated("missing bearer token (authorization: Bearer <token>)"));
-        };
-        let token = std::str::from_utf8(header)
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let Some((name, role, _)) = self.tokens.iter().find(|(_, _, h)| *h == digest) else {
-            return Err(Status::unauthenticated("invalid token"));
-        };
-        if *role < needed {
-            return Err(Status::permission_denied(format!(
-                "token {name:?} has role {role:?}; {path} needs {needed:?}"
-            )));
+        if self.tokens.is_empty() {
+            return Err(Status::unauthenticated("a client certificate is needed: no auth tokens are configured"));
         }
-        Ok(Some(Caller { name: name.clone(), role: *role }))
+        Err(Status::unauthenticated("missing bearer token (authorization: Bearer <token>)"))
     }
 }
 
@@ -186,12 +215,12 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr());
+        let peer = req.extensions().get::<Peer>().cloned();
         let authz = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        match self.auth.check(req.uri().path(), peer, authz) {
+        match self.auth.check(req.uri().path(), peer.as_ref(), authz) {
             Ok(caller) => {
                 if let Some(c) = caller {
-                    tracing::debug!(caller = %c.name, role = ?c.role, path = req.uri().path(), "authorized");
+                    tracing::debug!(caller = %c.name, role = ?c.role, path = req.uri().path(), peer = ?peer.as_ref().and_then(|p| p.addr), "authorized");
                     req.extensions_mut().insert(c);
                 }
                 // The clone is ready-checked lazily by tonic's router; swap so `self` keeps a fresh one.
@@ -200,7 +229,8 @@ where
                 Box::pin(inner.call(req))
             }
             Err(status) => {
-                tracing::info!(path = req.uri().path(), peer = ?peer, code = ?status.code(), "request rejected");
+                let (peer, via) = peer.map_or((None, None), |p| (p.addr, p.via));
+                tracing::info!(path = req.uri().path(), peer = ?peer, via = ?via, code = ?status.code(), "request rejected");
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
@@ -215,14 +245,23 @@ mod tests {
         TokenSpec { name: name.into(), role, sha256: hash_token(token) }
     }
 
+    fn peer(addr: &str, cert: Option<CertNames>) -> Peer {
+        Peer { addr: Some(addr.parse().unwrap()), via: None, cert: cert.map(Arc::new) }
+    }
+
     #[test]
     fn matrix_of_roles() {
-        let a = Authorizer::new(&[spec("v", Role::Viewer, "view-secret"), spec("o", Role::Operator, "op-secret")]);
-        let remote: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let a = Authorizer::new(
+            &[spec("v", Role::Viewer, "view-secret"), spec("o", Role::Operator, "op-secret")],
+            &[],
+            false,
+        );
+        let remote = peer("10.0.0.1:5000", None);
         let read = "/strata.v1.StorageService/GetStorageMetrics";
         let write = "/strata.v1.StorageService/RecordSnapshot";
-        let code =
-            |path, h: Option<&str>| a.check(path, Some(remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code());
+        let code = |path, h: Option<&str>| {
+            a.check(path, Some(&remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code())
+        };
         assert_eq!(code(read, None), Err(tonic::Code::Unauthenticated));
         assert_eq!(code(read, Some("Bearer nope")), Err(tonic::Code::Unauthenticated));
         assert_eq!(code(read, Some("Basic abc")), Err(tonic::Code::Unauthenticated));
@@ -234,16 +273,69 @@ mod tests {
             Err(tonic::Code::PermissionDenied)
         );
         assert_eq!(code("/grpc.health.v1.Health/Check", None), Ok(()));
+        // With tokens configured, a loopback peer needs one too.
+        let local = peer("127.0.0.1:1", None);
+        assert_eq!(a.check(read, Some(&local), None).unwrap_err().code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
     fn loopback_only_without_tokens() {
-        let a = Authorizer::new(&[]);
+        let a = Authorizer::new(&[], &[], false);
         let path = "/strata.v1.AdminService/GetInfo";
-        assert!(a.check(path, Some("127.0.0.1:1".parse().unwrap()), None).is_ok());
-        assert!(a.check(path, Some("[::1]:1".parse().unwrap()), None).is_ok());
-        let err = a.check(path, Some("192.0.2.7:1".parse().unwrap()), None).unwrap_err();
+        // Behind a trusted proxy, a loopback peer may be anyone.
+        let proxied = Authorizer::new(&[], &[], true);
+        assert_eq!(
+            proxied.check(path, Some(&peer("127.0.0.1:1", None)), None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(a.check(path, Some(&peer("127.0.0.1:1", None)), None).is_ok());
+        assert!(a.check(path, Some(&peer("[::1]:1", None)), None).is_ok());
+        let err = a.check(path, Some(&peer("192.0.2.7:1", None)), None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert_eq!(a.check(path, None, None).unwrap_err().code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn client_certificates_get_the_role_of_the_first_matching_rule() {
+        let rule = |s: &str| s.parse::<CertRule>().unwrap();
+        let a = Authorizer::new(
+            &[spec("o", Role::Operator, "op-secret")],
+            &[
+                rule("ops:operator:cn=ops.internal"),
+                rule("billing:viewer:san=spiffe://corp/billing"),
+                rule("any-ops:viewer:cn=ops.internal"),
+            ],
+            false,
+        );
+        let cert = |cn: &str, sans: &[&str]| {
+            Some(CertNames { cn: Some(cn.into()), sans: sans.iter().map(|s| s.to_string()).collect() })
+        };
+        let read = "/strata.v1.StorageService/GetStorageMetrics";
+        let write = "/strata.v1.StorageService/RecordSnapshot";
+        let who = |p: &Peer, path: &str, h: Option<&str>| {
+            a.check(path, Some(p), h.map(str::as_bytes)).map(|c| c.map(|c| (c.name, c.role))).map_err(|s| s.code())
+        };
+        let ops = peer("192.0.2.1:1", cert("ops.internal", &[]));
+        assert_eq!(who(&ops, write, None), Ok(Some(("ops".into(), Role::Operator))));
+        let billing = peer("192.0.2.2:1", cert("x", &["billing.corp", "spiffe://corp/billing"]));
+        assert_eq!(who(&billing, read, None), Ok(Some(("billing".into(), Role::Viewer))));
+        assert_eq!(who(&billing, write, None), Err(tonic::Code::PermissionDenied));
+        // A token sent along decides instead.
+        assert_eq!(who(&billing, write, Some("Bearer op-secret")), Ok(Some(("o".into(), Role::Operator))));
+        // A verified certificate no rule names gets nothing, even from loopback.
+        let stranger = peer("127.0.0.1:1", cert("someone", &["spiffe://corp/billing/x"]));
+        assert_eq!(who(&stranger, read, None), Err(tonic::Code::Unauthenticated));
+    }
+
+    #[test]
+    fn certificate_rules_parse() {
+        let r: CertRule = "billing:viewer:san=spiffe://corp/billing".parse().unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.role, r.san.as_deref()),
+            ("billing", Role::Viewer, Some("spiffe://corp/billing"))
+        );
+        for bad in ["x:viewer", "x:viewer:cn=", "x:admin:cn=a", ":viewer:cn=a", "x:viewer:o=a"] {
+            assert!(bad.parse::<CertRule>().is_err(), "{bad}");
+        }
     }
 }

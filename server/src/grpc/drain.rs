@@ -12,13 +12,9 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures::{Stream, StreamExt};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::Connected;
 
 /// A socket that fails every read and write once its token is cancelled.
 pub(super) struct Closable<T> {
@@ -27,7 +23,7 @@ pub(super) struct Closable<T> {
 }
 
 impl<T> Closable<T> {
-    fn new(inner: T, close: CancellationToken) -> Self {
+    pub(super) fn new(inner: T, close: CancellationToken) -> Self {
         Self { inner, closed: Box::pin(close.cancelled_owned()) }
     }
 
@@ -85,15 +81,4 @@ impl<T: Connected> Connected for Closable<T> {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
-}
-
-/// The accepted sockets of `listener` (Nagle off), each closed when `close` fires.
-pub(super) fn incoming(
-    listener: TcpListener,
-    close: CancellationToken,
-) -> impl Stream<Item = io::Result<Closable<TcpStream>>> + Send + 'static {
-    // Nagle's algorithm must be off on accepted sockets: with it, small responses wait for the
-    // client's delayed ACK (~40 ms per call). The builder's tcp_nodelay only covers sockets tonic
-    // binds itself.
-    TcpIncoming::from(listener).with_nodelay(Some(true)).map(move |s| s.map(|s| Closable::new(s, close.clone())))
 }

@@ -1,6 +1,7 @@
 //! The edge: one file per gRPC service (decode → service → encode), auth, health and reflection,
 //! and the HTTP admin listener (`/livez`, `/readyz`) that mirrors the gRPC health.
 
+mod accept;
 mod admin;
 pub mod admin_http;
 mod alerts;
@@ -14,9 +15,11 @@ pub mod health;
 mod maintenance;
 mod operations;
 mod partitions;
+mod proxy;
 mod scheduler;
 mod status;
 mod storage;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -77,6 +80,7 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 pub async fn serve(
     ctx: Context,
     listener: TcpListener,
+    tls: Option<std::sync::Arc<tls::Tls>>,
     health: &health::Health,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -107,7 +111,15 @@ pub async fn serve(
             }
         });
     }
-    let auth = auth::AuthLayer::new(auth::Authorizer::new(&ctx.config.tokens));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(close.clone()));
+    }
+    let incoming = accept::incoming(listener, tls, ctx.config.trusted_proxies.clone().into(), close.clone());
+    let auth = auth::AuthLayer::new(auth::Authorizer::new(
+        &ctx.config.tokens,
+        &ctx.config.tls_client_roles,
+        !ctx.config.trusted_proxies.is_empty(),
+    ));
     let instance = instance_header::<tonic::body::Body>(&ctx.instance_id);
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -130,7 +142,7 @@ pub async fn serve(
         .add_service(OperationServiceServer::new(operations::OperationApi { ctx: ctx.clone() }))
         .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx: ctx.clone() }))
         .add_service(AlertServiceServer::new(alerts::AlertApi { ctx }))
-        .serve_with_incoming_shutdown(drain::incoming(listener, close.clone()), shutdown.cancelled())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;
     close.cancel();
     shutdown.cancel();

