@@ -38,6 +38,8 @@
 //! | `tls_client_ca`            | `STRATA_TLS_CLIENT_CA`         | none: no client certificates         |
 //! | `tls_client_roles` / `--tls-client-role` | `STRATA_TLS_CLIENT_ROLES` (comma) | none               |
 //! | `trusted_proxies` / `--trusted-proxy` | `STRATA_TRUSTED_PROXIES` (comma) | none: no PROXY headers |
+//! | `*_file` (database_url, replica_urls, object_store_url, alert_webhook_secret, alert_smtp_url, tokens) | `STRATA_*_FILE` | none |
+//! | `reflection`               | `STRATA_REFLECTION`            | `public` (`viewer`, `off`)           |
 //! | `log_format`               | `STRATA_LOG_FORMAT`            | `text` (`json` for log shippers)     |
 //! | `s3_part_size`             | `STRATA_S3_PART_SIZE`          | 8 MiB (≥ 5 MiB)                      |
 //! | `s3_concurrency`           | `STRATA_S3_CONCURRENCY`        | 4 parts in flight per upload         |
@@ -255,6 +257,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Who may use server reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Reflection {
+    /// Anyone who can connect.
+    #[default]
+    Public,
+    /// Callers with the viewer role or above.
+    Viewer,
+    /// Not served.
+    Off,
 }
 
 /// An address to listen on, or none: `off` (or an empty value) turns the listener off.
@@ -485,6 +500,31 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "STRATA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// A file holding `database_url` (instead of the setting, whose value would show in the
+    /// process list or environment); it takes precedence over `database_url`.
+    #[arg(long, env = "STRATA_DATABASE_URL_FILE", global = true)]
+    pub database_url_file: Option<PathBuf>,
+    /// A file holding the replica URLs, one per line (`#` comments and empty lines skipped); they
+    /// replace `replica_urls`.
+    #[arg(long, env = "STRATA_REPLICA_URLS_FILE", global = true)]
+    pub replica_urls_file: Option<PathBuf>,
+    /// A file holding `object_store_url` (S3 keys in its userinfo); it takes precedence.
+    #[arg(long, env = "STRATA_OBJECT_STORE_URL_FILE", global = true)]
+    pub object_store_url_file: Option<PathBuf>,
+    /// A file holding `alert_webhook_secret`; it takes precedence.
+    #[arg(long, env = "STRATA_ALERT_WEBHOOK_SECRET_FILE", global = true)]
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// A file holding `alert_smtp_url` (its password in the userinfo); it takes precedence.
+    #[arg(long, env = "STRATA_ALERT_SMTP_URL_FILE", global = true)]
+    pub alert_smtp_url_file: Option<PathBuf>,
+    /// A file of more tokens, `NAME:ROLE:SHA256HEX` one per line (`#` comments and empty lines
+    /// skipped), added to `tokens`.
+    #[arg(long, env = "STRATA_AUTH_TOKENS_FILE", global = true)]
+    pub tokens_file: Option<PathBuf>,
+    /// Server reflection (what grpcurl and other tools use to learn the API): `public` (no token),
+    /// `viewer` (needs a viewer or operator token, or certificate), or `off`.
+    #[arg(long, env = "STRATA_REFLECTION", value_enum, default_value_t = Reflection::Public, global = true)]
+    pub reflection: Reflection,
     /// S3 multipart part size in bytes (at least 5 MiB); larger parts for files above 10 000 parts.
     // 8 MiB parts: big enough for throughput, small enough that a dropped stream loses little
     // (an incomplete part is sent again) and memory stays at (4 + 1) × 8 MiB per upload.
@@ -777,8 +817,56 @@ impl Config {
         };
         // Only what was given: clap's own defaults would otherwise undo the file.
         config.update_from_arg_matches(&args.given).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The `*_file` settings' contents into the settings they hold.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let read =
+            |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.clone(), source });
+        // One value: the file without its trailing newline (editors and `echo` add one).
+        let one = |p: &PathBuf| -> Result<String, ConfigError> {
+            let text = read(p)?;
+            let value = text.trim_end_matches(['\n', '\r']).to_owned();
+            if value.is_empty() {
+                return Err(ConfigError::Invalid(format!("{} is empty", p.display())));
+            }
+            Ok(value)
+        };
+        let lines = |p: &PathBuf| -> Result<Vec<String>, ConfigError> {
+            Ok(read(p)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect())
+        };
+        if let Some(p) = &self.database_url_file {
+            self.database_url = one(p)?;
+        }
+        if let Some(p) = &self.replica_urls_file {
+            self.replica_urls = lines(p)?;
+        }
+        if let Some(p) = &self.object_store_url_file {
+            self.object_store_url = one(p)?;
+        }
+        if let Some(p) = &self.alert_webhook_secret_file {
+            self.alert_webhook_secret = Some(one(p)?);
+        }
+        if let Some(p) = &self.alert_smtp_url_file {
+            self.alert_smtp_url = Some(one(p)?);
+        }
+        if let Some(p) = &self.tokens_file {
+            for (n, line) in lines(p)?.iter().enumerate() {
+                // The line's number only: the line holds a hash, still not for logs.
+                let token =
+                    line.parse().map_err(|e| ConfigError::Invalid(format!("{} line {}: {e}", p.display(), n + 1)))?;
+                self.tokens.push(token);
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -31,6 +31,13 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server on a free loopback port with bucket `bucket`.
     pub fn start(bucket: &str) -> anyhow::Result<Self> {
+        Self::start_with_keys(bucket, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// [`S3Server::start`] accepting the credentials `access_key` / `secret_key` instead (write
+    /// them percent-encoded into the URL: [`S3Server::url`] is for the default ones only).
+    pub fn start_with_keys(bucket: &str, access_key: &str, secret_key: &str) -> anyhow::Result<Self> {
+        let (access_key, secret_key) = (access_key.to_owned(), secret_key.to_owned());
         let dir = tempfile::Builder::new().prefix("strata-s3-").tempdir()?;
         let root = dir.path().to_path_buf();
         std::fs::create_dir(root.join(bucket))?;
@@ -44,7 +51,7 @@ impl S3Server {
                 let fs = s3s_fs::FileSystem::new(fs_root).expect("s3s-fs root");
                 let service = {
                     let mut b = S3ServiceBuilder::new(fs);
-                    b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                    b.set_auth(SimpleAuth::from_single(access_key, secret_key));
                     b.build()
                 };
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -65,6 +72,11 @@ impl S3Server {
         })?;
         let addr = addr_rx.recv()?;
         Ok(Self { addr, bucket: bucket.to_owned(), root, _dir: dir, stop: Some(stop_tx), thread: Some(thread) })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The `s3://` URL strata uses for this server.

@@ -298,3 +298,51 @@ fn trusted_proxy_networks() {
         assert!(bad.parse::<ProxyNet>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn secrets_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let db = file("db", "postgres://strata:p+a@s:s%2Fw%25rd@db:5432/app\n");
+    let replicas = file("replicas", "# replicas\npostgres://r:1@r1/app\n\n  postgres://r:2@r2/app  \n");
+    let objects = file("objects", "s3://KEY:SE%2BCRET@bucket/prefix\n");
+    let secret = file("secret", "webhook-secret\n");
+    let smtp = file("smtp", "smtps://u:p@mail:465");
+    let tokens = file("tokens", &format!("# ops\nops:operator:{HASH}\nci:viewer:{HASH}\n"));
+    let c = Config::load(&args(&[
+        "--database-url-file",
+        &db,
+        "--replica-urls-file",
+        &replicas,
+        "--object-store-url-file",
+        &objects,
+        "--alert-webhook-secret-file",
+        &secret,
+        "--alert-smtp-url-file",
+        &smtp,
+        "--tokens-file",
+        &tokens,
+        "--auth-token",
+        &format!("cli:viewer:{HASH}"),
+    ]))
+    .unwrap();
+    // As written, trailing newline removed: the URL's percent-encoding is decoded where it is used.
+    assert_eq!(c.database_url, "postgres://strata:p+a@s:s%2Fw%25rd@db:5432/app");
+    assert_eq!(c.replica_urls, ["postgres://r:1@r1/app", "postgres://r:2@r2/app"]);
+    assert_eq!(c.object_store_url, "s3://KEY:SE%2BCRET@bucket/prefix");
+    assert_eq!(c.alert_webhook_secret.as_deref(), Some("webhook-secret"));
+    assert_eq!(c.alert_smtp_url.as_deref(), Some("smtps://u:p@mail:465"));
+    assert_eq!(c.tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["cli", "ops", "ci"]);
+
+    let bad = file("bad-tokens", &format!("ops:operator:{HASH}\nnot a token\n"));
+    let err = Config::load(&args(&["--tokens-file", &bad])).unwrap_err().to_string();
+    assert!(err.contains("line 2"), "{err}");
+    let empty = file("empty", "\n");
+    assert!(Config::load(&args(&["--database-url-file", &empty])).unwrap_err().to_string().contains("empty"));
+    let missing = dir.path().join("missing").display().to_string();
+    assert!(Config::load(&args(&["--database-url-file", &missing])).is_err());
+}

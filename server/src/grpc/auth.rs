@@ -30,13 +30,11 @@ pub(crate) fn caller_name<T>(req: &tonic::Request<T>) -> String {
     req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "unknown".into())
 }
 
-/// The role each RPC needs. Paths not listed under `/strata.` need `operator` (deny by default).
-fn required_role(path: &str) -> Option<Role> {
-    const PUBLIC_PREFIXES: &[&str] = &[
-        "/grpc.health.v1.Health/",
-        "/grpc.reflection.v1.ServerReflection/",
-        "/grpc.reflection.v1alpha.ServerReflection/",
-    ];
+/// The role each RPC needs (reflection: none when `reflection_public`, else viewer). Paths not
+/// listed under `/strata.` need `operator` (deny by default).
+fn required_role(path: &str, reflection_public: bool) -> Option<Role> {
+    const REFLECTION_PREFIXES: &[&str] =
+        &["/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
     const VIEWER: &[&str] = &[
         "/strata.v1.AdminService/GetInfo",
         "/strata.v1.AdminService/TestConnection",
@@ -72,8 +70,10 @@ fn required_role(path: &str) -> Option<Role> {
         "/strata.v1.AlertService/WatchAlerts",
         "/strata.v1.AlertService/GetHealthReport",
     ];
-    if PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p)) {
+    if path.starts_with("/grpc.health.v1.Health/") {
         None
+    } else if REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        (!reflection_public).then_some(Role::Viewer)
     } else if VIEWER.contains(&path) {
         Some(Role::Viewer)
     } else {
@@ -89,6 +89,8 @@ pub struct Authorizer {
     /// Loopback peers are operators without credentials: no tokens and no trusted proxies (behind a
     /// proxy on the same machine every client would be a loopback peer).
     trust_loopback: bool,
+    /// Reflection needs no credentials (`reflection = "public"`).
+    reflection_public: bool,
 }
 
 /// Hex SHA-256 of a token, as configured (`strata-server hash-token`).
@@ -108,7 +110,18 @@ impl Authorizer {
                 Some((s.name.clone(), s.role, h))
             })
             .collect();
-        Self { trust_loopback: tokens.is_empty() && !behind_proxies, tokens, rules: rules.to_vec() }
+        Self {
+            trust_loopback: tokens.is_empty() && !behind_proxies,
+            tokens,
+            rules: rules.to_vec(),
+            reflection_public: true,
+        }
+    }
+
+    /// Reflection served to anyone (the default), or to viewers and above only.
+    pub fn reflection_public(mut self, public: bool) -> Self {
+        self.reflection_public = public;
+        self
     }
 
     /// The rule a certificate's names match first.
@@ -124,7 +137,7 @@ impl Authorizer {
     /// token when one is sent and tokens are configured, else the client certificate's rule, else
     /// (no tokens and no certificate) the loopback peer.
     fn check(&self, path: &str, peer: Option<&Peer>, authorization: Option<&[u8]>) -> Result<Option<Caller>, Status> {
-        let Some(needed) = required_role(path) else {
+        let Some(needed) = required_role(path, self.reflection_public) else {
             return Ok(None);
         };
         let allow = |name: &str, role: Role, what: &str| {
@@ -273,6 +286,14 @@ mod tests {
             Err(tonic::Code::PermissionDenied)
         );
         assert_eq!(code("/grpc.health.v1.Health/Check", None), Ok(()));
+        let reflect = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert_eq!(code(reflect, None), Ok(()));
+        let guarded = Authorizer::new(&[spec("v", Role::Viewer, "view-secret")], &[], false).reflection_public(false);
+        let code = |h: Option<&str>| {
+            guarded.check(reflect, Some(&remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code())
+        };
+        assert_eq!(code(None), Err(tonic::Code::Unauthenticated));
+        assert_eq!(code(Some("Bearer view-secret")), Ok(()));
         // With tokens configured, a loopback peer needs one too.
         let local = peer("127.0.0.1:1", None);
         assert_eq!(a.check(read, Some(&local), None).unwrap_err().code(), tonic::Code::Unauthenticated);

@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::util::MapResponseLayer;
 
-use crate::service::Context;
+use crate::{config::Reflection, service::Context};
 
 /// Fully-qualified names of strata's services, as the health service knows them.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -114,12 +114,12 @@ pub async fn serve(
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(close.clone()));
     }
+    let reflect = ctx.config.reflection != Reflection::Off;
     let incoming = accept::incoming(listener, tls, ctx.config.trusted_proxies.clone().into(), close.clone());
-    let auth = auth::AuthLayer::new(auth::Authorizer::new(
-        &ctx.config.tokens,
-        &ctx.config.tls_client_roles,
-        !ctx.config.trusted_proxies.is_empty(),
-    ));
+    let auth = auth::AuthLayer::new(
+        auth::Authorizer::new(&ctx.config.tokens, &ctx.config.tls_client_roles, !ctx.config.trusted_proxies.is_empty())
+            .reflection_public(ctx.config.reflection == Reflection::Public),
+    );
     let instance = instance_header::<tonic::body::Body>(&ctx.instance_id);
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -130,8 +130,8 @@ pub async fn serve(
         .layer(instance)
         .layer(auth)
         .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflect.then_some(reflection_v1))
+        .add_optional_service(reflect.then_some(reflection_v1alpha))
         .add_service(AdminServiceServer::new(admin::AdminApi { ctx: ctx.clone() }))
         .add_service(StorageServiceServer::new(storage::StorageApi { ctx: ctx.clone() }))
         .add_service(FileServiceServer::new(files::FileApi { ctx: ctx.clone() }))

@@ -72,3 +72,49 @@ async fn reflection_v1_lists_every_service() {
     }
     server.stop().await.unwrap();
 }
+
+/// `reflection = "viewer"`: grpcurl needs a token to list the API; `off`: no reflection at all
+/// (calls still work).
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_can_require_a_viewer_or_be_off() {
+    use strata_server::config::Reflection;
+    use strata_tests::server::{VIEWER_TOKEN, test_config, test_tokens};
+    let dir = tempfile::tempdir().unwrap();
+    let config = |reflection| {
+        let mut c =
+            test_config(format!("sqlite://{}", dir.path().join("s.db").display()), vec![], &dir.path().join("o"));
+        c.reflection = reflection;
+        c.tokens = test_tokens();
+        c
+    };
+    let guarded = TestServer::start(config(Reflection::Viewer)).await.unwrap();
+    let addr = guarded.addr.to_string();
+    let bearer = format!("authorization: Bearer {VIEWER_TOKEN}");
+    let got = tokio::task::spawn_blocking(move || {
+        let without = crate::support::grpcurl_result(&["-plaintext", &addr, "list"])?;
+        let with = crate::support::grpcurl_result(&["-plaintext", "-H", &bearer, &addr, "list"])?;
+        Some((without, with))
+    })
+    .await
+    .unwrap();
+    if let Some((without, with)) = got {
+        let e = without.expect_err("reflection without a token");
+        assert!(e.contains("Unauthenticated") || e.contains("missing bearer token"), "{e}");
+        assert!(with.unwrap().contains("strata.v1.AdminService"));
+    }
+    guarded.stop().await.unwrap();
+
+    let off = TestServer::start(config(Reflection::Off)).await.unwrap();
+    let addr = off.addr.to_string();
+    let bearer = format!("authorization: Bearer {VIEWER_TOKEN}");
+    let listed = tokio::task::spawn_blocking(move || {
+        crate::support::grpcurl_result(&["-plaintext", "-H", &bearer, &addr, "list"])
+    })
+    .await
+    .unwrap();
+    if let Some(listed) = listed {
+        listed.expect_err("no reflection");
+    }
+    off.client_with(VIEWER_TOKEN).await.info().await.unwrap();
+    off.stop().await.unwrap();
+}
