@@ -139,6 +139,8 @@ pub struct Node {
 pub struct PgCluster {
     root: tempfile::TempDir,
     bindir: PathBuf,
+    /// [`PgCluster::start_secure`]: the `postgres` role's password (TCP takes TLS and SCRAM only).
+    password: Option<String>,
     /// The primary.
     pub primary: Node,
     /// The replica.
@@ -154,6 +156,19 @@ impl PgCluster {
 
     /// Starts a new primary and a streaming replica of it.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`PgCluster::start`] as production runs it: `ssl = on` with `cert` (and its key), and
+    /// `pg_hba.conf` taking TCP connections only with TLS and SCRAM (`hostssl … scram-sha-256`),
+    /// replication included, the `postgres` role's password `password`. The harness's own
+    /// connections ([`PgCluster::primary_url`], …) go through the Unix socket (`local … trust`);
+    /// [`PgCluster::tls_url`] is what a client over TCP uses.
+    pub fn start_secure(cert: &crate::pki::Issued, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((cert, password)))
+    }
+
+    fn start_with(secure: Option<(&crate::pki::Issued, &str)>) -> anyhow::Result<Self> {
         register_exit_hook();
         let bindir = bindir();
         let root = tempfile::Builder::new().prefix("strata-pg-").tempdir()?;
@@ -182,10 +197,37 @@ impl PgCluster {
             root.path().display()
         );
         append(&primary.data.join("postgresql.conf"), &conf)?;
+        if let Some((cert, _)) = secure {
+            // The key must be the server's own and private (PostgreSQL refuses a readable one).
+            for (from, to) in [(&cert.cert, "server.crt"), (&cert.key, "server.key")] {
+                std::fs::copy(from, primary.data.join(to))?;
+            }
+            if is_root() {
+                run({
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres")
+                        .arg(primary.data.join("server.crt"))
+                        .arg(primary.data.join("server.key"));
+                    c
+                })?;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(primary.data.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+            append(
+                &primary.data.join("postgresql.conf"),
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n",
+            )?;
+            std::fs::write(
+                primary.data.join("pg_hba.conf"),
+                "local all all trust\nlocal replication all trust\n\
+                 hostssl all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n",
+            )?;
+        }
         let cluster_root = root.path().to_path_buf();
         let cluster = PgCluster {
             root,
             bindir,
+            password: secure.map(|(_, p)| p.to_owned()),
             replica: Node {
                 data: cluster_root.join("replica"),
                 port: free_port(),
@@ -195,10 +237,26 @@ impl PgCluster {
         };
         cluster.start_node(true)?;
         let mut bb = pg_command(&cluster.bindir, "pg_basebackup");
-        bb.args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream", "-C", "-S", "strata_test_replica", "-p"])
-            .arg(cluster.primary.port.to_string())
-            .arg("-D")
-            .arg(&cluster.replica.data);
+        match secure {
+            None => {
+                bb.args(["-h", "127.0.0.1", "-U", "postgres", "-p"]).arg(cluster.primary.port.to_string());
+            }
+            Some((_, password)) => {
+                let mut psql = pg_command(&cluster.bindir, "psql");
+                psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+                    .arg(cluster_root.as_os_str())
+                    .args(["-p", &cluster.primary.port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
+                    .arg(format!("ALTER ROLE postgres PASSWORD '{}'", password.replace('\'', "''")));
+                run(psql)?;
+                // Over TCP, so TLS and SCRAM; -R keeps the connection string for the replica.
+                let escaped = password.replace('\\', "\\\\").replace('\'', "\\'");
+                bb.arg("-d").arg(format!(
+                    "host=127.0.0.1 port={} user=postgres sslmode=require password='{escaped}'",
+                    cluster.primary.port
+                ));
+            }
+        }
+        bb.args(["-R", "-X", "stream", "-C", "-S", "strata_test_replica", "-D"]).arg(&cluster.replica.data);
         run(bb)?;
         append(&cluster.replica.data.join("postgresql.auto.conf"), &format!("port = {}\n", cluster.replica.port))?;
         cluster.start_node(false)?;
@@ -246,9 +304,24 @@ impl PgCluster {
         self.start_node(false)
     }
 
-    /// URL of database `db` on the primary.
+    /// URL of database `db` on the primary (through the Unix socket on a secure cluster).
     pub fn primary_url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.primary.port)
+        self.harness_url(&self.primary, db)
+    }
+
+    fn harness_url(&self, node: &Node, db: &str) -> String {
+        match &self.password {
+            None => format!("postgres://postgres@127.0.0.1:{}/{db}", node.port),
+            Some(_) => format!("postgres:///{db}?user=postgres&host={}&port={}", self.root.path().display(), node.port),
+        }
+    }
+
+    /// A secure cluster's URL of `db` over TCP with TLS and the password (percent-encoded),
+    /// `sslmode` and `params` appended: what strata gets.
+    pub fn tls_url(&self, primary: bool, db: &str, params: &str) -> String {
+        let password = self.password.as_deref().expect("a cluster from start_secure");
+        let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+        format!("postgres://postgres:{encoded}@localhost:{}/{db}?{params}", self.node(primary).port)
     }
 
     /// URL naming both nodes, for the one accepting writes (libpq's multi-host form): after
@@ -267,9 +340,9 @@ impl PgCluster {
         run(c).map(|_| ())
     }
 
-    /// URL of database `db` on the replica.
+    /// URL of database `db` on the replica (through the Unix socket on a secure cluster).
     pub fn replica_url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.replica.port)
+        self.harness_url(&self.replica, db)
     }
 
     /// Creates a fresh database with a unique name and waits until the replica has it.

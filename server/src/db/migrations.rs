@@ -6,7 +6,7 @@ use diesel::{
     migration::{Migration, MigrationVersion},
     sqlite::{Sqlite, SqliteConnection},
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::SimpleAsyncConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::{Error, Result};
@@ -38,7 +38,7 @@ pub(crate) fn check_level(level: i64) -> Result<()> {
 /// Runs pending PostgreSQL migrations on a dedicated connection (not a pooled one, whose
 /// `search_path` must stay the application's). Returns how many ran.
 pub(crate) async fn run_postgres(url: &str) -> Result<usize> {
-    let mut conn = AsyncPgConnection::establish(url)
+    let mut conn = async { super::pg_connect::PgTarget::parse(url)?.connect().await }
         .await
         .map_err(|e| Error::Connect { node: "primary".into(), message: e.to_string() })?;
     // A session-level advisory lock serialises strata instances that start at the same time (it is

@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod migrations;
 pub mod operations;
 pub mod partitions;
+mod pg_connect;
 pub mod scheduler;
 pub mod schema;
 pub mod snapshots;
@@ -400,10 +401,10 @@ fn pg_setup(
     Box::new(move |url| {
         let url = url.to_owned();
         async move {
-            let mut conn =
-                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url)).await.map_err(|_| {
-                    ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
-                })??;
+            let target = pg_connect::PgTarget::parse(&url)?;
+            let mut conn = tokio::time::timeout(connect_timeout, target.connect()).await.map_err(|_| {
+                ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
+            })??;
             conn.batch_execute(&pg_session_settings(statement_timeout, read_only))
                 .await
                 .map_err(ConnectionError::CouldntSetupConfiguration)?;
@@ -689,15 +690,12 @@ impl Db {
         let settings = &self.inner.settings;
         let fail = |message: String| Error::Connect { node: primary.name.clone(), message };
         let open = async {
-            let (client, connection) = tokio_postgres::connect(&primary.url, tokio_postgres::NoTls).await?;
-            let node = primary.name.clone();
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(node = %node, error = %e, "bulk session ended");
-                }
-            });
-            client.batch_execute(&pg_session_settings(settings.statement_timeout, false)).await?;
-            Ok::<_, tokio_postgres::Error>(client)
+            let client = pg_connect::PgTarget::parse(&primary.url)?.client().await?;
+            client
+                .batch_execute(&pg_session_settings(settings.statement_timeout, false))
+                .await
+                .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+            Ok::<_, ConnectionError>(client)
         };
         match tokio::time::timeout(settings.connect_timeout, open).await {
             Ok(Ok(client)) => Ok(client),

@@ -341,7 +341,7 @@ SELECT (COALESCE(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELS
 /// down); returns its WAL position and its clock.
 pub async fn probe_pg(name: &str, url: &str, timeout: Duration) -> Result<Probe> {
     let work = async {
-        let mut conn = AsyncPgConnection::establish(url)
+        let mut conn = async { super::pg_connect::PgTarget::parse(url)?.connect().await }
             .await
             .map_err(|e| Error::Connect { node: name.to_owned(), message: e.to_string() })?;
         let sent = std::time::Instant::now();

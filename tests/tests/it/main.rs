@@ -22,6 +22,7 @@ mod metrics_sqlite;
 mod objects;
 mod operations;
 mod partitions;
+mod pg_tls;
 mod pool;
 mod routing;
 mod scheduler;
