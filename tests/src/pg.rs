@@ -164,11 +164,13 @@ impl PgCluster {
     /// replication included, the `postgres` role's password `password`. The harness's own
     /// connections ([`PgCluster::primary_url`], …) go through the Unix socket (`local … trust`);
     /// [`PgCluster::tls_url`] is what a client over TCP uses.
-    pub fn start_secure(cert: &crate::pki::Issued, password: &str) -> anyhow::Result<Self> {
-        Self::start_with(Some((cert, password)))
+    /// Clients certified by `cert`'s CA (`pki.ca`) may also log in as `certuser` with a client
+    /// certificate whose CN is `certuser` (`hostssl … cert`), no password.
+    pub fn start_secure(pki: &crate::pki::Pki, cert: &crate::pki::Issued, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((pki, cert, password)))
     }
 
-    fn start_with(secure: Option<(&crate::pki::Issued, &str)>) -> anyhow::Result<Self> {
+    fn start_with(secure: Option<(&crate::pki::Pki, &crate::pki::Issued, &str)>) -> anyhow::Result<Self> {
         register_exit_hook();
         let bindir = bindir();
         let root = tempfile::Builder::new().prefix("strata-pg-").tempdir()?;
@@ -197,9 +199,9 @@ impl PgCluster {
             root.path().display()
         );
         append(&primary.data.join("postgresql.conf"), &conf)?;
-        if let Some((cert, _)) = secure {
+        if let Some((pki, cert, _)) = secure {
             // The key must be the server's own and private (PostgreSQL refuses a readable one).
-            for (from, to) in [(&cert.cert, "server.crt"), (&cert.key, "server.key")] {
+            for (from, to) in [(&cert.cert, "server.crt"), (&cert.key, "server.key"), (&pki.ca, "root.crt")] {
                 std::fs::copy(from, primary.data.join(to))?;
             }
             if is_root() {
@@ -215,11 +217,12 @@ impl PgCluster {
             std::fs::set_permissions(primary.data.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
             append(
                 &primary.data.join("postgresql.conf"),
-                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n",
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n\
+                 password_encryption = 'scram-sha-256'\n",
             )?;
             std::fs::write(
                 primary.data.join("pg_hba.conf"),
-                "local all all trust\nlocal replication all trust\n\
+                "local all all trust\nlocal replication all trust\nhostssl all certuser 127.0.0.1/32 cert\n\
                  hostssl all all 127.0.0.1/32 scram-sha-256\nhostssl replication all 127.0.0.1/32 scram-sha-256\n",
             )?;
         }
@@ -227,7 +230,7 @@ impl PgCluster {
         let cluster = PgCluster {
             root,
             bindir,
-            password: secure.map(|(_, p)| p.to_owned()),
+            password: secure.map(|(_, _, p)| p.to_owned()),
             replica: Node {
                 data: cluster_root.join("replica"),
                 port: free_port(),
@@ -241,12 +244,15 @@ impl PgCluster {
             None => {
                 bb.args(["-h", "127.0.0.1", "-U", "postgres", "-p"]).arg(cluster.primary.port.to_string());
             }
-            Some((_, password)) => {
+            Some((_, _, password)) => {
                 let mut psql = pg_command(&cluster.bindir, "psql");
                 psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
                     .arg(cluster_root.as_os_str())
                     .args(["-p", &cluster.primary.port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
-                    .arg(format!("ALTER ROLE postgres PASSWORD '{}'", password.replace('\'', "''")));
+                    .arg(format!(
+                        "ALTER ROLE postgres PASSWORD '{}'; CREATE ROLE certuser LOGIN SUPERUSER",
+                        password.replace('\'', "''")
+                    ));
                 run(psql)?;
                 // Over TCP, so TLS and SCRAM; -R keeps the connection string for the replica.
                 let escaped = password.replace('\\', "\\\\").replace('\'', "\\'");

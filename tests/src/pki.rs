@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 
 /// A CA's certificate and key in a directory of its own.
+#[derive(Debug, Clone)]
 pub struct Pki {
     dir: PathBuf,
     /// The CA's certificate (PEM).

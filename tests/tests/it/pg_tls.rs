@@ -2,7 +2,8 @@
 //! TLS and SCRAM (primary, replica and replication). strata connects to both with
 //! `sslmode=verify-full` and a password holding `+ @ : / %` (percent-encoded), serves reads from the
 //! replica, and its backups (`pg_dump`, libpq reading the same URL) work; a server certificate from
-//! another CA, and plaintext, are refused.
+//! another CA, and plaintext, are refused; a client certificate (`sslcert`, `sslkey`) logs in where
+//! `pg_hba.conf` asks for one.
 
 use std::time::Duration;
 
@@ -17,7 +18,11 @@ async fn strata_and_its_backups_use_tls_with_verify_full_and_scram() {
     let pki = Pki::new(&dir.path().join("pki"), "pg").unwrap();
     let other = Pki::new(&dir.path().join("other"), "other").unwrap();
     let cert = pki.server("pg-server").unwrap();
-    let cluster = tokio::task::spawn_blocking(move || PgCluster::start_secure(&cert, PASSWORD)).await.unwrap().unwrap();
+    let (ca_pki, server_cert) = (pki.clone(), cert);
+    let cluster = tokio::task::spawn_blocking(move || PgCluster::start_secure(&ca_pki, &server_cert, PASSWORD))
+        .await
+        .unwrap()
+        .unwrap();
     let db = cluster.create_database("pg_tls").await.unwrap();
     let verify = |ca: &std::path::Path| format!("sslmode=verify-full&sslrootcert={}", ca.display());
     let s3 = strata_tests::S3Server::start("strata-backups").unwrap();
@@ -72,4 +77,20 @@ async fn strata_and_its_backups_use_tls_with_verify_full_and_scram() {
         let text = format!("{err:#}");
         assert!(text.contains("certificate") || text.contains("pg_hba") || text.contains("encryption"), "{text}");
     }
+
+    // A client certificate instead of a password (`hostssl … cert` for the role certuser): served
+    // with sslcert and sslkey, refused without them.
+    let me = pki.client("certuser", "certuser", &[]).unwrap();
+    let port = cluster.primary.port;
+    let base = format!("postgres://certuser@localhost:{port}/{db}?{}", verify(&pki.ca));
+    let mut with_cert = config.clone();
+    with_cert.database_url = format!("{base}&sslcert={}&sslkey={}", me.cert.display(), me.key.display());
+    with_cert.replica_urls = vec![];
+    let server = TestServer::start(with_cert.clone()).await.unwrap();
+    server.client().await.record_snapshot().await.unwrap();
+    server.stop().await.unwrap();
+    with_cert.database_url = base;
+    with_cert.startup_timeout = Duration::from_secs(2);
+    let err = format!("{:#}", TestServer::start(with_cert).await.err().expect("no client certificate: refused"));
+    assert!(err.contains("certificate"), "{err}");
 }
