@@ -68,6 +68,11 @@ impl Pki {
         self.issue(name, "localhost", &["DNS:localhost", "IP:127.0.0.1"], "serverAuth")
     }
 
+    /// A server certificate carrying only the names `sans` (`DNS:…`, `IP:…`).
+    pub fn server_for(&self, name: &str, sans: &[&str]) -> anyhow::Result<Issued> {
+        self.issue(name, "strata test server", sans, "serverAuth")
+    }
+
     /// A client certificate with subject CN `cn` and `sans` (`DNS:…`, `URI:…`, `email:…`).
     pub fn client(&self, name: &str, cn: &str, sans: &[&str]) -> anyhow::Result<Issued> {
         self.issue(name, cn, sans, "clientAuth")

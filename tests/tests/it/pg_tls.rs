@@ -17,7 +17,8 @@ async fn strata_and_its_backups_use_tls_with_verify_full_and_scram() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(&dir.path().join("pki"), "pg").unwrap();
     let other = Pki::new(&dir.path().join("other"), "other").unwrap();
-    let cert = pki.server("pg-server").unwrap();
+    // Named `localhost` only: 127.0.0.1 is an address the certificate does not name.
+    let cert = pki.server_for("pg-server", &["DNS:localhost"]).unwrap();
     let (ca_pki, server_cert) = (pki.clone(), cert);
     let cluster = tokio::task::spawn_blocking(move || PgCluster::start_secure(&ca_pki, &server_cert, PASSWORD))
         .await
@@ -77,6 +78,20 @@ async fn strata_and_its_backups_use_tls_with_verify_full_and_scram() {
         let text = format!("{err:#}");
         assert!(text.contains("certificate") || text.contains("pg_hba") || text.contains("encryption"), "{text}");
     }
+
+    // verify-ca checks the chain, not the name: served on 127.0.0.1, which verify-full refuses.
+    let by_address = |mode: &str| {
+        let mut c = config.clone();
+        c.database_url = cluster
+            .tls_url(true, &db, &format!("sslmode={mode}&sslrootcert={}", pki.ca.display()))
+            .replace("@localhost:", "@127.0.0.1:");
+        c.replica_urls = vec![];
+        c.startup_timeout = Duration::from_secs(2);
+        c
+    };
+    TestServer::start(by_address("verify-ca")).await.unwrap().stop().await.unwrap();
+    let err = format!("{:#}", TestServer::start(by_address("verify-full")).await.err().expect("a name mismatch"));
+    assert!(err.contains("certificate"), "{err}");
 
     // A client certificate instead of a password (`hostssl … cert` for the role certuser): served
     // with sslcert and sslkey, refused without them.
