@@ -4,10 +4,9 @@
 
 use std::{env, path::PathBuf};
 
-use prost::Message;
-
 const PROTO_ROOT: &str = "../proto";
 const PROTOS: &[&str] = &[
+    "strata/v1/auth.proto",
     "strata/v1/common.proto",
     "strata/v1/operations.proto",
     "strata/v1/admin.proto",
@@ -19,13 +18,19 @@ const PROTOS: &[&str] = &[
     "strata/v1/maintenance.proto",
     "strata/v1/scheduler.proto",
     "strata/v1/alerts.proto",
+    "strata/v1/tokens.proto",
+    "strata/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
-    let fds = protox::compile(PROTOS, [PROTO_ROOT])?;
+    let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
+    compiler.include_source_info(true).include_imports(true).open_files(PROTOS)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("strata_descriptor.bin"), fds.encode_to_vec())?;
+    // Encoded by protox itself so that custom options (each method's `strata.v1.auth`) are kept:
+    // prost's own types would drop them as unknown fields. The server reads them at start-up.
+    std::fs::write(out_dir.join("strata_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    let fds = compiler.file_descriptor_set();
 
     // Cargo exposes enabled features of the crate being built as CARGO_FEATURE_* variables.
     let server = env::var_os("CARGO_FEATURE_SERVER").is_some();

@@ -45,6 +45,8 @@ impl ServerProcess {
             .arg(object_store_url)
             // No admin listener (its default port would collide between runs) and no drain delay.
             .args(["--admin-listen", "off", "--shutdown-delay", "0"])
+            // One client is one caller: measure the path, not the per-caller limits.
+            .args(["--rate-limit", "0", "--max-calls-per-caller", "0"])
             .args(extra)
             .env("STRATA_LOG", "warn")
             .stdout(Stdio::null())

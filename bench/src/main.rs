@@ -7,6 +7,7 @@
 //! ```
 
 mod archive;
+mod auth;
 mod fairness;
 mod files;
 mod fleet;
@@ -136,6 +137,17 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// GetInfo calls per h2load run.
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+    },
+    /// Authentication and the audit trail (two servers in this process on one PostgreSQL): GetInfo
+    /// with an API token vs Health/Check (≥ 0.8×); PauseJob with the audit trail on vs off
+    /// (≥ 0.8×); prints how long a revocation takes to reach another instance.
+    Auth {
+        /// Rounds, alternating which side goes first; the median ratio is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// GetInfo calls per h2load run (PauseJob: a quarter of it).
         #[arg(long, default_value_t = 200_000)]
         calls: u64,
     },
@@ -294,6 +306,7 @@ fn main() -> anyhow::Result<()> {
             Command::Fleet { size_mib, rounds, calls } => fleet::run(size_mib, rounds.max(1), calls).await,
             Command::Reconcile { objects, rounds } => reconcile::run(objects, rounds.max(1)).await,
             Command::Tls { size_mib, rounds, calls } => tls::run(size_mib, rounds.max(1), calls).await,
+            Command::Auth { rounds, calls } => auth::run(rounds.max(1), calls).await,
             Command::Restore { rows, batch_size, rounds } => restore::run(rows, batch_size, rounds.max(1)).await,
             Command::SqliteFairness { rows, batch_size, rounds, sleep_coef, batch_target_ms } => {
                 let tuning = fairness::Tuning { sleep_coef, batch_target_ms };

@@ -83,12 +83,17 @@ pub enum HealthStatus {
 #[derive(Clone, Default)]
 pub(crate) struct Auth {
     header: Option<MetadataValue<Ascii>>,
+    /// Sent as every call's deadline (`grpc-timeout`).
+    timeout: Option<Duration>,
 }
 
 impl Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
+        }
+        if let Some(t) = self.timeout {
+            req.set_timeout(t);
         }
         Ok(req)
     }
@@ -179,6 +184,13 @@ impl Client {
         }
         let channel = endpoint.connect().await.map_err(|source| Error::Connect { url, source })?;
         Ok(Self { channel, auth: Auth::default() })
+    }
+
+    /// Gives every call a deadline of `timeout` (`grpc-timeout`): the server stops a call past it
+    /// (DEADLINE_EXCEEDED). Without one, the server applies its `unary_deadline` to unary calls.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.auth.timeout = Some(timeout);
+        self
     }
 
     /// Sends `token` as a bearer token with every call.

@@ -25,6 +25,7 @@ pub mod maintenance;
 pub mod operations;
 pub mod partitions;
 pub mod scheduler;
+pub mod tokens;
 pub mod types;
 
 pub use client::{Client, Error, HealthStatus, TlsOptions};

@@ -84,8 +84,21 @@ use serde::{
 pub enum Role {
     /// Read-only RPCs.
     Viewer,
-    /// Everything.
+    /// Everything that reads or changes the application's storage.
     Operator,
+    /// Token management and cluster-wide switches (scheduler start/stop), and everything else.
+    Admin,
+}
+
+impl Role {
+    /// The role's name, as configured and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 impl FromStr for Role {
@@ -94,7 +107,8 @@ impl FromStr for Role {
         match s {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
-            other => Err(format!("unknown role {other:?} (expected viewer or operator)")),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?} (expected viewer, operator or admin)")),
         }
     }
 }
@@ -462,8 +476,9 @@ pub struct Config {
     #[arg(long, env = "STRATA_STARTUP_TIMEOUT", value_parser = parse_duration, default_value = "60s", global = true)]
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// Bearer token as `NAME:ROLE:SHA256HEX` (role viewer or operator); repeat or separate with
-    /// commas. Without any token only loopback clients are served.
+    /// Bootstrap bearer token as `NAME:ROLE:SHA256HEX` (role viewer, operator or admin); repeat or
+    /// separate with commas. More are made at run time with TokenService (`strata tokens create`).
+    /// Without any token only loopback clients are served (as admin).
     // `[[tokens]]` tables in the file. Only the SHA-256 is configured, so the token itself is
     // never in the configuration.
     #[arg(
@@ -522,9 +537,48 @@ pub struct Config {
     #[arg(long, env = "STRATA_AUTH_TOKENS_FILE", global = true)]
     pub tokens_file: Option<PathBuf>,
     /// Server reflection (what grpcurl and other tools use to learn the API): `public` (no token),
-    /// `viewer` (needs a viewer or operator token, or certificate), or `off`.
+    /// `viewer` (needs a token or certificate of any role), or `off`.
     #[arg(long, env = "STRATA_REFLECTION", value_enum, default_value_t = Reflection::Public, global = true)]
     pub reflection: Reflection,
+    /// How long an instance trusts what it read of an API token (TokenService): a revocation or an
+    /// expiry reaches every instance within this time. `0` reads the catalog on every call.
+    #[arg(long, env = "STRATA_TOKEN_CACHE_TTL", value_parser = parse_duration, default_value = "2s", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub token_cache_ttl: Duration,
+    /// Record every mutating call and every denied call (caller, how it was recognised, client
+    /// address, method, resource, outcome) in the catalog (`ListAuditEvents`) and as a log line
+    /// (target `strata::audit`).
+    #[arg(long, env = "STRATA_AUDIT", action = ArgAction::Set, default_value_t = true, global = true)]
+    pub audit: bool,
+    /// Calls per second each caller may make (a token bucket per token name, certificate rule, or
+    /// client address when refused); over it, RESOURCE_EXHAUSTED with the delay to wait. `0`: no
+    /// limit. Health checks are never limited.
+    #[arg(long, env = "STRATA_RATE_LIMIT", default_value_t = 2000, global = true)]
+    pub rate_limit: u32,
+    /// Calls a caller may make at once above `rate_limit` after a quiet spell (the bucket's size).
+    #[arg(long, env = "STRATA_RATE_BURST", default_value_t = 4000, global = true)]
+    pub rate_burst: u32,
+    /// Calls (and streams) in progress per caller at most; one more is refused with
+    /// RESOURCE_EXHAUSTED at once, never queued. `0`: no cap.
+    #[arg(long, env = "STRATA_MAX_CALLS_PER_CALLER", default_value_t = 256, global = true)]
+    pub max_calls_per_caller: u32,
+    /// WatchAlerts subscribers per instance at most; one more is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STRATA_MAX_ALERT_WATCHERS", default_value_t = 1000, global = true)]
+    pub max_alert_watchers: u32,
+    /// HTTP/2 streams (calls) open at once on one connection at most, as the server announces to
+    /// clients.
+    #[arg(long, env = "STRATA_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024, global = true)]
+    pub max_streams_per_connection: u32,
+    /// The deadline of a unary call whose client sets none (`grpc-timeout`): past it the call is
+    /// answered DEADLINE_EXCEEDED (long work runs as operations and runs, never in one call).
+    /// `0`: none.
+    #[arg(long, env = "STRATA_UNARY_DEADLINE", value_parser = parse_duration, default_value = "60s", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub unary_deadline: Duration,
+    /// How long audit events are kept in the catalog.
+    #[arg(long, env = "STRATA_AUDIT_RETENTION", value_parser = parse_duration, default_value = "90d", global = true)]
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
     /// S3 multipart part size in bytes (at least 5 MiB); larger parts for files above 10 000 parts.
     // 8 MiB parts: big enough for throughput, small enough that a dropped stream loses little
     // (an incomplete part is sent again) and memory stays at (4 + 1) × 8 MiB per upload.

@@ -210,9 +210,13 @@ async fn run(
             stop.cancel();
         })
     };
+    let audit = ctx.audit.start(&ctx);
     let served = grpc::serve(ctx.clone(), listener, tls, &health, stop.clone()).await;
     // The gRPC server also ends by itself on a transport error: the rest stops without delay.
     drain.abort();
+    // No call is in progress any more: write the audit events still queued.
+    ctx.audit.close().await;
+    let _ = audit.await;
     health.drain().await;
     ctx.closing.cancel();
     admin_stop.cancel();

@@ -313,9 +313,9 @@ async fn until_logged(log: impl Fn() -> String, needle: &str) -> String {
 }
 
 /// Behind HAProxy with `send-proxy-v2`, an instance that trusts it sees each client's own address
-/// (here a client on 127.0.0.7, whose rejected call the instance logs with that address, not
-/// HAProxy's); the trusted proxy's connections without a header, and a header from a peer that is
-/// not trusted, are refused.
+/// (here a client on 127.0.0.7, whose rejected call the instance logs and audits with that address,
+/// not HAProxy's, as it audits its snapshot taken with a token); the trusted proxy's connections
+/// without a header, and a header from a peer that is not trusted, are refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_haproxy_the_proxy_protocol_gives_the_client_address() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -324,7 +324,7 @@ async fn behind_haproxy_the_proxy_protocol_gives_the_client_address() {
         format!("sqlite://{}", dir.path().join("strata.db").display()),
         format!("file://{}", dir.path().join("o").display()),
     );
-    let token = format!("ops:operator:{}", strata_server::grpc::auth::hash_token("proxy-test-secret"));
+    let token = format!("ops:admin:{}", strata_server::grpc::auth::hash_token("proxy-test-secret"));
     let server = ServerProcess::spawn(
         env!("CARGO_BIN_EXE_strata-server"),
         &[
@@ -359,6 +359,39 @@ async fn behind_haproxy_the_proxy_protocol_gives_the_client_address() {
     let log = until_logged(|| server.log(), "peer=Some(127.0.0.7:").await;
     let line = log.lines().find(|l| l.contains("peer=Some(127.0.0.7:")).unwrap();
     assert!(line.contains("request rejected") && line.contains("via=Some(127.0.0.1:"), "{line}");
+    // The same client takes a snapshot (a mutating call) with the token.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--interface", "127.0.0.7", "--http2-prior-knowledge"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["-H", "authorization: Bearer proxy-test-secret", "--data-binary"])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("{}/strata.v1.StorageService/RecordSnapshot", proxy.url()))
+        .status()
+        .unwrap();
+    assert!(out.success(), "curl through HAProxy: {out}");
+    // Both are in the audit trail with the client's address and HAProxy's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = client.audit_events(&Default::default(), 100).await.unwrap();
+        let from_7: Vec<_> = events.into_iter().filter(|e| e.client_address.starts_with("127.0.0.7:")).collect();
+        if from_7.len() >= 2 || Instant::now() > deadline {
+            break from_7;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seen: BTreeSet<_> = events
+        .iter()
+        .map(|e| (e.method.as_str(), e.caller.as_str(), e.auth_method.as_str(), e.code.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            ("/strata.v1.AdminService/GetInfo", "-", "none", "UNAUTHENTICATED"),
+            ("/strata.v1.StorageService/RecordSnapshot", "ops", "config_token", "OK"),
+        ]),
+        "{events:?}"
+    );
+    assert!(events.iter().all(|e| e.proxy_address.starts_with("127.0.0.1:")), "{events:?}");
 
     // Straight to the instance from the trusted proxy's address, without a header: refused.
     let direct = strata_client::Client::connect(server.url()).await;

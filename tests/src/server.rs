@@ -11,10 +11,12 @@ use strata_server::{
 
 use crate::PgCluster;
 
-/// Tokens configured by [`TestServer::with_tokens`].
+/// Viewer token configured by [`test_tokens`].
 pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
-/// Operator token configured by [`TestServer::with_tokens`].
+/// Operator token configured by [`test_tokens`].
 pub const OPERATOR_TOKEN: &str = "operator-token-for-tests";
+/// Admin token configured by [`test_tokens`].
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// A running server plus what a test needs to talk to it.
 pub struct TestServer {
@@ -55,6 +57,7 @@ pub fn test_tokens() -> Vec<TokenSpec> {
     vec![
         TokenSpec { name: "test-viewer".into(), role: Role::Viewer, sha256: hash_token(VIEWER_TOKEN) },
         TokenSpec { name: "test-operator".into(), role: Role::Operator, sha256: hash_token(OPERATOR_TOKEN) },
+        TokenSpec { name: "test-admin".into(), role: Role::Admin, sha256: hash_token(ADMIN_TOKEN) },
     ]
 }
 

@@ -102,9 +102,9 @@ pub enum JobsCommand {
 pub enum SchedulerCommand {
     /// Whether scheduled jobs run, on which instances, and what runs now.
     Status,
-    /// Start scheduled runs on every instance (operator).
+    /// Start scheduled runs on every instance (admin).
     Start,
-    /// Stop scheduled runs on every instance; running ones finish (operator).
+    /// Stop scheduled runs on every instance; running ones finish (admin).
     Stop,
 }
 

@@ -14,6 +14,7 @@ mod ops;
 mod output;
 mod partitions;
 mod storage;
+mod tokens;
 
 use std::{io::Write, process::ExitCode};
 
@@ -43,7 +44,7 @@ pub struct Cli {
     /// PEM private key of --cert.
     #[arg(long, env = "STRATA_KEY", global = true, requires = "cert")]
     key: Option<std::path::PathBuf>,
-    /// Bearer token (viewer or operator).
+    /// Bearer token: one made by `strata tokens create` (`strata_…`) or a configured one.
     #[arg(long, env = "STRATA_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Print JSON instead of tables.
@@ -176,6 +177,16 @@ pub enum Command {
         #[command(subcommand)]
         command: jobs::SchedulerCommand,
     },
+    /// Bearer tokens: create (with a role, scope and expiry), list, show, revoke (admin).
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
+    },
+    /// The audit trail: mutating and refused calls (admin).
+    Audit {
+        #[command(subcommand)]
+        command: tokens::AuditCommand,
+    },
     /// gRPC health status (exit code 1 unless SERVING).
     Health {
         /// Service name; empty for the whole server.
@@ -228,6 +239,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         Command::HealthReport => alerts::health(client, json, out).await?,
         Command::Jobs { command } => jobs::run_jobs(client, command, json, out).await?,
         Command::Scheduler { command } => jobs::run_scheduler(client, command, json, out).await?,
+        Command::Tokens { command } => tokens::run(client, command, json, out).await?,
+        Command::Audit { command } => tokens::run_audit(client, command, json, out).await?,
         Command::Health { service } => admin::health(client, &service, json, out).await?,
     };
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

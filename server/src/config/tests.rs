@@ -247,7 +247,7 @@ fn rejects_unknown_keys_and_bad_tokens() {
     let path = write(&dir, "listne = \"127.0.0.1:1\"\n");
     let err = Config::load(&args(&["--config", &path])).unwrap_err();
     assert!(err.to_string().contains("listne"), "{err}");
-    assert!("ops:admin:abc".parse::<TokenSpec>().unwrap_err().contains("unknown role"));
+    assert!("ops:root:abc".parse::<TokenSpec>().unwrap_err().contains("unknown role"));
     assert!("ops:viewer:abc".parse::<TokenSpec>().unwrap_err().contains("64 hex"));
     let ok: TokenSpec = "ops:viewer:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08".parse().unwrap();
     assert_eq!(ok.sha256, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");

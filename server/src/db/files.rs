@@ -521,6 +521,8 @@ pub async fn get_file(conn: &mut Conn, id: &str) -> Result<Option<(FileRow, Stri
 pub struct FileFilter {
     /// Owner equals.
     pub owner: Option<String>,
+    /// Owner is one of these (a scoped caller's owners).
+    pub owner_in: Option<Vec<String>>,
     /// Name starts with (LIKE-escaped by the caller's choice of [`escape_like`]).
     pub name_prefix: Option<String>,
     /// Created at or after.
@@ -539,6 +541,9 @@ pub async fn list_files(conn: &mut Conn, filter: &FileFilter, limit: i64) -> Res
             f::table.inner_join(b::table).select(file_columns!(f, b)).order(f::id.desc()).limit(limit).into_boxed();
         if let Some(o) = &filter.owner {
             q = q.filter(f::owner.eq(o.clone()));
+        }
+        if let Some(os) = &filter.owner_in {
+            q = q.filter(f::owner.eq_any(os.clone()));
         }
         if let Some(p) = &filter.name_prefix {
             q = q.filter(f::name.like(format!("{}%", escape_like(p))).escape('\\'));

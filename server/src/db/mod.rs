@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod archive;
+pub mod audit;
 pub mod backups;
 pub mod blob_migration;
 mod clock;
@@ -19,6 +20,7 @@ pub mod scheduler;
 pub mod schema;
 pub mod snapshots;
 pub mod stats;
+pub mod tokens;
 
 use std::{
     sync::{

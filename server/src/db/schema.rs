@@ -378,6 +378,32 @@ catalog! {
         sent_at -> [Nullable<Timestamp>],
         lease_owner -> [Nullable<Text>],
     }
+    tokens (id) sqlite "strata_tokens" {
+        id -> [Text],
+        name -> [Text],
+        role -> [Text],
+        owners -> [Text],
+        secret_sha256 -> [Text],
+        created_by -> [Text],
+        created_at -> [Timestamp],
+        expires_at -> [Nullable<Timestamp>],
+        last_used_at -> [Nullable<Timestamp>],
+        revoked_at -> [Nullable<Timestamp>],
+        revoked_by -> [Nullable<Text>],
+    }
+    audit_events (id) sqlite "strata_audit_events" {
+        id -> [BigInt],
+        occurred_at -> [Timestamp],
+        instance_id -> [Text],
+        caller -> [Text],
+        auth_method -> [Text],
+        client_addr -> [Nullable<Text>],
+        proxy_addr -> [Nullable<Text>],
+        method -> [Text],
+        resource -> [Text],
+        code -> [Text],
+        request_id -> [Nullable<Text>],
+    }
     operations (id) sqlite "strata_operations" {
         id -> [Text],
         kind -> [Text],

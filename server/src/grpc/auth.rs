@@ -1,6 +1,7 @@
-//! Authentication (a bearer token, or the client certificate of mutual TLS; without either
-//! configured, the loopback peer) and role checks for every RPC except health and reflection, as a
-//! tower layer in front of all services.
+//! Authentication (a bearer token — an API token from the catalog or a bootstrap token from the
+//! configuration —, or the client certificate of mutual TLS; without any configured, the loopback
+//! peer) and role checks for every RPC except health and reflection, as a tower layer in front of
+//! all services. The role each RPC needs is declared in `proto/` ([`Methods`]).
 
 use std::{
     pin::Pin,
@@ -12,8 +13,18 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{accept::Peer, tls::CertNames};
-use crate::config::{CertRule, Role, TokenSpec};
+use super::{
+    accept::Peer,
+    audit,
+    limits::{Limits, Permit},
+    methods::Methods,
+    tls::CertNames,
+};
+use crate::{
+    config::{CertRule, Role, TokenSpec},
+    model::auth::AuthMethod,
+    service::{self, audit::Event, tokens},
+};
 
 /// Who is calling, inserted into request extensions after a successful check.
 #[derive(Debug, Clone)]
@@ -22,6 +33,10 @@ pub struct Caller {
     pub name: String,
     /// Granted role.
     pub role: Role,
+    /// How the caller was recognised.
+    pub method: AuthMethod,
+    /// The file owners a scoped API token is limited to; None: not scoped.
+    pub owners: Option<Arc<[String]>>,
 }
 
 /// The caller's name for records (who acknowledged, who stopped the scheduler): the token's
@@ -30,72 +45,49 @@ pub(crate) fn caller_name<T>(req: &tonic::Request<T>) -> String {
     req.extensions().get::<Caller>().map(|c| c.name.clone()).unwrap_or_else(|| "unknown".into())
 }
 
-/// The role each RPC needs (reflection: none when `reflection_public`, else viewer). Paths not
-/// listed under `/strata.` need `operator` (deny by default).
-fn required_role(path: &str, reflection_public: bool) -> Option<Role> {
-    const REFLECTION_PREFIXES: &[&str] =
-        &["/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
-    const VIEWER: &[&str] = &[
-        "/strata.v1.AdminService/GetInfo",
-        "/strata.v1.AdminService/TestConnection",
-        "/strata.v1.StorageService/GetStorageMetrics",
-        "/strata.v1.StorageService/ListSnapshots",
-        "/strata.v1.StorageService/GetGrowth",
-        "/strata.v1.FileService/Download",
-        "/strata.v1.FileService/StatFile",
-        "/strata.v1.FileService/ListFiles",
-        "/strata.v1.FileService/GetBlobMigration",
-        "/strata.v1.ArchiveService/GetPolicy",
-        "/strata.v1.ArchiveService/ListPolicies",
-        "/strata.v1.ArchiveService/PlanArchive",
-        "/strata.v1.ArchiveService/GetRun",
-        "/strata.v1.ArchiveService/ListRuns",
-        "/strata.v1.ArchiveService/ListSegments",
-        "/strata.v1.BackupService/GetBackup",
-        "/strata.v1.BackupService/ListBackups",
-        "/strata.v1.PartitionService/GetPartitionHealth",
-        "/strata.v1.MaintenanceService/GetRecommendations",
-        "/strata.v1.OperationService/GetOperation",
-        "/strata.v1.OperationService/ListOperations",
-        "/strata.v1.OperationService/ListOperationItems",
-        "/strata.v1.SchedulerService/GetSchedulerStatus",
-        "/strata.v1.SchedulerService/ListJobs",
-        "/strata.v1.SchedulerService/GetJob",
-        "/strata.v1.SchedulerService/ListJobRuns",
-        "/strata.v1.SchedulerService/GetJobRun",
-        "/strata.v1.AlertService/GetRule",
-        "/strata.v1.AlertService/ListRules",
-        "/strata.v1.AlertService/ListAlerts",
-        "/strata.v1.AlertService/GetAlert",
-        "/strata.v1.AlertService/WatchAlerts",
-        "/strata.v1.AlertService/GetHealthReport",
-    ];
-    if path.starts_with("/grpc.health.v1.Health/") {
-        None
-    } else if REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)) {
-        (!reflection_public).then_some(Role::Viewer)
-    } else if VIEWER.contains(&path) {
-        Some(Role::Viewer)
-    } else {
-        Some(Role::Operator)
-    }
+/// The file owners the caller is limited to (a scoped API token); None: any owner.
+pub(crate) fn caller_owners<T>(req: &tonic::Request<T>) -> Option<Arc<[String]>> {
+    req.extensions().get::<Caller>().and_then(|c| c.owners.clone())
 }
 
 /// Checks tokens against their configured hashes and client certificates against the rules.
-#[derive(Debug)]
 pub struct Authorizer {
     tokens: Vec<(String, Role, [u8; 32])>,
     rules: Vec<CertRule>,
-    /// Loopback peers are operators without credentials: no tokens and no trusted proxies (behind a
+    /// Loopback peers are admins without credentials: no tokens and no trusted proxies (behind a
     /// proxy on the same machine every client would be a loopback peer).
     trust_loopback: bool,
     /// Reflection needs no credentials (`reflection = "public"`).
     reflection_public: bool,
+    /// The role each RPC declares in `proto/`.
+    methods: Methods,
+    /// API tokens (TokenService), checked in this context's catalog when given.
+    api_tokens: Option<service::Context>,
 }
 
 /// Hex SHA-256 of a token, as configured (`strata-server hash-token`).
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A refused call: the status to answer, and who was recognised (for the audit trail) when the
+/// refusal is about the role, not the credentials.
+#[derive(Debug)]
+pub(super) struct Denied {
+    pub(super) status: Status,
+    pub(super) caller: Option<(String, AuthMethod)>,
+}
+
+impl From<Status> for Denied {
+    fn from(status: Status) -> Self {
+        Denied { status, caller: None }
+    }
+}
+
+/// The first step of a check: decided, or an API token to look up.
+enum Check<'a> {
+    Decided(Result<Option<Caller>, Denied>),
+    ApiToken { secret: &'a str, needed: Role, scoped_ok: bool },
 }
 
 impl Authorizer {
@@ -115,6 +107,8 @@ impl Authorizer {
             tokens,
             rules: rules.to_vec(),
             reflection_public: true,
+            methods: Methods::load().expect("every method in the embedded descriptor set declares its role (tested)"),
+            api_tokens: None,
         }
     }
 
@@ -122,6 +116,28 @@ impl Authorizer {
     pub fn reflection_public(mut self, public: bool) -> Self {
         self.reflection_public = public;
         self
+    }
+
+    /// Also accepts API tokens, checked in `ctx`'s catalog.
+    pub fn api_tokens(mut self, ctx: service::Context) -> Self {
+        self.api_tokens = Some(ctx);
+        self
+    }
+
+    /// The role a call to `path` needs and whether a scoped token may make it: no role for health
+    /// (load balancers probe it) and public reflection, viewer for guarded reflection, the
+    /// declared one for strata's methods, and admin for any other path (deny by default: nothing
+    /// else is served).
+    fn required_role(&self, path: &str) -> Option<(Role, bool)> {
+        const REFLECTION_PREFIXES: &[&str] =
+            &["/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
+        if path.starts_with("/grpc.health.v1.Health/") {
+            None
+        } else if REFLECTION_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            (!self.reflection_public).then_some((Role::Viewer, false))
+        } else {
+            Some(self.methods.get(path).map_or((Role::Admin, false), |m| (m.role, m.scoped)))
+        }
     }
 
     /// The rule a certificate's names match first.
@@ -134,73 +150,151 @@ impl Authorizer {
     }
 
     /// Decides whether a call to `path` from `peer` with `authorization` may proceed: a bearer
-    /// token when one is sent and tokens are configured, else the client certificate's rule, else
-    /// (no tokens and no certificate) the loopback peer.
-    fn check(&self, path: &str, peer: Option<&Peer>, authorization: Option<&[u8]>) -> Result<Option<Caller>, Status> {
-        let Some(needed) = required_role(path, self.reflection_public) else {
-            return Ok(None);
-        };
-        let allow = |name: &str, role: Role, what: &str| {
-            if role < needed {
-                return Err(Status::permission_denied(format!(
-                    "{what} {name:?} has role {role:?}; {path} needs {needed:?}"
-                )));
+    /// token when one is sent (an API token always; a configuration token when tokens are
+    /// configured), else the client certificate's rule, else (no tokens and no certificate) the
+    /// loopback peer.
+    pub(super) async fn authorize(
+        &self,
+        path: &str,
+        peer: Option<&Peer>,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Caller>, Denied> {
+        match self.check(path, peer, authorization) {
+            Check::Decided(d) => d,
+            Check::ApiToken { secret, needed, scoped_ok } => {
+                let Some(ctx) = &self.api_tokens else {
+                    return Err(Status::unauthenticated("invalid token").into());
+                };
+                match tokens::verify(ctx, secret).await.map_err(Status::from)? {
+                    Ok(g) => grant(
+                        path,
+                        needed,
+                        scoped_ok,
+                        Caller { name: g.name, role: g.role, method: AuthMethod::ApiToken, owners: g.owners },
+                    ),
+                    Err(refusal) => Err(Status::unauthenticated(refusal.to_string()).into()),
+                }
             }
-            Ok(Some(Caller { name: name.to_owned(), role }))
+        }
+    }
+
+    fn check<'a>(&self, path: &str, peer: Option<&Peer>, authorization: Option<&'a [u8]>) -> Check<'a> {
+        let Some((needed, scoped_ok)) = self.required_role(path) else {
+            return Check::Decided(Ok(None));
         };
-        if let (Some(header), false) = (authorization, self.tokens.is_empty()) {
-            let token = std::str::from_utf8(header)
+        let allow = |name: &str, role: Role, method: AuthMethod| {
+            Check::Decided(grant(path, needed, scoped_ok, Caller { name: name.to_owned(), role, method, owners: None }))
+        };
+        if let Some(header) = authorization {
+            let Some(token) = std::str::from_utf8(header)
                 .ok()
                 .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-                .ok_or_else(|| Status::unauthenticated("authorization header must be `Bearer <token>`"))?;
-            let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-            let Some((name, role, _)) = self.tokens.iter().find(|(_, _, h)| *h == digest) else {
-                return Err(Status::unauthenticated("invalid token"));
+                .map(str::trim)
+            else {
+                return Check::Decided(Err(
+                    Status::unauthenticated("authorization header must be `Bearer <token>`").into()
+                ));
             };
-            return allow(name, *role, "token");
+            if token.starts_with(tokens::SECRET_PREFIX) {
+                return Check::ApiToken { secret: token, needed, scoped_ok };
+            }
+            if !self.tokens.is_empty() {
+                let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                let Some((name, role, _)) = self.tokens.iter().find(|(_, _, h)| *h == digest) else {
+                    return Check::Decided(Err(Status::unauthenticated("invalid token").into()));
+                };
+                return allow(name, *role, AuthMethod::ConfigToken);
+            }
         }
         if let Some(cert) = peer.and_then(|p| p.cert.as_deref()) {
             return match self.rule_for(cert) {
-                Some(rule) => allow(&rule.name, rule.role, "client certificate"),
-                None => Err(Status::unauthenticated(format!(
+                Some(rule) => allow(&rule.name, rule.role, AuthMethod::Certificate),
+                None => Check::Decided(Err(Status::unauthenticated(format!(
                     "the client certificate (CN {:?}, SAN {:?}) matches no tls_client_roles rule, and no bearer token was sent",
                     cert.cn.as_deref().unwrap_or(""),
                     cert.sans
-                ))),
+                ))
+                .into())),
             };
         }
         if self.trust_loopback {
             // No credentials configured: trust only this machine (the server refuses to listen
             // elsewhere then, and logged a warning at start).
             return match peer.and_then(|p| p.addr) {
-                Some(p) if p.ip().is_loopback() => allow("loopback", Role::Operator, "caller"),
-                _ => Err(Status::permission_denied("no auth tokens are configured: only loopback clients are served")),
+                Some(p) if p.ip().is_loopback() => allow("loopback", Role::Admin, AuthMethod::Loopback),
+                _ => Check::Decided(Err(Status::permission_denied(
+                    "no auth tokens are configured: only loopback clients are served",
+                )
+                .into())),
             };
         }
         if self.tokens.is_empty() {
-            return Err(Status::unauthenticated("a client certificate is needed: no auth tokens are configured"));
+            return Check::Decided(Err(Status::unauthenticated(
+                "a client certificate or an API token is needed: no auth tokens are configured",
+            )
+            .into()));
         }
-        Err(Status::unauthenticated("missing bearer token (authorization: Bearer <token>)"))
+        Check::Decided(Err(Status::unauthenticated("missing bearer token (authorization: Bearer <token>)").into()))
     }
 }
 
-/// Tower layer applying [`Authorizer`] to every request.
+/// Lets `caller` through to `path` if its role suffices and, for a scoped token, the method takes
+/// scoped tokens.
+fn grant(path: &str, needed: Role, scoped_ok: bool, caller: Caller) -> Result<Option<Caller>, Denied> {
+    let who = Some((caller.name.clone(), caller.method));
+    if caller.role < needed {
+        let status = Status::permission_denied(format!(
+            "{} {:?} has role {}; {path} needs {}",
+            match caller.method {
+                AuthMethod::Certificate => "client certificate",
+                AuthMethod::Loopback | AuthMethod::None => "caller",
+                AuthMethod::ApiToken | AuthMethod::ConfigToken => "token",
+            },
+            caller.name,
+            caller.role.as_str(),
+            needed.as_str()
+        ));
+        return Err(Denied { status, caller: who });
+    }
+    if caller.owners.is_some() && !scoped_ok {
+        let status = Status::permission_denied(format!(
+            "token {:?} is scoped to file owners: it may call only the file methods and GetInfo, not {path}",
+            caller.name
+        ));
+        return Err(Denied { status, caller: who });
+    }
+    Ok(Some(caller))
+}
+
+/// Tower layer applying [`Authorizer`] to every request, and recording the calls the audit trail
+/// keeps (mutating ones, refused ones; see [`audit`]).
 #[derive(Clone)]
 pub struct AuthLayer {
     auth: Arc<Authorizer>,
+    /// The context whose recorder keeps the audit trail; None: audit off.
+    audit: Option<service::Context>,
+    limits: Arc<Limits>,
+    /// The deadline of unary calls that set none.
+    unary_deadline: Option<std::time::Duration>,
 }
 
 impl AuthLayer {
-    /// A layer using `auth`.
-    pub fn new(auth: Authorizer) -> Self {
-        Self { auth: Arc::new(auth) }
+    /// A layer using `auth`, recording the audit trail through `audit` when given, applying
+    /// `limits` per caller and `unary_deadline` to unary calls without a deadline of their own.
+    pub(super) fn new(
+        auth: Authorizer,
+        audit: Option<service::Context>,
+        limits: Limits,
+        unary_deadline: Option<std::time::Duration>,
+    ) -> Self {
+        Self { auth: Arc::new(auth), audit, limits: Arc::new(limits), unary_deadline }
     }
 }
 
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, auth: self.auth.clone() }
+        AuthService { inner, layer: self.clone() }
     }
 }
 
@@ -208,16 +302,42 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    auth: Arc<Authorizer>,
+    layer: AuthLayer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> Service<http::Request<B>> for AuthService<S>
+/// A response body holding its caller's place among its calls in progress until it ends.
+struct Holding {
+    inner: tonic::body::Body,
+    _permit: Permit,
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -227,32 +347,178 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         let peer = req.extensions().get::<Peer>().cloned();
-        let authz = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        match self.auth.check(req.uri().path(), peer.as_ref(), authz) {
-            Ok(caller) => {
-                if let Some(c) = caller {
-                    tracing::debug!(caller = %c.name, role = ?c.role, path = req.uri().path(), peer = ?peer.as_ref().and_then(|p| p.addr), "authorized");
-                    req.extensions_mut().insert(c);
+        let authz = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+        let AuthLayer { auth, audit, limits, unary_deadline } = self.layer.clone();
+        // The clone is ready-checked lazily by tonic's router; swap so `self` keeps a fresh one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let rule = auth.methods.get(&path).cloned();
+            let (client_addr, proxy_addr) = (
+                peer.as_ref().and_then(|p| p.addr).map(|a| a.to_string()),
+                peer.as_ref().and_then(|p| p.via).map(|a| a.to_string()),
+            );
+            let event = |caller: String, auth_method: AuthMethod| Event {
+                caller,
+                auth_method,
+                client_addr: client_addr.clone(),
+                proxy_addr: proxy_addr.clone(),
+                // A path nobody declared is the caller's text: cut, it may be anything.
+                method: path.chars().take(200).collect(),
+                resource: String::new(),
+                code: "",
+            };
+            match auth.authorize(&path, peer.as_ref(), authz.as_deref()).await {
+                Ok(caller) => {
+                    // Limits apply to identified callers; health checks and public reflection
+                    // (no caller) are never limited.
+                    let permit = match caller.as_ref().map(|c| limits.admit(&c.name)).transpose() {
+                        Ok(p) => p,
+                        Err(status) => {
+                            tracing::debug!(path = %path, caller = %caller.map(|c| c.name).unwrap_or_default(), "over a limit");
+                            return Ok(status.into_http());
+                        }
+                    };
+                    let pending = match (&audit, &caller, &rule) {
+                        (Some(ctx), Some(c), Some(rule)) if rule.mutates => {
+                            let slot = Arc::new(audit::Slot::default());
+                            let body = std::mem::take(req.body_mut());
+                            *req.body_mut() =
+                                tonic::body::Body::new(audit::FirstMessage::new(body, rule.clone(), slot.clone()));
+                            Some(audit::Pending { ctx: ctx.clone(), event: event(c.name.clone(), c.method), slot })
+                        }
+                        _ => None,
+                    };
+                    if let Some(c) = caller {
+                        tracing::debug!(caller = %c.name, role = c.role.as_str(), path = %path, peer = ?peer.as_ref().and_then(|p| p.addr), "authorized");
+                        req.extensions_mut().insert(c);
+                    }
+                    let deadline = match (&rule, unary_deadline) {
+                        // A client's own deadline (grpc-timeout) is tonic's to enforce.
+                        (Some(r), Some(d)) if r.unary() && !req.headers().contains_key("grpc-timeout") => Some(d),
+                        _ => None,
+                    };
+                    let response = match deadline {
+                        None => inner.call(req).await?,
+                        // The call runs as a task of its own, so that the deadline fires on time even
+                        // when its task is held up (a SQLite busy wait can hold its worker thread).
+                        Some(d) => {
+                            let mut call = tokio::spawn(inner.call(req));
+                            match tokio::time::timeout(d, &mut call).await {
+                                Ok(Ok(r)) => r?,
+                                Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                                Ok(Err(_)) => Status::cancelled("the call was cancelled").into_http(),
+                                Err(_) => {
+                                    call.abort();
+                                    Status::deadline_exceeded(format!(
+                                        "the call took longer than unary_deadline ({d:?}) and was stopped"
+                                    ))
+                                    .into_http()
+                                }
+                            }
+                        }
+                    };
+                    let response = match pending {
+                        None => response,
+                        // An error answered at once carries its status in the headers (no body).
+                        Some(pending) => match audit::status_of(response.headers()) {
+                            Some(tonic::Code::Ok) => {
+                                pending.durable().await;
+                                response
+                            }
+                            Some(code) => {
+                                pending.record(code);
+                                response
+                            }
+                            None => response.map(|b| tonic::body::Body::new(audit::Audited::new(b, pending))),
+                        },
+                    };
+                    // The caller's place among its calls in progress is held until the response
+                    // ends (a stream's last message).
+                    Ok(match permit {
+                        Some(p) if audit::status_of(response.headers()).is_none() => {
+                            response.map(|b| tonic::body::Body::new(Holding { inner: b, _permit: p }))
+                        }
+                        _ => response,
+                    })
                 }
-                // The clone is ready-checked lazily by tonic's router; swap so `self` keeps a fresh one.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(req))
+                Err(denied) => {
+                    let (addr, via) = peer.as_ref().map_or((None, None), |p| (p.addr, p.via));
+                    // Refusals are rate-limited by client address too: a flood of bad tokens is
+                    // answered RESOURCE_EXHAUSTED and not recorded one by one.
+                    let key = format!("client {}", addr.map(|a| a.ip().to_string()).unwrap_or_default());
+                    if let Err(status) = limits.check_rate(&key) {
+                        return Ok(status.into_http());
+                    }
+                    tracing::info!(path = %path, peer = ?addr, via = ?via, code = ?denied.status.code(), "request rejected");
+                    if let Some(ctx) = &audit {
+                        let (name, method) = denied.caller.unwrap_or_else(|| ("-".to_owned(), AuthMethod::None));
+                        let mut e = event(name, method);
+                        e.code = audit::code_name(denied.status.code());
+                        if let Some(rule) = rule {
+                            e.resource = audit::denied_resource(std::mem::take(req.body_mut()), rule).await;
+                        }
+                        ctx.audit.record(ctx, e);
+                    }
+                    Ok(denied.status.into_http())
+                }
             }
-            Err(status) => {
-                let (peer, via) = peer.map_or((None, None), |p| (p.addr, p.via));
-                tracing::info!(path = req.uri().path(), peer = ?peer, via = ?via, code = ?status.code(), "request rejected");
-                Box::pin(async move { Ok(status.into_http()) })
-            }
-        }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Authorizer {
+        /// The check of a call without an API token.
+        fn check_now(&self, path: &str, peer: Option<&Peer>, h: Option<&[u8]>) -> Result<Option<Caller>, Status> {
+            match self.check(path, peer, h) {
+                Check::Decided(d) => d.map_err(|d| d.status),
+                Check::ApiToken { .. } => panic!("an API token needs the catalog"),
+            }
+        }
+    }
+
+    #[test]
+    fn admin_methods_scoped_tokens_and_unknown_paths() {
+        let a = Authorizer::new(
+            &[spec("o", Role::Operator, "op-secret"), spec("root", Role::Admin, "admin-secret")],
+            &[],
+            false,
+        );
+        let remote = peer("10.0.0.1:5000", None);
+        let code =
+            |path, h: &str| a.check_now(path, Some(&remote), Some(h.as_bytes())).map(|_| ()).map_err(|s| s.code());
+        let stop = "/strata.v1.SchedulerService/StopScheduler";
+        assert_eq!(code(stop, "Bearer op-secret"), Err(tonic::Code::PermissionDenied));
+        assert_eq!(code(stop, "Bearer admin-secret"), Ok(()));
+        assert_eq!(code("/strata.v1.TokenService/CreateToken", "Bearer op-secret"), Err(tonic::Code::PermissionDenied));
+        assert_eq!(code("/strata.v1.FileService/Upload", "Bearer admin-secret"), Ok(()));
+        // Paths nobody declared are for admins only (and then unimplemented).
+        assert_eq!(code("/strata.v1.FutureService/Anything", "Bearer op-secret"), Err(tonic::Code::PermissionDenied));
+        // An API token goes to the catalog; without one at hand it is unknown.
+        assert!(matches!(
+            a.check(stop, Some(&remote), Some(b"Bearer strata_0193a1b2c3d4e5f60718293a4b5c6d7e_x")),
+            Check::ApiToken { needed: Role::Admin, scoped_ok: false, .. }
+        ));
+        // A scoped caller may call the scoped methods only.
+        let scoped = Caller {
+            name: "app".into(),
+            role: Role::Operator,
+            method: AuthMethod::ApiToken,
+            owners: Some(vec!["tenant-1".to_owned()].into()),
+        };
+        assert!(grant("/strata.v1.FileService/Upload", Role::Operator, true, scoped.clone()).is_ok());
+        let err = grant("/strata.v1.ArchiveService/RunArchive", Role::Operator, false, scoped).unwrap_err();
+        assert_eq!(err.status.code(), tonic::Code::PermissionDenied);
+        assert!(err.status.message().contains("scoped"), "{}", err.status.message());
+        assert_eq!(err.caller, Some(("app".to_owned(), AuthMethod::ApiToken)));
+    }
 
     fn spec(name: &str, role: Role, token: &str) -> TokenSpec {
         TokenSpec { name: name.into(), role, sha256: hash_token(token) }
@@ -273,7 +539,7 @@ mod tests {
         let read = "/strata.v1.StorageService/GetStorageMetrics";
         let write = "/strata.v1.StorageService/RecordSnapshot";
         let code = |path, h: Option<&str>| {
-            a.check(path, Some(&remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code())
+            a.check_now(path, Some(&remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code())
         };
         assert_eq!(code(read, None), Err(tonic::Code::Unauthenticated));
         assert_eq!(code(read, Some("Bearer nope")), Err(tonic::Code::Unauthenticated));
@@ -290,13 +556,13 @@ mod tests {
         assert_eq!(code(reflect, None), Ok(()));
         let guarded = Authorizer::new(&[spec("v", Role::Viewer, "view-secret")], &[], false).reflection_public(false);
         let code = |h: Option<&str>| {
-            guarded.check(reflect, Some(&remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code())
+            guarded.check_now(reflect, Some(&remote), h.map(str::as_bytes)).map(|_| ()).map_err(|s| s.code())
         };
         assert_eq!(code(None), Err(tonic::Code::Unauthenticated));
         assert_eq!(code(Some("Bearer view-secret")), Ok(()));
         // With tokens configured, a loopback peer needs one too.
         let local = peer("127.0.0.1:1", None);
-        assert_eq!(a.check(read, Some(&local), None).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(a.check_now(read, Some(&local), None).unwrap_err().code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
@@ -306,14 +572,14 @@ mod tests {
         // Behind a trusted proxy, a loopback peer may be anyone.
         let proxied = Authorizer::new(&[], &[], true);
         assert_eq!(
-            proxied.check(path, Some(&peer("127.0.0.1:1", None)), None).unwrap_err().code(),
+            proxied.check_now(path, Some(&peer("127.0.0.1:1", None)), None).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
-        assert!(a.check(path, Some(&peer("127.0.0.1:1", None)), None).is_ok());
-        assert!(a.check(path, Some(&peer("[::1]:1", None)), None).is_ok());
-        let err = a.check(path, Some(&peer("192.0.2.7:1", None)), None).unwrap_err();
+        assert!(a.check_now(path, Some(&peer("127.0.0.1:1", None)), None).is_ok());
+        assert!(a.check_now(path, Some(&peer("[::1]:1", None)), None).is_ok());
+        let err = a.check_now(path, Some(&peer("192.0.2.7:1", None)), None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert_eq!(a.check(path, None, None).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(a.check_now(path, None, None).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
@@ -334,7 +600,7 @@ mod tests {
         let read = "/strata.v1.StorageService/GetStorageMetrics";
         let write = "/strata.v1.StorageService/RecordSnapshot";
         let who = |p: &Peer, path: &str, h: Option<&str>| {
-            a.check(path, Some(p), h.map(str::as_bytes)).map(|c| c.map(|c| (c.name, c.role))).map_err(|s| s.code())
+            a.check_now(path, Some(p), h.map(str::as_bytes)).map(|c| c.map(|c| (c.name, c.role))).map_err(|s| s.code())
         };
         let ops = peer("192.0.2.1:1", cert("ops.internal", &[]));
         assert_eq!(who(&ops, write, None), Ok(Some(("ops".into(), Role::Operator))));
@@ -355,7 +621,7 @@ mod tests {
             (r.name.as_str(), r.role, r.san.as_deref()),
             ("billing", Role::Viewer, Some("spiffe://corp/billing"))
         );
-        for bad in ["x:viewer", "x:viewer:cn=", "x:admin:cn=a", ":viewer:cn=a", "x:viewer:o=a"] {
+        for bad in ["x:viewer", "x:viewer:cn=", "x:root:cn=a", ":viewer:cn=a", "x:viewer:o=a"] {
             assert!(bad.parse::<CertRule>().is_err(), "{bad}");
         }
     }

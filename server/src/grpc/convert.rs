@@ -71,3 +71,24 @@ pub(crate) fn pool(p: PoolStats) -> pb::PoolStats {
         wait_time: Some(dur(p.wait_time)),
     }
 }
+
+/// A role as the API spells it.
+pub(crate) fn proto_role(r: crate::config::Role) -> pb::Role {
+    use crate::config::Role as R;
+    match r {
+        R::Viewer => pb::Role::Viewer,
+        R::Operator => pb::Role::Operator,
+        R::Admin => pb::Role::Admin,
+    }
+}
+
+/// A role from the API; None when unset or unknown.
+pub(crate) fn auth_role(r: i32) -> Option<crate::config::Role> {
+    use crate::config::Role as R;
+    match pb::Role::try_from(r).ok()? {
+        pb::Role::Unspecified => None,
+        pb::Role::Viewer => Some(R::Viewer),
+        pb::Role::Operator => Some(R::Operator),
+        pb::Role::Admin => Some(R::Admin),
+    }
+}

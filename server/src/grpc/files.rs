@@ -6,11 +6,14 @@ use futures::{Stream, StreamExt};
 use strata_client::pb::{self, file_service_server::FileService, upload_request::Kind};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{time, ts};
+use super::{
+    auth::caller_owners,
+    convert::{time, ts},
+};
 use crate::service::{
     Context, Error,
     blob_migration::{self, BlobMigrationState},
-    files::{self, FileHeader, ListQuery, StreamEnd, UploadStart, UploadState},
+    files::{self, FileHeader, ListQuery, Owners, StreamEnd, UploadStart, UploadState},
 };
 
 /// gRPC adapter of [`files`].
@@ -18,8 +21,15 @@ pub(super) struct FileApi {
     pub(crate) ctx: Context,
 }
 
-fn header(ctx: &Context, h: pb::FileHeader) -> Result<FileHeader, Error> {
-    FileHeader::validate(h.name, h.content_type, h.owner, h.size_bytes, h.sha256, h.metadata, &ctx.file_limits)
+/// The file owners the caller may see and write.
+fn owners<T>(req: &Request<T>) -> Owners {
+    Owners::from_scope(caller_owners(req))
+}
+
+/// A new upload's header, stamped with the caller's owner when its token is scoped.
+fn header(ctx: &Context, h: pb::FileHeader, owners: &Owners) -> Result<FileHeader, Error> {
+    let owner = owners.stamp(h.owner)?;
+    FileHeader::validate(h.name, h.content_type, owner, h.size_bytes, h.sha256, h.metadata, &ctx.file_limits)
 }
 
 fn file(f: files::File) -> pb::File {
@@ -60,19 +70,21 @@ impl FileService for FileApi {
         &self,
         req: Request<pb::CreateUploadRequest>,
     ) -> Result<Response<pb::CreateUploadResponse>, Status> {
+        let owners = owners(&req);
         let h = req.into_inner().header.ok_or_else(|| Status::invalid_argument("header is required"))?;
-        let status = files::create_upload(&self.ctx, header(&self.ctx, h)?).await?;
+        let status = files::create_upload(&self.ctx, header(&self.ctx, h, &owners)?).await?;
         Ok(Response::new(pb::CreateUploadResponse { upload_id: status.id, expire_time: Some(ts(status.expires_at)) }))
     }
 
     async fn upload(&self, req: Request<Streaming<pb::UploadRequest>>) -> Result<Response<pb::UploadResponse>, Status> {
+        let owners = owners(&req);
         let mut stream = req.into_inner();
         let first = match stream.message().await? {
             Some(pb::UploadRequest { kind: Some(k) }) => k,
             _ => return Err(Status::invalid_argument("the first message must be a header or a resume")),
         };
         let start = match first {
-            Kind::Header(h) => UploadStart::New(header(&self.ctx, h)?),
+            Kind::Header(h) => UploadStart::New(header(&self.ctx, h, &owners)?),
             Kind::Resume(r) => UploadStart::Resume {
                 offset: u64::try_from(r.offset).map_err(|_| Status::invalid_argument("offset is negative"))?,
                 id: r.upload_id,
@@ -88,7 +100,7 @@ impl FileService for FileApi {
             }
             Err(s) => Err(StreamEnd::Disconnected(s.message().to_owned())),
         });
-        let f = files::upload(&self.ctx, start, chunks).await?;
+        let f = files::upload(&self.ctx, start, chunks, &owners).await?;
         Ok(Response::new(pb::UploadResponse { file: Some(file(f)) }))
     }
 
@@ -96,7 +108,8 @@ impl FileService for FileApi {
         &self,
         req: Request<pb::GetUploadStatusRequest>,
     ) -> Result<Response<pb::GetUploadStatusResponse>, Status> {
-        let s = files::upload_status(&self.ctx, &req.into_inner().upload_id).await?;
+        let owners = owners(&req);
+        let s = files::upload_status(&self.ctx, &req.into_inner().upload_id, &owners).await?;
         Ok(Response::new(pb::GetUploadStatusResponse {
             upload_id: s.id,
             state: match s.state {
@@ -114,10 +127,11 @@ impl FileService for FileApi {
     type DownloadStream = DownloadStream;
 
     async fn download(&self, req: Request<pb::DownloadRequest>) -> Result<Response<DownloadStream>, Status> {
+        let owners = owners(&req);
         let r = req.into_inner();
         let offset = u64::try_from(r.offset).map_err(|_| Status::invalid_argument("offset is negative"))?;
         let length = u64::try_from(r.length).map_err(|_| Status::invalid_argument("length is negative"))?;
-        let (f, bytes) = files::download(&self.ctx, &r.file_id, offset, length).await?;
+        let (f, bytes) = files::download(&self.ctx, &r.file_id, offset, length, &owners).await?;
         let first = pb::DownloadResponse { file: Some(file(f)), chunk: Default::default() };
         let rest = bytes.map(|b| match b {
             Ok(chunk) => Ok(pb::DownloadResponse { file: None, chunk }),
@@ -127,11 +141,13 @@ impl FileService for FileApi {
     }
 
     async fn stat_file(&self, req: Request<pb::StatFileRequest>) -> Result<Response<pb::StatFileResponse>, Status> {
-        let f = files::stat(&self.ctx, &req.into_inner().file_id).await?;
+        let owners = owners(&req);
+        let f = files::stat(&self.ctx, &req.into_inner().file_id, &owners).await?;
         Ok(Response::new(pb::StatFileResponse { file: Some(file(f)) }))
     }
 
     async fn list_files(&self, req: Request<pb::ListFilesRequest>) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let owners = owners(&req);
         let r = req.into_inner();
         let q = ListQuery::parse(
             r.page_size,
@@ -141,7 +157,7 @@ impl FileService for FileApi {
             time(r.create_time_after)?,
             time(r.create_time_before)?,
         )?;
-        let (fs, next_page_token) = files::list(&self.ctx, &q).await?;
+        let (fs, next_page_token) = files::list(&self.ctx, &q, &owners).await?;
         Ok(Response::new(pb::ListFilesResponse { files: fs.into_iter().map(file).collect(), next_page_token }))
     }
 
@@ -198,7 +214,8 @@ impl FileService for FileApi {
         &self,
         req: Request<pb::DeleteFileRequest>,
     ) -> Result<Response<pb::DeleteFileResponse>, Status> {
-        let content_deleted = files::delete(&self.ctx, &req.into_inner().file_id).await?;
+        let owners = owners(&req);
+        let content_deleted = files::delete(&self.ctx, &req.into_inner().file_id, &owners).await?;
         Ok(Response::new(pb::DeleteFileResponse { content_deleted }))
     }
 }

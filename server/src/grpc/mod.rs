@@ -6,13 +6,17 @@ mod admin;
 pub mod admin_http;
 mod alerts;
 mod archive;
+mod audit;
+mod audit_api;
 pub mod auth;
 mod backup;
 mod convert;
 mod drain;
 mod files;
 pub mod health;
+mod limits;
 mod maintenance;
+pub mod methods;
 mod operations;
 mod partitions;
 mod proxy;
@@ -20,16 +24,18 @@ mod scheduler;
 mod status;
 mod storage;
 pub mod tls;
+mod tokens;
 
 use std::time::Duration;
 
 use strata_client::INSTANCE_HEADER;
 use strata_client::pb::{
     self, admin_service_server::AdminServiceServer, alert_service_server::AlertServiceServer,
-    archive_service_server::ArchiveServiceServer, backup_service_server::BackupServiceServer,
-    file_service_server::FileServiceServer, maintenance_service_server::MaintenanceServiceServer,
-    operation_service_server::OperationServiceServer, partition_service_server::PartitionServiceServer,
-    scheduler_service_server::SchedulerServiceServer, storage_service_server::StorageServiceServer,
+    archive_service_server::ArchiveServiceServer, audit_service_server::AuditServiceServer,
+    backup_service_server::BackupServiceServer, file_service_server::FileServiceServer,
+    maintenance_service_server::MaintenanceServiceServer, operation_service_server::OperationServiceServer,
+    partition_service_server::PartitionServiceServer, scheduler_service_server::SchedulerServiceServer,
+    storage_service_server::StorageServiceServer, token_service_server::TokenServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +54,9 @@ pub const SERVICE_NAMES: &[&str] = &[
     <MaintenanceServiceServer<maintenance::MaintenanceApi> as tonic::server::NamedService>::NAME,
     <SchedulerServiceServer<scheduler::SchedulerApi> as tonic::server::NamedService>::NAME,
     <AlertServiceServer<alerts::AlertApi> as tonic::server::NamedService>::NAME,
+    <OperationServiceServer<operations::OperationApi> as tonic::server::NamedService>::NAME,
+    <TokenServiceServer<tokens::TokenApi> as tonic::server::NamedService>::NAME,
+    <AuditServiceServer<audit_api::AuditApi> as tonic::server::NamedService>::NAME,
 ];
 
 /// Adds [`INSTANCE_HEADER`] (this instance's id) to every response: gRPC ones (a success, an
@@ -118,7 +127,11 @@ pub async fn serve(
     let incoming = accept::incoming(listener, tls, ctx.config.trusted_proxies.clone().into(), close.clone());
     let auth = auth::AuthLayer::new(
         auth::Authorizer::new(&ctx.config.tokens, &ctx.config.tls_client_roles, !ctx.config.trusted_proxies.is_empty())
-            .reflection_public(ctx.config.reflection == Reflection::Public),
+            .reflection_public(ctx.config.reflection == Reflection::Public)
+            .api_tokens(ctx.clone()),
+        ctx.config.audit.then(|| ctx.clone()),
+        limits::Limits::new(ctx.config.rate_limit, ctx.config.rate_burst, ctx.config.max_calls_per_caller),
+        (!ctx.config.unary_deadline.is_zero()).then_some(ctx.config.unary_deadline),
     );
     let instance = instance_header::<tonic::body::Body>(&ctx.instance_id);
     let result = tonic::transport::Server::builder()
@@ -126,6 +139,7 @@ pub async fn serve(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(KEEPALIVE))
+        .max_concurrent_streams(Some(ctx.config.max_streams_per_connection))
         // Outermost, so that the auth layer's refusals carry it too.
         .layer(instance)
         .layer(auth)
@@ -141,6 +155,8 @@ pub async fn serve(
         .add_service(MaintenanceServiceServer::new(maintenance::MaintenanceApi { ctx: ctx.clone() }))
         .add_service(OperationServiceServer::new(operations::OperationApi { ctx: ctx.clone() }))
         .add_service(SchedulerServiceServer::new(scheduler::SchedulerApi { ctx: ctx.clone() }))
+        .add_service(TokenServiceServer::new(tokens::TokenApi { ctx: ctx.clone() }))
+        .add_service(AuditServiceServer::new(audit_api::AuditApi { ctx: ctx.clone() }))
         .add_service(AlertServiceServer::new(alerts::AlertApi { ctx }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await;

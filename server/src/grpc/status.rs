@@ -9,6 +9,8 @@ impl From<service::Error> for Status {
     fn from(e: service::Error) -> Self {
         let code = match &e {
             service::Error::InvalidArgument(_) => Code::InvalidArgument,
+            service::Error::PermissionDenied(_) => Code::PermissionDenied,
+            service::Error::ResourceExhausted(_) => Code::ResourceExhausted,
             service::Error::NotFound(_) => Code::NotFound,
             service::Error::AlreadyExists(_) => Code::AlreadyExists,
             // FAILED_PRECONDITION rather than ABORTED: retrying at once does not help, the holder

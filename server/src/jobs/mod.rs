@@ -12,7 +12,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{
-    Context, alerts, blob_migration, files, maintenance,
+    Context, alerts, audit, blob_migration, files, maintenance,
     operation::{self, OperationKind, OperationRow},
     partitions, scheduler,
 };
@@ -48,7 +48,7 @@ pub async fn blob_migrations(ctx: Context, interval: Duration, cancel: Cancellat
 /// Takes over long operations whose instance stopped or died, each `interval`, on every instance:
 /// operations are started by RPCs on any of them. The first check runs at once, so a restarted
 /// single instance continues what it was running. Ended operations older than
-/// [`operation::HISTORY`] are pruned about once an hour.
+/// [`operation::HISTORY`], and audit events past `audit_retention`, are pruned about once an hour.
 pub async fn operations(ctx: Context, interval: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -67,6 +67,11 @@ pub async fn operations(ctx: Context, interval: Duration, cancel: CancellationTo
                         Ok(0) => {}
                         Ok(n) => tracing::info!(operations = n, "pruned ended operations"),
                         Err(e) => tracing::warn!(error = %e, "pruning ended operations failed"),
+                    }
+                    match audit::prune(&ctx).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(events = n, "pruned audit events past audit_retention"),
+                        Err(e) => tracing::warn!(error = %e, "pruning audit events failed"),
                     }
                 }
                 ticks += 1;

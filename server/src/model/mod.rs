@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod archive;
+pub mod auth;
 pub mod backup;
 pub mod files;
 pub mod operations;

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod archive;
+pub mod audit;
 pub mod backup;
 pub mod blob_migration;
 pub mod files;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod operation;
 pub mod partitions;
 pub mod scheduler;
+pub mod tokens;
 
 use std::time::Instant;
 
@@ -25,6 +27,12 @@ pub enum Error {
     /// The caller sent something invalid; nothing was changed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller may not do this (a scoped token naming an owner outside its scope).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit is reached (WatchAlerts subscribers); retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The named resource does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -136,6 +144,10 @@ pub struct Context {
     pub instance_id: String,
     /// The long operations this instance runs, so that a cancel asked of it stops one at once.
     pub operations: operation::Running,
+    /// The audit trail's writer.
+    pub audit: audit::Recorder,
+    /// What this instance remembers of API tokens (for `token_cache_ttl`).
+    pub tokens: std::sync::Arc<tokens::TokenCache>,
 }
 
 impl Context {
@@ -185,6 +197,8 @@ impl Context {
                 &uuid::Uuid::now_v7().simple().to_string()[24..]
             ),
             operations: Default::default(),
+            audit: Default::default(),
+            tokens: Default::default(),
         }
     }
 }

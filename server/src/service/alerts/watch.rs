@@ -7,7 +7,7 @@ use chrono::NaiveDateTime;
 use tokio::sync::broadcast;
 
 use super::{Alert, AlertEvent, AlertFilter, AlertState, Context, Result, Severity, list_alerts};
-use crate::db::alerts as store;
+use crate::{db::alerts as store, service::Error};
 
 /// A change pushed to WatchAlerts subscribers.
 #[derive(Debug, Clone)]
@@ -206,6 +206,13 @@ pub struct Subscription {
 /// the call answered sees every change made after.
 pub async fn subscribe(ctx: &Context) -> Result<Subscription> {
     let rx = ctx.alert_feed.subscribe();
+    // Counted with this one: two subscribing at once never both pass the last place.
+    let max = ctx.config.max_alert_watchers as usize;
+    if ctx.alert_feed.receiver_count() > max {
+        return Err(Error::ResourceExhausted(format!(
+            "{max} WatchAlerts subscribers on this instance already (max_alert_watchers); retry later or on another instance"
+        )));
+    }
     let mut conn = ctx.db.read_prefer_primary().await?.0;
     ctx.alert_feed.start_after(store::last_event_id(&mut conn).await?, ctx.now());
     Ok(Subscription { rx })

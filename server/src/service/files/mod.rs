@@ -212,11 +212,64 @@ fn object_err(e: objects::Error) -> Error {
     }
 }
 
+/// Whose files a caller may see and write: anyone's, or only those of some owners (a token scoped
+/// to them). To a scoped caller other owners' files and uploads do not exist: NOT_FOUND, the answer
+/// for a file that is not there, so it learns nothing of them.
+#[derive(Debug, Clone, Default)]
+pub enum Owners {
+    /// Any owner.
+    #[default]
+    Any,
+    /// Only these.
+    Only(std::sync::Arc<[String]>),
+}
+
+impl Owners {
+    /// From a caller's scope (None: not scoped).
+    pub fn from_scope(scope: Option<std::sync::Arc<[String]>>) -> Self {
+        scope.map_or(Owners::Any, Owners::Only)
+    }
+
+    /// Whether files of `owner` are the caller's to see.
+    pub fn permits(&self, owner: &str) -> bool {
+        match self {
+            Owners::Any => true,
+            Owners::Only(os) => os.iter().any(|o| o == owner),
+        }
+    }
+
+    /// The owner a new upload of the caller gets: the one it names, which must be in its scope, or
+    /// (naming none) its scope's only owner.
+    pub fn stamp(&self, owner: String) -> Result<String> {
+        match self {
+            Owners::Any => Ok(owner),
+            Owners::Only(os) if owner.is_empty() => match &os[..] {
+                [only] => Ok(only.clone()),
+                _ => Err(bad(format!("owner is required: the token is scoped to {} owners", os.len()))),
+            },
+            Owners::Only(_) if self.permits(&owner) => Ok(owner),
+            Owners::Only(_) => Err(Error::PermissionDenied(format!("the token is not scoped to owner {owner:?}"))),
+        }
+    }
+}
+
+/// The file `id`, if `owners` may see it.
+async fn get_visible(
+    conn: &mut crate::db::Conn,
+    id: &str,
+    owners: &Owners,
+) -> Result<(crate::db::files::FileRow, String)> {
+    store::get_file(conn, id)
+        .await?
+        .filter(|(row, _)| owners.permits(&row.owner))
+        .ok_or_else(|| Error::NotFound(format!("file {id}")))
+}
+
 /// The file `id`.
-pub async fn stat(ctx: &Context, id: &str) -> Result<File> {
+pub async fn stat(ctx: &Context, id: &str, owners: &Owners) -> Result<File> {
     check_id("file id", id)?;
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
-    let (row, _) = store::get_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
+    let (row, _) = get_visible(&mut conn, id, owners).await?;
     Ok(row.into())
 }
 
@@ -224,10 +277,10 @@ pub async fn stat(ctx: &Context, id: &str) -> Result<File> {
 pub type Download = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
 /// The file `id` and a stream of `length` bytes from `offset` (0: to the end).
-pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64) -> Result<(File, Download)> {
+pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64, owners: &Owners) -> Result<(File, Download)> {
     check_id("file id", id)?;
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
-    let (row, key) = store::get_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
+    let (row, key) = get_visible(&mut conn, id, owners).await?;
     drop(conn);
     let file = File::from(row);
     if file.lost {
@@ -282,6 +335,7 @@ impl ListQuery {
         Ok(Self {
             filter: FileFilter {
                 owner: (!owner.is_empty()).then_some(owner),
+                owner_in: None,
                 name_prefix: (!name_prefix.is_empty()).then_some(name_prefix),
                 created_after: after.map(|t| t.naive_utc()),
                 created_before: before.map(|t| t.naive_utc()),
@@ -292,10 +346,19 @@ impl ListQuery {
     }
 }
 
-/// Files newest first; returns the page and the next token.
-pub async fn list(ctx: &Context, q: &ListQuery) -> Result<(Vec<File>, String)> {
+/// Files newest first, of the owners `owners` may see; returns the page and the next token.
+pub async fn list(ctx: &Context, q: &ListQuery, owners: &Owners) -> Result<(Vec<File>, String)> {
+    let mut filter = q.filter.clone();
+    if let Owners::Only(os) = owners {
+        match &filter.owner {
+            // Another owner's files do not exist for this caller.
+            Some(o) if !owners.permits(o) => return Ok((Vec::new(), String::new())),
+            Some(_) => {}
+            None => filter.owner_in = Some(os.to_vec()),
+        }
+    }
     let (mut conn, _) = ctx.db.read().await?;
-    let mut rows = store::list_files(&mut conn, &q.filter, q.size + 1).await?;
+    let mut rows = store::list_files(&mut conn, &filter, q.size + 1).await?;
     let more = rows.len() as i64 > q.size;
     rows.truncate(q.size as usize);
     let next = if more { rows.last().map(|r| r.id.clone()).unwrap_or_default() } else { String::new() };
@@ -303,9 +366,13 @@ pub async fn list(ctx: &Context, q: &ListQuery) -> Result<(Vec<File>, String)> {
 }
 
 /// Deletes file `id`; returns whether its content was removed (no other reference).
-pub async fn delete(ctx: &Context, id: &str) -> Result<bool> {
+pub async fn delete(ctx: &Context, id: &str, owners: &Owners) -> Result<bool> {
     check_id("file id", id)?;
     let mut conn = ctx.db.write().await?;
+    if let Owners::Only(_) = owners {
+        // Checked before the delete, on the primary: a file's owner never changes.
+        get_visible(&mut conn, id, owners).await?;
+    }
     let (key, last) = store::delete_file(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("file {id}")))?;
     drop(conn);
     if last && let Err(e) = ctx.objects.delete(&key, &ctx.background).await {

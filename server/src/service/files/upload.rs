@@ -18,7 +18,7 @@ use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    File, FileHeader, UploadState, bad, check_id,
+    File, FileHeader, Owners, UploadState, bad, check_id,
     hashing::{Hashes, Stage},
     object_err,
 };
@@ -128,10 +128,13 @@ fn status_of(row: &UploadRow) -> UploadStatus {
 
 /// The committed offset and state of upload `id`, as recorded in the catalog (by whichever
 /// instance wrote it).
-pub async fn upload_status(ctx: &Context, id: &str) -> Result<UploadStatus> {
+pub async fn upload_status(ctx: &Context, id: &str, owners: &Owners) -> Result<UploadStatus> {
     check_id("upload id", id)?;
     let (mut conn, _) = ctx.db.read_prefer_primary().await?;
-    let row = store::get_upload(&mut conn, id).await?.ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
+    let row = store::get_upload(&mut conn, id)
+        .await?
+        .filter(|r| owners.permits(&r.owner))
+        .ok_or_else(|| Error::NotFound(format!("upload {id}")))?;
     Ok(status_of(&row))
 }
 
@@ -165,7 +168,7 @@ pub enum StreamEnd {
 /// dropped (the call was cancelled, or its deadline passed), the task sees it, checkpoints and
 /// records the committed offset. A receive loop inside the handler's future would be dropped
 /// between a write and its checkpoint.
-pub async fn upload<S>(ctx: &Context, start: UploadStart, chunks: S) -> Result<File>
+pub async fn upload<S>(ctx: &Context, start: UploadStart, chunks: S, owners: &Owners) -> Result<File>
 where
     S: Stream<Item = Result<Bytes, StreamEnd>> + Send + Unpin + 'static,
 {
@@ -184,6 +187,10 @@ where
         }
         UploadStart::Resume { id, offset } => {
             check_id("upload id", &id)?;
+            if let Owners::Only(_) = owners {
+                // Another owner's upload does not exist for this caller (its owner never changes).
+                upload_status(ctx, &id, owners).await?;
+            }
             (id, offset, None)
         }
     };

@@ -1,0 +1,2 @@
+DROP TABLE strata.audit_events;
+DROP TABLE strata.tokens;

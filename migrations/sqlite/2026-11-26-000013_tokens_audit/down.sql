@@ -1,0 +1,2 @@
+DROP TABLE strata_audit_events;
+DROP TABLE strata_tokens;
