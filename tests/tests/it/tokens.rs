@@ -233,6 +233,9 @@ async fn the_cli_creates_lists_shows_and_revokes_tokens_and_reads_the_audit_trai
     assert_eq!(v[0]["caller"], "test-admin");
     assert_eq!(v[0]["resource"], format!("id={id}"));
     assert_eq!(v[0]["auth_method"], "config_token");
+    // Never a secret: not the created token's, not the bearer tokens of the calls.
+    let (_, all) = strata(&server, ADMIN_TOKEN, &["--json", "audit", "ls", "--limit", "10000"]).await;
+    assert!(all.contains("CreateToken") && !all.contains(&secret) && !all.contains(ADMIN_TOKEN), "{all}");
     // Only admins read it.
     let viewer = server.client_with(VIEWER_TOKEN).await;
     assert_eq!(viewer.audit_events(&AuditQuery::default(), 10).await.unwrap_err().code(), Some(Code::PermissionDenied));
