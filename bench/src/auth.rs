@@ -21,7 +21,7 @@ use strata_tests::{
     server::{ADMIN_TOKEN, OPERATOR_TOKEN, test_config, test_tokens},
 };
 
-use crate::fleet::{h2load_call, median, pass};
+use crate::fleet::{alternating, h2load_call, median, pass};
 
 /// A gRPC request body: the 5-byte frame header, then `msg`.
 fn framed(msg: &impl Message) -> Vec<u8> {
@@ -64,14 +64,7 @@ pub(crate) async fn run(rounds: usize, calls: u64) -> anyhow::Result<()> {
         info(n / 10)?;
         health(n / 10)?;
         let mut ratios = Vec::new();
-        for round in 0..rounds {
-            let (i, h) = if round % 2 == 0 {
-                let i = info(n)?;
-                (i, health(n)?)
-            } else {
-                let h = health(n)?;
-                (info(n)?, h)
-            };
+        for (round, (i, h)) in alternating(rounds, || info(n), || health(n))?.into_iter().enumerate() {
             println!("  round {}: GetInfo with an API token {i:.0} calls/s vs Health/Check {h:.0} calls/s → {:.2}", round + 1, i / h);
             ratios.push(i / h);
         }
@@ -95,14 +88,7 @@ pub(crate) async fn run(rounds: usize, calls: u64) -> anyhow::Result<()> {
         call(&url_on, n / 10)?;
         call(&url_off, n / 10)?;
         let mut ratios = Vec::new();
-        for round in 0..rounds {
-            let (a, o) = if round % 2 == 0 {
-                let a = call(&url_on, n)?;
-                (a, call(&url_off, n)?)
-            } else {
-                let o = call(&url_off, n)?;
-                (call(&url_on, n)?, o)
-            };
+        for (round, (a, o)) in alternating(rounds, || call(&url_on, n), || call(&url_off, n))?.into_iter().enumerate() {
             println!("  round {}: PauseJob with audit {a:.0} calls/s vs without {o:.0} calls/s → {:.2}", round + 1, a / o);
             ratios.push(a / o);
         }

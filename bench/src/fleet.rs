@@ -125,6 +125,26 @@ pub(crate) async fn timed_upload(c: &Client, src: &Path) -> anyhow::Result<Durat
     Ok(d)
 }
 
+/// Runs `a` and `b` once per round, alternating which goes first (so neither always meets a warmer
+/// or colder machine); returns each round's (a, b).
+pub(crate) fn alternating<T>(
+    rounds: usize,
+    mut a: impl FnMut() -> anyhow::Result<T>,
+    mut b: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<(T, T)>> {
+    (0..rounds)
+        .map(|round| {
+            Ok(if round % 2 == 0 {
+                let x = a()?;
+                (x, b()?)
+            } else {
+                let y = b()?;
+                (a()?, y)
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

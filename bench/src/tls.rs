@@ -12,7 +12,7 @@ use std::time::Duration;
 use strata_client::{Client, TlsOptions};
 use strata_tests::{TestServer, pki::Pki, server::test_config};
 
-use crate::fleet::{h2load, median, pass, timed_upload};
+use crate::fleet::{alternating, h2load, median, pass, timed_upload};
 
 async fn server(dir: &std::path::Path, tls: Option<&strata_tests::pki::Issued>) -> anyhow::Result<TestServer> {
     let mut config =
@@ -77,14 +77,8 @@ pub(crate) async fn run(size_mib: u64, rounds: usize, calls: u64) -> anyhow::Res
         // Warm-up on both.
         h2load(&tls_url, &b, n / 10)?;
         h2load(&plain_url, &b, n / 10)?;
-        for round in 0..rounds {
-            let (t, p) = if round % 2 == 0 {
-                let t = h2load(&tls_url, &b, n)?;
-                (t, h2load(&plain_url, &b, n)?)
-            } else {
-                let p = h2load(&plain_url, &b, n)?;
-                (h2load(&tls_url, &b, n)?, p)
-            };
+        let runs = alternating(rounds, || h2load(&tls_url, &b, n), || h2load(&plain_url, &b, n))?;
+        for (round, (t, p)) in runs.into_iter().enumerate() {
             println!("  GetInfo, round {}: TLS {t:.0} calls/s vs plaintext {p:.0} calls/s → {:.2}", round + 1, t / p);
             ratios.push(t / p);
         }

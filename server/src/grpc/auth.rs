@@ -404,9 +404,11 @@ where
                     let response = match deadline {
                         None => inner.call(req).await?,
                         // The call runs as a task of its own, so that the deadline fires on time even
-                        // when its task is held up (a SQLite busy wait can hold its worker thread).
+                        // when its task is held up (a SQLite busy wait can hold its worker thread);
+                        // a caller that goes away still stops it (the task is aborted with this
+                        // future, as the handler was dropped before).
                         Some(d) => {
-                            let mut call = tokio::spawn(inner.call(req));
+                            let mut call = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inner.call(req)));
                             match tokio::time::timeout(d, &mut call).await {
                                 Ok(Ok(r)) => r?,
                                 Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

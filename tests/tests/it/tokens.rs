@@ -241,3 +241,31 @@ async fn the_cli_creates_lists_shows_and_revokes_tokens_and_reads_the_audit_trai
     assert_eq!(viewer.audit_events(&AuditQuery::default(), 10).await.unwrap_err().code(), Some(Code::PermissionDenied));
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_events_past_their_retention_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |retention: Duration| {
+        let mut config =
+            test_config(format!("sqlite://{}", dir.path().join("s.db").display()), vec![], &dir.path().join("objects"));
+        config.tokens = test_tokens();
+        config.audit_retention = retention;
+        TestServer::start(config)
+    };
+    let server = start(Duration::from_secs(3600)).await.unwrap();
+    let admin = server.client_with(ADMIN_TOKEN).await;
+    admin.record_snapshot().await.unwrap();
+    assert_eq!(code(server.client_with(VIEWER_TOKEN).await.record_snapshot().await), Code::PermissionDenied);
+    let q = AuditQuery::default();
+    until(Duration::from_secs(10), "both events stored", async || admin.audit_events(&q, 10).await.unwrap().len() == 2)
+        .await;
+    server.stop().await.unwrap();
+
+    // Restarted with a retention of one second: the pruning that runs at start removes them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = start(Duration::from_secs(1)).await.unwrap();
+    let admin = server.client_with(ADMIN_TOKEN).await;
+    until(Duration::from_secs(30), "old events pruned", async || admin.audit_events(&q, 10).await.unwrap().is_empty())
+        .await;
+    server.stop().await.unwrap();
+}
