@@ -65,7 +65,11 @@ impl Limits {
                 let all = self.concurrent;
                 map.retain(|_, s| s.available_permits() < all);
             }
-            map.entry(key.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.concurrent))).clone()
+            match map.get(key) {
+                Some(s) => s.clone(),
+                // A caller's first call: the only one that allocates its key.
+                None => map.entry(key.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.concurrent))).clone(),
+            }
         };
         match sem.try_acquire_owned() {
             Ok(p) => Ok(Permit(Some(p))),

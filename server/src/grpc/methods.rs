@@ -8,6 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use prost_reflect::{DescriptorPool, MessageDescriptor, Value};
 use strata_client::pb;
 
+use super::convert::auth_role;
 use crate::config::Role;
 
 /// The full name of the method option.
@@ -69,14 +70,10 @@ impl Methods {
                     missing.push(path);
                     continue;
                 };
-                let role = match m.get_field_by_name("role").and_then(|v| v.as_enum_number()) {
-                    Some(n) if n == pb::Role::Viewer as i32 => Role::Viewer,
-                    Some(n) if n == pb::Role::Operator as i32 => Role::Operator,
-                    Some(n) if n == pb::Role::Admin as i32 => Role::Admin,
-                    _ => {
-                        missing.push(path);
-                        continue;
-                    }
+                let Some(role) = m.get_field_by_name("role").and_then(|v| v.as_enum_number()).and_then(auth_role)
+                else {
+                    missing.push(path);
+                    continue;
                 };
                 let flag = |name: &str| m.get_field_by_name(name).and_then(|v| v.as_bool()).unwrap_or(false);
                 let resources = match m.get_field_by_name("resources").as_deref() {

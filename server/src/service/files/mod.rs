@@ -76,6 +76,11 @@ fn bad(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
 
+/// A file's owner (empty: none): the rule for uploads and for the owners a token is scoped to.
+pub(crate) fn check_owner(owner: &str) -> Result<()> {
+    check_text("owner", owner, MAX_OWNER_LEN)
+}
+
 fn check_text(what: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max {
         return Err(bad(format!("{what} is longer than {max} bytes")));
@@ -107,7 +112,7 @@ impl FileHeader {
         if name == "." || name == ".." || name.contains("..") {
             return Err(bad("file name contains \"..\""));
         }
-        check_text("owner", &owner, MAX_OWNER_LEN)?;
+        check_owner(&owner)?;
         let content_type = if content_type.is_empty() { "application/octet-stream".to_owned() } else { content_type };
         check_text("content type", &content_type, MAX_CONTENT_TYPE_LEN)?;
         if !content_type.contains('/') || content_type.contains(char::is_whitespace) {
