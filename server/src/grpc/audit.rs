@@ -103,24 +103,36 @@ where
     }
 }
 
-/// Reads a refused call's request until its first message has passed (bounded by
-/// [`DENIED_READ`]), for the resource it names.
-pub(super) async fn denied_resource(body: tonic::body::Body, rule: Arc<MethodRule>) -> String {
-    if rule.resources.is_empty() {
-        return String::new();
-    }
-    let slot = Arc::new(Slot::default());
-    let mut body = FirstMessage::new(body, rule, slot.clone());
+/// Reads a refused call's request until its first message has passed or it ends (bounded by
+/// [`DENIED_READ`] and [`FIRST_MESSAGE_MAX`]); returns the resource it names ('' for a method that
+/// declares none, or a path that is no method).
+pub(super) async fn denied_resource(mut body: tonic::body::Body, rule: Option<Arc<MethodRule>>) -> String {
     let read = async {
-        while slot.0.get().is_none() && body.buf.is_some() {
-            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                Some(Ok(_)) => {}
-                _ => break,
+        match rule {
+            Some(rule) if !rule.resources.is_empty() => {
+                let slot = Arc::new(Slot::default());
+                let mut body = FirstMessage::new(body, rule, slot.clone());
+                while slot.0.get().is_none() && body.buf.is_some() {
+                    match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+                slot.get()
+            }
+            _ => {
+                let mut read = 0;
+                while read <= FIRST_MESSAGE_MAX {
+                    match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                        Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                        _ => break,
+                    }
+                }
+                String::new()
             }
         }
     };
-    let _ = tokio::time::timeout(DENIED_READ, read).await;
-    slot.get()
+    tokio::time::timeout(DENIED_READ, read).await.unwrap_or_default()
 }
 
 /// `path=value` of the non-empty fields `paths` name in `bytes` (a `input` message), space

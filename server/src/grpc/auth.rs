@@ -456,13 +456,15 @@ where
                         return Ok(status.into_http());
                     }
                     tracing::info!(path = %path, peer = ?addr, via = ?via, code = ?denied.status.code(), "request rejected");
+                    // The request is read (briefly, a little) before the answer: answered with
+                    // its body unread, the stream is reset, which a proxy in between may pass on
+                    // as a stream error instead of the status.
+                    let resource = audit::denied_resource(std::mem::take(req.body_mut()), rule).await;
                     if let Some(ctx) = &audit {
                         let (name, method) = denied.caller.unwrap_or_else(|| ("-".to_owned(), AuthMethod::None));
                         let mut e = event(name, method);
                         e.code = audit::code_name(denied.status.code());
-                        if let Some(rule) = rule {
-                            e.resource = audit::denied_resource(std::mem::take(req.body_mut()), rule).await;
-                        }
+                        e.resource = resource;
                         ctx.audit.record(ctx, e);
                     }
                     Ok(denied.status.into_http())
