@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a machine for `cargo test --workspace`: installs what the tests drive besides the
-# PostgreSQL 15 binaries (already on the image): libfaketime (instances with a wrong clock) and
-# HAProxy (a fleet behind a load balancer); and builds the previous release's server for the
+# PostgreSQL 15 binaries (already on the image): libfaketime (instances with a wrong clock),
+# HAProxy (a fleet behind a load balancer) and Prometheus with promtool (scraping, the shipped
+# rules and dashboard); and builds the previous release's server for the
 # rolling-upgrade test (the commit in tests/upgrade-from), once per target directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(faketime)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/setup.sh: installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

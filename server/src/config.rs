@@ -19,6 +19,8 @@
 //! | `max_replica_lag`          | `STRATA_MAX_REPLICA_LAG`       | 10s                                  |
 //! | `health_check_interval`    | `STRATA_HEALTH_CHECK_INTERVAL` | 500ms                                |
 //! | `admin_listen`             | `STRATA_ADMIN_LISTEN`          | `127.0.0.1:9464` (`off`: none)       |
+//! | `metrics`                  | `STRATA_METRICS`               | true (`/metrics` on `admin_listen`)  |
+//! | `metrics_max_tables`       | `STRATA_METRICS_MAX_TABLES`    | 50 largest tables                    |
 //! | `shutdown_delay`           | `STRATA_SHUTDOWN_DELAY`        | 5s                                   |
 //! | `shutdown_grace`           | `STRATA_SHUTDOWN_GRACE`        | 10s                                  |
 //! | `run_scheduler`            | `STRATA_RUN_SCHEDULER`         | true                                 |
@@ -405,6 +407,15 @@ pub struct Config {
     // address there); nothing it serves needs a token.
     #[arg(long, env = "STRATA_ADMIN_LISTEN", default_value = "127.0.0.1:9464", global = true)]
     pub admin_listen: ListenAddr,
+    /// Serve Prometheus metrics at `/metrics` on the admin listener and count every call, request
+    /// and transfer for them (docs/metrics.md). `false`: no `/metrics`, nothing counted.
+    #[arg(long, env = "STRATA_METRICS", action = ArgAction::Set, default_value_t = true, global = true)]
+    pub metrics: bool,
+    /// The largest tables exported per table by `/metrics` (`strata_storage_table_*`); the rest
+    /// are counted in `strata_storage_tables_omitted`.
+    // Each table is three series; 50 keeps a scrape small while covering the tables that matter.
+    #[arg(long, env = "STRATA_METRICS_MAX_TABLES", default_value_t = 50, global = true)]
+    pub metrics_max_tables: usize,
     /// How long a stopping server keeps serving, its health NOT_SERVING and `/readyz` 503, before
     /// it stops accepting calls: time for load balancers' probes to notice and route elsewhere.
     // A few intervals of a load balancer's usual probe (HAProxy checks every 2 s by default);

@@ -37,6 +37,7 @@ impl Server {
     /// Connects to the database (waiting up to `startup_timeout`), runs migrations, binds the
     /// listeners (gRPC and admin HTTP) and starts serving plus the background jobs.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let metrics = telemetry::Metrics::new();
         let db = Db::connect(DbSettings {
             url: config.database_url.clone(),
             replica_urls: config.replica_urls.clone(),
@@ -45,6 +46,7 @@ impl Server {
             statement_timeout: config.statement_timeout,
             connect_timeout: config.connect_timeout,
             max_replica_lag: config.max_replica_lag,
+            metrics: metrics.clone(),
         })
         .await?;
         db.wait_ready(config.startup_timeout).await.context("database not ready")?;
@@ -97,8 +99,9 @@ impl Server {
             },
         )
         .await
-        .with_context(|| format!("object store {}", db::redact_url(&config.object_store_url)))?;
-        let ctx = Context::new(db, objects, config, jobs::dispatch::start);
+        .with_context(|| format!("object store {}", db::redact_url(&config.object_store_url)))?
+        .with_metrics(metrics.clone());
+        let ctx = Context::new(db, objects, config, jobs::dispatch::start, metrics);
         // Before serving: the built-in jobs and rules exist once the server answers.
         let jobs = service::scheduler::ensure_builtin(&ctx).await.context("creating the built-in jobs")?;
         let rules = service::alerts::ensure_builtin(&ctx).await.context("creating the built-in alert rules")?;
@@ -163,8 +166,15 @@ async fn run(
     hurry: CancellationToken,
 ) -> anyhow::Result<()> {
     let jobs_cancel = CancellationToken::new();
-    let mut jobs =
-        vec![tokio::spawn(jobs::monitor(ctx.clone(), ctx.config.health_check_interval, jobs_cancel.clone()))];
+    let every = ctx.config.health_check_interval;
+    let mut jobs = vec![
+        tokio::spawn(jobs::monitor(ctx.clone(), every, jobs_cancel.clone())),
+        tokio::spawn(jobs::object_store_monitor(ctx.clone(), every, jobs_cancel.clone())),
+    ];
+    if ctx.config.metrics {
+        let every = service::exporter::CATALOG_EVERY;
+        jobs.push(tokio::spawn(jobs::metrics_catalog(ctx.clone(), every, jobs_cancel.clone())));
+    }
     if ctx.config.run_scheduler {
         let every = ctx.config.scheduler_poll_interval;
         jobs.push(tokio::spawn(jobs::scheduler(ctx.clone(), every, jobs_cancel.clone())));
@@ -186,10 +196,10 @@ async fn run(
         Ok(n) => tracing::warn!(runs = n, "archive runs of a stopped server recorded as interrupted"),
         Err(e) => tracing::error!(error = %e, "checking for interrupted archive runs failed"),
     }
-    let health = grpc::health::Health::follow(ctx.db.primary_up()).await;
+    let health = grpc::health::Health::follow(ctx.db.primary_up(), ctx.objects_up.subscribe()).await;
     let admin_stop = CancellationToken::new();
     let admin = admin_listener
-        .map(|l| tokio::spawn(grpc::admin_http::serve(l, health.clone(), ctx.instance_id.clone(), admin_stop.clone())));
+        .map(|l| tokio::spawn(grpc::admin_http::serve(l, health.clone(), ctx.clone(), admin_stop.clone())));
     // Drain for load balancers: their probes see NOT_SERVING / 503 first, while calls are still
     // served for `shutdown_delay`; only then does the gRPC server stop accepting and drain.
     let stop = CancellationToken::new();

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use strata_server::{
     Server,
-    config::Config,
+    config::{Config, LogFormat},
     db::{Db, DbSettings, redact_url},
     grpc::auth::hash_token,
     telemetry,
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(&cli.config)?;
-    telemetry::init(config.log_format);
+    telemetry::init(config.log_format == LogFormat::Json);
     // Diesel's migration harness for PostgreSQL blocks on async work: needs the multi-thread runtime.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
                     statement_timeout: config.statement_timeout,
                     connect_timeout: config.connect_timeout,
                     max_replica_lag: config.max_replica_lag,
+                    metrics: Default::default(),
                 })
                 .await?;
                 db.wait_ready(config.startup_timeout).await?;

@@ -134,3 +134,95 @@ async fn a_second_sigterm_skips_the_rest_of_the_shutdown_delay() {
     let status = server.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status}; its log:\n{}", server.log());
 }
+
+/// A request id sent as `x-request-id` comes back in the response headers and names the call's
+/// log lines and those of the background work it started (an archive run, in a span of its own);
+/// a call without one gets a new id, different each time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_names_the_calls_log_lines_and_its_background_work() {
+    use std::time::Duration;
+
+    use diesel::{Connection as _, connection::SimpleConnection as _};
+    use strata_client::{
+        archive::ArchivePolicy,
+        pb::{self, admin_service_client::AdminServiceClient, archive_service_client::ArchiveServiceClient},
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.db");
+    let mut app = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    app.batch_execute(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, created_at TEXT, body TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+         INSERT INTO t SELECT i, datetime('now', '-400 days'), 'row ' || i FROM s;",
+    )
+    .unwrap();
+    drop(app);
+    let db = format!("sqlite://{}", path.display());
+    let objects = format!("file://{}", dir.path().join("objects").display());
+    let server = strata_tests::process::ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_strata-server"),
+        &[
+            ("STRATA_DATABASE_URL", &db),
+            ("STRATA_OBJECT_STORE_URL", &objects),
+            ("STRATA_LOG_FORMAT", "json"),
+            ("STRATA_LOG", "info,strata_server::grpc::observe=debug"),
+        ],
+    );
+    let client = server.client().await;
+    let policy = ArchivePolicy {
+        name: "t".into(),
+        table_name: "t".into(),
+        time_column: "created_at".into(),
+        key_columns: vec!["id".into()],
+        archive_after: Duration::from_secs(30 * 86_400),
+        batch_size: 50,
+        ..Default::default()
+    };
+    client.create_policy(&policy).await.unwrap();
+
+    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut req = tonic::Request::new(pb::RunArchiveRequest { policy: "t".into() });
+    req.metadata_mut().insert("x-request-id", "req-7f3a-archive".parse().unwrap());
+    let answer = ArchiveServiceClient::new(channel.clone()).run_archive(req).await.unwrap();
+    assert_eq!(answer.metadata().get("x-request-id").unwrap(), "req-7f3a-archive");
+    let run = answer.into_inner().run.unwrap();
+    client.wait_archive_run(&run.id, Duration::from_millis(20)).await.unwrap();
+
+    // Without an id, or with one unfit for logs: a new one each time.
+    let mut ids = Vec::new();
+    for sent in [None, Some("bad id with spaces")] {
+        let mut req = tonic::Request::new(pb::GetInfoRequest {});
+        if let Some(s) = sent {
+            req.metadata_mut().insert("x-request-id", s.parse().unwrap());
+        }
+        let answer = AdminServiceClient::new(channel.clone()).get_info(req).await.unwrap();
+        let id = answer.metadata().get("x-request-id").unwrap().to_str().unwrap().to_owned();
+        assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+
+    // The call's line and the run's lines (started, ended) all carry the id.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = server.log();
+        let lines: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let with_id = |message: &str| {
+            lines.iter().any(|l| {
+                l["message"] == message && l["spans"].to_string().contains("\"request_id\":\"req-7f3a-archive\"")
+            })
+        };
+        if with_id("call finished") && with_id("run started") && with_id("run ended") {
+            let call =
+                lines.iter().find(|l| l["message"] == "call finished" && l["span"]["request_id"] == "req-7f3a-archive");
+            let span = &call.expect("the call's line")["span"];
+            assert_eq!(span["rpc.method"], "RunArchive");
+            assert_eq!(span["rpc.service"], "strata.v1.ArchiveService");
+            assert_eq!(span["caller"], "loopback");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "log lines without the request id:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -7,6 +7,7 @@ pub mod notify;
 pub mod pg;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod s3;
 pub mod server;

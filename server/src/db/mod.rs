@@ -40,6 +40,8 @@ use diesel_async::{
 use futures::FutureExt;
 use tokio::sync::watch;
 
+use crate::telemetry::{Metrics, metrics::NodeLabels};
+
 /// SQLite connection type used by the pool.
 pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 type PgPool = bb8::Pool<AsyncPgConnection>;
@@ -171,6 +173,8 @@ pub struct DbSettings {
     pub connect_timeout: Duration,
     /// Replicas lagging more than this are skipped for reads.
     pub max_replica_lag: Duration,
+    /// Where checkout times are recorded (`strata_db_pool_acquire_seconds`, per node).
+    pub metrics: Metrics,
 }
 
 /// Which backend is in use.
@@ -244,6 +248,8 @@ struct Node<P> {
     /// reaches itself, and the two deadlines are equal for the acquire timeout (which one fires
     /// first is a race), shorter for replicas.
     timed_out_outside: AtomicU64,
+    /// Checkout times.
+    acquire: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl<P> Node<P> {
@@ -506,6 +512,25 @@ fn pool_stats<M: ::bb8::ManageConnection>(node: &Node<::bb8::Pool<M>>, max_size:
     }
 }
 
+/// The checkout-time histogram of node `name`.
+fn acquire_histogram(
+    settings: &DbSettings,
+    name: &str,
+    role: Role,
+) -> prometheus_client::metrics::histogram::Histogram {
+    settings.metrics.pools.acquire.get_or_create_owned(&NodeLabels { node: name.to_owned(), role: role.as_str() })
+}
+
+impl Role {
+    /// `primary` or `replica`, as metrics label nodes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
 fn sqlite_path(url: &str) -> Option<&str> {
     url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))
 }
@@ -527,6 +552,7 @@ impl Db {
                 ),
                 health: Mutex::new(NodeHealth::default()),
                 timed_out_outside: AtomicU64::new(0),
+                acquire: acquire_histogram(&settings, "primary", Role::Primary),
             };
             let mut replicas = Vec::new();
             for (i, url) in settings.replica_urls.iter().enumerate() {
@@ -546,6 +572,7 @@ impl Db {
                     ),
                     health: Mutex::new(NodeHealth::default()),
                     timed_out_outside: AtomicU64::new(0),
+                    acquire: acquire_histogram(&settings, &format!("replica-{i}"), Role::Replica),
                 });
             }
             Backend::Postgres { primary, replicas }
@@ -575,6 +602,7 @@ impl Db {
                 pool: build_pool("primary", path, sqlite_setup(), &settings),
                 health: Mutex::new(NodeHealth::default()),
                 timed_out_outside: AtomicU64::new(0),
+                acquire: acquire_histogram(&settings, "primary", Role::Primary),
             };
             Backend::Sqlite { node, path: path.to_owned() }
         } else {
@@ -640,8 +668,12 @@ impl Db {
     }
 
     async fn checkout_pg(node: &Node<PgPool>, timeout: Duration) -> Result<PgPooled> {
+        let start = Instant::now();
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
-            Ok(Ok(c)) => Ok(c),
+            Ok(Ok(c)) => {
+                node.acquire.observe(start.elapsed().as_secs_f64());
+                Ok(c)
+            }
             Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
             Ok(Err(bb8::RunError::TimedOut)) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
             Err(_) => {
@@ -652,8 +684,12 @@ impl Db {
     }
 
     async fn checkout_sqlite(node: &Node<SqlitePool>, timeout: Duration) -> Result<SqlitePooled> {
+        let start = Instant::now();
         match tokio::time::timeout(timeout, node.pool.get_owned()).await {
-            Ok(Ok(c)) => Ok(c),
+            Ok(Ok(c)) => {
+                node.acquire.observe(start.elapsed().as_secs_f64());
+                Ok(c)
+            }
             Ok(Err(bb8::RunError::User(e))) => Err(Error::Connect { node: node.name.clone(), message: e.to_string() }),
             Ok(Err(bb8::RunError::TimedOut)) => Err(Error::PoolTimeout { node: node.name.clone(), timeout }),
             Err(_) => {

@@ -143,6 +143,7 @@ catalog! {
         table_name -> [Text],
         total_size_bytes -> [BigInt],
         estimated_rows -> [BigInt],
+        dead_rows -> [Nullable<BigInt>],
     }
     blobs (blake3) sqlite "strata_blobs" {
         blake3 -> [Text],

@@ -41,9 +41,9 @@ pub async fn insert(
     database_size_bytes: i64,
     tables: &[TableStats],
 ) -> Result<i64> {
-    let rows: Vec<(String, String, i64, i64)> = tables
+    let rows: Vec<(String, String, i64, i64, Option<i64>)> = tables
         .iter()
-        .map(|t| (t.schema_name.clone(), t.table_name.clone(), t.total_bytes(), t.rows.unwrap_or(0)))
+        .map(|t| (t.schema_name.clone(), t.table_name.clone(), t.total_bytes(), t.rows.unwrap_or(0), t.dead_rows))
         .collect();
     let id = db_run!(conn, {
         conn.transaction(async |conn| {
@@ -57,7 +57,7 @@ pub async fn insert(
                 .await?;
             // Row by row inside the transaction: Diesel has no multi-row INSERT for SQLite through
             // the async wrapper, and a database has at most a few thousand tables.
-            for (s, t, bytes, n) in &rows {
+            for (s, t, bytes, n, dead) in &rows {
                 diesel::insert_into(schema::snapshot_tables::table)
                     .values((
                         schema::snapshot_tables::snapshot_id.eq(id),
@@ -65,6 +65,7 @@ pub async fn insert(
                         schema::snapshot_tables::table_name.eq(t),
                         schema::snapshot_tables::total_size_bytes.eq(bytes),
                         schema::snapshot_tables::estimated_rows.eq(n),
+                        schema::snapshot_tables::dead_rows.eq(dead),
                     ))
                     .execute(&mut *conn)
                     .await?;
@@ -103,6 +104,50 @@ pub async fn list(conn: &mut Conn, before_id: Option<i64>, limit: i64) -> Result
             .collect::<Vec<_>>()
     });
     Ok(rows)
+}
+
+/// One table of the newest snapshot.
+#[derive(Debug, Clone, Queryable)]
+pub struct LatestTable {
+    /// Schema.
+    pub schema_name: String,
+    /// Table.
+    pub table_name: String,
+    /// Total bytes.
+    pub total_size_bytes: i64,
+    /// Estimated rows.
+    pub estimated_rows: i64,
+    /// Dead rows, when the backend reports them.
+    pub dead_rows: Option<i64>,
+}
+
+/// The newest snapshot with its `limit` largest tables (largest first) and how many tables it
+/// holds in all; None before the first snapshot.
+pub async fn latest(conn: &mut Conn, limit: i64) -> Result<Option<(SnapshotRow, Vec<LatestTable>, i64)>> {
+    let out = db_run!(conn, {
+        use schema::{snapshot_tables as st, snapshots as s};
+        let snap: Option<SnapshotRow> = s::table
+            .select((s::id, s::taken_at, s::database_size_bytes))
+            .order(s::id.desc())
+            .first(conn)
+            .await
+            .optional()?;
+        match snap {
+            None => None,
+            Some(snap) => {
+                let tables: Vec<LatestTable> = st::table
+                    .filter(st::snapshot_id.eq(snap.id))
+                    .select((st::schema_name, st::table_name, st::total_size_bytes, st::estimated_rows, st::dead_rows))
+                    .order((st::total_size_bytes.desc(), st::table_name.asc()))
+                    .limit(limit)
+                    .load(conn)
+                    .await?;
+                let count: i64 = st::table.filter(st::snapshot_id.eq(snap.id)).count().get_result(conn).await?;
+                Some((snap, tables, count))
+            }
+        }
+    });
+    Ok(out)
 }
 
 /// Snapshots taken at or after `since`, oldest first, with the tables whose name starts with

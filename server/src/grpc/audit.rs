@@ -18,6 +18,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 use tonic::Code;
 
 use super::methods::MethodRule;
+use super::status::{code_name, status_of};
 use crate::service::{
     Context,
     audit::{Event, Recorder},
@@ -180,35 +181,6 @@ fn field_text(msg: &DynamicMessage, path: &str) -> Option<String> {
         clean.push('…');
     }
     Some(clean)
-}
-
-/// The name of a gRPC status code, as recorded.
-pub(super) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// The `grpc-status` of headers or trailers, if there is one.
-pub(super) fn status_of(headers: &http::HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
-    Some(Code::from_i32(v))
 }
 
 /// An audited call whose outcome is not known yet.

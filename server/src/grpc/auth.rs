@@ -18,12 +18,14 @@ use super::{
     audit,
     limits::{Limits, Permit},
     methods::Methods,
+    status::{code_name, status_of},
     tls::CertNames,
 };
 use crate::{
     config::{CertRule, Role, TokenSpec},
     model::auth::AuthMethod,
     service::{self, audit::Event, tokens},
+    telemetry,
 };
 
 /// Who is calling, inserted into request extensions after a successful check.
@@ -393,6 +395,7 @@ where
                         _ => None,
                     };
                     if let Some(c) = caller {
+                        tracing::Span::current().record("caller", c.name.as_str());
                         tracing::debug!(caller = %c.name, role = c.role.as_str(), path = %path, peer = ?peer.as_ref().and_then(|p| p.addr), "authorized");
                         req.extensions_mut().insert(c);
                     }
@@ -408,7 +411,8 @@ where
                         // a caller that goes away still stops it (the task is aborted with this
                         // future, as the handler was dropped before).
                         Some(d) => {
-                            let mut call = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(inner.call(req)));
+                            let call = telemetry::propagate(inner.call(req));
+                            let mut call = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(call));
                             match tokio::time::timeout(d, &mut call).await {
                                 Ok(Ok(r)) => r?,
                                 Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -426,7 +430,7 @@ where
                     let response = match pending {
                         None => response,
                         // An error answered at once carries its status in the headers (no body).
-                        Some(pending) => match audit::status_of(response.headers()) {
+                        Some(pending) => match status_of(response.headers()) {
                             Some(tonic::Code::Ok) => {
                                 pending.durable().await;
                                 response
@@ -441,13 +445,16 @@ where
                     // The caller's place among its calls in progress is held until the response
                     // ends (a stream's last message).
                     Ok(match permit {
-                        Some(p) if audit::status_of(response.headers()).is_none() => {
+                        Some(p) if status_of(response.headers()).is_none() => {
                             response.map(|b| tonic::body::Body::new(Holding { inner: b, _permit: p }))
                         }
                         _ => response,
                     })
                 }
                 Err(denied) => {
+                    if let Some((name, _)) = &denied.caller {
+                        tracing::Span::current().record("caller", name.as_str());
+                    }
                     let (addr, via) = peer.as_ref().map_or((None, None), |p| (p.addr, p.via));
                     // Refusals are rate-limited by client address too: a flood of bad tokens is
                     // answered RESOURCE_EXHAUSTED and not recorded one by one.
@@ -463,7 +470,7 @@ where
                     if let Some(ctx) = &audit {
                         let (name, method) = denied.caller.unwrap_or_else(|| ("-".to_owned(), AuthMethod::None));
                         let mut e = event(name, method);
-                        e.code = audit::code_name(denied.status.code());
+                        e.code = code_name(denied.status.code());
                         e.resource = resource;
                         ctx.audit.record(ctx, e);
                     }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{
     auth::caller_owners,
     convert::{time, ts},
+    status::code_name,
 };
 use crate::service::{
     Context, Error,
@@ -64,6 +65,14 @@ fn migration(m: blob_migration::Migration) -> pb::BlobMigration {
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadResponse, Status>> + Send>>;
 
+impl FileApi {
+    /// A transfer call that failed: counted by its status code, and answered with it.
+    fn failed(&self, direction: &'static str, status: Status) -> Status {
+        self.ctx.metrics.file_failed(direction, code_name(status.code()));
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl FileService for FileApi {
     async fn create_upload(
@@ -91,8 +100,12 @@ impl FileService for FileApi {
             },
             Kind::Chunk(_) => return Err(Status::invalid_argument("the first message must be a header or a resume")),
         };
-        let chunks = stream.map(|m| match m {
-            Ok(pb::UploadRequest { kind: Some(Kind::Chunk(c)) }) => Ok(c),
+        let received = self.ctx.metrics.file_bytes("upload");
+        let chunks = stream.map(move |m| match m {
+            Ok(pb::UploadRequest { kind: Some(Kind::Chunk(c)) }) => {
+                received.inc_by(c.len() as u64);
+                Ok(c)
+            }
             Ok(_) => Err(StreamEnd::Invalid("after the first message only chunks may follow".into())),
             // An over-long message is the client's mistake, not a lost connection.
             Err(s) if matches!(s.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) => {
@@ -100,8 +113,13 @@ impl FileService for FileApi {
             }
             Err(s) => Err(StreamEnd::Disconnected(s.message().to_owned())),
         });
-        let f = files::upload(&self.ctx, start, chunks, &owners).await?;
-        Ok(Response::new(pb::UploadResponse { file: Some(file(f)) }))
+        match files::upload(&self.ctx, start, chunks, &owners).await {
+            Ok(f) => {
+                self.ctx.metrics.file_done("upload");
+                Ok(Response::new(pb::UploadResponse { file: Some(file(f)) }))
+            }
+            Err(e) => Err(self.failed("upload", e.into())),
+        }
     }
 
     async fn get_upload_status(
@@ -131,13 +149,27 @@ impl FileService for FileApi {
         let r = req.into_inner();
         let offset = u64::try_from(r.offset).map_err(|_| Status::invalid_argument("offset is negative"))?;
         let length = u64::try_from(r.length).map_err(|_| Status::invalid_argument("length is negative"))?;
-        let (f, bytes) = files::download(&self.ctx, &r.file_id, offset, length, &owners).await?;
+        let (f, bytes) = match files::download(&self.ctx, &r.file_id, offset, length, &owners).await {
+            Ok(d) => d,
+            Err(e) => return Err(self.failed("download", e.into())),
+        };
         let first = pb::DownloadResponse { file: Some(file(f)), chunk: Default::default() };
-        let rest = bytes.map(|b| match b {
-            Ok(chunk) => Ok(pb::DownloadResponse { file: None, chunk }),
-            Err(e) => Err(Status::from(e)),
+        let (metrics, sent) = (self.ctx.metrics.clone(), self.ctx.metrics.file_bytes("download"));
+        let failed = metrics.clone();
+        let rest = bytes.map(move |b| match b {
+            Ok(chunk) => {
+                sent.inc_by(chunk.len() as u64);
+                Ok(pb::DownloadResponse { file: None, chunk })
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                failed.file_failed("download", code_name(status.code()));
+                Err(status)
+            }
         });
-        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(first) }).chain(rest))))
+        // Reached only when every chunk went out (tonic stops polling after an error).
+        let done = futures::stream::once(async move { metrics.file_done("download") }).filter_map(|()| async { None });
+        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(first) }).chain(rest).chain(done))))
     }
 
     async fn stat_file(&self, req: Request<pb::StatFileRequest>) -> Result<Response<pb::StatFileResponse>, Status> {

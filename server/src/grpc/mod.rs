@@ -17,6 +17,7 @@ pub mod health;
 mod limits;
 mod maintenance;
 pub mod methods;
+mod observe;
 mod operations;
 mod partitions;
 mod proxy;
@@ -134,6 +135,7 @@ pub async fn serve(
         (!ctx.config.unary_deadline.is_zero()).then_some(ctx.config.unary_deadline),
     );
     let instance = instance_header::<tonic::body::Body>(&ctx.instance_id);
+    let observe = observe::ObserveLayer::new(&ctx.metrics, ctx.config.metrics);
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -142,6 +144,8 @@ pub async fn serve(
         .max_concurrent_streams(Some(ctx.config.max_streams_per_connection))
         // Outermost, so that the auth layer's refusals carry it too.
         .layer(instance)
+        // Before auth: refused calls are counted, and their log lines carry the request id.
+        .layer(observe)
         .layer(auth)
         .add_service(health)
         .add_optional_service(reflect.then_some(reflection_v1))

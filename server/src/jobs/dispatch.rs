@@ -20,8 +20,11 @@ use crate::service::{
 /// Starts run `run` of `job`, held by this instance, on `ctx.tasks` (the server waits for it at
 /// shutdown); the [`service::scheduler::StartRun`] of this server.
 pub fn start(ctx: &Context, job: JobSpec, run: JobRun) {
+    use tracing::Instrument as _;
     let c = ctx.clone();
-    ctx.tasks.spawn(async move { execute(c, job, run).await });
+    // A span per run: its log lines (and those of the services it calls) name the job and run.
+    let span = tracing::info_span!(parent: None, "job_run", job = %job.name, run = %run.id);
+    ctx.tasks.spawn(async move { execute(c, job, run).await }.instrument(span));
 }
 
 /// How a run ended.
@@ -35,6 +38,7 @@ enum Outcome {
 /// another instance took it over meanwhile), prunes the job's history.
 async fn execute(ctx: Context, job: JobSpec, run: JobRun) {
     tracing::info!(job = %job.name, run = %run.id, attempt = run.attempt, scheduled_for = %run.scheduled_for, "job run started");
+    let started = Instant::now();
     let stop = CancellationToken::new();
     let lost = CancellationToken::new();
     let heartbeat = {
@@ -92,6 +96,7 @@ async fn execute(ctx: Context, job: JobSpec, run: JobRun) {
     let recorded = scheduler::finish_run(&ctx, &run, state, &message, error.as_deref()).await;
     match recorded {
         Ok(true) => {
+            ctx.metrics.run_finished(&job.name, job.kind.as_str(), state.as_str(), started.elapsed());
             tracing::info!(job = %job.name, run = %run.id, state = state.as_str(), message = %message, error = error.as_deref().unwrap_or(""), "job run ended")
         }
         Ok(false) => {

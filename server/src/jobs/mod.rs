@@ -29,6 +29,31 @@ pub async fn monitor(ctx: Context, interval: Duration, cancel: CancellationToken
     }
 }
 
+/// Probes the object store every `interval` (at least a second: an S3 probe is a request).
+pub async fn object_store_monitor(ctx: Context, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => { crate::service::admin::probe_objects(&ctx).await; }
+        }
+    }
+}
+
+/// Reads the catalog's figures for `/metrics` every `interval` (`service::exporter`), the first
+/// time at once.
+pub async fn metrics_catalog(ctx: Context, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => crate::service::exporter::refresh_catalog(&ctx).await,
+        }
+    }
+}
+
 /// Takes over blob migrations whose runner's lease lapsed (its instance stopped or died), each
 /// `interval`, on every instance: migrations are started by RPCs on any of them. The first check
 /// runs at once, so a restarted single instance resumes what it was running.

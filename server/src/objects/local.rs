@@ -45,6 +45,18 @@ impl LocalStore {
         Ok(Self { root: Arc::new(root) })
     }
 
+    /// The directory is still there (a removed or unmounted one fails).
+    pub(super) async fn probe(&self) -> Result<()> {
+        match fs::metadata(self.root.join(STAGING)).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(Error::Io {
+                path: self.root.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "staging is not a directory"),
+            }),
+            Err(e) => Err(io(&self.root)(e)),
+        }
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf> {
         check_key(key)?;
         Ok(self.root.join(key))

@@ -25,6 +25,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::telemetry::Metrics;
+
 pub use local::LocalStore;
 pub use s3::{MIN_PART_SIZE, S3Settings, S3Store};
 
@@ -125,6 +127,9 @@ pub enum Error {
     /// The requested range lies outside the object.
     #[error("range {offset}+{length} is outside an object of {size} bytes")]
     Range { offset: u64, length: u64, size: u64 },
+    /// The store did not answer a probe in time.
+    #[error("object store did not answer: {0}")]
+    Unreachable(String),
     /// The caller's cancellation token fired before the call completed.
     #[error("object store call cancelled")]
     Cancelled,
@@ -174,9 +179,15 @@ pub struct ObjectInfo {
     pub modified: Option<std::time::SystemTime>,
 }
 
-/// Where objects live.
+/// Where objects live, and the metrics its requests are counted in.
 #[derive(Clone)]
-pub enum ObjectStore {
+pub struct ObjectStore {
+    store: Store,
+    metrics: Metrics,
+}
+
+#[derive(Clone)]
+enum Store {
     /// A local directory.
     Local(LocalStore),
     /// An S3-compatible bucket.
@@ -186,32 +197,59 @@ pub enum ObjectStore {
 impl ObjectStore {
     /// Opens the store named by `url` (`file://DIR` or `s3://…`).
     pub async fn open(url: &str, s3: &S3Settings) -> Result<Self> {
-        if let Some(dir) = url.strip_prefix("file://") {
-            Ok(Self::Local(LocalStore::open(dir).await?))
+        let store = if let Some(dir) = url.strip_prefix("file://") {
+            Store::Local(LocalStore::open(dir).await?)
         } else if url.starts_with("s3://") {
-            Ok(Self::S3(S3Store::open(url, s3).await?))
+            Store::S3(S3Store::open(url, s3).await?)
         } else {
-            Err(Error::InvalidUrl(format!("{url:?}: expected file://DIR or s3://BUCKET?endpoint=…")))
+            return Err(Error::InvalidUrl(format!("{url:?}: expected file://DIR or s3://BUCKET?endpoint=…")));
+        };
+        Ok(Self { store, metrics: Metrics::default() })
+    }
+
+    /// The same store, its requests counted in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Whether the store answers, cheaply: the directory is there (file://), the bucket answers
+    /// HeadBucket (S3). For health: FileService and ArchiveService are NOT_SERVING without it.
+    pub async fn probe(&self, timeout: std::time::Duration) -> Result<()> {
+        let probe = async {
+            match &self.store {
+                Store::Local(s) => s.probe().await,
+                Store::S3(s) => s.probe().await,
+            }
+        };
+        match tokio::time::timeout(timeout, self.timed("probe", probe)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unreachable(format!("no answer within {timeout:?}"))),
         }
+    }
+
+    /// Runs one request, counting it (operation, outcome, latency).
+    async fn timed<T>(&self, operation: &'static str, f: impl Future<Output = Result<T>>) -> Result<T> {
+        timed(&self.metrics, operation, f).await
     }
 
     /// Starts writing `key`; nothing is visible under `key` until [`ObjectWriter::finish`].
     /// The writer keeps `cancel` for its own calls.
     pub async fn begin_write(&self, key: &str, size: SizeHint, cancel: &CancellationToken) -> Result<ObjectWriter> {
-        let inner = cancellable(cancel, async {
-            Ok(match self {
-                Self::Local(s) => Writer::Local(s.begin_write(key).await?),
-                Self::S3(s) => s.begin_write(key, size).await?,
+        let begin = cancellable(cancel, async {
+            Ok(match &self.store {
+                Store::Local(s) => Writer::Local(s.begin_write(key).await?),
+                Store::S3(s) => s.begin_write(key, size).await?,
             })
-        })
-        .await?;
-        Ok(ObjectWriter { inner, cancel: cancel.clone() })
+        });
+        let inner = self.timed("write_begin", begin).await?;
+        Ok(ObjectWriter { inner, cancel: cancel.clone(), metrics: self.metrics.clone() })
     }
 
     /// Whether a write of exactly `size` bytes keeps nothing in the store until it finishes (one
     /// PutObject on S3 for at most one part).
     pub fn buffers_whole(&self, size: u64) -> bool {
-        matches!(self, Self::S3(s) if size <= s.part_size())
+        matches!(&self.store, Store::S3(s) if size <= s.part_size())
     }
 
     /// Continues writing `key` from `committed`, the offset `state` was recorded at (by this or
@@ -225,33 +263,37 @@ impl ObjectStore {
         size: SizeHint,
         cancel: &CancellationToken,
     ) -> Result<ObjectWriter> {
-        let inner = cancellable(cancel, async {
-            Ok(match (self, state) {
-                (_, WriteState::Empty) if committed == 0 => match self {
-                    Self::Local(s) => Writer::Local(s.begin_write_fenced(key, how).await?),
-                    Self::S3(s) => s.begin_write(key, size).await?,
+        let resume = cancellable(cancel, async {
+            Ok(match (&self.store, state) {
+                (_, WriteState::Empty) if committed == 0 => match &self.store {
+                    Store::Local(s) => Writer::Local(s.begin_write_fenced(key, how).await?),
+                    Store::S3(s) => s.begin_write(key, size).await?,
                 },
-                (Self::Local(s), WriteState::Local { segments }) => {
+                (Store::Local(s), WriteState::Local { segments }) => {
                     Writer::Local(s.resume_write(key, segments, committed, how).await?)
                 }
-                (Self::S3(s), WriteState::S3 { upload_id, part_size, parts }) => {
+                (Store::S3(s), WriteState::S3 { upload_id, part_size, parts }) => {
                     Writer::S3(s.resume_write(key, upload_id, *part_size, parts, committed, how).await?)
                 }
                 _ => return Err(Error::BadState(format!("{state:?} cannot continue at {committed} in this store"))),
             })
-        })
-        .await?;
-        Ok(ObjectWriter { inner, cancel: cancel.clone() })
+        });
+        let inner = self.timed("write_resume", resume).await?;
+        Ok(ObjectWriter { inner, cancel: cancel.clone(), metrics: self.metrics.clone() })
     }
 
     /// Discards an unfinished write: its staging files, or its multipart upload (and the one a
     /// previous release recorded as `legacy_token`) and any interim object under `key` — so it
     /// must only be given the key of a write that never completed. Runs to its end (cleanup).
     pub async fn discard(&self, key: &str, state: &WriteState, legacy_token: &str) -> Result<()> {
-        match (self, state) {
-            (Self::Local(s), WriteState::Local { segments }) => s.discard(key, segments).await,
-            (Self::Local(s), _) => s.discard(key, &[]).await,
-            (Self::S3(s), state) => {
+        self.timed("discard", self.discard_now(key, state, legacy_token)).await
+    }
+
+    async fn discard_now(&self, key: &str, state: &WriteState, legacy_token: &str) -> Result<()> {
+        match (&self.store, state) {
+            (Store::Local(s), WriteState::Local { segments }) => s.discard(key, segments).await,
+            (Store::Local(s), _) => s.discard(key, &[]).await,
+            (Store::S3(s), state) => {
                 if let WriteState::S3 { upload_id, .. } = state {
                     s.abort_orphan(key, upload_id).await?;
                 }
@@ -269,10 +311,10 @@ impl ObjectStore {
     /// files go through [`ObjectStore::begin_write`]. Either way nothing is visible until it is
     /// complete.
     pub async fn put(&self, key: &str, data: Bytes, cancel: &CancellationToken) -> Result<u64> {
-        if let Self::S3(s) = self
+        if let Store::S3(s) = &self.store
             && (data.len() as u64) <= s.part_size()
         {
-            return cancellable(cancel, s.put(key, data)).await;
+            return self.timed("put", cancellable(cancel, s.put(key, data))).await;
         }
         let mut w = self.begin_write(key, SizeHint::Exact(data.len() as u64), cancel).await?;
         if let Err(e) = w.write(data).await {
@@ -290,47 +332,48 @@ impl ObjectStore {
         length: Option<u64>,
         cancel: &CancellationToken,
     ) -> Result<ByteStream> {
-        let stream = cancellable(cancel, async {
-            match self {
-                Self::Local(s) => s.get(key, offset, length).await,
-                Self::S3(s) => s.get(key, offset, length).await,
+        // Timed to the stream's opening (the first byte's latency); its bytes are the caller's.
+        let open = cancellable(cancel, async {
+            match &self.store {
+                Store::Local(s) => s.get(key, offset, length).await,
+                Store::S3(s) => s.get(key, offset, length).await,
             }
-        })
-        .await?;
+        });
+        let stream = self.timed("get", open).await?;
         Ok(cancellable_stream(stream, cancel.clone()))
     }
 
     /// Size of `key`, or None when it does not exist.
     pub async fn head(&self, key: &str, cancel: &CancellationToken) -> Result<Option<u64>> {
-        cancellable(cancel, async {
-            match self {
-                Self::Local(s) => s.head(key).await,
-                Self::S3(s) => s.head(key).await,
+        let request = cancellable(cancel, async {
+            match &self.store {
+                Store::Local(s) => s.head(key).await,
+                Store::S3(s) => s.head(key).await,
             }
-        })
-        .await
+        });
+        self.timed("head", request).await
     }
 
     /// Size and time of `key`, or None when it does not exist.
     pub async fn stat(&self, key: &str, cancel: &CancellationToken) -> Result<Option<ObjectInfo>> {
-        cancellable(cancel, async {
-            match self {
-                Self::Local(s) => s.stat(key).await,
-                Self::S3(s) => s.stat(key).await,
+        let request = cancellable(cancel, async {
+            match &self.store {
+                Store::Local(s) => s.stat(key).await,
+                Store::S3(s) => s.stat(key).await,
             }
-        })
-        .await
+        });
+        self.timed("stat", request).await
     }
 
     /// Deletes `key`; deleting a missing object succeeds.
     pub async fn delete(&self, key: &str, cancel: &CancellationToken) -> Result<()> {
-        cancellable(cancel, async {
-            match self {
-                Self::Local(s) => s.delete(key).await,
-                Self::S3(s) => s.delete(key).await,
+        let request = cancellable(cancel, async {
+            match &self.store {
+                Store::Local(s) => s.delete(key).await,
+                Store::S3(s) => s.delete(key).await,
             }
-        })
-        .await
+        });
+        self.timed("delete", request).await
     }
 
     /// The objects whose key starts with `prefix` and sorts after `start_after`, in key order,
@@ -346,9 +389,9 @@ impl ObjectStore {
         meta: bool,
         cancel: &CancellationToken,
     ) -> Lister {
-        let inner = match self {
-            Self::Local(s) => ListerInner::Local(s.list_pages(prefix, start_after, page, meta)),
-            Self::S3(s) => ListerInner::S3 {
+        let inner = match &self.store {
+            Store::Local(s) => ListerInner::Local(s.list_pages(prefix, start_after, page, meta)),
+            Store::S3(s) => ListerInner::S3 {
                 store: s.clone(),
                 prefix: prefix.to_owned(),
                 start_after: start_after.map(str::to_owned),
@@ -357,7 +400,7 @@ impl ObjectStore {
                 done: false,
             },
         };
-        Lister { inner, cancel: cancel.clone() }
+        Lister { inner, cancel: cancel.clone(), metrics: self.metrics.clone() }
     }
 
     /// Every object whose key starts with `prefix`, in key order, with size and time (the pages
@@ -377,6 +420,7 @@ impl ObjectStore {
 pub struct Lister {
     inner: ListerInner,
     cancel: CancellationToken,
+    metrics: Metrics,
 }
 
 enum ListerInner {
@@ -387,8 +431,8 @@ enum ListerInner {
 impl Lister {
     /// The next page (never empty); None after the last.
     pub async fn next_page(&mut self) -> Result<Option<Vec<ObjectInfo>>> {
-        let cancel = self.cancel.clone();
-        cancellable(&cancel, async {
+        let (cancel, metrics) = (self.cancel.clone(), self.metrics.clone());
+        let page = cancellable(&cancel, async {
             match &mut self.inner {
                 ListerInner::Local(rx) => rx.recv().await.transpose(),
                 ListerInner::S3 { store, prefix, start_after, token, page, done } => loop {
@@ -403,8 +447,8 @@ impl Lister {
                     }
                 },
             }
-        })
-        .await
+        });
+        timed(&metrics, "list", page).await
     }
 }
 
@@ -412,6 +456,7 @@ impl Lister {
 pub struct ObjectWriter {
     inner: Writer,
     cancel: CancellationToken,
+    metrics: Metrics,
 }
 
 enum Writer {
@@ -428,15 +473,15 @@ impl ObjectWriter {
     /// only good for [`ObjectWriter::checkpoint`] (which resumes it at the committed offset) or
     /// [`ObjectWriter::abort`].
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
-        let cancel = self.cancel.clone();
-        cancellable(&cancel, async {
+        let (cancel, metrics) = (self.cancel.clone(), self.metrics.clone());
+        let write = cancellable(&cancel, async {
             match &mut self.inner {
                 Writer::Local(w) => w.write(data).await,
                 Writer::S3(w) => w.write(data).await,
                 Writer::S3Small(w) => w.write(data),
             }
-        })
-        .await
+        });
+        timed(&metrics, "write", write).await
     }
 
     /// Bytes made durable so far; a resumed write continues here. Always a multiple of
@@ -507,11 +552,14 @@ impl ObjectWriter {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match self.inner {
-            Writer::Local(w) => w.finish().await,
-            Writer::S3(w) => w.finish(&self.cancel).await,
-            Writer::S3Small(w) => w.finish().await,
-        }
+        let finish = async {
+            match self.inner {
+                Writer::Local(w) => w.finish().await,
+                Writer::S3(w) => w.finish(&self.cancel).await,
+                Writer::S3Small(w) => w.finish().await,
+            }
+        };
+        timed(&self.metrics, "write_finish", finish).await
     }
 
     /// Discards everything written. Runs to its end whatever the token says.
@@ -531,6 +579,21 @@ impl ObjectWriter {
             Writer::Local(_) | Writer::S3Small(_) => String::new(),
         }
     }
+}
+
+/// Runs one request of the store, counting it in `metrics` by operation and outcome, with its
+/// latency.
+async fn timed<T>(metrics: &Metrics, operation: &'static str, f: impl Future<Output = Result<T>>) -> Result<T> {
+    let start = std::time::Instant::now();
+    let r = f.await;
+    let outcome = match &r {
+        Ok(_) => "ok",
+        Err(Error::NotFound(_)) => "not_found",
+        Err(Error::Cancelled) => "cancelled",
+        Err(_) => "error",
+    };
+    metrics.object_request(operation, outcome, start.elapsed());
+    r
 }
 
 /// Validates an object key generated by strata: relative, `/`-separated, no `.`/`..` segments.

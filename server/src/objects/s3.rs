@@ -148,6 +148,12 @@ impl S3Store {
         Ok(Self { client, bucket: bucket.into(), prefix: prefix.into(), settings: Arc::new(settings.clone()) })
     }
 
+    /// HeadBucket: the endpoint answers and the bucket is there.
+    pub(super) async fn probe(&self) -> Result<()> {
+        self.client.head_bucket().bucket(&*self.bucket).send().await.map_err(s3_err("HeadBucket", &self.bucket))?;
+        Ok(())
+    }
+
     fn full_key(&self, key: &str) -> Result<String> {
         check_key(key)?;
         Ok(format!("{}{key}", self.prefix))

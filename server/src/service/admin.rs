@@ -115,3 +115,26 @@ pub struct Probe {
 pub async fn test_connection(ctx: &Context) -> Vec<Probe> {
     ctx.db.round_trips().await.into_iter().map(|(name, role, result)| Probe { name, role, result }).collect()
 }
+
+/// How long the object store's health probe may take before it counts as unreachable.
+const OBJECT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Probes the object store (see `ObjectStore::probe`) and publishes the result to
+/// [`Context::objects_up`] (health: FileService and ArchiveService) and `strata_object_store_up`.
+pub async fn probe_objects(ctx: &Context) -> bool {
+    let up = match ctx.objects.probe(OBJECT_PROBE_TIMEOUT).await {
+        Ok(()) => true,
+        Err(e) => {
+            if *ctx.objects_up.borrow() {
+                tracing::warn!(error = %e, "object store unreachable: FileService and ArchiveService report NOT_SERVING");
+            }
+            false
+        }
+    };
+    ctx.metrics.objects.up.set(i64::from(up));
+    let changed = ctx.objects_up.send_if_modified(|v| std::mem::replace(v, up) != up);
+    if changed && up {
+        tracing::info!("object store reachable again");
+    }
+    up
+}

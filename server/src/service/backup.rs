@@ -106,7 +106,7 @@ pub async fn start(ctx: &Context) -> Result<Backup> {
     }
     drop(conn);
     tracing::info!(backup = %row.id, format = %format, "backup started");
-    ctx.tasks.spawn(run(ctx.clone(), row.clone()));
+    ctx.spawn("backup", run(ctx.clone(), row.clone()));
     Ok(row.into())
 }
 

@@ -161,7 +161,7 @@ pub async fn start(ctx: &Context, mut req: StartRequest) -> Result<(Option<Migra
         )));
     }
     drop(conn);
-    ctx.tasks.spawn(run(ctx.clone(), row.clone()));
+    ctx.spawn("blob_migration", run(ctx.clone(), row.clone()));
     Ok((Some(row.into()), rows, bytes))
 }
 
@@ -189,7 +189,7 @@ pub async fn take_over_lapsed(ctx: &Context) -> Result<usize> {
         if store::take_over(&mut conn, &r, &ctx.instance_id, until).await? {
             tracing::info!(migration = %r.id, done = r.rows_done, from = ?r.runner, "taking over blob migration");
             let r = MigrationRow { runner: Some(ctx.instance_id.clone()), lease_until: Some(until), ..r };
-            ctx.tasks.spawn(run(ctx.clone(), r));
+            ctx.spawn("blob_migration", run(ctx.clone(), r));
             taken += 1;
         }
     }

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod audit;
 pub mod backup;
 pub mod blob_migration;
+pub mod exporter;
 pub mod files;
 pub mod maintenance;
 pub mod metrics;
@@ -148,6 +149,11 @@ pub struct Context {
     pub audit: audit::Recorder,
     /// What this instance remembers of API tokens (for `token_cache_ttl`).
     pub tokens: std::sync::Arc<tokens::TokenCache>,
+    /// This instance's Prometheus metrics (`/metrics`).
+    pub metrics: crate::telemetry::Metrics,
+    /// Whether the object store answered its last probe (`admin::probe_objects`); the health of
+    /// FileService and ArchiveService follows it.
+    pub objects_up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Context {
@@ -170,7 +176,13 @@ impl Context {
     }
 
     /// A context for a server starting now; `start_run` runs the job runs it claims.
-    pub fn new(db: db::Db, objects: ObjectStore, config: Config, start_run: scheduler::StartRun) -> Self {
+    pub fn new(
+        db: db::Db,
+        objects: ObjectStore,
+        config: Config,
+        start_run: scheduler::StartRun,
+        metrics: crate::telemetry::Metrics,
+    ) -> Self {
         let file_limits = files::FileLimits {
             max_file_size: config.max_file_size,
             allowed_content_types: config.allowed_content_types.clone(),
@@ -199,6 +211,20 @@ impl Context {
             operations: Default::default(),
             audit: Default::default(),
             tokens: Default::default(),
+            metrics,
+            // It opened (S3: HeadBucket answered) just before.
+            objects_up: std::sync::Arc::new(tokio::sync::watch::Sender::new(true)),
         }
+    }
+
+    /// Spawns background work a call (or a job) started, among [`Context::tasks`], in a span of its
+    /// own that carries the call's request id ([`crate::telemetry::task_span`]).
+    pub fn spawn<F>(&self, task: &'static str, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        use tracing::Instrument as _;
+        self.tasks.spawn(f.instrument(crate::telemetry::task_span(task)))
     }
 }

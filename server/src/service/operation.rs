@@ -302,7 +302,7 @@ where
     let kind = row.kind;
     ctx.operations.add(&h.id, h.teller());
     let registered = Registered(ctx.operations.clone(), h.id.clone());
-    ctx.tasks.spawn(async move {
+    ctx.spawn("operation", async move {
         let _registered = registered;
         tracing::info!(operation = %h.id, kind = %kind, target = %row.target, "operation started here");
         let heartbeat = tokio::spawn(hold_lease(h.clone()));

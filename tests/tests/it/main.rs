@@ -25,6 +25,7 @@ mod operations;
 mod partitions;
 mod pg_tls;
 mod pool;
+mod prometheus;
 mod routing;
 mod scheduler;
 mod support;

@@ -1,5 +1,7 @@
 //! The object store against a local folder and a real S3-protocol server (s3s-fs over loopback).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures::TryStreamExt;
 use strata_server::objects::{Error, MIN_PART_SIZE, ObjectStore, Resume, S3Settings, SizeHint, WriteState};
@@ -207,4 +209,58 @@ async fn s3_secret_keys_with_reserved_characters() {
     }
     // A space where the `+` was (what form decoding would have sent) is refused.
     assert!(ObjectStore::open(&url("se%20cr%40t%3A%2F%25x%20y"), &settings).await.is_err());
+}
+
+/// FileService and ArchiveService report NOT_SERVING while the object store does not answer (the
+/// server as a whole and the other services keep serving), and SERVING again once it does.
+#[tokio::test(flavor = "multi_thread")]
+async fn file_and_archive_services_follow_the_object_store() {
+    use strata_tests::proxy::StallProxy;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+    let s3 = S3Server::start("strata-health").unwrap();
+    let proxy = StallProxy::start(s3.addr()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = strata_tests::server::test_config(
+        format!("sqlite://{}", dir.path().join("strata.db").display()),
+        vec![],
+        &dir.path().join("objects"),
+    );
+    config.object_store_url = s3.url_via(proxy.addr);
+    // Each probe attempt gives up quickly; the probe itself is bounded at 3 s.
+    config.s3_attempt_timeout = Duration::from_millis(500);
+    config.s3_max_attempts = 1;
+    let server = strata_tests::TestServer::start(config).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let statuses = async |health: &mut HealthClient<tonic::transport::Channel>| {
+        let mut out = Vec::new();
+        for service in ["", "strata.v1.FileService", "strata.v1.ArchiveService", "strata.v1.StorageService"] {
+            let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();
+            out.push(r.into_inner().status() == ServingStatus::Serving);
+        }
+        out
+    };
+    let wait_for = async |health: &mut HealthClient<tonic::transport::Channel>, want: Vec<bool>| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = statuses(health).await;
+            if now == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "statuses {now:?}, expected {want:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(&mut health, vec![true, true, true, true]).await;
+    proxy.stall();
+    wait_for(&mut health, vec![true, false, false, true]).await;
+    let ready = reqwest::get(format!("{}/readyz", server.admin_url())).await.unwrap();
+    assert_eq!(ready.status(), 200, "the server as a whole still serves");
+    let metrics = reqwest::get(format!("{}/metrics", server.admin_url())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("strata_object_store_up 0"), "{metrics}");
+    assert!(metrics.contains("strata_service_serving{service=\"strata.v1.FileService\"} 0"));
+    proxy.resume();
+    wait_for(&mut health, vec![true, true, true, true]).await;
+    server.stop().await.unwrap();
 }

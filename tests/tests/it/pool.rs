@@ -96,6 +96,7 @@ async fn replica_sessions_are_read_only_and_statements_time_out() {
         statement_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_secs(2),
         max_replica_lag: Duration::from_secs(30),
+        metrics: Default::default(),
     })
     .await
     .unwrap();

@@ -30,6 +30,9 @@ pub struct HealthReport {
     pub factors: Vec<Factor>,
     /// When it was computed (the database's time).
     pub at: chrono::DateTime<chrono::Utc>,
+    /// Days until the disk holding the database is full at the current growth, when known (a
+    /// local disk, growing).
+    pub days_until_full: Option<f64>,
 }
 
 /// The health score: 100 minus the penalties below (at least 0); 0 outright when the primary is
@@ -44,7 +47,7 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
         detail: if primary_up { "reachable".into() } else { "unreachable".into() },
     });
     if !primary_up {
-        return Ok(HealthReport { score: 0, status: "critical", factors, at: ctx.now_utc() });
+        return Ok(HealthReport { score: 0, status: "critical", factors, at: ctx.now_utc(), days_until_full: None });
     }
     let (open, _) = list_alerts(
         ctx,
@@ -143,7 +146,7 @@ pub async fn health_report(ctx: &Context) -> Result<HealthReport> {
     } else {
         "critical"
     };
-    Ok(HealthReport { score, status, factors, at: ctx.now_utc() })
+    Ok(HealthReport { score, status, factors, at: ctx.now_utc(), days_until_full: days })
 }
 
 /// A size for people to read (`252.0 GiB`), in the units the CLI prints.

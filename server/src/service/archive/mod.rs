@@ -604,7 +604,7 @@ async fn start(ctx: &Context, p: Policy, kind: RunKind, cutoff: Option<DateTime<
     drop(conn);
     tracing::info!(run = %id, policy = %p.spec.name, kind = kind.as_str(), "run started");
     let run = Run::from(row);
-    ctx.tasks.spawn(execute(ctx.clone(), p, run.clone(), work));
+    ctx.spawn("archive_run", execute(ctx.clone(), p, run.clone(), work));
     Ok(run)
 }
 

@@ -5,6 +5,7 @@
 //! ([`store::archive_batch`]); a purge run deletes due rows batch by batch.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -246,17 +247,20 @@ pub(super) async fn archive_rows(
             }
             drop(conn);
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(one_batch(
-                ctx.clone(),
-                p.clone(),
-                run.id.clone(),
-                sql.clone(),
-                columns.clone(),
-                store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), upto.as_ref(), limit),
-                (after.is_some(), upto.is_some()),
-                limit,
-                tx,
-            ));
+            let task = tokio::spawn(
+                one_batch(
+                    ctx.clone(),
+                    p.clone(),
+                    run.id.clone(),
+                    sql.clone(),
+                    columns.clone(),
+                    store::params(&sql, cutoff, &p.spec.filters, after.as_ref(), upto.as_ref(), limit),
+                    (after.is_some(), upto.is_some()),
+                    limit,
+                    tx,
+                )
+                .in_current_span(),
+            );
             inflight.push_back(task);
             // The next batch may start once this one has read (and locked) its rows.
             match rx.await {
@@ -270,9 +274,10 @@ pub(super) async fn archive_rows(
                         asked_last_due = true;
                         let (ctx, sql) = (ctx.clone(), sql.clone());
                         let params = store::params(&sql, cutoff, &p.spec.filters, None, None, 0);
-                        last_due = Some(tokio::spawn(async move {
-                            Ok(store::last_due_key(&mut ctx.db.write().await?, &sql, &params).await?)
-                        }));
+                        last_due = Some(tokio::spawn(
+                            async move { Ok(store::last_due_key(&mut ctx.db.write().await?, &sql, &params).await?) }
+                                .in_current_span(),
+                        ));
                     }
                 }
                 Err(_) => more = false,
@@ -343,6 +348,8 @@ async fn one_batch(
         now: t,
     };
     let written = std::sync::Mutex::new(None::<String>);
+    // The segment's sizes, counted in the metrics once its batch committed.
+    let sizes = std::sync::Mutex::new((0u64, 0u64));
     let mut cursor = Some(cursor);
     let outcome = {
         let mut conn = ctx.db.write().await?;
@@ -350,7 +357,9 @@ async fn one_batch(
             if let Some(tx) = cursor.take() {
                 let _ = tx.send(Cursor { last_key: rows.last_key.clone(), full: rows.count as i64 >= limit });
             }
-            seal(&ctx, &p, &segment_id, rows, &written).await
+            let sealed = seal(&ctx, &p, &segment_id, rows, &written).await?;
+            *sizes.lock().expect("lock") = (sealed.raw_bytes as u64, sealed.compressed_bytes as u64);
+            Ok(sealed)
         })
         .await
     };
@@ -362,6 +371,8 @@ async fn one_batch(
                 select_ms = phases.select.as_millis() as u64, seal_ms = phases.seal.as_millis() as u64,
                 finish_ms = phases.finish.as_millis() as u64, "archive batch committed"
             );
+            let (raw, compressed) = *sizes.lock().expect("lock");
+            ctx.metrics.archived(rows as u64, 1, raw, compressed);
             Ok(BatchEnd::Committed { cancel_requested, rows, txn })
         }
         Ok(BatchOutcome::Empty) => {

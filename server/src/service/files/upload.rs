@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{
     File, FileHeader, Owners, UploadState, bad, check_id,
@@ -198,7 +199,9 @@ where
     let _gone_on_drop = caller_gone.clone().drop_guard();
     let task_ctx = ctx.clone();
     // Tracked: a stopping server waits for the checkpoint.
-    let task = ctx.tasks.spawn(async move { receive(&task_ctx, &id, offset, held, chunks, caller_gone).await });
+    let task = ctx
+        .tasks
+        .spawn(async move { receive(&task_ctx, &id, offset, held, chunks, caller_gone).await }.in_current_span());
     match task.await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

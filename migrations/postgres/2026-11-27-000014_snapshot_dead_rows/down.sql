@@ -1,0 +1,1 @@
+ALTER TABLE strata.snapshot_tables DROP COLUMN dead_rows;
