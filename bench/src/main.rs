@@ -15,6 +15,7 @@ mod partitions;
 mod prose;
 mod reconcile;
 mod restore;
+mod rpc;
 mod tls;
 
 use std::time::{Duration, Instant};
@@ -150,6 +151,22 @@ enum Command {
         /// GetInfo calls per h2load run (PauseJob: a quarter of it).
         #[arg(long, default_value_t = 200_000)]
         calls: u64,
+    },
+    /// Unary calls through h2load (4 connections × 64 streams): calls/s, p50 and p99 of
+    /// Health/Check, GetInfo, StatFile, ListFiles and GetStorageMetrics on SQLite and on
+    /// PostgreSQL; GetInfo with metrics on vs off (≥ 0.95); StatFile on SQLite vs Health/Check on
+    /// the same server (≥ 0.25); StatFile on PostgreSQL over `--files` files at random vs the same
+    /// SELECT through a diesel-async pool at the same concurrency (≥ 0.7).
+    Rpc {
+        /// Calls per h2load run (ListFiles and GetStorageMetrics: a tenth of it).
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+        /// Files in the catalog (StatFile picks among them at random).
+        #[arg(long, default_value_t = 100_000)]
+        files: u64,
+        /// Rounds of metrics on vs off, alternating which side goes first; the median is judged.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Fair sharing of SQLite during archival: an application inserting one row every 5 ms into its
     /// table of the embedded database (own connection, busy timeout 10 s) while a run archives half
@@ -307,6 +324,7 @@ fn main() -> anyhow::Result<()> {
             Command::Reconcile { objects, rounds } => reconcile::run(objects, rounds.max(1)).await,
             Command::Tls { size_mib, rounds, calls } => tls::run(size_mib, rounds.max(1), calls).await,
             Command::Auth { rounds, calls } => auth::run(rounds.max(1), calls).await,
+            Command::Rpc { calls, files, rounds } => rpc::run(calls, files.max(1), rounds.max(1)).await,
             Command::Restore { rows, batch_size, rounds } => restore::run(rows, batch_size, rounds.max(1)).await,
             Command::SqliteFairness { rows, batch_size, rounds, sleep_coef, batch_target_ms } => {
                 let tuning = fairness::Tuning { sleep_coef, batch_target_ms };

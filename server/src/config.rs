@@ -21,6 +21,7 @@
 //! | `admin_listen`             | `STRATA_ADMIN_LISTEN`          | `127.0.0.1:9464` (`off`: none)       |
 //! | `metrics`                  | `STRATA_METRICS`               | true (`/metrics` on `admin_listen`)  |
 //! | `metrics_max_tables`       | `STRATA_METRICS_MAX_TABLES`    | 50 largest tables                    |
+//! | `otlp_endpoint`            | `STRATA_OTLP_ENDPOINT`         | none: no traces sent                 |
 //! | `shutdown_delay`           | `STRATA_SHUTDOWN_DELAY`        | 5s                                   |
 //! | `shutdown_grace`           | `STRATA_SHUTDOWN_GRACE`        | 10s                                  |
 //! | `run_scheduler`            | `STRATA_RUN_SCHEDULER`         | true                                 |
@@ -416,6 +417,11 @@ pub struct Config {
     // Each table is three series; 50 keeps a scrape small while covering the tables that matter.
     #[arg(long, env = "STRATA_METRICS_MAX_TABLES", default_value_t = 50, global = true)]
     pub metrics_max_tables: usize,
+    /// Send traces (a span per call, per background task, per job run) to this OpenTelemetry
+    /// collector over OTLP/gRPC, e.g. `http://127.0.0.1:4317`; default: none. The standard
+    /// `OTEL_*` variables tune the exporter and sampler (e.g. `OTEL_TRACES_SAMPLER_ARG`).
+    #[arg(long, env = "STRATA_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     /// How long a stopping server keeps serving, its health NOT_SERVING and `/readyz` 503, before
     /// it stops accepting calls: time for load balancers' probes to notice and route elsewhere.
     // A few intervals of a load balancer's usual probe (HAProxy checks every 2 s by default);

@@ -36,11 +36,26 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::load(&cli.config)?;
-    telemetry::init(config.log_format == LogFormat::Json);
     // Diesel's migration harness for PostgreSQL blocks on async work: needs the multi-thread runtime.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Inside the runtime: the OTLP exporter's channel lives there.
+    let telemetry = {
+        let _runtime = rt.enter();
+        telemetry::init(config.log_format == LogFormat::Json, config.otlp_endpoint.as_deref())
+            .map_err(anyhow::Error::msg)?
+    };
     rt.block_on(async move {
-        match cli.command {
+        let done = run(cli.command, config).await;
+        telemetry.shutdown().await;
+        done
+    })
+    .context("strata-server failed")
+}
+
+/// Runs the command (serve by default) to its end.
+async fn run(command: Option<Command>, config: Config) -> anyhow::Result<()> {
+    {
+        match command {
             Some(Command::Migrate) => {
                 tracing::info!(database = %redact_url(&config.database_url), "running migrations");
                 let db = Db::connect(DbSettings {
@@ -82,8 +97,7 @@ fn main() -> anyhow::Result<()> {
             }
             Some(Command::HashToken { .. }) => unreachable!("handled before the runtime starts"),
         }
-    })
-    .context("strata-server failed")
+    }
 }
 
 /// SIGTERM and ctrl-c (SIGINT), listened for from the moment this is made.

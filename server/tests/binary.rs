@@ -226,3 +226,110 @@ async fn a_request_id_names_the_calls_log_lines_and_its_background_work() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// With `otlp_endpoint`, every call's span reaches an OTLP/gRPC receiver (the collector's
+/// TraceService, served here): named `service/method`, of kind SERVER, with the RPC attributes,
+/// the caller and the request id, joined to the caller's trace by its `traceparent`.
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_reach_an_otlp_receiver_with_the_calls_names_and_attributes() {
+    use std::time::Duration;
+
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        trace::v1::span::SpanKind,
+    };
+    use strata_client::pb::{self, admin_service_client::AdminServiceClient};
+
+    struct Receiver(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let _ = self.0.send(req.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+    fn text(v: &Option<AnyValue>) -> String {
+        match v.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+    fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+        attrs.iter().find(|a| a.key == key).map(|a| text(&a.value))
+    }
+
+    let port = strata_tests::pg::free_port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Receiver(tx)))
+            .serve(([127, 0, 0, 1], port).into()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("strata.db").display());
+    let objects = format!("file://{}", dir.path().join("objects").display());
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let server = strata_tests::process::ServerProcess::spawn(
+        env!("CARGO_BIN_EXE_strata-server"),
+        &[
+            ("STRATA_DATABASE_URL", &db),
+            ("STRATA_OBJECT_STORE_URL", &objects),
+            ("STRATA_OTLP_ENDPOINT", &endpoint),
+            // Batches leave within 100 ms rather than the default 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    server.client().await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut req = tonic::Request::new(pb::GetInfoRequest {});
+    req.metadata_mut().insert("x-request-id", "otlp-req-1".parse().unwrap());
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent}-01").parse().unwrap());
+    AdminServiceClient::new(channel).get_info(req).await.unwrap();
+
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let batch = rx.recv().await.expect("the receiver runs");
+            for rs in batch.resource_spans {
+                let service = rs.resource.as_ref().and_then(|r| attr(&r.attributes, "service.name"));
+                for ss in rs.scope_spans {
+                    for span in ss.spans {
+                        if attr(&span.attributes, "request_id").as_deref() == Some("otlp-req-1") {
+                            return (service, span);
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("no span with the request id reached the receiver; the server's log:\n{}", server.log())
+    });
+    let (service, span) = found;
+    assert_eq!(service.as_deref(), Some("strata"));
+    assert_eq!(span.name, "strata.v1.AdminService/GetInfo");
+    assert_eq!(span.kind, SpanKind::Server as i32);
+    assert_eq!(hex::encode(&span.trace_id), trace_id, "joined to the caller's trace");
+    assert_eq!(hex::encode(&span.parent_span_id), parent);
+    for (key, want) in [
+        ("rpc.system", "grpc"),
+        ("rpc.service", "strata.v1.AdminService"),
+        ("rpc.method", "GetInfo"),
+        ("caller", "loopback"),
+        ("rpc.grpc.status_code", "0"),
+    ] {
+        assert_eq!(attr(&span.attributes, key).as_deref(), Some(want), "{key} in {:?}", span.attributes);
+    }
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+}

@@ -198,7 +198,9 @@ where
             request_id = &*id,
             caller = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        telemetry::follow_remote_parent(&span, req.headers());
         if metrics {
             method.started.inc();
             if let Some(received) = &method.received {
@@ -250,6 +252,19 @@ impl Observed {
         }
         let took = self.start.elapsed();
         self.span.record("rpc.grpc.status_code", code as i32);
+        // OpenTelemetry's RPC conventions: a server span is an error for these codes only (the
+        // others are the caller's doing).
+        if matches!(
+            code,
+            Code::Unknown
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+        ) {
+            self.span.record("otel.status_code", "ERROR");
+        }
         if self.metrics {
             self.method.handled(code).inc();
             self.method.handling.observe(took.as_secs_f64());

@@ -4,10 +4,11 @@
 //! Every layer records into it; it imports nothing of the crate.
 
 pub mod metrics;
+mod otlp;
 
 use std::{io::IsTerminal as _, sync::Arc};
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, filter::LevelFilter, fmt, prelude::*};
 
 pub use self::metrics::Metrics;
 
@@ -70,23 +71,56 @@ pub fn task_span(task: &'static str) -> tracing::Span {
     span
 }
 
-/// Installs the global subscriber: JSON lines (`json`) or text. Filter from `STRATA_LOG` or
-/// `RUST_LOG`, default `info`.
-pub fn init(json: bool) {
+/// What [`init`] set up that must be ended at exit: the OpenTelemetry exporter, whose last spans
+/// are sent by [`Telemetry::shutdown`].
+#[must_use = "call shutdown() at exit, or the last spans are lost"]
+pub struct Telemetry {
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered (at most the exporter's timeout) and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.traces {
+            // Blocking: it waits for the export thread, whose requests need this runtime.
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber: JSON lines (`json`) or text, and spans sent to
+/// `otlp_endpoint` over OTLP/gRPC when given (call it inside the Tokio runtime then: the exporter's
+/// channel lives there). Filter from `STRATA_LOG` or `RUST_LOG`, default `info`.
+pub fn init(json: bool, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
     let filter = std::env::var("STRATA_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
-    let registry = tracing_subscriber::registry().with(filter);
+    let traces = otlp_endpoint.map(otlp::provider).transpose()?;
+    // Each layer filters for itself: spans are exported at `info` whatever level the logs are at
+    // (an operator who logs warnings only still gets every call's span).
+    let otel = traces.as_ref().map(|p| otlp::layer(p).with_filter(LevelFilter::INFO));
+    let registry = tracing_subscriber::registry().with(otel);
     // Logs go to stderr so that stdout carries only command output (e.g. `migrate`); colours only
     // on a terminal.
     let ansi = std::io::stderr().is_terminal();
     let _ = if json {
         // Each line carries its spans' fields (`span`, `spans`): a call's request id among them.
-        registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).try_init()
+        let fmt = fmt::layer().json().flatten_event(true).with_writer(std::io::stderr);
+        registry.with(fmt.with_filter(filter)).try_init()
     } else {
-        registry.with(fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr)).try_init()
+        let fmt = fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
+        registry.with(fmt.with_filter(filter)).try_init()
     };
+    Ok(Telemetry { traces })
+}
+
+/// Joins `span` to the caller's trace when the request carries a W3C `traceparent` header and
+/// traces are exported.
+pub fn follow_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") && otlp::ENABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        otlp::set_parent(span, headers);
+    }
 }
 
 /// For tests: logs to the test writer at `warn` unless `RUST_LOG` says otherwise; safe to call often.

@@ -22,13 +22,13 @@ fn synthetic_samples(ts: impl Fn(&str) -> String) -> Vec<String> {
             db = 10_000_000 + (days * 1_048_576.0) as i64
         ));
         sql.push(format!(
-            "INSERT INTO {{snapshot_tables}} VALUES ({id}, 'public', 'orders', {b}, {r})",
+            "INSERT INTO {{snapshot_tables}} (snapshot_id, schema_name, table_name, total_size_bytes, estimated_rows) VALUES ({id}, 'public', 'orders', {b}, {r})",
             id = 100 + i,
             b = 2_000_000 + (days * 100_000.0) as i64,
             r = 50_000 + (days * 1_000.0) as i64
         ));
         sql.push(format!(
-            "INSERT INTO {{snapshot_tables}} VALUES ({id}, 'public', 'archive', {b}, 10)",
+            "INSERT INTO {{snapshot_tables}} (snapshot_id, schema_name, table_name, total_size_bytes, estimated_rows) VALUES ({id}, 'public', 'archive', {b}, 10)",
             id = 100 + i,
             b = 900_000 - (days * 10_000.0) as i64
         ));
