@@ -11,7 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use strata_client::{
     pb,
     tokens::{AuditQuery, Role},
@@ -21,16 +20,7 @@ use strata_tests::{
     server::{ADMIN_TOKEN, OPERATOR_TOKEN, test_config, test_tokens},
 };
 
-use crate::fleet::{alternating, h2load_call, median, pass};
-
-/// A gRPC request body: the 5-byte frame header, then `msg`.
-fn framed(msg: &impl Message) -> Vec<u8> {
-    let bytes = msg.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&bytes);
-    out
-}
+use crate::fleet::{alternating, framed, h2load_call, median, pass};
 
 async fn server(cluster: &PgCluster, db: &str, dir: &std::path::Path, audit: bool) -> anyhow::Result<TestServer> {
     let mut config = test_config(cluster.primary_url(db), Vec::new(), &dir.join("objects"));

@@ -61,7 +61,11 @@ pub(crate) fn h2load_call(url: &str, method: &str, body: &Path, headers: &[&str]
         cmd.args(["-H", h]);
     }
     let out = cmd.arg(format!("{url}{method}")).output().context("h2load (apt-get install nghttp2-client)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    h2load_rate(&String::from_utf8_lossy(&out.stdout), calls)
+}
+
+/// The calls per second of an h2load run's output, after checking all `calls` got a 200.
+pub(crate) fn h2load_rate(text: &str, calls: u64) -> anyhow::Result<f64> {
     let ok = text
         .lines()
         .find(|l| l.starts_with("status codes:"))
@@ -74,6 +78,15 @@ pub(crate) fn h2load_call(url: &str, method: &str, body: &Path, headers: &[&str]
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
         .with_context(|| format!("no rate in h2load's output:\n{text}"))
+}
+
+/// A gRPC request body: the 5-byte frame header, then `msg`.
+pub(crate) fn framed(msg: &impl prost::Message) -> Vec<u8> {
+    let bytes = msg.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    out
 }
 
 /// One h2load run with the CPU every process involved spent on it: (calls/s, CPU ms per 1000

@@ -22,29 +22,19 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _, SimpleAsyncConnection, pooled_connection::bb8};
-use prost::Message;
 use strata_client::pb;
 use strata_tests::{PgCluster, TestServer, server::test_config};
 
-use crate::fleet::{alternating, median, pass};
+use crate::fleet::{alternating, framed, h2load_rate, median, pass};
 
 /// Connections and streams per connection of every generator.
 const CONNECTIONS: usize = 4;
 const STREAMS: usize = 64;
 /// strata's default `pool_max_size`, for the server and the direct pool alike.
 const POOL: u32 = 16;
-
-/// A gRPC request body: the 5-byte frame header, then `msg`.
-fn framed(msg: &impl Message) -> Vec<u8> {
-    let bytes = msg.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&bytes);
-    out
-}
 
 /// One h2load run's figures.
 #[derive(Debug, Clone, Copy)]
@@ -69,20 +59,7 @@ fn h2load(url: &str, method: &str, body: &[u8], calls: u64, work: &Path) -> anyh
         .arg(format!("{url}{method}"))
         .output()
         .context("h2load (apt-get install nghttp2-client)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let ok = text
-        .lines()
-        .find(|l| l.starts_with("status codes:"))
-        .and_then(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    if ok != calls {
-        bail!("h2load: {ok} of {calls} calls answered 200:\n{text}");
-    }
-    let per_second = text
-        .lines()
-        .find(|l| l.starts_with("finished in"))
-        .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
-        .with_context(|| format!("no rate in h2load's output:\n{text}"))?;
+    let per_second = h2load_rate(&String::from_utf8_lossy(&out.stdout), calls)?;
     // Each line: start time, HTTP status, duration (µs).
     let mut micros: Vec<f64> = std::fs::read_to_string(&log)?
         .lines()

@@ -25,8 +25,9 @@ use crate::{
 /// How often the catalog's figures are read.
 pub const CATALOG_EVERY: Duration = Duration::from_secs(5);
 
-/// How long one reading of the catalog may take before it is given up (the last figures stay).
-const CATALOG_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one reading of the catalog may take before it is given up (the last figures stay):
+/// a few of its periods, so that a reading stuck behind a lock holds a pooled connection briefly.
+const CATALOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn node(name: &str, role: Role) -> NodeLabels {
     NodeLabels { node: name.to_owned(), role: role.as_str() }
