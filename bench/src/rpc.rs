@@ -49,6 +49,8 @@ fn h2load(url: &str, method: &str, body: &[u8], calls: u64, work: &Path) -> anyh
     let data = work.join("body.bin");
     std::fs::write(&data, body)?;
     let log = work.join("h2load.log");
+    // h2load appends to its log: a previous run's lines would count in this run's percentiles.
+    let _ = std::fs::remove_file(&log);
     let out = Command::new("h2load")
         .args(["-n", &calls.to_string(), "-c", &CONNECTIONS.to_string(), "-m", &STREAMS.to_string(), "-t", "1"])
         .arg("-d")
