@@ -167,6 +167,9 @@ enum Command {
         /// Rounds of metrics on vs off, alternating which side goes first; the median is judged.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The SQLite figures only (no PostgreSQL cluster): for quick iteration on the embedded path.
+        #[arg(long)]
+        sqlite_only: bool,
     },
     /// Fair sharing of SQLite during archival: an application inserting one row every 5 ms into its
     /// table of the embedded database (own connection, busy timeout 10 s) while a run archives half
@@ -324,7 +327,9 @@ fn main() -> anyhow::Result<()> {
             Command::Reconcile { objects, rounds } => reconcile::run(objects, rounds.max(1)).await,
             Command::Tls { size_mib, rounds, calls } => tls::run(size_mib, rounds.max(1), calls).await,
             Command::Auth { rounds, calls } => auth::run(rounds.max(1), calls).await,
-            Command::Rpc { calls, files, rounds } => rpc::run(calls, files.max(1), rounds.max(1)).await,
+            Command::Rpc { calls, files, rounds, sqlite_only } => {
+                rpc::run(calls, files.max(1), rounds.max(1), sqlite_only).await
+            }
             Command::Restore { rows, batch_size, rounds } => restore::run(rows, batch_size, rounds.max(1)).await,
             Command::SqliteFairness { rows, batch_size, rounds, sleep_coef, batch_target_ms } => {
                 let tuning = fairness::Tuning { sleep_coef, batch_target_ms };

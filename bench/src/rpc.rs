@@ -195,7 +195,7 @@ fn table(label: &str, url: &str, calls: u64, work: &Path) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-pub(crate) async fn run(calls: u64, files: u64, rounds: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(calls: u64, files: u64, rounds: usize, sqlite_only: bool) -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("strata-bench-rpc-").tempdir_in(".")?;
     let unlimited = |mut c: strata_server::config::Config| {
         // One caller (h2load) measured, not the per-caller limits.
@@ -232,6 +232,18 @@ pub(crate) async fn run(calls: u64, files: u64, rounds: usize) -> anyhow::Result
     // Blocking calls (h2load, the generator's thread) leave the runtime's workers to the servers.
     use tokio::task::block_in_place as blocking;
     let sqlite_table = blocking(|| table("SQLite", &on.url(), calls, work.path()))?;
+    // StatFile on SQLite vs Health/Check, one file (h2load); files at random (generator) below.
+    let rate = |t: &[(&str, Rate)], name: &str| t.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, r)| r.per_second);
+    let r = rate(&sqlite_table, "StatFile") / rate(&sqlite_table, "Health/Check");
+    println!(
+        "StatFile on SQLite vs Health/Check on the same server (h2load, one file): {r:.2} (target ≥ 0.25) {}",
+        pass(r >= 0.25)
+    );
+    if sqlite_only {
+        on.stop().await?;
+        off.stop().await?;
+        return Ok(());
+    }
 
     println!("starting PostgreSQL …");
     let cluster = tokio::task::spawn_blocking(PgCluster::start).await??;
@@ -264,13 +276,6 @@ pub(crate) async fn run(calls: u64, files: u64, rounds: usize) -> anyhow::Result
         pass(r >= 0.95)
     );
 
-    // StatFile on SQLite vs Health/Check, one file (h2load) and files at random (generator).
-    let rate = |t: &[(&str, Rate)], name: &str| t.iter().find(|(n, _)| *n == name).map_or(0.0, |(_, r)| r.per_second);
-    let r = rate(&sqlite_table, "StatFile") / rate(&sqlite_table, "Health/Check");
-    println!(
-        "StatFile on SQLite vs Health/Check on the same server (h2load, one file): {r:.2} (target ≥ 0.25) {}",
-        pass(r >= 0.25)
-    );
     let stat = move |channel, i| async move {
         let id = file_id(pick(i, files));
         pb::file_service_client::FileServiceClient::new(channel)

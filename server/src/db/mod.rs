@@ -19,6 +19,7 @@ mod pg_connect;
 pub mod scheduler;
 pub mod schema;
 pub mod snapshots;
+mod sqlite;
 pub mod stats;
 pub mod tokens;
 
@@ -31,19 +32,17 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use diesel::{ConnectionError, sqlite::SqliteConnection};
+use diesel::ConnectionError;
 use diesel_async::{
     AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
-    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, bb8},
-    sync_connection_wrapper::SyncConnectionWrapper,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, bb8},
 };
 use futures::FutureExt;
 use tokio::sync::watch;
 
 use crate::telemetry::{Metrics, metrics::NodeLabels};
 
-/// SQLite connection type used by the pool.
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub use sqlite::SqliteConn;
 type PgPool = bb8::Pool<AsyncPgConnection>;
 type SqlitePool = bb8::Pool<SqliteConn>;
 type PgPooled = bb8::PooledConnection<'static, AsyncPgConnection>;
@@ -57,9 +56,6 @@ const REPLICA_CHECKOUT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A health probe slower than this counts as a failure. Together with the probe interval (500 ms by
 /// default) it bounds how long an unreachable primary can still be reported SERVING: under 2 s.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// SQLite waits this long for a competing writer's lock before failing with SQLITE_BUSY.
-const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -277,14 +273,26 @@ pub struct NodeInfo {
 }
 
 enum Backend {
-    Postgres { primary: Node<PgPool>, replicas: Vec<Node<PgPool>> },
-    Sqlite { node: Node<SqlitePool>, path: String },
+    Postgres {
+        primary: Node<PgPool>,
+        replicas: Vec<Node<PgPool>>,
+    },
+    Sqlite {
+        node: Node<SqlitePool>,
+        /// Read-only connections whose statements run inline, for [`Db::point_read`]. Not a node of
+        /// their own in the pool statistics: a reader is held for one poll of the caller, never
+        /// waited for (none idle: the read takes the pooled path).
+        readers: SqlitePool,
+        path: String,
+    },
 }
 
 struct Inner {
     backend: Backend,
     settings: DbSettings,
     replica_fallbacks: AtomicU64,
+    /// Point reads that ran through the pool instead of inline ([`Db::point_read`]).
+    point_read_fallbacks: AtomicU64,
     primary_up: watch::Sender<bool>,
     /// The primary's recent WAL positions (PostgreSQL), for replica lag.
     wal_history: Mutex<stats::WalHistory>,
@@ -434,29 +442,6 @@ fn pg_session_settings(statement_timeout: Duration, read_only: bool) -> String {
     sql
 }
 
-fn sqlite_setup() -> diesel_async::pooled_connection::SetupCallback<SqliteConn> {
-    Box::new(|path| {
-        let path = path.to_owned();
-        async move {
-            let mut conn = SqliteConn::establish(&path).await?;
-            // One statement per call, busy_timeout first (as Diesel's docs advise): the other pragmas
-            // may need a lock that a writer holds right now. WAL lets readers proceed while a writer
-            // commits; busy_timeout makes concurrent writers wait instead of failing at once.
-            let busy = format!("PRAGMA busy_timeout = {};", SQLITE_BUSY_TIMEOUT.as_millis());
-            for pragma in [
-                busy.as_str(),
-                "PRAGMA journal_mode = WAL;",
-                "PRAGMA synchronous = NORMAL;",
-                "PRAGMA foreign_keys = ON;",
-            ] {
-                conn.batch_execute(pragma).await.map_err(ConnectionError::CouldntSetupConfiguration)?;
-            }
-            Ok(conn)
-        }
-        .boxed()
-    })
-}
-
 /// Logs connection errors of a pool (bb8 otherwise drops them: callers only see a timeout).
 #[derive(Debug, Clone)]
 struct LogErrors {
@@ -476,6 +461,7 @@ fn build_pool<C>(
     node: &str,
     url: &str,
     setup: diesel_async::pooled_connection::SetupCallback<C>,
+    recycling: RecyclingMethod<C>,
     s: &DbSettings,
 ) -> bb8::Pool<C>
 where
@@ -484,6 +470,7 @@ where
 {
     let mut config = ManagerConfig::default();
     config.custom_setup = setup;
+    config.recycling_method = recycling;
     let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, config);
     ::bb8::Builder::new()
         .max_size(s.pool_max_size)
@@ -548,6 +535,9 @@ impl Db {
                     "primary",
                     &settings.url,
                     pg_setup(settings.statement_timeout, settings.connect_timeout, false),
+                    // A `SELECT 1` before each checkout: a pooled session whose server restarted or
+                    // failed over is found before a caller's query, at one round trip's cost.
+                    RecyclingMethod::Verified,
                     &settings,
                 ),
                 health: Mutex::new(NodeHealth::default()),
@@ -568,6 +558,7 @@ impl Db {
                         &format!("replica-{i}"),
                         url,
                         pg_setup(settings.statement_timeout, settings.connect_timeout, true),
+                        RecyclingMethod::Verified,
                         &settings,
                     ),
                     health: Mutex::new(NodeHealth::default()),
@@ -599,12 +590,16 @@ impl Db {
                 role: Role::Primary,
                 address: settings.url.clone(),
                 url: path.to_owned(),
-                pool: build_pool("primary", path, sqlite_setup(), &settings),
+                // No test query at checkout: a connection to a local file does not break the way a
+                // network session does, and on SQLite each query crosses to a blocking thread and
+                // back — a `SELECT 1` per checkout doubled the cost of a point read.
+                pool: build_pool("primary", path, sqlite::setup(), RecyclingMethod::Fast, &settings),
                 health: Mutex::new(NodeHealth::default()),
                 timed_out_outside: AtomicU64::new(0),
                 acquire: acquire_histogram(&settings, "primary", Role::Primary),
             };
-            Backend::Sqlite { node, path: path.to_owned() }
+            let readers = build_pool("primary", path, sqlite::reader_setup(), RecyclingMethod::Fast, &settings);
+            Backend::Sqlite { node, readers, path: path.to_owned() }
         } else {
             return Err(Error::UnsupportedUrl(redact_url(&settings.url)));
         };
@@ -618,6 +613,7 @@ impl Db {
                 backend,
                 settings,
                 replica_fallbacks: AtomicU64::new(0),
+                point_read_fallbacks: AtomicU64::new(0),
                 primary_up,
                 wal_history: Mutex::new(stats::WalHistory::default()),
                 clock,
@@ -660,6 +656,11 @@ impl Db {
     /// Reads that fell back from a replica to the primary since start.
     pub fn replica_fallbacks(&self) -> u64 {
         self.inner.replica_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// SQLite point reads that ran through the pool instead of inline since start.
+    pub fn point_read_fallbacks(&self) -> u64 {
+        self.inner.point_read_fallbacks.load(Ordering::Relaxed)
     }
 
     /// Follows the primary's reachability (true: up), as seen by the monitor.
@@ -806,6 +807,33 @@ impl Db {
         }
     }
 
+    /// A short read by key — a handful of rows through an index — that must see the latest writes,
+    /// routed as [`Db::read_prefer_primary`]. On SQLite it runs inline on the calling worker thread,
+    /// through a read-only connection that never waits for a lock: such a read takes microseconds,
+    /// several times less than the hand-off to a blocking thread and back that every other query
+    /// pays. When no reader is idle, or the database answers busy (another connection recovering
+    /// or cleaning up the WAL), the read runs the usual way instead — so `read` may be called
+    /// twice, and must only read. Never for scans: they would stall the worker's other calls.
+    pub async fn point_read<T, F>(&self, mut read: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut Conn) -> futures::future::BoxFuture<'c, Result<T>>,
+    {
+        if let Backend::Sqlite { readers, .. } = &self.inner.backend {
+            // Taken only if one is idle now: bb8 opens more in the background, up to the pool's size.
+            if let Some(Ok(reader)) = readers.get_owned().now_or_never() {
+                match read(&mut Conn::Sqlite(reader)).await {
+                    Err(e) if e.query_failure() == Some(QueryFailure::Busy) => {
+                        tracing::debug!(error = %e, "point read busy; reading through the pool");
+                    }
+                    done => return done,
+                }
+            }
+            self.inner.point_read_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let (mut conn, _) = self.read_prefer_primary().await?;
+        read(&mut conn).await
+    }
+
     fn replica_usable(&self, r: &Node<PgPool>) -> bool {
         let h = r.health();
         h.healthy && h.lag.is_none_or(|lag| lag <= self.inner.settings.max_replica_lag)
@@ -860,7 +888,7 @@ impl Db {
     pub async fn probe_all(&self) -> bool {
         let timeout = self.inner.settings.connect_timeout.min(PROBE_TIMEOUT);
         let primary_ok = match &self.inner.backend {
-            Backend::Sqlite { node, path } => {
+            Backend::Sqlite { node, path, .. } => {
                 // A fresh connection, not a pooled one: a saturated pool is not a down database.
                 let r = async {
                     // Opening a missing file would create an empty database and report it healthy.
@@ -1043,5 +1071,140 @@ mod tests {
         assert_eq!(redact_url("file:///var/lib/strata"), "file:///var/lib/strata");
         assert_eq!(redact_url("s3://key:secret@minio:9000/bucket"), "s3://key:***@minio:9000/bucket");
         assert_eq!(redact_url("not a url"), "<unparseable url>");
+    }
+
+    /// `SELECT v FROM t WHERE k = 1` as a point read.
+    async fn point_value(db: &Db) -> Result<String> {
+        #[derive(diesel::QueryableByName)]
+        struct V {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            v: String,
+        }
+        db.point_read(|c| {
+            async move {
+                use diesel_async::RunQueryDsl as _;
+                let Conn::Sqlite(c) = c else { unreachable!("sqlite") };
+                let q = diesel::sql_query("SELECT v FROM t WHERE k = 1");
+                Ok(q.get_result::<V>(&mut **c).await?.v)
+            }
+            .boxed()
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_point_reads_run_inline_read_only_beside_a_writer_and_retry_busy_through_the_pool() {
+        use diesel::{Connection as _, connection::SimpleConnection as _};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.db");
+        let db = Db::connect(DbSettings {
+            url: format!("sqlite://{}", path.display()),
+            replica_urls: vec![],
+            pool_max_size: 2,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            max_replica_lag: Duration::from_secs(30),
+            metrics: Default::default(),
+        })
+        .await
+        .unwrap();
+        let Conn::Sqlite(mut w) = db.write().await.unwrap() else { unreachable!("sqlite") };
+        w.batch_execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL); INSERT INTO t VALUES (1, 'one');")
+            .await
+            .unwrap();
+        drop(w);
+
+        // The first read finds no idle reader and takes the pool; the readers open in the background.
+        assert_eq!(point_value(&db).await.unwrap(), "one");
+        assert_eq!(db.point_read_fallbacks(), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = db.point_read_fallbacks();
+            assert_eq!(point_value(&db).await.unwrap(), "one");
+            if db.point_read_fallbacks() == before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no reader opened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let inline = db.point_read_fallbacks();
+        for _ in 0..50 {
+            assert_eq!(point_value(&db).await.unwrap(), "one");
+        }
+        assert_eq!(db.point_read_fallbacks(), inline, "reads by key run inline once a reader is idle");
+        // Inline: the statement runs on the thread that polls the read, not on a blocking thread.
+        let same_thread = db
+            .point_read(|c| {
+                async move {
+                    let Conn::Sqlite(c) = c else { unreachable!("sqlite") };
+                    let caller = std::thread::current().id();
+                    Ok(c.spawn_blocking(move |_| Ok(std::thread::current().id() == caller)).await?)
+                }
+                .boxed()
+            })
+            .await
+            .unwrap();
+        assert!(same_thread);
+        let (Conn::Sqlite(mut pooled), _) = db.read_prefer_primary().await.unwrap() else { unreachable!("sqlite") };
+        let caller = std::thread::current().id();
+        assert!(!pooled.spawn_blocking(move |_| Ok(std::thread::current().id() == caller)).await.unwrap());
+        drop(pooled);
+
+        // A reader cannot write, whatever the closure tries.
+        let write = db
+            .point_read(|c| {
+                async move {
+                    use diesel_async::RunQueryDsl as _;
+                    let Conn::Sqlite(c) = c else { unreachable!("sqlite") };
+                    Ok(diesel::sql_query("INSERT INTO t VALUES (2, 'two')").execute(&mut **c).await?)
+                }
+                .boxed()
+            })
+            .await;
+        assert!(write.is_err(), "{write:?}");
+        assert_ne!(write.unwrap_err().query_failure(), Some(QueryFailure::Busy));
+
+        // A writer in another process holds an uncommitted change: reads by key neither wait for
+        // it nor see it, and still run inline (WAL); once committed, they see it.
+        let mut writer = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+        writer.batch_execute("BEGIN IMMEDIATE; UPDATE t SET v = 'uno' WHERE k = 1;").unwrap();
+        assert_eq!(point_value(&db).await.unwrap(), "one");
+        writer.batch_execute("COMMIT").unwrap();
+        assert_eq!(point_value(&db).await.unwrap(), "uno");
+        assert_eq!(db.point_read_fallbacks(), inline);
+
+        // An open WAL connection is not answered busy in practice (even an exclusive lock cannot be
+        // taken while strata's connections are open); SQLite does answer busy to a reader while
+        // another connection recovers the WAL. Such an answer sends the read through the pool.
+        let calls = AtomicU64::new(0);
+        let read = db
+            .point_read(|c| {
+                let first = calls.fetch_add(1, Ordering::Relaxed) == 0;
+                async move {
+                    use diesel_async::RunQueryDsl as _;
+                    if first {
+                        let busy = diesel::result::Error::DatabaseError(
+                            diesel::result::DatabaseErrorKind::Unknown,
+                            Box::new("database is locked".to_owned()),
+                        );
+                        return Err(busy.into());
+                    }
+                    let Conn::Sqlite(c) = c else { unreachable!("sqlite") };
+                    Ok(diesel::sql_query("SELECT 1").execute(&mut **c).await?)
+                }
+                .boxed()
+            })
+            .await;
+        assert!(read.is_ok(), "{read:?}");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert_eq!(db.point_read_fallbacks(), inline + 1);
+        // The refused write above changed nothing.
+        let Conn::Sqlite(mut w) = db.write().await.unwrap() else { unreachable!("sqlite") };
+        assert_eq!(
+            diesel_async::RunQueryDsl::execute(diesel::sql_query("DELETE FROM t WHERE k = 2"), &mut *w).await.unwrap(),
+            0
+        );
     }
 }

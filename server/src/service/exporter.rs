@@ -61,6 +61,7 @@ pub fn pools(ctx: &Context) {
         }
     }
     catch_up(&p.replica_fallbacks, ctx.db.replica_fallbacks());
+    catch_up(&p.point_read_fallbacks, ctx.db.point_read_fallbacks());
 }
 
 /// `schema.table` on PostgreSQL, the table's name on SQLite.

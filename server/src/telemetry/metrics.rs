@@ -204,6 +204,8 @@ pub struct Pools {
     pub replica_lag: Family<NodeLabels, FGauge>,
     /// Reads that fell back from the replicas to the primary (caught up at scrape).
     pub replica_fallbacks: Counter,
+    /// SQLite point reads that took the pooled path (caught up at scrape).
+    pub point_read_fallbacks: Counter,
 }
 
 /// The application's storage, from the latest snapshot.
@@ -413,6 +415,12 @@ impl Metrics {
                 &mut r,
                 "strata_db_replica_fallbacks",
                 "Reads that fell back from the replicas to the primary",
+                Counter::default(),
+            ),
+            point_read_fallbacks: reg(
+                &mut r,
+                "strata_db_point_read_fallbacks",
+                "SQLite reads by key that ran through the pool instead of inline (no idle reader, or busy)",
                 Counter::default(),
             ),
         };

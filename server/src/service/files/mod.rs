@@ -21,7 +21,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 
 pub use self::{
     reconcile::{ReconcileProgress, ReconcileRequest},
@@ -264,17 +264,33 @@ async fn get_visible(
     id: &str,
     owners: &Owners,
 ) -> Result<(crate::db::files::FileRow, String)> {
-    store::get_file(conn, id)
-        .await?
-        .filter(|(row, _)| owners.permits(&row.owner))
-        .ok_or_else(|| Error::NotFound(format!("file {id}")))
+    visible(store::get_file(conn, id).await?, id, owners)
+}
+
+/// [`get_visible`] as a point read (`Db::point_read`): on SQLite, inline on the caller's thread.
+async fn read_visible(ctx: &Context, id: &str, owners: &Owners) -> Result<(crate::db::files::FileRow, String)> {
+    let found = ctx
+        .db
+        .point_read(|conn| {
+            let id = id.to_owned();
+            async move { store::get_file(conn, &id).await }.boxed()
+        })
+        .await?;
+    visible(found, id, owners)
+}
+
+fn visible(
+    found: Option<(crate::db::files::FileRow, String)>,
+    id: &str,
+    owners: &Owners,
+) -> Result<(crate::db::files::FileRow, String)> {
+    found.filter(|(row, _)| owners.permits(&row.owner)).ok_or_else(|| Error::NotFound(format!("file {id}")))
 }
 
 /// The file `id`.
 pub async fn stat(ctx: &Context, id: &str, owners: &Owners) -> Result<File> {
     check_id("file id", id)?;
-    let (mut conn, _) = ctx.db.read_prefer_primary().await?;
-    let (row, _) = get_visible(&mut conn, id, owners).await?;
+    let (row, _) = read_visible(ctx, id, owners).await?;
     Ok(row.into())
 }
 
@@ -284,9 +300,7 @@ pub type Download = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 /// The file `id` and a stream of `length` bytes from `offset` (0: to the end).
 pub async fn download(ctx: &Context, id: &str, offset: u64, length: u64, owners: &Owners) -> Result<(File, Download)> {
     check_id("file id", id)?;
-    let (mut conn, _) = ctx.db.read_prefer_primary().await?;
-    let (row, key) = get_visible(&mut conn, id, owners).await?;
-    drop(conn);
+    let (row, key) = read_visible(ctx, id, owners).await?;
     let file = File::from(row);
     if file.lost {
         return Err(Error::DataLoss(format!("the content of file {id} is missing from the object store")));
