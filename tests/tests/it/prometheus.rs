@@ -251,6 +251,23 @@ async fn prometheus_scrapes_two_instances_and_the_shipped_rules_and_dashboard_ev
     b.stop().await.unwrap();
 }
 
+/// The shipped rules pass `promtool check rules`, and their unit tests
+/// (deploy/prometheus/strata-rules.test.yml: each alert fires past its threshold once its `for`
+/// has elapsed, not below it; the recording rules' values) pass `promtool test rules`.
+#[test]
+fn shipped_rules_pass_promtool_and_their_alerts_fire_at_their_thresholds() {
+    for args in [["check", "rules", "strata-rules.yml"], ["test", "rules", "strata-rules.test.yml"]] {
+        let out = std::process::Command::new(strata_tests::prometheus::promtool())
+            .args(args)
+            .current_dir(repo("deploy/prometheus"))
+            .output()
+            .expect("run promtool");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "promtool {}: {said}", args.join(" "));
+        assert!(said.contains("SUCCESS"), "promtool {}: {said}", args.join(" "));
+    }
+}
+
 /// `promtool check metrics` on `exposition`: whether it passed, and what it said.
 fn promtool_check_metrics(exposition: &str) -> (bool, String) {
     use std::{io::Write as _, process::Stdio};
