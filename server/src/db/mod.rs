@@ -592,7 +592,8 @@ impl Db {
                 url: path.to_owned(),
                 // No test query at checkout: a connection to a local file does not break the way a
                 // network session does, and on SQLite each query crosses to a blocking thread and
-                // back — a `SELECT 1` per checkout doubled the cost of a point read.
+                // back — a `SELECT 1` per checkout was a second crossing per read (StatFile gained a
+                // third in calls/s without it; docs/benchmarks.md).
                 pool: build_pool("primary", path, sqlite::setup(), RecyclingMethod::Fast, &settings),
                 health: Mutex::new(NodeHealth::default()),
                 timed_out_outside: AtomicU64::new(0),
