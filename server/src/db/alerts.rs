@@ -639,10 +639,15 @@ pub async fn claim_due(
             if earlier > 0 {
                 continue;
             }
+            // The row as read, not merely unleased: another sender may have claimed it, sent it and
+            // recorded the attempt (lease cleared, next attempt later) since the SELECT above. A
+            // claim on the stale read would send the retry early and overwrite its attempt count.
             let won = diesel::update(
                 n::table
                     .filter(n::id.eq(&d.id))
                     .filter(n::state.eq(pending))
+                    .filter(n::attempts.eq(d.attempts))
+                    .filter(n::next_attempt_at.le(now))
                     .filter(n::lease_until.is_null().or(n::lease_until.lt(now))),
             )
             .set((n::lease_until.eq(Some(until)), n::lease_owner.eq(Some(owner))))
